@@ -1,0 +1,122 @@
+"""Run configuration: frozen dataclasses whose fields carry their own help text.
+
+The whole configuration is saved as ``config.json`` in the run folder. A folder whose saved
+configuration differs from the requested one is refused unless overwriting is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with its help text in the metadata."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, which split, how much planted noise."""
+
+    dataset: str = _opt("mnist", "mnist | digits | food101 | imagefolder | hf-parquet")
+    data_root: str | None = _opt(None, "local folder holding the dataset (food101, imagefolder, hf-parquet)")
+    classes: tuple[str, ...] | None = _opt(None, "class names to keep (default: the first 10 alphabetically)")
+    num_classes: int = _opt(10, "how many classes to keep when --classes is not given")
+    image_size: int = _opt(32, "side of the square image fed to the model")
+    noise: float = _opt(0.1, "fraction of training labels flipped to another class (planted noise)")
+    max_train: int | None = _opt(None, "seeded stratified subset of the training split")
+    max_test: int | None = _opt(None, "seeded stratified subset of the test split")
+    val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split")
+    test_fraction: float = _opt(0.2, "fraction held out as test where the source has no test split")
+    seed: int = _opt(0, "seed of the split, the subsets and the planted noise")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and where its initial weights come from."""
+
+    name: str = _opt("resnet18", "resnet18 | efficientnet_lite0 | tiny_cnn")
+    weights: str = _opt("random", "random | imagenet")
+    weights_path: str | None = _opt(None, "ImageNet weights file (resnet18); default: torchvision's hub cache")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning of the checkpoint ensemble."""
+
+    ensemble: int = _opt(3, "number of independently seeded models")
+    epochs: int = _opt(8, "passes over the training split per model")
+    batch_size: int = _opt(128, "training batch size")
+    lr: float = _opt(0.05, "peak SGD learning rate (one-cycle schedule)")
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = _opt(5e-4, "L2 weight decay")
+    augment: bool = _opt(True, "random crop (pad 2) during training; never during attribution")
+    checkpoints_per_model: int = _opt(1, "checkpoints kept per model for TRAK (evenly spaced, last one included)")
+    seed: int = _opt(0, "base seed; model m uses seed + m")
+    num_workers: int = _opt(0, "image decoding workers for file-backed datasets")
+
+
+@dataclass(frozen=True)
+class TrakConfig:
+    """TRAK featurization and scoring."""
+
+    projector: str = _opt("kronecker", "kronecker (fast, CPU default) | dense (reference: vmap gradients x JL)")
+    proj_dim: int = _opt(2048, "dimension of the projected gradient features")
+    proj_type: str = _opt("rademacher", "rademacher | normal (dense projector entries)")
+    ridge: float = _opt(1e-2, "lambda of (X^T X + lambda I) relative to the mean diagonal of X^T X")
+    batch_size: int = _opt(64, "examples per featurization batch")
+    seed: int = _opt(0, "seed of the random projection (checkpoint c uses seed + c)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trak: TrakConfig = field(default_factory=TrakConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}[f.name]
+            parts[f.name] = _sub_from_dict(sub_cls, d.get(f.name, {}))
+        return cls(**parts)
+
+
+def _sub_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+    kw = dict(d)
+    if cls is DataConfig and kw.get("classes") is not None:
+        kw["classes"] = tuple(kw["classes"])
+    return cls(**kw)
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read ``config.json``."""
+    return RunConfig.from_dict(json.loads(Path(path).read_text()))
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Human-readable list of settings that differ, e.g. ``['train.epochs: 8 -> 10']``."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for section in da:
+        for key in da[section]:
+            if da[section][key] != db[section][key]:
+                out.append(f"{section}.{key}: {da[section][key]!r} -> {db[section][key]!r}")
+    return out

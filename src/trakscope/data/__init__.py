@@ -1,0 +1,91 @@
+"""Datasets: built-in digits, Food-101, image folders and Hugging Face parquet, all read locally.
+
+:func:`load_dataset` is the one entry point. It asks a source loader for the class names and the
+source's own train (and test, where it has one) pools, then, all seeded by ``DataConfig.seed``:
+carves test (if the source has none) and validation out of the training pool, takes the
+``max_train`` / ``max_test`` stratified subsets, and plants label noise in the training split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DataConfig
+from .base import DataError, Dataset, FileImages, ImageSource, ImageSplit, TensorImages, iter_batches
+from .splits import plant_noise, stratified_split, stratified_subset
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "FileImages",
+    "ImageSource",
+    "ImageSplit",
+    "TensorImages",
+    "iter_batches",
+    "load_dataset",
+    "plant_noise",
+    "stratified_split",
+    "stratified_subset",
+]
+
+DATASETS = ("mnist", "digits", "food101", "imagefolder", "hf-parquet")
+
+
+def _load_source(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit | None]:
+    """``(classes, train_pool, test_pool or None)`` from the named source."""
+    if cfg.dataset in ("mnist", "digits"):
+        from .builtin import load_digits, load_mnist
+
+        classes, pool = (load_mnist if cfg.dataset == "mnist" else load_digits)(cfg.image_size)
+        return (*_select_builtin_classes(classes, pool, cfg), None)
+    if cfg.dataset == "food101":
+        from .files import load_food101
+
+        return load_food101(cfg)
+    if cfg.dataset == "imagefolder":
+        from .files import load_imagefolder
+
+        return load_imagefolder(cfg)
+    if cfg.dataset == "hf-parquet":
+        from .files import load_hf_parquet
+
+        return load_hf_parquet(cfg)
+    raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _select_builtin_classes(classes: list[str], pool: ImageSplit, cfg: DataConfig) -> tuple[list[str], ImageSplit]:
+    if cfg.classes is None:
+        return classes, pool
+    unknown = [c for c in cfg.classes if c not in classes]
+    if unknown:
+        raise DataError(f"unknown class name(s) {unknown}; {cfg.dataset} has {classes}")
+    keep_names = list(cfg.classes)
+    old_to_new = {classes.index(c): i for i, c in enumerate(keep_names)}
+    idx = np.flatnonzero(np.isin(pool.labels, list(old_to_new)))
+    sub = pool.subset(idx)
+    remap = np.vectorize(old_to_new.get, otypes=[np.int64])
+    return keep_names, ImageSplit(sub.images, remap(sub.labels), remap(sub.true_labels), sub.source_ids)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load, split, subset and plant noise as ``cfg`` says. Deterministic under ``cfg.seed``.
+
+    Raises:
+        DataError: the data is absent or malformed; the message names the expected layout.
+    """
+    classes, pool, test = _load_source(cfg)
+    if test is None:
+        rest, held = stratified_split(pool.labels, cfg.test_fraction, seed=cfg.seed)
+        pool, test = pool.subset(rest), pool.subset(held)
+    train_idx, val_idx = stratified_split(pool.labels, cfg.val_fraction, seed=cfg.seed + 1)
+    train, val = pool.subset(train_idx), pool.subset(val_idx)
+    if cfg.max_train is not None:
+        train = train.subset(stratified_subset(train.labels, cfg.max_train, seed=cfg.seed + 2))
+    if cfg.max_test is not None:
+        test = test.subset(stratified_subset(test.labels, cfg.max_test, seed=cfg.seed + 3))
+    noisy, _ = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4)
+    train = ImageSplit(train.images, noisy, train.true_labels, train.source_ids)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
+    return Dataset(cfg.dataset, classes, train, val, test)

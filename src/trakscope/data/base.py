@@ -1,0 +1,196 @@
+"""The image-split abstraction every stage works with.
+
+An :class:`ImageSplit` holds labels, true labels and stable source ids as arrays, and its pixels in an
+:class:`ImageSource`: either tensors in memory (:class:`TensorImages`, for the built-in datasets) or
+files decoded on demand (:class:`FileImages`, for Food-101 and image folders). Pixels reach the model
+as float32 ``[b, 3, S, S]`` batches normalised with the ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class DataError(Exception):
+    """A dataset is missing, malformed or unreadable; the message says what and where."""
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[b, 3, S, S]`` -> float32 normalised with the ImageNet mean and std."""
+    return (images.float().div_(255.0) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+class ImageSource:
+    """Pixels of one split. Subclasses implement ``__len__``, ``uint8`` and ``subset``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        """Images ``indices`` as uint8 ``[b, 3, S, S]`` at the model's input size."""
+        raise NotImplementedError
+
+    def subset(self, indices: np.ndarray) -> ImageSource:
+        """A source holding only ``indices`` (in that order)."""
+        raise NotImplementedError
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """Images ``indices`` as normalised float32 ``[b, 3, S, S]``."""
+        return normalize_uint8(self.uint8(np.asarray(indices)))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.batch(np.array([i]))[0]
+
+    def thumbnails(self, indices: np.ndarray, size: int) -> np.ndarray:
+        """uint8 ``[b, size, size, 3]`` thumbnails for reports."""
+        x = self.uint8(np.asarray(indices)).float()
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class TensorImages(ImageSource):
+    """Images held in memory as uint8 ``[n, 3, S, S]``."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 [n, 3, S, S], got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        return self.images[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+
+    def subset(self, indices: np.ndarray) -> TensorImages:
+        return TensorImages(self.uint8(indices))
+
+
+def read_image_file(path: str | Path, size: int) -> torch.Tensor:
+    """Decode one image file to uint8 ``[3, size, size]``: resize the short side, centre-crop.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded; the message names the path.
+    """
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size * 256 / 224 / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+class FileImages(ImageSource):
+    """Images decoded from files on demand (resize short side, centre crop to ``size``)."""
+
+    def __init__(self, paths: Sequence[str], size: int, reader: Callable[[str, int], torch.Tensor] = read_image_file):
+        self.paths = list(paths)
+        self.size = size
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        return torch.stack([self.reader(self.paths[int(i)], self.size) for i in np.asarray(indices)])
+
+    def subset(self, indices: np.ndarray) -> FileImages:
+        return FileImages([self.paths[int(i)] for i in np.asarray(indices)], self.size, self.reader)
+
+
+@dataclass
+class ImageSplit:
+    """One split: pixels, the label used for training, the true label and a stable source id.
+
+    ``labels`` and ``true_labels`` are int64 ``[n]``; they differ where noise was planted.
+    """
+
+    images: ImageSource
+    labels: np.ndarray
+    true_labels: np.ndarray
+    source_ids: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if not (len(self.labels) == len(self.true_labels) == len(self.source_ids) == n):
+            raise ValueError("images, labels, true_labels and source_ids must have the same length")
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.true_labels = np.asarray(self.true_labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def noisy(self) -> np.ndarray:
+        """bool ``[n]``: the training label differs from the true label."""
+        return self.labels != self.true_labels
+
+    def subset(self, indices: np.ndarray) -> ImageSplit:
+        """The examples ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ImageSplit(
+            self.images.subset(idx), self.labels[idx], self.true_labels[idx], [self.source_ids[i] for i in idx]
+        )
+
+
+@dataclass
+class Dataset:
+    """Class names and the three splits."""
+
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+
+    def split(self, name: str) -> ImageSplit:
+        """The split called ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise KeyError(f"unknown split {name!r}")
+        return getattr(self, name)
+
+
+def iter_batches(
+    images: ImageSource, indices: np.ndarray, batch_size: int, num_workers: int = 0
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(batch_indices, float32 images)`` over ``indices`` in order, decoding in workers if asked."""
+    indices = np.asarray(indices, dtype=np.int64)
+    chunks = [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+    if num_workers <= 0 or isinstance(images, TensorImages):
+        for chunk in chunks:
+            yield chunk, images.batch(chunk)
+        return
+    loader = torch.utils.data.DataLoader(
+        _ChunkDataset(images, chunks), batch_size=None, num_workers=num_workers, persistent_workers=False
+    )
+    yield from zip(chunks, loader)
+
+
+class _ChunkDataset(torch.utils.data.Dataset):
+    """Each item is one whole batch, so workers decode batches in parallel."""
+
+    def __init__(self, images: ImageSource, chunks: list[np.ndarray]):
+        self.images, self.chunks = images, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images.batch(self.chunks[i])
