@@ -23,6 +23,7 @@ class RunFolder:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self._dataset = None
 
     # --- creation -----------------------------------------------------------------------------
     def initialize(self, config: RunConfig, overwrite: bool = False) -> None:
@@ -83,6 +84,21 @@ class RunFolder:
         """float32 ``[n_train, n_split]`` TRAK scores (``split`` = test or val), or ``[n_train]`` for ``self``."""
         return load_npy(self.require(f"scores/{split}.npy", "trakscope run"), mmap=mmap)
 
+    def dataset(self):
+        """The run's :class:`~trakscope.data.Dataset`, rebuilt from ``config.json`` (deterministic, cached)."""
+        if self._dataset is None:
+            from .data import load_dataset
+
+            self._dataset = load_dataset(self.config.data)
+        return self._dataset
+
+    def checkpoint_paths(self) -> list[Path]:
+        """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order."""
+        paths = sorted(self.path.glob("models/model*_ckpt*.safetensors"), key=_ckpt_key)
+        if not paths:
+            self.require("models/model0_ckpt0.safetensors", "trakscope run")
+        return paths
+
     def require(self, relative: str, producer: str) -> Path:
         """The path of a stage output, or a RunError that names the command producing it."""
         path = self.path / relative
@@ -101,6 +117,11 @@ class RunFolder:
         timings = self.timings()
         timings[stage] = round(float(seconds), 3)
         write_json(self.path / "timings.json", timings)
+
+
+def _ckpt_key(path: Path) -> tuple[int, int]:
+    model, ckpt = path.stem.removeprefix("model").split("_ckpt")
+    return int(model), int(ckpt)
 
 
 def _clear_outputs(path: Path) -> None:
