@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -76,14 +77,16 @@ class TensorImages(ImageSource):
         return TensorImages(self.uint8(indices))
 
 
-def read_image_file(path: str | Path, size: int) -> torch.Tensor:
-    """Decode one image file to uint8 ``[3, size, size]``: resize the short side, centre-crop.
+def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = None) -> torch.Tensor:
+    """Decode one image (a path or a binary file object) to uint8 ``[3, size, size]``.
+
+    The short side is resized to ``size * 256 / 224`` and the centre ``size x size`` square is cropped.
 
     Raises:
-        DataError: the file is missing or cannot be decoded; the message names the path.
+        DataError: the image is missing or cannot be decoded; the message names ``name`` (default: the path).
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im = im.convert("RGB")
             w, h = im.size
             scale = size * 256 / 224 / min(w, h)
@@ -92,9 +95,18 @@ def read_image_file(path: str | Path, size: int) -> torch.Tensor:
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
             arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {name if name is not None else source}: {e}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_image_file(path: str | Path, size: int) -> torch.Tensor:
+    """Decode one image file to uint8 ``[3, size, size]``: resize the short side, centre-crop.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded; the message names the path.
+    """
+    return decode_image(path, size)
 
 
 class FileImages(ImageSource):
@@ -180,7 +192,7 @@ def iter_batches(
     loader = torch.utils.data.DataLoader(
         _ChunkDataset(images, chunks), batch_size=None, num_workers=num_workers, persistent_workers=False
     )
-    yield from zip(chunks, loader)
+    yield from zip(chunks, loader, strict=True)
 
 
 class _ChunkDataset(torch.utils.data.Dataset):
