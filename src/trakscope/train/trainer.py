@@ -1,0 +1,132 @@
+"""Training one model, on any subset of the training split, deterministically under a seed.
+
+Removal experiments, LDS and cross-validation all retrain through :func:`train_model` with a ``keep``
+mask over the training split (airbench's idea: removal is a mask over the loader's indices). The seed
+alone fixes the initial weights and the data order, so the same seed means the same initialisation
+whatever is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, TrainConfig
+from ..data import Dataset, ImageSource, iter_batches
+from ..models import build_model
+
+
+def checkpoint_epochs(epochs: int, per_model: int) -> list[int]:
+    """Epochs (1-based) after which a checkpoint is kept: evenly spaced, the last epoch always included."""
+    if per_model < 1 or per_model > epochs:
+        raise ValueError(f"checkpoints per model must be in [1, epochs={epochs}], got {per_model}")
+    return sorted({math.ceil(epochs * (c + 1) / per_model) for c in range(per_model)})
+
+
+def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pad`` pixels (zero padding), like CIFAR's random crop. ``[b,3,S,S]``."""
+    b, _, h, w = images.shape
+    padded = nn.functional.pad(images, (pad, pad, pad, pad))
+    shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    out = torch.empty_like(images)
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        out[i] = padded[i, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """One-cycle schedule: linear warm-up over the first 20% of steps, then linear decay to zero."""
+    warm = max(1, total // 5)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * max(0.0, (total - step) / max(1, total - warm))
+
+
+def train_model(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dataset: Dataset,
+    seed: int,
+    keep: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Train one model on ``dataset.train`` restricted to ``keep``.
+
+    Args:
+        keep: sorted int indices into the training split (None = all of it).
+        seed: fixes the initial weights, the data order and the augmentation.
+
+    Returns:
+        CPU state dicts after each checkpoint epoch (:func:`checkpoint_epochs`); the last is the final model.
+    """
+    train = dataset.train
+    keep = np.arange(len(train)) if keep is None else np.asarray(keep, dtype=np.int64)
+    if len(keep) == 0:
+        raise ValueError("cannot train on an empty set of examples")
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, len(dataset.classes)).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(train.labels)
+    opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
+                          weight_decay=train_cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(keep) / train_cfg.batch_size)
+    total, step = train_cfg.epochs * steps_per_epoch, 0
+    keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.checkpoints_per_model))
+    checkpoints = []
+    bar = tqdm(range(1, train_cfg.epochs + 1), desc=f"train seed {seed}", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = keep[torch.randperm(len(keep), generator=gen).numpy()]
+        correct = seen = 0
+        for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers):
+            if train_cfg.augment:
+                x = random_crop(x, 2, gen)
+            x, y = x.to(device), labels[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, train_cfg.lr)
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+        bar.set_postfix(loss=f"{loss.item():.3f}", train_acc=f"{correct / seen:.3f}")
+        if epoch in keep_at:
+            checkpoints.append({k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()})
+    return checkpoints
+
+
+def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str, torch.Tensor],
+                 device: torch.device | str = "cpu") -> nn.Module:
+    """A network with ``state_dict`` loaded (strictly), in eval mode, on ``device``."""
+    model = build_model(_random_init(model_cfg), num_classes)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+def _random_init(cfg: ModelConfig) -> ModelConfig:
+    """The same architecture without reading pretrained weights (they are overwritten anyway)."""
+    return ModelConfig(name=cfg.name, weights="random", weights_path=None)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: ImageSource,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> np.ndarray:
+    """float32 ``[n, C]`` logits of ``model`` (in eval mode) on ``images[indices]`` (default: all)."""
+    model.eval()
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    out = [model(x.to(device)).float().cpu() for _, x in iter_batches(images, indices, batch_size, num_workers)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
