@@ -1,0 +1,139 @@
+"""Mislabel / harm scorers: plain functions from arrays to one score per training example.
+
+Each scorer returns float64 ``[n_train]`` in its natural units, and :data:`WORSE_IS_HIGH` says which
+direction is suspicious. :func:`suspicion` turns any of them into the common convention, **higher =
+more suspicious = inspected first**, which the metrics and the ``*_rank`` columns of
+``detect/ranking.csv`` use (rank 1 = inspected first).
+
+Only the train and val splits are used; the test split stays out of every selection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .d3m import alignment_scores, auto_groups, group_losses
+
+# scorer name -> True when a high score means a suspicious example
+WORSE_IS_HIGH: dict[str, bool] = {
+    "self_influence": True,
+    "val_same_label": False,
+    "val_all": False,
+    "d3m": False,
+    "loss": True,
+    "cleanlab": False,
+}
+
+
+def suspicion(name: str, score: np.ndarray) -> np.ndarray:
+    """float64 ``[n]`` with higher = more suspicious, from scorer ``name``'s natural score."""
+    s = np.asarray(score, dtype=np.float64)
+    return s if WORSE_IS_HIGH[name] else -s
+
+
+def self_influence(self_scores: np.ndarray) -> np.ndarray:
+    """TRAK self-influence ``scores[i, i]`` (the scorer of dattri and TracIn).
+
+    Args:
+        self_scores: float ``[n_train]``.
+
+    Returns:
+        float64 ``[n_train]``; **high = suspicious** (the model needed to memorise the example).
+    """
+    return np.asarray(self_scores, dtype=np.float64).copy()
+
+
+def val_influence(
+    scores: np.ndarray, train_labels: np.ndarray | None = None, val_labels: np.ndarray | None = None, chunk: int = 4096
+) -> np.ndarray:
+    """Summed TRAK influence of each training example on validation examples.
+
+    Args:
+        scores: float ``[n_train, n_val]`` ``scores[train, val]`` (may be memory-mapped).
+        train_labels: int ``[n_train]``; with ``val_labels``, only val examples of the training
+            example's own label are summed. None = all val examples.
+        val_labels: int ``[n_val]``.
+        chunk: training rows processed at once.
+
+    Returns:
+        float64 ``[n_train]``; **low (negative) = harmful**: including the example lowers the
+        margins of those val examples.
+    """
+    if (train_labels is None) != (val_labels is None):
+        raise ValueError("give both train_labels and val_labels, or neither")
+    n_train = scores.shape[0]
+    out = np.empty(n_train, dtype=np.float64)
+    for s in range(0, n_train, chunk):
+        block = np.asarray(scores[s : s + chunk], dtype=np.float64)
+        if train_labels is None:
+            out[s : s + chunk] = block.sum(axis=1)
+        else:
+            same = np.asarray(train_labels)[s : s + chunk, None] == np.asarray(val_labels)[None, :]
+            out[s : s + chunk] = (block * same).sum(axis=1)
+    return out
+
+
+def d3m_scores(
+    scores: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray, groups: str | np.ndarray = "classes"
+) -> tuple[np.ndarray, np.ndarray]:
+    """D3M alignment scores with the validation groups chosen as asked.
+
+    Args:
+        scores: float ``[n_train, n_val]``.
+        val_probs: float ``[n_val, C]`` ensemble-mean probabilities (gives the group losses).
+        val_labels: int ``[n_val]``.
+        groups: ``"classes"`` (one group per class), ``"auto"`` (Auto-D3M, 2 pseudo-groups per
+            class) or an int ``[n_val]`` array of group ids.
+
+    Returns:
+        ``(A, group_ids)``: float64 ``[n_train]`` (**low = detrimental**) and int64 ``[n_val]``.
+    """
+    val_labels = np.asarray(val_labels, dtype=np.int64)
+    if isinstance(groups, str):
+        if groups == "classes":
+            _, g = np.unique(val_labels, return_inverse=True)
+        elif groups == "auto":
+            g = auto_groups(scores, val_labels)
+        else:
+            raise ValueError(f"groups must be 'classes' or 'auto', got {groups!r}")
+    else:
+        g = np.asarray(groups, dtype=np.int64)
+    g = g.astype(np.int64)
+    return alignment_scores(scores, g, group_losses(val_probs, val_labels, g)), g
+
+
+def training_loss(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy of the ensemble on each training example, ``-log p_i[y_i]``.
+
+    Args:
+        train_probs: float ``[n_train, C]`` ensemble-mean probabilities (in-sample).
+        train_labels: int ``[n_train]`` labels as trained.
+
+    Returns:
+        float64 ``[n_train]``; **high = suspicious**.
+    """
+    p = np.asarray(train_probs, dtype=np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    return -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
+
+
+def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's confident learning on out-of-sample probabilities.
+
+    Args:
+        oos_probs: float ``[n_train, C]`` predicted probabilities from models that never saw the example.
+        labels: int ``[n_train]`` labels as trained.
+
+    Returns:
+        ``(quality, issues)``: float64 ``[n_train]`` label quality (``get_label_quality_scores``,
+        **low = suspicious**) and bool ``[n_train]`` flagged by ``find_label_issues``.
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    p = np.asarray(oos_probs, dtype=np.float64)
+    p = p / p.sum(axis=1, keepdims=True)
+    y = np.asarray(labels, dtype=np.int64)
+    quality = get_label_quality_scores(y, p)
+    issues = find_label_issues(y, p)
+    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
