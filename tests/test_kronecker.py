@@ -1,0 +1,191 @@
+"""The Kronecker projector against a for-loop of per-example autograd gradients, projected by its own matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trakscope.attribution.kronecker import KroneckerProjector
+from trakscope.attribution.output import margin
+from trakscope.attribution.projector import make_projector
+
+
+def _layer_grad(module: nn.Module) -> torch.Tensor:
+    """The module's accumulated gradient as ``[d_out, d_in]`` (bias last column; BatchNorm ``[C, 2]``)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return torch.stack([module.weight.grad, module.bias.grad], -1)
+    grad = module.weight.grad.reshape(module.weight.shape[0], -1)
+    if module.bias is not None:
+        grad = torch.cat([grad, module.bias.grad.unsqueeze(-1)], -1)
+    return grad
+
+
+def reference_features(proj: KroneckerProjector, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[b, natural_dim]``: for each example, autograd.grad of its margin, then ``P_out^T G P_in`` per layer."""
+    model = proj.model
+    rows = []
+    for i in range(len(images)):
+        params = [p for layer in proj.layers for p in layer.module.parameters(recurse=False)]
+        out = margin(model(images[i : i + 1]), labels[i : i + 1]).sum()
+        grads = torch.autograd.grad(out, params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        blocks = [(layer.p_out.T @ _layer_grad(layer.module) @ layer.p_in).flatten() for layer in proj.layers]
+        for p in params:
+            p.grad = None
+        rows.append(torch.cat(blocks))
+    return torch.stack(rows)
+
+
+class OneLayer(nn.Module):
+    """A single covered layer followed by a fixed (parameter-free) readout to 4 logits."""
+
+    def __init__(self, layer: nn.Module, pre: nn.Module | None = None):
+        super().__init__()
+        self.pre = pre if pre is not None else nn.Identity()
+        self.layer = layer
+        gen = torch.Generator().manual_seed(5)
+        self.register_buffer("readout", torch.randn(4, 64, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.layer(self.pre(x))).flatten(1)
+        return h @ self.readout[:, : h.shape[1]].T if h.shape[1] <= 64 else h[:, :4]
+
+
+def _bn() -> nn.Module:
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+LAYERS = {
+    "linear": lambda: OneLayer(nn.Linear(12, 6), pre=nn.Flatten()),
+    "conv_stride2_pad1_bias": lambda: OneLayer(nn.Conv2d(3, 5, 3, stride=2, padding=1)),
+    "conv_dilated_same": lambda: OneLayer(nn.Conv2d(3, 4, 3, padding="same", dilation=2, bias=False)),
+    "depthwise_stride2": lambda: OneLayer(nn.Conv2d(3, 6, 3, stride=2, padding=1, groups=3)),
+    "grouped": lambda: OneLayer(nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2), pre=nn.Conv2d(3, 4, 1)),
+    "batchnorm": lambda: OneLayer(_bn()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_single_layer_matches_for_loop(kind: str):
+    torch.manual_seed(0)
+    model = LAYERS[kind]().eval()
+    images = torch.randn(3, 3, 2, 2) if kind == "linear" else torch.randn(3, 3, 5, 5)
+    labels = torch.tensor([0, 3, 1])
+    proj = KroneckerProjector(model, 0, seed=1, k_in=4, k_out=3)
+    got, logits = proj.natural_features(images, labels)
+    want = reference_features(proj, images, labels)
+    assert got.shape == (3, proj.dim) and logits.shape == (3, 4)
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_efficientnet_same_padding_convs_match_for_loop():
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding, Conv2dStaticSamePadding
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Conv2dStaticSamePadding(3, 4, 3, stride=2, image_size=7),
+        Conv2dDynamicSamePadding(4, 4, 3, stride=2, groups=4, bias=False),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()
+    images, labels = torch.randn(2, 3, 7, 7), torch.tensor([1, 2])
+    proj = KroneckerProjector(model, 0, seed=3, k_in=5, k_out=3)
+    got, _ = proj.natural_features(images, labels)
+    torch.testing.assert_close(got, reference_features(proj, images, labels), rtol=1e-4, atol=1e-5)
+
+
+def _resnet() -> nn.Module:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_resnet18_matches_for_loop_before_and_after_second_projection():
+    model = _resnet()
+    images, labels = torch.randn(3, 3, 16, 16), torch.tensor([2, 7, 2])
+    proj = KroneckerProjector(model, 64, seed=0, k_in=4, k_out=4)
+    natural, _ = proj.natural_features(images, labels)
+    want = reference_features(proj, images, labels)
+    scale = want.abs().max()
+    torch.testing.assert_close(natural / scale, want / scale, rtol=0, atol=1e-5)
+    feats, logits = proj(images, labels)
+    assert feats.shape == (3, 64) and proj.dim == 64 and feats.dtype == torch.float32
+    torch.testing.assert_close(feats / scale, (want @ proj.second) / scale, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, model(images))
+
+
+def test_seeds_reproduce_and_differ_and_no_hooks_are_left():
+    model = _resnet()
+    images, labels = torch.randn(2, 3, 16, 16), torch.tensor([1, 4])
+    a, _ = KroneckerProjector(model, 32, seed=7, k_in=4, k_out=4)(images, labels)
+    b, _ = KroneckerProjector(model, 32, seed=7, k_in=4, k_out=4)(images, labels)
+    c, _ = KroneckerProjector(model, 32, seed=8, k_in=4, k_out=4)(images, labels)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3 * a.abs().max()
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_features_do_not_depend_on_batch_composition():
+    model = _resnet()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    proj = KroneckerProjector(model, 0, seed=0, k_in=4, k_out=4)
+    together, _ = proj(images, labels)
+    alone, _ = proj(images[2:3], labels[2:3])
+    scale = together.abs().max()
+    torch.testing.assert_close(alone[0] / scale, together[2] / scale, rtol=0, atol=1e-5)
+
+
+def test_train_mode_and_uncovered_layers_are_refused():
+    model = _resnet().train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        proj = KroneckerProjector(model, 0, seed=0)
+        proj.model.train()
+        proj(torch.randn(1, 3, 16, 16), torch.tensor([0]))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        KroneckerProjector(nn.Sequential(nn.Flatten(), nn.LayerNorm(12), nn.Linear(12, 3)), 0, seed=0)
+
+
+def test_make_projector_builds_kronecker():
+    proj = make_projector("kronecker", _resnet(), 128, seed=0)
+    assert isinstance(proj, KroneckerProjector) and proj.dim == 128
+
+
+def test_inner_products_approximate_true_gradient_inner_products():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+    images, labels = torch.randn(12, 3, 8, 8), torch.randint(0, 5, (12,))
+    exact = KroneckerProjector(model, 0, seed=0, k_in=10**6, k_out=10**6)  # identity factors: exact gradients
+    true, _ = exact.natural_features(images, labels)
+    proj = KroneckerProjector(model, 0, seed=0, k_in=32, k_out=6)
+    approx, _ = proj(images, labels)
+    iu = np.triu_indices(12)
+    true_ip, approx_ip = (true @ true.T).numpy()[iu], (approx @ approx.T).numpy()[iu]
+    assert np.corrcoef(true_ip, approx_ip)[0, 1] > 0.9
