@@ -37,7 +37,8 @@ class RunFolder:
             try:
                 old = load_config(cfg_path)
             except (ValueError, json.JSONDecodeError, TypeError) as e:
-                raise RunError(f"{cfg_path} is not a trakscope configuration ({e}); use --overwrite to replace it")
+                msg = f"{cfg_path} is not a trakscope configuration ({e}); use --overwrite to replace it"
+                raise RunError(msg) from e
             diff = config_diff(old, config)
             if diff:
                 raise RunError(
@@ -56,7 +57,9 @@ class RunFolder:
         """The saved configuration."""
         cfg_path = self.path / "config.json"
         if not cfg_path.is_file():
-            raise RunError(f"{self.path} is not a trakscope run folder (no config.json); create one with `trakscope run`")
+            raise RunError(
+                f"{self.path} is not a trakscope run folder (no config.json); create one with `trakscope run`"
+            )
         return load_config(cfg_path)
 
     @cached_property

@@ -13,7 +13,8 @@ import torch
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[b, C]`` logits, ``[b]`` labels -> ``[b]`` margins ``z_y - logsumexp_{k != y} z_k``."""
     correct = logits.gather(-1, labels.view(-1, 1)).squeeze(-1)
-    others = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[-1]).bool(), float("-inf"))
+    is_label = torch.arange(logits.shape[-1], device=logits.device) == labels.view(-1, 1)  # vmap-safe one-hot
+    others = logits.masked_fill(is_label, float("-inf"))
     return correct - others.logsumexp(dim=-1)
 
 

@@ -1,0 +1,127 @@
+"""TRAK scores from projected features (arXiv 2303.14186, Algorithm 1).
+
+With ``X_k`` the ``[n_train, d]`` training features of checkpoint ``k``, ``Phi_k`` a target split's
+features, ``A_k = X_k^T X_k + lambda_k I`` and ``Q_k`` the training examples' out-to-loss weights::
+
+    scores[train, target] = (1/K sum_k X_k A_k^-1 Phi_k^T)[train, target] * (1/K sum_k Q_k)[train]
+
+Every checkpoint counts. ``lambda_k = ridge * trace(X_k^T X_k) / d`` keeps ``A_k`` invertible even
+with fewer examples than dimensions. Scores are computed in blocks of training rows and written to a
+memory-mapped ``.npy``, so memory stays bounded for large ``n_train x n_target``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_path
+
+
+def gram(features: np.ndarray, block: int = 8192) -> np.ndarray:
+    """float64 ``[d, d]`` ``X^T X`` of ``[n, d]`` features, accumulated in row blocks."""
+    d = features.shape[1]
+    out = torch.zeros(d, d, dtype=torch.float64)
+    for s in range(0, features.shape[0], block):
+        x = torch.from_numpy(np.asarray(features[s : s + block], dtype=np.float64))
+        out.addmm_(x.T, x)
+    return out.numpy()
+
+
+def regularized_inverse(xtx: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    """``((X^T X + lambda I)^-1, lambda)`` with ``lambda = ridge * mean(diag(X^T X))``, via Cholesky in float64."""
+    if ridge < 0:
+        raise ValueError(f"ridge must be non-negative, got {ridge}")
+    d = xtx.shape[0]
+    lam = float(ridge * np.trace(xtx) / d)
+    a = torch.from_numpy(xtx) + lam * torch.eye(d, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise np.linalg.LinAlgError(
+            f"X^T X + lambda I is not positive definite (lambda={lam:.3g}); increase --ridge above {ridge}"
+        )
+    return torch.cholesky_inverse(chol).numpy(), lam
+
+
+def _block_scores(xs: Sequence[np.ndarray], invs: Sequence[np.ndarray], targets: Sequence[torch.Tensor],
+                  rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over checkpoints of ``x A^-1 phi^T`` for ``rows``, mean of ``x A^-1 x^T`` for the same rows)."""
+    acc, self_acc = None, None
+    for x_all, inv, phi in zip(xs, invs, targets):
+        x = torch.from_numpy(np.asarray(x_all[rows], dtype=np.float64))
+        xa = x @ torch.from_numpy(inv)
+        part = (xa.float() @ phi.T) if phi is not None else None
+        diag = (xa * x).sum(1)
+        acc = part if acc is None else acc + part
+        self_acc = diag if self_acc is None else self_acc + diag
+    k = len(xs)
+    return (acc / k if acc is not None else None), self_acc / k
+
+
+def trak_scores(
+    train_features: Sequence[np.ndarray],
+    inverses: Sequence[np.ndarray],
+    target_features: Sequence[np.ndarray] | None,
+    q_mean: np.ndarray,
+    out_path: Path | None = None,
+    block: int = 4096,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Scores of every training example on every target, and self-influence, averaged over checkpoints.
+
+    Args:
+        train_features: per checkpoint, ``[n_train, d]`` training features (memmaps are fine).
+        inverses: per checkpoint, ``[d, d]`` ``(X^T X + lambda I)^-1``.
+        target_features: per checkpoint, ``[n_target, d]`` target features; None for self-influence only.
+        q_mean: ``[n_train]`` out-to-loss weights averaged over checkpoints.
+        out_path: if given, scores are written there (atomically, as a memmapped ``.npy``) and returned
+            memory-mapped; else returned in memory.
+
+    Returns:
+        (float32 ``[n_train, n_target]`` scores or None, float32 ``[n_train]`` self-influence ``scores[i, i]``).
+        Higher = the training example pushes the target's margin up more.
+    """
+    n = train_features[0].shape[0]
+    targets = [torch.from_numpy(np.array(t, dtype=np.float32)) for t in target_features] if target_features else [
+        None for _ in train_features]
+    n_target = targets[0].shape[0] if targets[0] is not None else 0
+    q = torch.from_numpy(np.asarray(q_mean, dtype=np.float64))
+    self_inf = np.zeros(n, dtype=np.float32)
+    with _score_array(out_path, (n, n_target), want=target_features is not None) as scores:
+        for s in range(0, n, block):
+            rows = slice(s, min(s + block, n))
+            part, diag = _block_scores(train_features, inverses, targets, rows)
+            if part is not None:
+                scores[rows] = (part.double() * q[rows, None]).float().numpy()
+            self_inf[rows] = (diag * q[rows]).float().numpy()
+        if isinstance(scores, np.memmap):
+            scores.flush()
+    if out_path is not None and target_features is not None:
+        return np.load(out_path, mmap_mode="r", allow_pickle=False), self_inf
+    return scores if target_features is not None else None, self_inf
+
+
+class _score_array:
+    """Context manager: an in-memory array, or a memmapped ``.npy`` renamed into place on success."""
+
+    def __init__(self, path: Path | None, shape: tuple[int, int], want: bool):
+        self.path, self.shape, self.want = path, shape, want
+
+    def __enter__(self) -> np.ndarray | None:
+        if not self.want:
+            return None
+        if self.path is None:
+            return np.zeros(self.shape, dtype=np.float32)
+        self._ctx = atomic_path(self.path, suffix=".npy")
+        tmp = self._ctx.__enter__()
+        os.unlink(tmp)
+        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=self.shape)
+        return self.array
+
+    def __exit__(self, *exc) -> None:
+        if self.want and self.path is not None:
+            del self.array
+            self._ctx.__exit__(*exc)

@@ -1,0 +1,47 @@
+"""``trakscope run``: data -> ensemble training -> TRAK featurization -> scores, into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import dist
+from ..pipeline import run_pipeline
+from ..run import RunFolder
+from ._config_args import add_config_arguments, config_from_args
+from ._runtime import add_runtime_arguments, runtime_from_args
+
+HELP = "train a checkpoint ensemble and compute TRAK scores (train x test, train x val, self-influence)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard an existing run folder whose settings differ")
+    add_runtime_arguments(parser)
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    rt = runtime_from_args(args)
+    cfg = config_from_args(args)
+    run_folder = RunFolder(args.out)
+    if dist.rank() == 0:
+        run_folder.initialize(cfg, overwrite=args.overwrite)
+    dist.barrier()
+    run_pipeline(run_folder, rt)
+    if dist.rank() == 0:
+        _summary(run_folder)
+    return 0
+
+
+def _summary(run_folder: RunFolder) -> None:
+    metrics = json.loads((run_folder.path / "models" / "metrics.json").read_text())
+    ens = metrics["ensemble"]
+    accs = ", ".join(f"{m['test_acc']:.3f}" for m in metrics["models"])
+    print(f"ensemble of {len(metrics['models'])}: test accuracy {ens['test_acc']:.3f} (members {accs}), "
+          f"val accuracy {ens['val_acc']:.3f}")
+    timings = run_folder.timings()
+    print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    print(f"scores: {run_folder.path / 'scores'} (test.npy [n_train, n_test], val.npy, self.npy)")
+    print(f"next: trakscope inspect --run {run_folder.path} --target 17")

@@ -1,0 +1,48 @@
+"""The ``inspect`` picture: a test image beside its most positive and most negative training examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+POSITIVE, NEGATIVE, NOISY = "#1a7f37", "#cf222e", "#bf8700"
+
+
+def _tile(ax, image: np.ndarray, title: str, color: str, noisy: bool = False) -> None:
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(NOISY if noisy else color)
+        spine.set_linewidth(3 if noisy else 1.5)
+    ax.set_title(title, fontsize=7.5, color="black", pad=3)
+
+
+def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> None:
+    """Save a PNG: the target, then one row of tiles per key of ``rows`` ("highest", "lowest").
+
+    Args:
+        target: ``image`` (uint8 ``[T, T, 3]``), ``title``.
+        rows: name -> list of ``{"image", "title", "noisy"}`` tiles.
+    """
+    k = max(len(v) for v in rows.values())
+    fig = plt.figure(figsize=(1.25 * (k + 1.4), 1.55 * len(rows) + 0.4), dpi=150)
+    grid = fig.add_gridspec(len(rows), k + 1, width_ratios=[1.4] + [1] * k, wspace=0.15, hspace=0.55)
+    ax = fig.add_subplot(grid[:, 0])
+    _tile(ax, target["image"], target["title"], "#24292f")
+    for r, (name, tiles) in enumerate(rows.items()):
+        color = POSITIVE if r == 0 else NEGATIVE
+        for c, tile in enumerate(tiles):
+            _tile(fig.add_subplot(grid[r, c + 1]), tile["image"], tile["title"], color, tile["noisy"])
+        fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 1 - (r + 0.02) / len(rows), name, color=color, fontsize=9,
+                 ha="center", va="bottom", weight="bold")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
