@@ -313,9 +313,7 @@ class KroneckerProjector(GradientProjector):
     @contextmanager
     def _hooked(self, feats: torch.Tensor, roots: list[torch.Tensor]) -> Iterator[None]:
         """Forward hooks on every covered layer for the duration of one call; always removed."""
-        handles = [
-            layer.module.register_forward_hook(self._forward_hook(layer, feats, roots)) for layer in self.layers
-        ]
+        handles = [layer.module.register_forward_hook(self._forward_hook(layer, feats, roots)) for layer in self.layers]
         try:
             yield
         finally:
