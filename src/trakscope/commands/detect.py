@@ -1,0 +1,45 @@
+"""``trakscope detect``: rank training examples by how likely their label is wrong / how harmful they are."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..experiments.detection import DESCRIPTIONS, format_table, run_detection
+from ..run import RunFolder
+from ._runtime import add_runtime_arguments, runtime_from_args
+
+HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run folder made by `trakscope run`")
+    parser.add_argument("--groups", choices=("classes", "auto"), default="classes",
+                        help="D3M validation groups: one per class, or Auto-D3M (2 PCA pseudo-groups per class)")
+    parser.add_argument("--folds", type=int, default=3,
+                        help="k of the k-fold cross-validated training that feeds cleanlab")
+    parser.add_argument("--no-cleanlab", action="store_true",
+                        help="skip the cleanlab baseline (it retrains k models)")
+    add_runtime_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    rt = runtime_from_args(args)
+    run_folder = RunFolder(args.run)
+    folds = None if args.no_cleanlab else args.folds
+    if folds is not None and folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}")
+    det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress)
+    print(f"ranking of {len(det.predicted)} training examples: {run_folder.path / 'detect' / 'ranking.csv'}")
+    for name in det.scores:
+        print(f"  {name}: {DESCRIPTIONS[name]}")
+    cl = det.info.get("cleanlab")
+    if cl is not None:
+        print(f"cleanlab find_label_issues flags {cl['n_issues']} examples "
+              f"({cl['folds']}-fold out-of-sample accuracy {cl['oos_acc']:.3f})")
+    if metrics is None:
+        print("no planted noise in this run: no detection metrics (rankings only)")
+        return 0
+    print(f"\ndetection of {metrics['n_noisy']} planted wrong labels among {metrics['n_train']} "
+          f"(D3M groups: {metrics['groups']}, {metrics['n_groups']} groups):")
+    print(format_table(metrics))
+    return 0
