@@ -192,7 +192,14 @@ def iter_batches(
     loader = torch.utils.data.DataLoader(
         _ChunkDataset(images, chunks), batch_size=None, num_workers=num_workers, persistent_workers=False
     )
-    yield from zip(chunks, loader, strict=True)
+    batches = iter(loader)
+    try:
+        for chunk in chunks:
+            yield chunk, next(batches)
+    finally:
+        # Stop the workers now. After a decoding error the traceback keeps the iterator alive, and when it is
+        # finally collected the shutdown waits 5 s per worker on join timeouts. DataLoader has no public close.
+        getattr(batches, "_shutdown_workers", lambda: None)()
 
 
 class _ChunkDataset(torch.utils.data.Dataset):
