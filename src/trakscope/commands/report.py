@@ -1,0 +1,33 @@
+"""``trakscope report --run DIR``: write the self-contained HTML report ``DIR/report/index.html``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import webbrowser
+
+from ..report.html import DEFAULT_K, write_report
+from ..run import RunFolder
+
+HELP = "write DIR/report/index.html: summary, explorer of attributions, suspects, detection, removal, LDS"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``trakscope report``."""
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder (made by `trakscope run`)")
+    p.add_argument("--top-k", type=int, default=DEFAULT_K,
+                   help="most positive and most negative training examples kept per test example")
+    p.add_argument("--open", action="store_true", help="open the report in a web browser when written")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report, record its time and print its path."""
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    start = time.perf_counter()
+    path = write_report(args.run, k=args.top_k)
+    RunFolder(args.run).record_timing("report", time.perf_counter() - start)
+    print(path.resolve())
+    if args.open:
+        webbrowser.open(path.resolve().as_uri())
+    return 0

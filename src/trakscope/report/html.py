@@ -1,0 +1,166 @@
+"""``report/index.html``: one self-contained page (inline CSS, vanilla JS, embedded data, no network).
+
+Static sections (summary, detection quality, removal, LDS) are built here with every run-folder value
+escaped; the explorer and the suspects grid are drawn by ``static/report.js`` from a JSON block, using
+``textContent`` only. A Content-Security-Policy lets only the page's own script run and forbids every
+network request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_path
+from ..run import RunFolder
+from . import payload, sections
+from .sections import esc, fmt
+from .sprites import sprite_sheets
+
+DEFAULT_K = 24  # top-k attributions kept per test example (each of positive and negative)
+
+
+def _static(name: str) -> str:
+    return resources.files("trakscope.report").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def build_data(run: RunFolder, k: int = DEFAULT_K) -> dict[str, Any]:
+    """Everything the page's script needs: classes, labels, thumbnails, top-k attributions, suspects."""
+    data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {}}
+    for split in ("train", "test"):
+        data["splits"][split] = payload.split_table(run, split)
+        if (run.path / f"data/thumbs_{split}.npy").exists():
+            data["thumbs"][split] = sprite_sheets(run.thumbs(split))
+    data["explorer"] = payload.explorer_payload(run, k)
+    data["suspects"] = payload.read_ranking(run)
+    return data
+
+
+def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
+    """Cards with dataset, classes, sizes, planted noise, model, ensemble accuracy, TRAK settings, timings."""
+    cfg = run.config
+    sizes = {s: data["splits"][s]["n"] for s in ("train", "test")}
+    if (run.path / "data/val.csv").exists():
+        sizes["val"] = len(run.table("val")["index"])
+    noisy = int(np.sum(data["splits"]["train"]["noisy"]))
+    acc = _ensemble_accuracy(payload.optional_json(run, "models/metrics.json"))
+    meta = payload.optional_json(run, "scores/meta.json") or {}
+    n_ckpt = meta.get("num_checkpoints", meta.get("n_checkpoints")) if isinstance(meta, dict) else None
+    timings = run.timings()
+    cards = [
+        ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
+        ("classes", len(data["classes"]), _class_list(data["classes"])),
+        ("train / val / test", " / ".join(f"{sizes[s]:,}" if s in sizes else "—" for s in ("train", "val", "test")),
+         "examples"),
+        ("planted noise", f"{noisy:,}", f"{cfg.data.noise:.0%} of training labels flipped"),
+        ("model", cfg.model.name, f"{cfg.model.weights} init · ensemble of {cfg.train.ensemble} · "
+                                  f"{cfg.train.epochs} epochs"),
+        ("ensemble accuracy", "—" if acc.get("test") is None else f"{acc['test']:.1%}",
+         "test" + ("" if acc.get("val") is None else f" · val {acc['val']:.1%}")),
+        ("TRAK", f"{cfg.trak.projector} · {cfg.trak.proj_dim}",
+         f"ridge {cfg.trak.ridge:g}" + ("" if n_ckpt is None else f" · {n_ckpt} checkpoints")),
+        ("time", f"{sum(timings.values()):.0f} s" if timings else "—",
+         " · ".join(f"{k} {v:.0f}s" for k, v in list(timings.items())[:5])),
+    ]
+    html_cards = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div>'
+                         f'<div class="s">{esc(s)}</div></div>' for k, v, s in cards)
+    detail = sections.table(["stage", "seconds"], timings.items(), "kv") if timings else ""
+    return (f'<section id="summary"><div class="cards">{html_cards}</div>'
+            f'<details><summary>all settings and timings</summary>{sections.key_value_table(cfg.to_dict())}{detail}'
+            "</details></section>")
+
+
+def _class_list(classes: list[str], n: int = 12) -> str:
+    return ", ".join(classes[:n]) + (" …" if len(classes) > n else "")
+
+
+def _ensemble_accuracy(metrics: Any) -> dict[str, float]:
+    """Ensemble accuracy on test and val from ``models/metrics.json`` (any key path naming ensemble + split)."""
+    out: dict[str, float] = {}
+    for key, v in sections.flatten(metrics or {}).items():
+        low = key.lower()
+        if "ensemble" in low and isinstance(v, (int, float)) and not isinstance(v, bool):
+            for split in ("test", "val"):
+                if split in low and split not in out:
+                    out[split] = float(v)
+    return out
+
+
+def render(run: RunFolder, k: int = DEFAULT_K) -> str:
+    """The whole page as a string."""
+    data = build_data(run, k)
+    run_dir = str(run.path)
+    noisy = np.asarray(data["splits"]["train"]["noisy"], dtype=bool)
+    ranking = data["suspects"]
+    body = [
+        summary_section(run, data),
+        sections.section("explorer", "Explorer", _explorer_shell(data, run_dir),
+                         "Pick a test example: beside it are the training examples whose TRAK scores most support "
+                         "(positive) and most oppose (negative) the ensemble's prediction of its label."),
+        sections.section("suspects", "Suspects", _suspects_shell(data, run_dir),
+                         "Training examples most likely mislabeled, most suspicious first."),
+        sections.section("detection", "Detection quality",
+                         sections.detection_section(payload.optional_json(run, "detect/metrics.json"), ranking,
+                                                    noisy, run_dir),
+                         "How quickly each scorer's order finds the labels flipped on purpose."),
+        sections.section("removal", "Removal", sections.removal_section(
+            payload.optional_json(run, "removal/results.json"), run_dir),
+            "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?"),
+        sections.section("lds", "Linear datamodeling score",
+                         sections.lds_section(payload.optional_json(run, "lds.json"), run_dir)),
+    ]
+    return _page(run, "".join(body), payload.embed_json(data))
+
+
+def _explorer_shell(data: dict[str, Any], run_dir: str) -> str:
+    if data["explorer"] is None:
+        return sections.missing("trakscope run", run_dir, "TRAK scores (scores/test.npy)")
+    return '<div id="explorer-app" class="app"></div>'
+
+
+def _suspects_shell(data: dict[str, Any], run_dir: str) -> str:
+    if data["suspects"] is None:
+        return sections.missing("trakscope detect", run_dir, "suspect ranking (detect/ranking.csv)")
+    return '<div id="suspects-app" class="app"></div>'
+
+
+def _page(run: RunFolder, body: str, data_json: str) -> str:
+    script = _static("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    csp = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+           "img-src data: blob:; connect-src 'none'; form-action 'none'; base-uri 'none'")
+    title = f"trakscope · {run.config.data.dataset} · {run.path.name}"
+    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
+        ("summary", "Summary"), ("explorer", "Explorer"), ("suspects", "Suspects"), ("detection", "Detection"),
+        ("removal", "Removal"), ("lds", "LDS")))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{_static("report.css")}</style></head>
+<body><header><div class="brand">trakscope</div><div class="run" title="{esc(run.path)}">{esc(title)}</div>
+<nav>{nav}</nav></header><main>{body}</main>
+<footer>Generated by trakscope on {esc(time.strftime("%Y-%m-%d %H:%M"))} from <code>{esc(run.path)}</code>.</footer>
+<script type="application/json" id="report-data">{data_json}</script>
+<script>{script}</script></body></html>
+"""
+
+
+def write_report(run_dir: Path | str, k: int = DEFAULT_K) -> Path:
+    """Build ``<run_dir>/report/index.html`` (atomically) and return its path."""
+    run = RunFolder(run_dir)
+    page = render(run, k)
+    out = run.path / "report" / "index.html"
+    with atomic_path(out, suffix=".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+__all__ = ["DEFAULT_K", "build_data", "render", "write_report", "fmt"]

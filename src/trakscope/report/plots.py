@@ -1,0 +1,101 @@
+"""Report figures drawn with matplotlib as SVG and embedded as ``<img>`` data URIs.
+
+An SVG shown through ``<img>`` cannot run scripts or load anything, and it stays crisp at any zoom.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+RC = {"svg.fonttype": "none", "svg.hashsalt": "trakscope", "font.family": "sans-serif", "font.size": 9}
+PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
+
+
+def svg_data_uri(fig: Figure) -> str:
+    """Render a figure as an SVG data URI (text kept as text, so it is small and sharp)."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context(RC):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, color="#e5e7eb", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def detection_curves(orders: Mapping[str, Sequence[int]], noisy: np.ndarray) -> str:
+    """Recall vs fraction inspected, and precision vs recall, of every scorer's inspection order.
+
+    Args:
+        orders: scorer -> training indices, most suspicious (inspected first) first.
+        noisy: bool ``[n_train]``, True where the label was flipped on purpose.
+
+    Returns:
+        An SVG data URI with two panels.
+    """
+    with matplotlib.rc_context(RC):
+        return _detection_curves(orders, np.asarray(noisy, dtype=bool))
+
+
+def _detection_curves(orders: Mapping[str, Sequence[int]], noisy: np.ndarray) -> str:
+    n, n_noisy = len(noisy), int(noisy.sum())
+    fig = Figure(figsize=(9.2, 3.4))
+    ax_r, ax_p = fig.subplots(1, 2)
+    x = np.arange(1, n + 1)
+    for color, (name, order) in zip(PALETTE * 4, orders.items()):
+        hits = np.cumsum(noisy[np.asarray(order, dtype=np.int64)])
+        ax_r.plot(x / n, hits / n_noisy, color=color, lw=1.6, label=name)
+        ax_p.plot(hits / n_noisy, hits / x, color=color, lw=1.6, label=name)
+    ax_r.plot([0, 1], [0, 1], color="#9ca3af", lw=1, ls="--", label="random")
+    ax_r.plot([0, n_noisy / n, 1], [0, 1, 1], color="#9ca3af", lw=1, ls=":", label="perfect")
+    ax_p.axhline(n_noisy / n, color="#9ca3af", lw=1, ls="--", label="random")
+    ax_r.set(xlabel="fraction of training set inspected", ylabel="fraction of flipped labels found",
+             xlim=(0, 1), ylim=(0, 1.02), title="Recall vs inspected")
+    ax_p.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision vs recall")
+    for ax in (ax_r, ax_p):
+        _style(ax)
+    ax_r.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return svg_data_uri(fig)
+
+
+def removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
+                   reference: tuple[float, float] | None, ylabel: str) -> str:
+    """Accuracy vs fraction removed, one line with error bars per strategy, the full-data accuracy as a band.
+
+    Args:
+        series: strategy -> rows ``(fraction removed, mean accuracy, standard error)`` sorted by fraction.
+        reference: ``(mean, standard error)`` with all the training data, or None.
+        ylabel: what the y values are (e.g. "test accuracy").
+
+    Returns:
+        An SVG data URI.
+    """
+    with matplotlib.rc_context(RC):
+        return _removal_curves(series, reference, ylabel)
+
+
+def _removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
+                    reference: tuple[float, float] | None, ylabel: str) -> str:
+    fig = Figure(figsize=(6.6, 3.7))
+    ax = fig.subplots()
+    if reference is not None:
+        ax.axhline(reference[0], color="#111827", lw=1, ls="--", label="full data")
+        ax.axhspan(reference[0] - reference[1], reference[0] + reference[1], color="#111827", alpha=0.07, lw=0)
+    for color, (name, rows) in zip(PALETTE * 4, series.items()):
+        f, m, s = (np.asarray(c, dtype=float) for c in zip(*rows))
+        style = {"marker": "*", "ms": 11, "ls": "none"} if len(f) == 1 else {"marker": "o", "ms": 3.5, "lw": 1.6}
+        ax.errorbar(f * 100, m, yerr=s, color=color, capsize=3, label=name, **style)
+    ax.set(xlabel="training examples removed (%)", ylabel=ylabel, title="Remove and retrain (mean ± SE over seeds)")
+    _style(ax)
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return svg_data_uri(fig)

@@ -1,0 +1,164 @@
+"""The report's static sections, built in Python: every value from the run folder goes through :func:`esc`.
+
+Each renderer takes what the run folder holds (possibly nothing) and returns an HTML fragment; a
+section whose stage output is missing says which command produces it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import plots
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value (quotes included)."""
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell (escaped); None/NaN as an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return esc(value)
+    if isinstance(value, int):
+        return esc(f"{value:,}")
+    if isinstance(value, float):
+        return esc(f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}")
+    return esc(value)
+
+
+def missing(command: str, run_dir: str, what: str) -> str:
+    """A note saying which command produces a missing section."""
+    return (f'<p class="missing">No {esc(what)} in this run yet. Produce it with '
+            f"<code>{esc(command)} --run {esc(run_dir)}</code>, then rerun <code>trakscope report</code>.</p>")
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
+    """An HTML table; header cells and cells are escaped (cells through :func:`fmt`)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}`` (lists of scalars kept as leaves)."""
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def section(anchor: str, title: str, body: str, lead: str = "") -> str:
+    """A titled ``<section>``; ``title`` and ``lead`` are escaped, ``body`` is trusted HTML built here."""
+    lead_html = f'<p class="lead">{esc(lead)}</p>' if lead else ""
+    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{lead_html}{body}</section>'
+
+
+def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np.ndarray, run_dir: str) -> str:
+    """Metrics table (``detect/metrics.json``) and curves of every scorer's order against planted noise."""
+    if ranking is None and metrics is None:
+        return missing("trakscope detect", run_dir, "mislabel detection results")
+    parts = []
+    if not np.asarray(noisy).any():
+        parts.append('<p class="missing">No planted noise in this run, so detection quality cannot be measured '
+                     "(use <code>--noise</code> &gt; 0).</p>")
+    elif ranking is not None and ranking["order"]:
+        uri = plots.detection_curves(ranking["order"], noisy)
+        parts.append(f'<img class="plot" alt="detection curves" src="{esc(uri)}">')
+    rows = metric_rows(metrics)
+    if rows:
+        cols = sorted({c for _, r in rows for c in r}, key=_metric_key)
+        if isinstance(metrics.get("chance"), Mapping):
+            rows.append(("chance", {k: v for k, v in metrics["chance"].items() if _is_number(v)}))
+        parts.append(table(["scorer", *cols], [[name, *(r.get(c) for c in cols)] for name, r in rows], "metrics"))
+    descriptions = metrics.get("descriptions") if isinstance(metrics, Mapping) else None
+    if isinstance(descriptions, Mapping):
+        items = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in descriptions.items())
+        parts.append(f'<ul class="notes">{items}</ul>')
+    if isinstance(metrics, Mapping) and isinstance(metrics.get("cleanlab"), Mapping):
+        cl = metrics["cleanlab"]
+        parts.append(f'<p class="muted">cleanlab find_label_issues flags {fmt(cl.get("n_issues"))} examples '
+                     f'(precision {fmt(cl.get("issues_precision"))}, recall {fmt(cl.get("issues_recall"))}, '
+                     f'{fmt(cl.get("folds"))}-fold out-of-sample accuracy {fmt(cl.get("oos_acc"))}).</p>')
+    return "".join(parts)
+
+
+def _metric_key(name: str) -> tuple[int, str]:
+    known = ["roc_auc", "average_precision"]
+    return (known.index(name), name) if name in known else (len(known), name)
+
+
+def metric_rows(metrics: Any) -> list[tuple[str, dict[str, float]]]:
+    """``{scorer: {metric: value}}`` (optionally under a ``"scorers"`` key) -> rows of numeric metrics."""
+    if not isinstance(metrics, Mapping):
+        return []
+    if isinstance(metrics.get("scorers"), Mapping):
+        metrics = metrics["scorers"]
+    rows = []
+    for name, vals in metrics.items():
+        if isinstance(vals, Mapping):
+            nums = {k: float(v) for k, v in flatten(vals).items() if _is_number(v)}
+            if nums:
+                rows.append((str(name), nums))
+    return rows
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def key_value_table(obj: Any) -> str:
+    """Every numeric or short string leaf of a JSON object, as a two-column table."""
+    rows = [(k, v) for k, v in flatten(obj).items() if _is_number(v) or (isinstance(v, str) and len(v) < 200)]
+    return table(["quantity", "value"], rows, "kv") if rows else ""
+
+
+def removal_rows(results: Any) -> list[dict[str, Any]]:
+    """The ``rows`` of ``removal/results.json`` that have a strategy, a removed fraction and a mean accuracy."""
+    rows = results.get("rows") if isinstance(results, Mapping) else None
+    keep = [r for r in rows or [] if isinstance(r, Mapping) and _is_number(r.get("removed_fraction"))
+            and _is_number(r.get("mean")) and "strategy" in r]
+    return sorted(keep, key=lambda r: (str(r["strategy"]), r["removed_fraction"]))
+
+
+def removal_section(results: Any, run_dir: str) -> str:
+    """Test accuracy vs fraction removed per strategy (error bars = SE over seeds), the full-data line, the table."""
+    if results is None:
+        return missing("trakscope removal", run_dir, "remove-and-retrain results")
+    rows = removal_rows(results)
+    if not rows:
+        return '<p class="missing">removal/results.json has no rows this report can read.</p>'
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        series.setdefault(str(r["strategy"]), []).append((r["removed_fraction"], r["mean"], r.get("se") or 0.0))
+    ref = results.get("reference") if isinstance(results.get("reference"), Mapping) else {}
+    ref_line = (ref["mean"], ref.get("se") or 0.0) if _is_number(ref.get("mean")) else None
+    uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")))
+    table_rows = [["full data", 0.0, 0, 0, ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None]]
+    table_rows += [[r["strategy"], 100 * r["removed_fraction"], r.get("n_removed"), r.get("n_noisy_removed"),
+                    r["mean"], r.get("se"), len(r.get("test_acc") or []), r.get("delta_vs_full")] for r in rows]
+    head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
+            "Δ vs full data"]
+    return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
+        head, table_rows, "metrics")
+
+
+def lds_section(lds: Any, run_dir: str) -> str:
+    """The linear datamodeling score: headline number(s) and every other numeric entry."""
+    if lds is None:
+        return missing("trakscope lds", run_dir, "linear datamodeling score")
+    flat = flatten(lds)
+    names = ("lds", "mean", "lds_mean")
+    heads = [(k, v) for k, v in flat.items() if _is_number(v) and k.split(".")[-1].lower() in names]
+    cards = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{fmt(float(v))}</div></div>'
+                    for k, v in heads[:4])
+    return f'<div class="cards">{cards}</div>' + key_value_table(lds)

@@ -1,0 +1,222 @@
+"""The HTML report: compact top-k payload, escaping, sprite sheets, tolerant sections, the CLI command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trakscope.config import DataConfig, RunConfig
+from trakscope.experiments.detection import Detection, quality_metrics, ranking_rows
+from trakscope.io import save_npy, write_csv, write_json
+from trakscope.report import payload, sections
+from trakscope.report.html import render, write_report
+from trakscope.report.sprites import sprite_sheets
+from trakscope.run import RunFolder
+
+XSS = "<img src=x onerror=alert(1)>"
+CLASSES = ["zero", XSS, "two", 'a "quoted" & <b>bold</b>']
+
+
+def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, seed: int = 0,
+             detect: bool = True) -> Path:
+    """A synthetic run folder per docs/run-folder.md: random scores, probabilities and thumbnails.
+
+    Class 1 is named like an XSS payload; training labels have planted noise (10%); ``detect/`` is written
+    with the detect stage's own ``ranking_rows`` / ``quality_metrics`` from random scorer outputs.
+    """
+    rng = np.random.default_rng(seed)
+    run = RunFolder(path)
+    run.initialize(RunConfig(data=DataConfig(dataset="digits", noise=0.1)))
+    write_json(path / "data/classes.json", CLASSES)
+    c = len(CLASSES)
+    for split, n in (("train", n_train), ("val", 20), ("test", n_test)):
+        true = rng.integers(0, c, n)
+        label = true.copy()
+        noisy = np.zeros(n, dtype=int)
+        if split == "train":
+            flip = rng.choice(n, n // 10, replace=False)
+            label[flip] = (true[flip] + 1 + rng.integers(0, c - 1, len(flip))) % c
+            noisy[flip] = 1
+        ids = [f"{split}/{i}<x>.png" for i in range(n)]
+        write_csv(path / f"data/{split}.csv", ["index", "source_id", "label", "true_label", "noisy"],
+                  [[i, ids[i], label[i], true[i], noisy[i]] for i in range(n)])
+        thumbs = rng.integers(0, 256, (n, thumb, thumb, 3), dtype=np.uint8)
+        thumbs[:, : thumb // 2, : thumb // 2] = (true * 60)[:, None, None, None].astype(np.uint8)
+        save_npy(path / f"data/thumbs_{split}.npy", thumbs)
+        save_npy(path / f"models/probs_{split}.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
+    save_npy(path / "scores/test.npy", rng.normal(size=(n_train, n_test)).astype(np.float32))
+    write_json(path / "models/metrics.json", {"ensemble": {"val": 0.91, "test": 0.875}})
+    write_json(path / "timings.json", {"train": 12.5, "featurize": 3.25})
+    if detect:
+        write_detection(run, rng)
+        write_json(path / "removal/results.json", removal_results(rng))
+    return path
+
+
+def write_detection(run: RunFolder, rng: np.random.Generator) -> None:
+    """``detect/ranking.csv`` and ``detect/metrics.json`` through the detect stage's writers."""
+    n = len(run.table("train")["index"])
+    scores = {name: rng.normal(size=n) for name in ("self_influence", "d3m", "loss")}
+    det = Detection(scores, run.probs("train").argmax(1).astype(np.int64), {"groups": "classes", "n_groups": 4})
+    header, rows = ranking_rows(run, det)
+    write_csv(run.path / "detect/ranking.csv", header, rows)
+    write_json(run.path / "detect/metrics.json", quality_metrics(run, det))
+
+
+@pytest.fixture
+def synth_run(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def page_data(html: str) -> dict:
+    """The JSON block of a rendered page."""
+    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+    assert m is not None
+    return json.loads(m.group(1))
+
+
+def test_top_k_matches_a_full_argsort():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(57, 23)).astype(np.float32)
+    tk = payload.top_k(scores, 5, chunk=4)
+    for j in range(scores.shape[1]):
+        col = scores[:, j]
+        assert tk["pos_idx"][j].tolist() == np.argsort(-col, kind="stable")[:5].tolist()
+        assert tk["neg_idx"][j].tolist() == np.argsort(col, kind="stable")[:5].tolist()
+        np.testing.assert_array_equal(tk["pos_score"][j], col[tk["pos_idx"][j]])
+    assert np.all(np.diff(tk["pos_score"], axis=1) <= 0) and np.all(np.diff(tk["neg_score"], axis=1) >= 0)
+
+
+def test_top_k_with_k_above_n_train_and_ties():
+    scores = np.array([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    tk = payload.top_k(scores, 10)
+    assert tk["pos_idx"].shape == (2, 3)
+    assert tk["pos_idx"][0].tolist() == [1, 0, 2]  # ties by training index, as a stable argsort
+    assert tk["neg_idx"][1].tolist() == [0, 1, 2]
+
+
+def test_embedded_json_cannot_close_the_script_and_round_trips():
+    obj = {"name": "</script><script>alert(1)</script> & <!--", "x": [1, 2.5]}
+    text = payload.embed_json(obj)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == obj
+
+
+def test_sprite_sheets_keep_every_thumbnail_in_its_cell():
+    rng = np.random.default_rng(2)
+    thumbs = rng.integers(0, 256, (21, 8, 8, 3), dtype=np.uint8)
+    out = sprite_sheets(thumbs, cols=4, fmt="PNG")
+    assert out["size"] == 8 and len(out["sheets"]) == 2  # 16 per sheet
+    sheets = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1])))) for u in out["sheets"]]
+    for i in (0, 5, 15, 16, 20):
+        s, cell = divmod(i, 16)
+        r, c = divmod(cell, 4)
+        np.testing.assert_array_equal(sheets[s][r * 8:(r + 1) * 8, c * 8:(c + 1) * 8], thumbs[i])
+    assert sprite_sheets(thumbs, cols=4)["sheets"][0].startswith("data:image/jpeg;")  # noise: JPEG is far smaller
+    flat = np.repeat(thumbs[:, :1, :1], 8, axis=1).repeat(8, axis=2)
+    assert sprite_sheets(flat, cols=4)["sheets"][0].startswith("data:image/png;")
+
+
+def test_page_escapes_every_class_name_and_embeds_exact_data(synth_run):
+    html = render(RunFolder(synth_run))
+    assert XSS not in html and "<b>bold</b>" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # summary card, as text
+    data = page_data(html)
+    assert data["classes"] == CLASSES
+    assert data["splits"]["train"]["source_id"][3] == "train/3<x>.png"
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
+    assert "Content-Security-Policy" in html and "connect-src &#x27;none&#x27;" in html
+
+
+def test_explorer_payload_is_top_k_of_the_score_matrix(synth_run):
+    data = page_data(render(RunFolder(synth_run), k=7))
+    x = data["explorer"]
+    pos = np.frombuffer(base64.b64decode(x["pos_idx"]), "<i4").reshape(-1, x["k"])
+    neg = np.frombuffer(base64.b64decode(x["neg_idx"]), "<i4").reshape(-1, x["k"])
+    scores = np.load(synth_run / "scores/test.npy")
+    assert pos.shape == (40, 7)
+    for j in (0, 13, 39):
+        assert pos[j].tolist() == np.argsort(-scores[:, j], kind="stable")[:7].tolist()
+        assert neg[j].tolist() == np.argsort(scores[:, j], kind="stable")[:7].tolist()
+
+
+def test_suspects_follow_ranking_csv(synth_run):
+    data = page_data(render(RunFolder(synth_run)))
+    s = data["suspects"]
+    assert set(s["scorers"]) == {"self_influence", "d3m", "loss"}
+    csv_order = [int(line.split(",")[0]) for line in (synth_run / "detect/ranking.csv").read_text().splitlines()[1:]]
+    assert s["order"]["d3m"] == csv_order  # the file is written in D3M order
+
+
+def test_missing_stages_say_which_command_produces_them(tmp_path):
+    run_dir = make_run(tmp_path / "run", detect=False)
+    (run_dir / "scores/test.npy").unlink()
+    html = render(RunFolder(run_dir))
+    for command in ("trakscope detect", "trakscope removal", "trakscope lds", "trakscope run"):
+        assert f"<code>{command} --run" in html
+    assert '<div id="explorer-app"' not in html and '<div id="suspects-app"' not in html
+
+
+def test_detection_section_has_curves_and_metrics(synth_run):
+    html = render(RunFolder(synth_run))
+    sec = html[html.index('<section id="detection">'):html.index('<section id="removal">')]
+    assert 'alt="detection curves" src="data:image/svg+xml;base64,' in sec
+    for name in ("self_influence", "d3m", "loss", "chance", "roc_auc", "average_precision"):
+        assert name in sec
+
+
+def removal_results(rng: np.random.Generator) -> dict:
+    """A ``removal/results.json`` through the removal stage's own ``summarize``."""
+    from trakscope.experiments.removal import summarize
+
+    results = [{"strategy": s, "fraction": f, "seed": seed, "n_removed": int(f * 150),
+                "n_noisy_removed": int(f * 50), "test_acc": float(0.8 + rng.normal(0, 0.01))}
+               for s in ("negative", "random") for f in (0.02, 0.1) for seed in (0, 1)]
+    refs = [{"seed": s, "test_acc": 0.8 + 0.01 * s, "source": "ensemble member 0"} for s in (0, 1)]
+    return summarize(results, refs, 150, 15)
+
+
+def test_removal_section_plots_and_tabulates_every_row():
+    results = removal_results(np.random.default_rng(3))
+    rows = sections.removal_rows(results)
+    assert len(rows) == 4 and [r["strategy"] for r in rows] == ["negative", "negative", "random", "random"]
+    html = sections.removal_section(results, "RUN")
+    assert 'alt="accuracy vs fraction removed" src="data:image/svg+xml;base64,' in html
+    assert html.count("<tr>") == 1 + 1 + 4  # header, full data, one per row
+    assert "missing" in sections.removal_section({"rows": []}, "RUN")
+
+
+def test_report_command_writes_index_html_and_prints_its_path(synth_run, capsys):
+    from trakscope.cli import main
+
+    assert main(["report", "--run", str(synth_run), "--top-k", "5"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert Path(out) == (synth_run / "report/index.html").resolve()
+    assert "report" in json.loads((synth_run / "timings.json").read_text())
+
+
+def test_report_on_no_run_folder_is_a_clear_error(tmp_path, capsys):
+    from trakscope.cli import main
+
+    assert main(["report", "--run", str(tmp_path / "nothing")]) == 2
+    assert "trakscope run" in capsys.readouterr().err
+
+
+def test_report_of_a_real_tiny_run(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    path = write_report(run_dir, k=6)
+    data = page_data(path.read_text())
+    scores = np.load(run_dir / "scores/test.npy")
+    pos = np.frombuffer(base64.b64decode(data["explorer"]["pos_idx"]), "<i4").reshape(scores.shape[1], 6)
+    assert pos[0].tolist() == np.argsort(-scores[:, 0], kind="stable")[:6].tolist()
+    assert len(data["splits"]["train"]["label"]) == scores.shape[0]
