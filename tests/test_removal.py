@@ -1,0 +1,119 @@
+"""Removal selection, result summaries, and one end-to-end detect + removal + export run on tiny data."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from trakscope.experiments import removal
+from trakscope.experiments.removal import mean_se, plan_jobs, select_removed, summarize
+
+RANKING = {
+    "index": np.arange(10),
+    "noisy": np.array([0, 1, 0, 0, 1, 0, 0, 0, 0, 1], dtype=bool),
+    "val_all": np.array([5.0, -3, 1, 2, -1, 0, 9, 4, 3, -2]),
+    "d3m": np.array([0.5, -0.3, 0.1, 0.2, -0.1, 0.0, 0.9, 0.4, 0.3, -0.2]),
+    "loss": np.array([0.1, 2.0, 0.2, 0.3, 1.5, 0.2, 0.0, 0.1, 0.1, 1.0]),
+    "self_influence": np.arange(10.0),
+}
+
+
+def test_ranked_strategies_take_their_top_k():
+    np.testing.assert_array_equal(select_removed("positive", 0.2, RANKING), [0, 6])  # val_all 9 and 5
+    np.testing.assert_array_equal(select_removed("negative", 0.3, RANKING), [1, 4, 9])  # lowest d3m
+    np.testing.assert_array_equal(select_removed("val-negative", 0.2, RANKING), [1, 9])
+    np.testing.assert_array_equal(select_removed("loss", 0.2, RANKING), [1, 4])
+    np.testing.assert_array_equal(select_removed("self_influence", 0.1, RANKING), [9])
+    assert len(select_removed("negative", 0.0, RANKING)) == 0
+
+
+def test_d3m_heuristic_removes_negative_scores_whatever_the_fraction():
+    np.testing.assert_array_equal(select_removed("d3m-heuristic", 0.0, RANKING), [1, 4, 9])
+    np.testing.assert_array_equal(select_removed("d3m-heuristic", 0.5, RANKING), [1, 4, 9])
+
+
+def test_random_is_seeded_and_sized():
+    a, b = select_removed("random", 0.3, RANKING, seed=1), select_removed("random", 0.3, RANKING, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 3 and len(np.unique(a)) == 3
+    draws = {tuple(select_removed("random", 0.3, RANKING, seed=s)) for s in range(10)}
+    assert len(draws) > 1
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError, match="no-cleanlab"):
+        select_removed("cleanlab", 0.1, RANKING)
+    with pytest.raises(ValueError):
+        select_removed("best", 0.1, RANKING)
+    with pytest.raises(ValueError):
+        select_removed("negative", 1.0, RANKING)
+    with pytest.raises(ValueError):
+        plan_jobs(("negative",), (0.1,), seeds=0)
+
+
+def test_plan_jobs_is_seed_major_with_one_heuristic_point():
+    jobs = plan_jobs(("negative", "d3m-heuristic"), (0.01, 0.05), seeds=2)
+    assert [j.key for j in jobs] == ["negative_0.01_s0", "negative_0.05_s0", "d3m-heuristic_all_s0",
+                                     "negative_0.01_s1", "negative_0.05_s1", "d3m-heuristic_all_s1"]
+
+
+def test_mean_and_standard_error():
+    assert mean_se([0.5]) == (0.5, None)
+    mean, se = mean_se([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and se == pytest.approx(0.1 / math.sqrt(3))
+
+
+def test_summarize_groups_seeds():
+    results = [{"strategy": "negative", "fraction": 0.1, "seed": s, "n_removed": 10, "n_noisy_removed": k,
+                "test_acc": a} for s, k, a in [(0, 6, 0.9), (1, 8, 0.8)]]
+    refs = [{"seed": 0, "test_acc": 0.85, "source": "x"}, {"seed": 1, "test_acc": 0.75, "source": "x"}]
+    out = summarize(results, refs, n_train=100, n_noisy=10)
+    (row,) = out["rows"]
+    assert row["mean"] == pytest.approx(0.85) and row["n_noisy_removed"] == 7
+    assert row["delta_vs_full"] == pytest.approx(0.05) and row["removed_fraction"] == pytest.approx(0.1)
+    assert out["reference"]["se"] == pytest.approx(0.05)
+
+
+def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsys):
+    from trakscope.cli import main
+    from trakscope.io import read_csv
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # the fixture's folder is shared: work on a copy
+    assert main(["detect", "--run", str(run), "--folds", "2", "--no-progress", "--device", "cpu"]) == 0
+    rows = read_csv(run / "detect" / "ranking.csv")
+    train = read_csv(run / "data" / "train.csv")
+    assert sorted(int(r["index"]) for r in rows) == list(range(len(train)))
+    metrics = json.loads((run / "detect" / "metrics.json").read_text())
+    assert set(metrics["scorers"]) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab"}
+    assert metrics["scorers"]["d3m"]["roc_auc"] > 0.5  # planted noise ranks above chance, even on tiny data
+    assert (run / "detect" / "crossval" / "fold1.npy").exists()
+    assert "| d3m |" in capsys.readouterr().out
+
+    args = ["removal", "--run", str(run), "--fractions", "0.1", "--strategies", "negative,random", "--seeds", "1",
+            "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    results = json.loads((run / "removal" / "results.json").read_text())
+    assert {r["strategy"] for r in results["rows"]} == {"negative", "random"}
+    assert all(0.0 <= r["mean"] <= 1.0 and r["n_removed"] == 20 for r in results["rows"])
+    assert results["reference"]["source"] == ["ensemble member 0"]
+    assert (run / "removal" / "accuracy_vs_fraction.png").stat().st_size > 1000
+
+    # finished retrains are cached: a rerun trains nothing
+    def no_training(*a, **k):
+        raise AssertionError("retrained a cached job")
+
+    monkeypatch.setattr(removal, "test_accuracy", no_training)
+    assert main(args) == 0
+    assert json.loads((run / "removal" / "results.json").read_text())["rows"] == results["rows"]
+
+    assert main(["export", "--run", str(run), "--strategy", "negative", "--fraction", "0.1"]) == 0
+    keep = read_csv(run / "export" / "keep_negative_0.1.csv")
+    removed = read_csv(run / "export" / "removed_negative_0.1.csv")
+    assert len(keep) + len(removed) == len(train) and len(removed) == 20
+    assert not {r["index"] for r in keep} & {r["index"] for r in removed}
+    assert all(r["reason"].startswith("d3m=") for r in removed)
