@@ -1,0 +1,110 @@
+"""The run folder end to end: CLI run + inspect, resume after interruption, and clear errors on bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trakscope.attribution import featurize as featurize_mod
+from trakscope.cli import main
+from trakscope.run import RunFolder
+
+from .conftest import TINY_RUN_ARGS
+
+
+def test_tiny_run_writes_the_contract(tiny_run):
+    run = RunFolder(tiny_run)
+    train, test = run.table("train"), run.table("test")
+    n_train, n_test = len(train["index"]), len(test["index"])
+    assert run.scores("test").shape == (n_train, n_test)
+    assert run.scores("val").shape == (n_train, len(run.table("val")["index"]))
+    assert run.scores("self").shape == (n_train,)
+    assert np.isfinite(run.scores("test")).all()
+    assert train["noisy"].sum() == round(0.1 * n_train)
+    assert (train["noisy"] == (train["label"] != train["true_label"])).all()
+    metrics = json.loads((tiny_run / "models" / "metrics.json").read_text())
+    assert len(metrics["models"]) == 2 and 0 <= metrics["ensemble"]["test_acc"] <= 1
+    assert run.thumbs("train").shape[0] == n_train and run.thumbs("train").dtype == np.uint8
+    assert json.loads((tiny_run / "scores" / "meta.json").read_text())["checkpoints"] == 2
+
+
+def test_inspect_prints_and_saves_grid(tiny_run, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "4", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 1000
+    column = RunFolder(tiny_run).scores("test")[:, 3]
+    best = int(np.argmax(column))
+    assert f"     1 {best:>6}" in out
+
+
+def test_rerun_same_settings_resumes_and_other_settings_are_refused(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "scores" / "test.npy").stat().st_mtime_ns
+    assert main(["run", "--out", str(run), *TINY_RUN_ARGS]) == 0
+    assert (run / "scores" / "test.npy").stat().st_mtime_ns == before  # nothing redone
+    assert main(["run", "--out", str(run), *TINY_RUN_ARGS, "--epochs", "4"]) == 2
+    assert "train.epochs: 3 -> 4" in capsys.readouterr().err
+    assert (run / "scores" / "test.npy").stat().st_mtime_ns == before  # nothing lost
+
+
+def test_interrupted_featurize_resumes_to_identical_scores(tiny_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    reference = np.load(tiny_run / "scores" / "test.npy")
+    shutil.rmtree(run / "features")
+    shutil.rmtree(run / "scores")
+    real = featurize_mod.iter_batches
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(featurize_mod, "iter_batches", flaky)
+    args = ["run", "--out", str(run), *TINY_RUN_ARGS]
+    assert main(args) == 130
+    done = np.load(run / "features" / "ckpt0" / "train_done.npy")
+    assert 0 < done.sum() < len(done)
+    monkeypatch.setattr(featurize_mod, "iter_batches", real)
+    calls["n"] = -10**9
+    assert main(args) == 0
+    assert np.allclose(np.load(run / "scores" / "test.npy"), reference, atol=1e-6)
+
+
+def test_checkpoint_from_another_run_is_refused(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["run", "--out", str(other), *TINY_RUN_ARGS, "--train-seed", "5"]) == 0
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "features")
+    shutil.rmtree(run / "scores")
+    shutil.copy(other / "models" / "model0_ckpt0.safetensors", run / "models" / "model0_ckpt0.safetensors")
+    assert main(["run", "--out", str(run), *TINY_RUN_ARGS]) == 2
+    assert "written by a run with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "food101", "--data-root", "/nonexistent/food"], "food-101"),
+        (["--classes", "1,2,banana"], "banana"),
+        (["--model", "resnet18", "--weights", "imagenet", "--weights-path", "/nonexistent/w.pth"], "never downloads"),
+        (["--dataset", "cifar"], "unknown dataset"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, capsys, extra, message):
+    assert main(["run", "--out", str(tmp_path / "r"), *TINY_RUN_ARGS, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trakscope run: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_inspect_on_missing_run_says_what_to_do(tmp_path, capsys):
+    assert main(["inspect", "--run", str(tmp_path / "nothing"), "--target", "0"]) == 2
+    assert "trakscope run" in capsys.readouterr().err
