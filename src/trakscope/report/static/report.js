@@ -136,7 +136,8 @@
     idxInput.type = "number"; idxInput.min = "0"; idxInput.max = String(TEST.n - 1); idxInput.id = "ex-index";
     idxInput.addEventListener("change", function () {
       var v = parseInt(idxInput.value, 10);
-      if (!isNaN(v) && v >= 0 && v < TEST.n) choose(v, true);
+      // only on a real change: a redraw between mousedown and mouseup would swallow a click elsewhere
+      if (!isNaN(v) && v >= 0 && v < TEST.n && v !== st.cur) choose(v, true);
     });
     controls.appendChild(labeled("test example #", idxInput));
     var clsSel = select(classOptions("all classes"), -1, function (v) { st.cls = +v; st.page = 0; firstMatch(); });
