@@ -13,7 +13,7 @@ from .data import DataError
 from .models import WeightsError
 from .run import RunError
 
-COMMANDS = ("run", "inspect", "detect", "removal", "export", "report")
+COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 
 EXPECTED_ERRORS = (DataError, RunError, WeightsError, ValueError, FileNotFoundError)
 

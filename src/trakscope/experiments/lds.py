@@ -1,0 +1,254 @@
+"""Linear datamodeling score (LDS; Park et al. 2023, arXiv 2303.14186, Sec. 2.2).
+
+An attribution ``scores[train, target]`` predicts that a model trained on a subset ``S`` of the
+training split outputs ``sum_{i in S} scores[i, target]`` on ``target``. LDS trains ``K`` models on
+seeded random ``alpha``-fraction subsets, records each one's margin on every target (the model output
+TRAK attributes), and averages over targets the Spearman correlation, across the ``K`` models, between
+predicted and observed margins. Higher is better; 1 means the attribution orders the subset models
+exactly as they behave, 0 means it knows nothing.
+
+Subset models depend only on the data, model and training settings, ``alpha`` and the subset seed,
+never on the projector, so they are cached once per run
+(``lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}.json`` + ``model{i}_{split}.npy``) and reused to
+score any number of attribution matrices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from tqdm.auto import tqdm
+
+from ..io import load_npy, read_json, save_npy, write_json
+from ..run import RunFolder
+from ..train import load_trained, predict_logits, train_model
+
+TARGET_SPLITS = ("test", "val")
+
+
+def subset_masks(n_train: int, alpha: float, k: int, seed: int) -> np.ndarray:
+    """bool ``[k, n_train]``: row ``i`` keeps exactly ``round(alpha * n_train)`` examples drawn without replacement.
+
+    Row ``i`` is drawn from its own stream ``(seed, i)``, so asking for more models keeps the first ones.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if k < 1:
+        raise ValueError(f"need at least one subset model, got {k}")
+    size = int(round(alpha * n_train))
+    if not 0 < size < n_train:
+        raise ValueError(f"alpha={alpha} of {n_train} training examples keeps {size}; need between 1 and n-1")
+    masks = np.zeros((k, n_train), dtype=bool)
+    for i in range(k):
+        masks[i, np.random.default_rng([seed, i]).permutation(n_train)[:size]] = True
+    return masks
+
+
+def predicted_outputs(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """float64 ``[K, n_target]`` datamodel predictions ``sum_{i in S_k} scores[i, t]``.
+
+    Args:
+        scores: ``[n_train, n_target]`` attribution scores ``scores[train, target]``.
+        masks: bool ``[K, n_train]`` subsets.
+    """
+    if scores.shape[0] != masks.shape[1]:
+        raise ValueError(f"scores cover {scores.shape[0]} training examples, masks {masks.shape[1]}")
+    return masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)
+
+
+def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 ``[T]``: Spearman correlation of ``a[:, t]`` and ``b[:, t]`` (``[K, T]`` each; ties get mean ranks).
+
+    A column that is constant in either input has no correlation: NaN.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two [K, T] arrays of one shape, got {a.shape} and {b.shape}")
+    ra = rankdata(a, axis=0)
+    rb = rankdata(b, axis=0)
+    ra -= ra.mean(axis=0)
+    rb -= rb.mean(axis=0)
+    denom = np.sqrt((ra**2).sum(axis=0) * (rb**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(axis=0) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
+    """LDS: mean over targets of the Spearman correlation across models. Higher is better.
+
+    Args:
+        predicted: ``[K, T]`` datamodel predictions (:func:`predicted_outputs`).
+        actual: ``[K, T]`` observed outputs (margins) of the ``K`` subset models on the ``T`` targets.
+
+    Returns:
+        (mean over targets with a defined correlation, float64 ``[T]`` per-target correlations, NaN where undefined).
+    """
+    if predicted.shape[0] < 3:
+        raise ValueError(f"a rank correlation needs at least 3 subset models, got {predicted.shape[0]}")
+    per_target = spearman_columns(np.asarray(predicted, np.float64), np.asarray(actual, np.float64))
+    if np.isnan(per_target).all():
+        raise ValueError("no target has a defined rank correlation (constant predictions or outputs)")
+    return float(np.nanmean(per_target)), per_target
+
+
+def ci95(per_target: np.ndarray) -> tuple[float, float]:
+    """Normal 95% interval of the mean over targets (mean ± 1.96 SE; spread over targets only, K held fixed)."""
+    v = per_target[~np.isnan(per_target)]
+    mean = float(v.mean())
+    half = 1.96 * float(v.std(ddof=1)) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return mean - half, mean + half
+
+
+def model_seed(seed: int, i: int) -> int:
+    """Training seed of subset model ``i`` (initial weights and data order), from its own stream ``(seed, i)``."""
+    return int(np.random.SeedSequence([seed, i, 7]).generate_state(1)[0])
+
+
+def mask_hash(mask: np.ndarray) -> str:
+    """Short SHA-256 of a subset's kept indices."""
+    return hashlib.sha256(np.flatnonzero(mask).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def subset_folder(run: RunFolder, alpha: float, seed: int, epochs: int | None) -> Path:
+    """``lds/subsets/alpha{a}_seed{s}`` (``_ep{E}`` when training used an epoch override)."""
+    name = f"alpha{alpha:g}_seed{seed}" + (f"_ep{epochs}" if epochs is not None else "")
+    return run.path / "lds" / "subsets" / name
+
+
+def _subset_train_config(run: RunFolder, epochs: int | None):
+    """The run's training settings with one kept checkpoint (the final model), and ``epochs`` if overridden."""
+    import dataclasses
+
+    cfg = run.config.train
+    return dataclasses.replace(cfg, epochs=cfg.epochs if epochs is None else epochs, checkpoints_per_model=1)
+
+
+def _cached_margins(folder: Path, i: int, expect: dict, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:
+    meta_path = folder / f"model{i}.json"
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    if any(meta.get(key) != value for key, value in expect.items()):
+        return None
+    out = {}
+    for split, n in sizes.items():
+        path = folder / f"model{i}_{split}.npy"
+        if not path.exists():
+            return None
+        out[split] = load_npy(path)
+        if out[split].shape != (n,):
+            return None
+    return out
+
+
+def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float, seed: int,
+                         epochs: int | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+    """float32 ``[n_split]`` margins (own label) on test and val of subset model ``i``, trained once and cached.
+
+    The model is the run's architecture trained with the run's settings (``epochs`` overrides the number
+    of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`. The cache is
+    written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
+    """
+    from ..attribution.output import margin
+    from ..pipeline import fingerprint
+
+    cfg, dataset = run.config, run.dataset()
+    folder = subset_folder(run, alpha, seed, epochs)
+    train_cfg = _subset_train_config(run, epochs)
+    expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
+              "epochs": train_cfg.epochs}
+    sizes = {split: len(dataset.split(split)) for split in TARGET_SPLITS}
+    cached = _cached_margins(folder, i, expect, sizes)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    states = train_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=np.flatnonzero(mask),
+                         device=device, progress=False)
+    net = load_trained(cfg.model, len(dataset.classes), states[-1], device=device)
+    out = {}
+    for split in TARGET_SPLITS:
+        part = dataset.split(split)
+        logits = predict_logits(net, part.images, device=device, num_workers=cfg.train.num_workers)
+        out[split] = margin(torch.from_numpy(logits), torch.as_tensor(part.labels)).numpy().astype(np.float32)
+        save_npy(folder / f"model{i}_{split}.npy", out[split])
+    write_json(folder / f"model{i}.json", {**expect, "model": i, "alpha": alpha, "subset_seed": seed,
+                                          "kept": int(mask.sum()), "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
+                   epochs: int | None = None, device: str = "cpu", progress: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks bool ``[k, n_train]`` and observed margins float32 ``[k, n_split]`` of the ``k`` subset models."""
+    if split not in TARGET_SPLITS:
+        raise ValueError(f"split must be one of {TARGET_SPLITS}, got {split!r}")
+    masks = subset_masks(len(run.dataset().train), alpha, k, seed)
+    rows = []
+    for i in tqdm(range(k), desc=f"LDS subset models (alpha={alpha:g})", disable=not progress):
+        rows.append(subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split])
+    return masks, np.stack(rows)
+
+
+def choose_targets(n_split: int, max_targets: int | None, seed: int) -> np.ndarray:
+    """Sorted target indices: all of them, or a seeded random ``max_targets`` of them."""
+    if max_targets is None or max_targets >= n_split:
+        return np.arange(n_split)
+    if max_targets < 1:
+        raise ValueError(f"--max-targets must be positive, got {max_targets}")
+    return np.sort(np.random.default_rng([seed, 1]).choice(n_split, max_targets, replace=False))
+
+
+def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tuple[np.ndarray, dict]:
+    """The attribution ``[n_train, n_split]`` and what it is (projector and width when it is the run's own)."""
+    if scores_path is None:
+        meta_path = run.path / "scores" / "meta.json"
+        meta = read_json(meta_path) if meta_path.exists() else {}
+        return run.scores(split), {"scores_path": f"scores/{split}.npy", "projector": meta.get("projector"),
+                                   "proj_dim": meta.get("proj_dim"), "checkpoints": meta.get("checkpoints")}
+    scores = load_npy(scores_path, mmap=True)
+    return scores, {"scores_path": str(scores_path), "projector": None, "proj_dim": None, "checkpoints": None}
+
+
+def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
+            max_targets: int | None = None, scores_path: Path | None = None, epochs: int | None = None,
+            out: Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Train (or reuse) the subset models, score an attribution against them, write the result JSON.
+
+    Args:
+        scores_path: an ``.npy`` float ``[n_train, n_split]`` attribution to evaluate; default the run's
+            ``scores/{split}.npy``.
+        epochs: train subset models for this many epochs instead of the run's (recorded in the result).
+        out: result JSON; default ``lds.json`` for the run's scores, ``lds/lds_<stem>.json`` for ``scores_path``.
+
+    Returns:
+        the dictionary written to ``out``; per-target correlations go to ``lds/<out stem>_per_target.csv``.
+    """
+    from ..io import write_csv
+
+    t0 = time.perf_counter()
+    scores, source = _scores_source(run, split, scores_path)
+    n_train, n_split = len(run.dataset().train), len(run.dataset().split(split))
+    if scores.shape != (n_train, n_split):
+        raise ValueError(f"scores have shape {scores.shape}; expected [n_train, n_{split}] = ({n_train}, {n_split})")
+    masks, margins = subset_margins(run, alpha, k, seed, split, epochs, device, progress)
+    targets = choose_targets(n_split, max_targets, seed)
+    predicted = predicted_outputs(np.asarray(scores[:, targets]), masks)
+    mean, per_target = lds(predicted, margins[:, targets])
+    low, high = ci95(per_target)
+    result = {"lds_mean": mean, "lds_ci95": [low, high], "alpha": alpha, "num_models": k, "subset_seed": seed,
+              "split": split, "targets": len(targets), "targets_defined": int((~np.isnan(per_target)).sum()),
+              **source, "output": "margin of the target's label", "correlation": "Spearman over subset models",
+              "train_epochs": int(_subset_train_config(run, epochs).epochs), "epochs_overridden": epochs is not None,
+              "subset_models": str(subset_folder(run, alpha, seed, epochs).relative_to(run.path))}
+    if out is None:
+        out = run.path / ("lds.json" if scores_path is None else f"lds/lds_{Path(scores_path).stem}.json")
+    write_json(out, result)
+    write_csv(run.path / "lds" / f"{Path(out).stem}_per_target.csv", ["index", "spearman"],
+              [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
+    run.record_timing("lds", time.perf_counter() - t0)
+    return result
