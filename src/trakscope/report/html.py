@@ -39,6 +39,9 @@ def build_data(run: RunFolder, k: int = DEFAULT_K) -> dict[str, Any]:
             data["thumbs"][split] = sprite_sheets(run.thumbs(split))
     data["explorer"] = payload.explorer_payload(run, k)
     data["suspects"] = payload.read_ranking(run)
+    metrics = payload.optional_json(run, "detect/metrics.json")
+    if data["suspects"] is not None and isinstance(metrics, dict) and isinstance(metrics.get("descriptions"), dict):
+        data["suspects"]["descriptions"] = {str(k): str(v) for k, v in metrics["descriptions"].items()}
     return data
 
 
@@ -50,8 +53,9 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
         sizes["val"] = len(run.table("val")["index"])
     noisy = int(np.sum(data["splits"]["train"]["noisy"]))
     acc = _ensemble_accuracy(payload.optional_json(run, "models/metrics.json"))
-    meta = payload.optional_json(run, "scores/meta.json") or {}
-    n_ckpt = meta.get("num_checkpoints", meta.get("n_checkpoints")) if isinstance(meta, dict) else None
+    meta = payload.optional_json(run, "scores/meta.json")
+    meta = meta if isinstance(meta, dict) else {}
+    n_ckpt = next((meta[k] for k in ("checkpoints", "num_checkpoints") if k in meta), None)
     timings = run.timings()
     cards = [
         ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
@@ -65,8 +69,8 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
          "test" + ("" if acc.get("val") is None else f" · val {acc['val']:.1%}")),
         ("TRAK", f"{cfg.trak.projector} · {cfg.trak.proj_dim}",
          f"ridge {cfg.trak.ridge:g}" + ("" if n_ckpt is None else f" · {n_ckpt} checkpoints")),
-        ("time", f"{sum(timings.values()):.0f} s" if timings else "—",
-         " · ".join(f"{k} {v:.0f}s" for k, v in list(timings.items())[:5])),
+        ("time", f"{_total_time(timings):.0f} s" if timings else "—",
+         " · ".join(f"{k} {v:.0f}s" for k, v in _top_stages(timings)[:6])),
     ]
     html_cards = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div>'
                          f'<div class="s">{esc(s)}</div></div>' for k, v, s in cards)
@@ -74,6 +78,15 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
     return (f'<section id="summary"><div class="cards">{html_cards}</div>'
             f'<details><summary>all settings and timings</summary>{sections.key_value_table(cfg.to_dict())}{detail}'
             "</details></section>")
+
+
+def _top_stages(timings: dict[str, float]) -> list[tuple[str, float]]:
+    """Stages without their sub-stages: ``<stage>_<part>`` is already counted in ``<stage>``."""
+    return [(k, v) for k, v in timings.items() if not any(k.startswith(f"{o}_") for o in timings if o != k)]
+
+
+def _total_time(timings: dict[str, float]) -> float:
+    return sum(v for _, v in _top_stages(timings))
 
 
 def _class_list(classes: list[str], n: int = 12) -> str:

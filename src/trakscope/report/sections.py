@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -92,9 +93,13 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
     return "".join(parts)
 
 
-def _metric_key(name: str) -> tuple[int, str]:
+def _metric_key(name: str) -> tuple[int, float, str]:
+    """roc_auc, average_precision, then recall@5% < recall@10% < ... (numerically), then the rest."""
     known = ["roc_auc", "average_precision"]
-    return (known.index(name), name) if name in known else (len(known), name)
+    if name in known:
+        return known.index(name), 0.0, name
+    at = re.search(r"@([0-9.]+)", name)
+    return len(known), float(at.group(1)) if at else math.inf, name
 
 
 def metric_rows(metrics: Any) -> list[tuple[str, dict[str, float]]]:

@@ -64,7 +64,7 @@
     row.appendChild(el("span", "idx", "#" + i));
     cap.appendChild(row);
     var chips = el("div", "chips");
-    var lab = el("span", "chip", className(TRAIN.label[i]));
+    var lab = el("span", "chip", "label: " + className(TRAIN.label[i]));
     lab.title = "training label";
     chips.appendChild(lab);
     if (TRAIN.true[i] !== TRAIN.label[i]) chips.appendChild(el("span", "chip true", "true: " + className(TRAIN.true[i])));
@@ -119,7 +119,7 @@
     var neg = decode(X.neg_idx, Int32Array), negS = decode(X.neg_score, Float32Array);
     var hasPred = Array.isArray(TEST.pred);
     var st = { cls: -1, mis: false, page: 0, cur: 0, k: Math.min(8, K) };
-    var PER_PAGE = 24;
+    var PER_PAGE = 40;
 
     function matching() {
       var out = [];
@@ -313,7 +313,9 @@
       var drop = flagged(), shown = rows.slice(st.page * PER_PAGE, (st.page + 1) * PER_PAGE);
       var noisyFlagged = 0;
       drop.forEach(function (i) { noisyFlagged += TRAIN.noisy[i]; });
-      info.textContent = rows.length + " training examples · " + drop.size + " flagged by " + st.scorer +
+      var about = (S.descriptions || {})[st.scorer];
+      info.textContent = (about ? st.scorer + ": " + about + ". " : "") +
+        rows.length + " training examples · " + drop.size + " flagged by " + st.scorer +
         (nNoisy ? " (" + noisyFlagged + " of them planted noise, of " + nNoisy + ")" : "") +
         " · the keep-list holds the other " + (TRAIN.n - drop.size);
       grid.textContent = "";
@@ -322,8 +324,9 @@
         var p = S.predicted[i] >= 0 ? S.predicted[i] : (TRAIN.pred ? TRAIN.pred[i] : -1);
         var chip = p >= 0 ? el("span", "chip " + (p === TRAIN.label[i] ? "ok" : "wrong"), "pred: " + className(p)) : null;
         var t = trainTile(i, scores ? scores[i] : NaN, chip);
-        var badge = el("span", "rank" + (drop.has(i) ? " flagged" : ""), "rank " + rank[i]);
-        t.querySelector(".row").appendChild(badge);
+        var badge = el("span", "rank" + (drop.has(i) ? " flagged" : ""), String(rank[i]));
+        badge.title = "rank " + rank[i] + " by " + st.scorer + (drop.has(i) ? " (flagged)" : "");
+        t.appendChild(badge);
         grid.appendChild(t);
       });
       foot.textContent = "";
