@@ -57,7 +57,22 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
     if detect:
         write_detection(run, rng)
         write_json(path / "removal/results.json", removal_results(rng))
+        write_lds(path, rng, n_test)
     return path
+
+
+def write_lds(path: Path, rng: np.random.Generator, n_test: int) -> None:
+    """``lds.json`` with its per-target CSV (the keys ``experiments.lds.run_lds`` writes), and one comparison."""
+    rho = rng.uniform(-0.2, 0.6, n_test)
+    rho[0] = np.nan
+    base = {"alpha": 0.5, "num_models": 20, "subset_seed": 0, "split": "test", "targets": n_test,
+            "targets_defined": n_test - 1, "projector": "kronecker", "proj_dim": 2048, "checkpoints": 3}
+    write_json(path / "lds.json", {"lds_mean": float(np.nanmean(rho)), "lds_ci95": [0.1, 0.3],
+                                   "scores_path": "scores/test.npy", **base})
+    write_csv(path / "lds/lds_per_target.csv", ["index", "spearman"],
+              [(i, "" if np.isnan(r) else f"{r:.6f}") for i, r in enumerate(rho)])
+    write_json(path / "lds/lds_traker.json", {"lds_mean": 0.123, "lds_ci95": [0.05, 0.2],
+                                              "scores_path": "/x/traker<1>.npy", **base})
 
 
 def write_detection(run: RunFolder, rng: np.random.Generator) -> None:
@@ -191,6 +206,15 @@ def test_removal_section_plots_and_tabulates_every_row():
     assert 'alt="accuracy vs fraction removed" src="data:image/svg+xml;base64,' in html
     assert html.count("<tr>") == 1 + 1 + 4  # header, full data, one per row
     assert "missing" in sections.removal_section({"rows": []}, "RUN")
+
+
+def test_lds_section_shows_every_result_and_the_per_target_histogram(synth_run):
+    html = render(RunFolder(synth_run))
+    sec = html[html.index('<section id="lds">'):]
+    mean = json.loads((synth_run / "lds.json").read_text())["lds_mean"]
+    assert f'<div class="v">{mean:.3f}</div>' in sec
+    assert "lds/lds_traker.json" in sec and "/x/traker&lt;1&gt;.npy" in sec and "0.123" in sec
+    assert 'alt="per-target LDS" src="data:image/svg+xml;base64,' in sec
 
 
 def test_report_command_writes_index_html_and_prints_its_path(synth_run, capsys):

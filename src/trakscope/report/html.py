@@ -114,8 +114,9 @@ def render(run: RunFolder, k: int = DEFAULT_K) -> str:
     body = [
         summary_section(run, data),
         sections.section("explorer", "Explorer", _explorer_shell(data, run_dir),
-                         "Pick a test example: beside it are the training examples whose TRAK scores most support "
-                         "(positive) and most oppose (negative) the ensemble's prediction of its label."),
+                         "Pick a test example: beside it are the training examples with the highest and lowest "
+                         "TRAK scores, i.e. those that most raise (positive) or lower (negative) the model's margin "
+                         "for the example's label."),
         sections.section("suspects", "Suspects", _suspects_shell(data, run_dir),
                          "Training examples most likely mislabeled, most suspicious first."),
         sections.section("detection", "Detection quality",
@@ -125,8 +126,8 @@ def render(run: RunFolder, k: int = DEFAULT_K) -> str:
         sections.section("removal", "Removal", sections.removal_section(
             payload.optional_json(run, "removal/results.json"), run_dir),
             "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?"),
-        sections.section("lds", "Linear datamodeling score",
-                         sections.lds_section(payload.optional_json(run, "lds.json"), run_dir)),
+        sections.section("lds", "Linear datamodeling score", sections.lds_section(*payload.lds_results(run), run_dir),
+                         "How well the scores predict the margins of models retrained on random half-size subsets."),
     ]
     return _page(run, "".join(body), payload.embed_json(data))
 

@@ -123,6 +123,21 @@ def optional_json(run: RunFolder, relative: str) -> Any | None:
         return None
 
 
+def lds_results(run: RunFolder) -> tuple[list[tuple[str, Any]], np.ndarray | None]:
+    """``lds.json`` and ``lds/lds_*.json`` as ``(name, parsed)``, and the per-target Spearman of ``lds.json``.
+
+    Returns:
+        The results (``lds.json`` first) and float ``[n_targets]`` correlations (NaN = undefined), or None.
+    """
+    results = [("lds.json", optional_json(run, "lds.json"))]
+    results += [(f"lds/{p.name}", optional_json(run, f"lds/{p.name}")) for p in sorted(run.path.glob("lds/lds_*.json"))]
+    per_target = None
+    csv_path = run.path / "lds" / "lds_per_target.csv"
+    if results[0][1] is not None and csv_path.exists():
+        per_target = np.array([float(r["spearman"]) if r["spearman"] else np.nan for r in read_csv(csv_path)])
+    return [(n, r) for n, r in results if r is not None], per_target
+
+
 def embed_json(obj: Any) -> str:
     """JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` become ``\\u`` escapes."""
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False)

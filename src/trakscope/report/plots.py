@@ -99,3 +99,16 @@ def _removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
     _style(ax)
     fig.legend(frameon=False, fontsize=8, loc="outside right center")
     return svg_data_uri(fig)
+
+
+def histogram(values: np.ndarray, xlabel: str, title: str) -> str:
+    """A histogram of float ``[n]`` values with their mean marked, as an SVG data URI."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(6.0, 2.8), layout="constrained")
+        ax = fig.subplots()
+        ax.hist(values, bins=min(30, max(5, len(values) // 4)), color=PALETTE[0], alpha=0.8)
+        ax.axvline(float(np.mean(values)), color="#111827", lw=1.2, ls="--", label=f"mean {np.mean(values):.3f}")
+        ax.set(xlabel=xlabel, ylabel="targets", title=title)
+        _style(ax)
+        ax.legend(frameon=False, fontsize=8)
+        return svg_data_uri(fig)

@@ -148,22 +148,49 @@ def removal_section(results: Any, run_dir: str) -> str:
     ref = results.get("reference") if isinstance(results.get("reference"), Mapping) else {}
     ref_line = (ref["mean"], ref.get("se") or 0.0) if _is_number(ref.get("mean")) else None
     uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")))
-    table_rows = [["full data", 0.0, 0, 0, ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None]]
-    table_rows += [[r["strategy"], 100 * r["removed_fraction"], r.get("n_removed"), r.get("n_noisy_removed"),
-                    r["mean"], r.get("se"), len(r.get("test_acc") or []), r.get("delta_vs_full")] for r in rows]
+    table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None]]
+    table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),
+                    _count(r.get("n_noisy_removed")), r["mean"], r.get("se"), len(r.get("test_acc") or []),
+                    r.get("delta_vs_full")] for r in rows]
     head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
             "Δ vs full data"]
     return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
         head, table_rows, "metrics")
 
 
-def lds_section(lds: Any, run_dir: str) -> str:
-    """The linear datamodeling score: headline number(s) and every other numeric entry."""
-    if lds is None:
+def _count(v: Any) -> Any:
+    """A mean count over seeds: ``3.0`` -> ``"3"``, ``2.5`` -> ``"2.5"``."""
+    return f"{v:g}" if _is_number(v) else v
+
+
+def lds_section(results: list[tuple[str, Any]], per_target: np.ndarray | None, run_dir: str) -> str:
+    """The linear datamodeling score: headline card, a table of every evaluated attribution, a histogram.
+
+    Args:
+        results: ``(file name, parsed JSON)`` of ``lds.json`` first (if present), then ``lds/lds_*.json``.
+        per_target: float ``[n_targets]`` Spearman correlations behind ``lds.json`` (NaN = undefined), or None.
+        run_dir: the run folder, for the note when nothing was computed.
+    """
+    results = [(name, r) for name, r in results if isinstance(r, Mapping) and _is_number(r.get("lds_mean"))]
+    if not results:
         return missing("trakscope lds", run_dir, "linear datamodeling score")
-    flat = flatten(lds)
-    names = ("lds", "mean", "lds_mean")
-    heads = [(k, v) for k, v in flat.items() if _is_number(v) and k.split(".")[-1].lower() in names]
-    cards = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{fmt(float(v))}</div></div>'
-                    for k, v in heads[:4])
-    return f'<div class="cards">{cards}</div>' + key_value_table(lds)
+    cards = ""
+    name, main = results[0]
+    if name == "lds.json":
+        ci = main.get("lds_ci95") or [None, None]
+        cards = (f'<div class="cards"><div class="card"><div class="k">LDS (mean Spearman)</div>'
+                 f'<div class="v">{fmt(float(main["lds_mean"]))}</div><div class="s">95% CI {fmt(ci[0])} – '
+                 f'{fmt(ci[1])} · {fmt(main.get("targets"))} targets · {fmt(main.get("num_models"))} subset models '
+                 f'(α = {fmt(main.get("alpha"), 2)})</div></div></div>')
+    rows = []
+    for name, r in results:
+        ci = r.get("lds_ci95") or [None, None]
+        rows.append([name, r.get("scores_path"), r.get("projector"), r.get("proj_dim"), r.get("checkpoints"),
+                     r.get("lds_mean"), ci[0], ci[1], r.get("targets"), r.get("num_models")])
+    head = ["file", "scores", "projector", "dim", "checkpoints", "LDS", "CI low", "CI high", "targets", "models"]
+    hist = ""
+    if per_target is not None and np.isfinite(per_target).any():
+        uri = plots.histogram(per_target[np.isfinite(per_target)], "Spearman correlation per target",
+                              "Per-target LDS")
+        hist = f'<img class="plot narrow" alt="per-target LDS" src="{esc(uri)}">'
+    return cards + table(head, rows, "metrics") + hist

@@ -231,8 +231,11 @@
       q.appendChild(el("div", "muted small", TEST.source_id[i]));
       main.appendChild(q);
       var gs = el("div", "galleries");
-      gs.appendChild(gallery("pos-gallery", "Most positive", "training examples that support this prediction", pos, posS));
-      gs.appendChild(gallery("neg-gallery", "Most negative", "training examples that oppose it", neg, negS));
+      var name = "“" + className(TEST.label[i]) + "”";
+      gs.appendChild(gallery("pos-gallery", "Most positive", "training examples that push the model towards " + name,
+        pos, posS));
+      gs.appendChild(gallery("neg-gallery", "Most negative", "training examples that push it away from " + name,
+        neg, negS));
       main.appendChild(gs);
     }
 
