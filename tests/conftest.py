@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 TINY_RUN_ARGS = [
     "--dataset", "digits", "--model", "tiny_cnn", "--max-train", "200", "--max-test", "60",
-    "--epochs", "3", "--ensemble", "2", "--batch-size", "32", "--lr", "0.1",
+    "--epochs", "6", "--ensemble", "2", "--batch-size", "32", "--lr", "0.1",
     "--proj-dim", "64", "--projector", "dense", "--noise", "0.1", "--no-progress", "--device", "cpu",
 ]
 

@@ -45,8 +45,8 @@ def test_rerun_same_settings_resumes_and_other_settings_are_refused(tiny_run, tm
     before = (run / "scores" / "test.npy").stat().st_mtime_ns
     assert main(["run", "--out", str(run), *TINY_RUN_ARGS]) == 0
     assert (run / "scores" / "test.npy").stat().st_mtime_ns == before  # nothing redone
-    assert main(["run", "--out", str(run), *TINY_RUN_ARGS, "--epochs", "4"]) == 2
-    assert "train.epochs: 3 -> 4" in capsys.readouterr().err
+    assert main(["run", "--out", str(run), *TINY_RUN_ARGS, "--epochs", "7"]) == 2
+    assert "train.epochs: 6 -> 7" in capsys.readouterr().err
     assert (run / "scores" / "test.npy").stat().st_mtime_ns == before  # nothing lost
 
 

@@ -30,14 +30,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of ``size`` examples with class proportions kept."""
+    """Sorted indices of a seeded subset of exactly ``size`` examples with class proportions kept.
+
+    Each class gets its proportional share rounded down; the leftover places go to the classes with the
+    largest remainders (ties to the lower class id).
+    """
     n = len(labels)
     if size >= n:
         return np.arange(n, dtype=np.int64)
     if size <= 0:
         raise ValueError(f"subset size must be positive, got {size}")
-    _, keep = stratified_split(labels, size / n, seed)
-    return keep
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * size / n
+    quota = np.floor(share).astype(np.int64)
+    leftover = np.lexsort((classes, -(share - quota)))[: size - quota.sum()]
+    quota[leftover] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def plant_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

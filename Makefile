@@ -1,0 +1,40 @@
+# trakscope: `make demo` runs the whole pipeline on the built-in data, `make test` runs the tests.
+# Both create .venv on first use. PyTorch is pinned so pip takes the wheels this machine already has.
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+RUN     ?= runs/demo
+TORCH    = torch==2.14.1 torchvision==0.29.1
+# glibc returns freed large blocks to the OS and page-faults them back on every batch; keeping them is
+# several times faster for per-example gradient work on CPU (measured; see BENCHMARKS.md).
+export MALLOC_MMAP_MAX_ ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+
+.PHONY: install demo test test-all lint clean-demo
+
+$(BIN)/trakscope: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(BIN)/trakscope
+
+demo: install
+	$(BIN)/trakscope run --out $(RUN)
+	$(BIN)/trakscope inspect --run $(RUN) --target 17 --top 8
+	$(BIN)/trakscope detect --run $(RUN)
+	$(BIN)/trakscope removal --run $(RUN) --fractions 0.05 --seeds 1 --strategies positive,negative,random
+	$(BIN)/trakscope report --run $(RUN)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ''
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean-demo:
+	rm -rf $(RUN)
