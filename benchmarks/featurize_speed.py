@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="batch size for every case")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on shared cores)")
-    parser.add_argument("--slow-natural", action="store_true", help="also time dense and traker at the natural width (slow)")
+    parser.add_argument("--slow-natural", action="store_true", help="also time dense and traker at natural width")
     parser.add_argument("--quick", action="store_true", help="small sizes: proj_dim 256, 64 and 8 examples")
     args = parser.parse_args()
     if args.case:
