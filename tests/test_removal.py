@@ -100,7 +100,7 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     results = json.loads((run / "removal" / "results.json").read_text())
     assert {r["strategy"] for r in results["rows"]} == {"negative", "random"}
     assert all(0.0 <= r["mean"] <= 1.0 and r["n_removed"] == 20 for r in results["rows"])
-    assert results["reference"]["source"] == ["ensemble member 0"]
+    assert results["reference"]["source"] == ["retrained"]
     assert (run / "removal" / "accuracy_vs_fraction.png").stat().st_size > 1000
 
     # finished retrains are cached: a rerun trains nothing

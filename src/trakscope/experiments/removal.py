@@ -151,21 +151,22 @@ def run_job(run: RunFolder, job: Job, ranking: dict[str, np.ndarray], device: st
 
 
 def reference_accuracy(run: RunFolder, offset: int, device: str = "cpu", progress: bool = False) -> dict:
-    """Test accuracy with all the training data for seed ``config.train.seed + offset``.
+    """Test accuracy with all the training data for seed ``config.train.seed + offset``, cached.
 
-    Reuses ensemble member ``offset`` from ``models/metrics.json`` when it was trained with that seed;
-    otherwise trains (cached as ``removal/retrains/full_s<offset>.json``).
+    Retrained through the same code path as every removal arm (cached as ``removal/retrains/full_s<offset>.json``)
+    rather than read from ``models/metrics.json``: an ensemble member trained by an older version of the code
+    would not be a fair reference. The member's own accuracy is kept beside it for comparison.
     """
     seed = run.config.train.seed + offset
+    path = run.path / "removal" / "retrains" / f"full_s{offset}.json"
+    if path.exists() and read_json(path).get("seed") == seed:
+        return read_json(path)
+    result = {"seed": seed, "test_acc": test_accuracy(run, None, seed, device, progress), "source": "retrained"}
     metrics_path = run.path / "models" / "metrics.json"
     if metrics_path.exists():
         for m in read_json(metrics_path).get("models", []):
-            if m.get("seed") == seed and m.get("test_acc") is not None:
-                return {"seed": seed, "test_acc": float(m["test_acc"]), "source": f"ensemble member {m['model']}"}
-    path = run.path / "removal" / "retrains" / f"full_s{offset}.json"
-    if path.exists():
-        return read_json(path)
-    result = {"seed": seed, "test_acc": test_accuracy(run, None, seed, device, progress), "source": "retrained"}
+            if m.get("seed") == seed:
+                result["ensemble_member_test_acc"] = m.get("test_acc")
     write_json(path, result)
     return result
 
