@@ -131,7 +131,7 @@ def _clear_outputs(path: Path) -> None:
     """Remove what trakscope wrote in ``path`` (its known subfolders and files), nothing else."""
     import shutil
 
-    for name in ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect"):
+    for name in ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export"):
         if (path / name).is_dir():
             shutil.rmtree(path / name)
     for name in ("config.json", "timings.json", "lds.json"):
