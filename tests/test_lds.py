@@ -137,7 +137,8 @@ def test_cli_end_to_end(run_copy):
     assert main(["lds", "--run", str(run_copy), "--models", "4", "--no-progress", "--device", "cpu"]) == 0
     res = json.loads((run_copy / "lds.json").read_text())
     assert res["num_models"] == 4 and res["alpha"] == 0.5 and res["split"] == "test"
-    assert res["projector"] == "dense" and res["proj_dim"] == 64 and res["train_epochs"] == 3
+    assert res["projector"] == "dense" and res["proj_dim"] == 64
+    assert res["train_epochs"] == RunFolder(run_copy).config.train.epochs and not res["epochs_overridden"]
     assert -1.0 <= res["lds_mean"] <= 1.0 and res["lds_ci95"][0] <= res["lds_mean"] <= res["lds_ci95"][1]
     n_test = len(RunFolder(run_copy).dataset().test)
     rows = read_csv(run_copy / "lds" / "lds_per_target.csv")
