@@ -160,9 +160,9 @@ def _plan(args, natural: int) -> list[tuple[str, str, int, int, int, bool]]:
     rows = [("(a) forward+backward", "plain", 0, fast, warm, False)]
     for dim in (args.proj_dim, natural):
         rows.append((f"(b) trakscope kronecker, k={dim}", "kronecker", dim, fast, warm, False))
-        if dim == args.proj_dim or args.slow_natural:
+        if (dim == args.proj_dim or args.slow_natural) and not args.skip_slow:
             rows.append((f"(c) trakscope dense, k={dim}", "dense", dim, slow, 0, False))
-        if dim == args.proj_dim or args.slow_natural:
+        if (dim == args.proj_dim or args.slow_natural) and not args.skip_slow:
             rows.append((f"(d) traker BasicProjector fp32, k={dim}", "traker", dim, slow, 0, False))
     rows += [
         ("(a) forward+backward, tuned malloc", "plain", 0, fast, warm, True),
@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on shared cores)")
     parser.add_argument("--slow-natural", action="store_true", help="also time dense and traker at natural width")
+    parser.add_argument("--skip-slow", action="store_true", help="only forward+backward and kronecker rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: proj_dim 256, 64 and 8 examples")
     args = parser.parse_args()
     if args.case:
