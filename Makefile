@@ -5,10 +5,6 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 RUN     ?= runs/demo
 TORCH    = torch==2.14.1 torchvision==0.29.1
-# glibc returns freed large blocks to the OS and page-faults them back on every batch; keeping them is
-# several times faster for per-example gradient work on CPU (measured; see BENCHMARKS.md).
-export MALLOC_MMAP_MAX_ ?= 0
-export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
 .PHONY: install demo test test-all lint clean-demo
 

@@ -167,7 +167,7 @@ def test_suspects_follow_ranking_csv(synth_run):
     s = data["suspects"]
     assert set(s["scorers"]) == {"self_influence", "d3m", "loss"}
     csv_order = [int(line.split(",")[0]) for line in (synth_run / "detect/ranking.csv").read_text().splitlines()[1:]]
-    assert s["order"]["d3m"] == csv_order  # the file is written in D3M order
+    assert s["order"]["self_influence"] == csv_order  # the file is written in self-influence order
 
 
 def test_missing_stages_say_which_command_produces_them(tmp_path):

@@ -128,7 +128,7 @@ def test_suspects_grid_matches_ranking_csv_and_keep_list_downloads(browser, synt
     run_dir, html = synth_report
     rows = read_csv(run_dir / "detect/ranking.csv")
     p = Page(browser, html)
-    assert p.indices("#suspects-grid .tile") == [int(r["index"]) for r in rows][:48]  # rows are in D3M order
+    assert p.indices("#suspects-grid .tile") == [int(r["index"]) for r in rows][:48]  # rows are in self-influence order
     p.page.select_option("#sus-scorer", "loss")
     by_loss = sorted(rows, key=lambda r: int(r["loss_rank"]))
     assert p.indices("#suspects-grid .tile") == [int(r["index"]) for r in by_loss][:48]

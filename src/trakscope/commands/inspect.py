@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             lab, true = classes[train["label"][i]], classes[train["true_label"][i]]
             flag = "  NOISY" if train["noisy"][i] else ""
             print(f"  {r + 1:>4} {i:>6} {column[i]:>11.4g} {lab:>12} {true:>12}  {train['source_id'][i]}{flag}")
-            title = f"#{i} {lab}" + (f" (true {true})" if train["noisy"][i] else "") + f"\n{column[i]:.3g}"
+            title = f"#{i}  {column[i]:+.3g}\nlabel {lab}" + (f", true {true}" if train["noisy"][i] else "")
             tiles.append({"image": thumbs[i], "title": title, "noisy": bool(train["noisy"][i])})
         rows[name] = tiles
     png = args.png or folder.path / "inspect" / f"{args.split}_{args.target}.png"

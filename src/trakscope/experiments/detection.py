@@ -19,6 +19,9 @@ from . import detect
 from .metrics import detection_metrics, inspection_rank
 
 SCORERS = ("self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab")
+# The order of ranking.csv and the report's suspects grid: TRAK's mislabel scorer (as in dattri and TracIn).
+# D3M ranks *detrimental* examples (for removal), which need not be mislabeled ones.
+PRIMARY = "self_influence"
 RECALL_FRACTIONS = (0.05, 0.10, 0.20)
 DESCRIPTIONS = {
     "self_influence": "TRAK self-influence scores[i, i] (high = suspicious)",
@@ -68,7 +71,7 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
 
 
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
-    """Header and rows of ``detect/ranking.csv``, ordered by the D3M rank (inspected first on top).
+    """Header and rows of ``detect/ranking.csv``, ordered by :data:`PRIMARY`'s rank (inspected first on top).
 
     ``<scorer>_score`` is the natural score, ``<scorer>_rank`` 1 = inspected first (most suspicious).
     """
@@ -81,7 +84,8 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     if issues is not None:
         header.append("cleanlab_issue")
     rows = []
-    for i in np.argsort(ranks["d3m"], kind="stable"):
+    primary = PRIMARY if PRIMARY in ranks else names[0]
+    for i in np.argsort(ranks[primary], kind="stable"):
         row = [int(train["index"][i]), train["source_id"][i], int(train["label"][i]), int(det.predicted[i]),
                int(train["true_label"][i]), int(train["noisy"][i])]
         for n in names:
