@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/trakscope report --run $(RUN)
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-all: install

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=int, required=True, help="index of the example in the target split")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="target split")
     parser.add_argument("--top", type=int, default=8, help="how many highest and how many lowest to show")
-    parser.add_argument("--png", default=None, 
+    parser.add_argument("--png", default=None,
                         help="where to save the grid (default: RUN/inspect/<split>_<target>.png)")
 
 
