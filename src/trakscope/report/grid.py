@@ -33,7 +33,7 @@ def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> Non
         rows: name -> list of ``{"image", "title", "noisy"}`` tiles.
     """
     k = max(len(v) for v in rows.values())
-    fig = plt.figure(figsize=(1.25 * (k + 1.4), 1.55 * len(rows) + 0.4), dpi=150)
+    fig = plt.figure(figsize=(1.35 * (k + 1.4), 1.6 * len(rows) + 0.5), dpi=150)
     grid = fig.add_gridspec(len(rows), k + 1, width_ratios=[1.4] + [1] * k, wspace=0.15, hspace=0.55)
     ax = fig.add_subplot(grid[:, 0])
     _tile(ax, target["image"], target["title"], "#24292f")
@@ -43,6 +43,9 @@ def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> Non
             _tile(fig.add_subplot(grid[r, c + 1]), tile["image"], tile["title"], color, tile["noisy"])
         fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 1 - (r + 0.02) / len(rows), name, color=color, fontsize=9,
                  ha="center", va="bottom", weight="bold")
+    if any(tile["noisy"] for tiles in rows.values() for tile in tiles):
+        fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 0.03, "thick gold frame: a planted wrong label (label ≠ true)",
+                 color=NOISY, fontsize=8, ha="center", va="top")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
