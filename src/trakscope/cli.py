@@ -1,13 +1,18 @@
 """``trakscope`` command line: a thin layer over the stages. Each subcommand lives in ``commands/<name>.py``.
 
-A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Expected errors
+(missing data, a foreign run folder, ...) print one line and exit with status 2; set ``TRAKSCOPE_DEBUG=1`` to get
+the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+import numpy as np
 
 from .data import DataError
 from .models import WeightsError
@@ -15,7 +20,7 @@ from .run import RunError
 
 COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 
-EXPECTED_ERRORS = (DataError, RunError, WeightsError, ValueError, FileNotFoundError)
+EXPECTED_ERRORS = (DataError, RunError, WeightsError, ValueError, FileNotFoundError, np.linalg.LinAlgError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except EXPECTED_ERRORS as e:
+        if os.environ.get("TRAKSCOPE_DEBUG"):
+            raise
         print(f"trakscope {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

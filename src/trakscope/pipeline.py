@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,16 +42,13 @@ def fingerprint(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextmanager
 def _timed(run: RunFolder, stage: str):
-    class _T:
-        def __enter__(self):
-            self.t = time.perf_counter()
-
-        def __exit__(self, *exc):
-            if exc[0] is None and dist.rank() == 0:
-                run.record_timing(stage, time.perf_counter() - self.t)
-
-    return _T()
+    """Record the stage's wall time in ``timings.json`` (rank 0) if the block finishes."""
+    start = time.perf_counter()
+    yield
+    if dist.rank() == 0:
+        run.record_timing(stage, time.perf_counter() - start)
 
 
 def prepare_data(run: RunFolder, progress: bool = True) -> Dataset:

@@ -12,7 +12,6 @@ memory-mapped ``.npy``, so memory stays bounded for large ``n_train x n_target``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,43 +84,32 @@ def trak_scores(
         Higher = the training example pushes the target's margin up more.
     """
     n = train_features[0].shape[0]
-    targets = [torch.from_numpy(np.array(t, dtype=np.float32)) for t in target_features] if target_features else [
-        None for _ in train_features]
-    n_target = targets[0].shape[0] if targets[0] is not None else 0
     q = torch.from_numpy(np.asarray(q_mean, dtype=np.float64))
+    if target_features is None:
+        targets = [None] * len(train_features)
+    else:
+        targets = [torch.from_numpy(np.array(t, dtype=np.float32)) for t in target_features]
     self_inf = np.zeros(n, dtype=np.float32)
-    with _score_array(out_path, (n, n_target), want=target_features is not None) as scores:
+
+    def fill(scores: np.ndarray | None) -> None:
         for s in range(0, n, block):
             rows = slice(s, min(s + block, n))
             part, diag = _block_scores(train_features, inverses, targets, rows)
-            if part is not None:
+            if scores is not None:
                 scores[rows] = (part.double() * q[rows, None]).float().numpy()
             self_inf[rows] = (diag * q[rows]).float().numpy()
-        if isinstance(scores, np.memmap):
-            scores.flush()
-    if out_path is not None and target_features is not None:
-        return np.load(out_path, mmap_mode="r", allow_pickle=False), self_inf
-    return scores if target_features is not None else None, self_inf
 
-
-class _score_array:
-    """Context manager: an in-memory array, or a memmapped ``.npy`` renamed into place on success."""
-
-    def __init__(self, path: Path | None, shape: tuple[int, int], want: bool):
-        self.path, self.shape, self.want = path, shape, want
-
-    def __enter__(self) -> np.ndarray | None:
-        if not self.want:
-            return None
-        if self.path is None:
-            return np.zeros(self.shape, dtype=np.float32)
-        self._ctx = atomic_path(self.path, suffix=".npy")
-        tmp = self._ctx.__enter__()
-        os.unlink(tmp)
-        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=self.shape)
-        return self.array
-
-    def __exit__(self, *exc) -> None:
-        if self.want and self.path is not None:
-            del self.array
-            self._ctx.__exit__(*exc)
+    if target_features is None:
+        fill(None)
+        return None, self_inf
+    shape = (n, targets[0].shape[0])
+    if out_path is None:
+        scores = np.zeros(shape, dtype=np.float32)
+        fill(scores)
+        return scores, self_inf
+    with atomic_path(out_path, suffix=".npy") as tmp:
+        scores = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        fill(scores)
+        scores.flush()
+        del scores
+    return np.load(out_path, mmap_mode="r", allow_pickle=False), self_inf

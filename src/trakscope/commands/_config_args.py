@@ -50,7 +50,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(_flag(section, f.name), default=f.default, metavar="A,B,...",
                                    type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()), **kw)
             else:
-                group.add_argument(_flag(section, f.name), type=kind, default=f.default, **kw)
+                group.add_argument(_flag(section, f.name), type=kind, default=f.default, metavar=f.name.upper(), **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

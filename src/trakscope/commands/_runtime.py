@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -28,5 +27,4 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     device = dist.local_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    progress = not args.no_progress and sys.stderr.isatty() or (not args.no_progress and dist.rank() == 0)
-    return Runtime(device=device, progress=progress and dist.rank() == 0)
+    return Runtime(device=device, progress=not args.no_progress and dist.rank() == 0)
