@@ -50,6 +50,11 @@ def _json_ready(obj):
     return obj
 
 
+def _count(n: float) -> str:
+    """A count averaged over seeds: ``6`` or ``6.7``."""
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+
+
 def _pm(mean: float, se: float | None) -> str:
     return f"{mean:.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
@@ -63,7 +68,7 @@ def format_table(summary: dict) -> str:
     order = {s: i for i, s in enumerate(summary.get("strategies", []))}
     for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
         removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"
-        lines.append(f"| {r['strategy']} | {removed} | {r['n_noisy_removed']:g} | {_pm(r['mean'], r['se'])} "
+        lines.append(f"| {r['strategy']} | {removed} | {_count(r['n_noisy_removed'])} | {_pm(r['mean'], r['se'])} "
                      f"| {r['delta_vs_full']:+.4f} |")
     return "\n".join(lines)
 
