@@ -6,7 +6,7 @@ BIN      = $(VENV)/bin
 RUN     ?= runs/demo
 TORCH    = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint clean-demo
+.PHONY: install demo test lint clean-demo
 
 $(BIN)/trakscope: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,9 +26,6 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
-
-test-all: install
-	$(BIN)/python -m pytest -q -m ''
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
