@@ -189,3 +189,13 @@ def test_inner_products_approximate_true_gradient_inner_products():
     iu = np.triu_indices(12)
     true_ip, approx_ip = (true @ true.T).numpy()[iu], (approx @ approx.T).numpy()[iu]
     assert np.corrcoef(true_ip, approx_ip)[0, 1] > 0.9
+
+
+def test_kron_k_setting_reaches_the_projector():
+    from trakscope.models import TinyCNN
+
+    model = TinyCNN(10).eval()
+    narrow = make_projector("kronecker", model, 0, seed=0, kron_k=4)
+    wide = make_projector("kronecker", model, 0, seed=0, kron_k=8)
+    assert all(layer.p_out.shape[1] <= 4 and layer.p_in.shape[1] <= 4 for layer in narrow.layers)
+    assert narrow.dim < wide.dim

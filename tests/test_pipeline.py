@@ -108,3 +108,23 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys, extra, message):
 def test_inspect_on_missing_run_says_what_to_do(tmp_path, capsys):
     assert main(["inspect", "--run", str(tmp_path / "nothing"), "--target", "0"]) == 2
     assert "trakscope run" in capsys.readouterr().err
+
+
+def test_food101_layout_end_to_end_with_decoding_workers(tmp_path, capsys):
+    """A real user's path: files on disk, decoded in worker processes for training and featurization."""
+    from .test_data_files import make_food101
+
+    make_food101(tmp_path / "data", n_train=12, n_test=4)
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--dataset", "food101", "--data-root", str(tmp_path / "data"),
+            "--classes", "apple_pie,sushi,tacos", "--image-size", "16", "--model", "tiny_cnn", "--epochs", "2",
+            "--ensemble", "1", "--batch-size", "8", "--proj-dim", "32", "--num-workers", "2", "--no-progress",
+            "--device", "cpu"]
+    assert main(args) == 0
+    run = RunFolder(out)
+    assert run.classes == ["apple_pie", "sushi", "tacos"]
+    train = run.table("train")
+    assert all(s.startswith("images/") and s.endswith(".jpg") for s in train["source_id"])
+    assert run.scores("test").shape == (len(train["index"]), 12)
+    assert main(["inspect", "--run", str(out), "--target", "0", "--top", "3"]) == 0
+    assert "images/" in capsys.readouterr().out

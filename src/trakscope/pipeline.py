@@ -133,7 +133,7 @@ def featurize(run: RunFolder, rt: Runtime) -> None:
     trak, world, rank = cfg.trak, dist.world_size(), dist.rank()
     for k, path in enumerate(run.checkpoint_paths()):
         net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, path), rt.device)
-        projector = make_projector(trak.projector, net, trak.proj_dim, trak.seed + k, trak.proj_type)
+        projector = make_projector(trak.projector, net, trak.proj_dim, trak.seed + k, trak.proj_type, trak.kron_k)
         for name in SPLITS:
             split = dataset.split(name)
             store = FeatureStore(run.path / "features" / f"ckpt{k}", name, len(split), projector.dim)

@@ -41,8 +41,13 @@ class GradientProjector(ABC):
         """``[b, 3, S, S]`` images, ``[b]`` labels -> (float32 ``[b, dim]`` features, ``[b, C]`` logits)."""
 
 
-def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_type: str = "rademacher"):
-    """The projector called ``name`` (``dense`` or ``kronecker``) for ``model``."""
+def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_type: str = "rademacher",
+                   kron_k: int = 16) -> GradientProjector:
+    """The projector called ``name`` (``dense`` or ``kronecker``) for ``model``.
+
+    ``proj_type`` sets the dense projector's entries; ``kron_k`` the Kronecker projector's per-layer input and
+    output widths (each layer contributes ``kron_k ** 2`` features before the final map to ``proj_dim``).
+    """
     if name == "dense":
         from .dense import DenseProjector
 
@@ -50,5 +55,5 @@ def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_t
     if name == "kronecker":
         from .kronecker import KroneckerProjector
 
-        return KroneckerProjector(model, proj_dim, seed)
+        return KroneckerProjector(model, proj_dim, seed, k_in=kron_k, k_out=kron_k)
     raise ValueError(f"unknown projector {name!r}; choose dense or kronecker")
