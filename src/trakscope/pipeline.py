@@ -159,14 +159,14 @@ def score(run: RunFolder) -> None:
     cfg = run.config
     stores = sorted((run.path / "features").glob("ckpt*"), key=lambda p: int(p.name[4:]))
     train, qs, invs, lams = [], [], [], []
+    sizes = {name: len(run.table(name)["index"]) for name in SPLITS}
     for folder in stores:
-        n = len(run.dataset().train)
-        x, q = FeatureStore(folder, "train", n, 0).load()
+        x, q = FeatureStore(folder, "train", sizes["train"], 0).load()
         inv_path = folder / "xtx_inv.npy"
-        if not inv_path.exists():
+        if not inv_path.exists():  # lambda.json first: an inverse on disk always has its lambda beside it
             inv, lam = regularized_inverse(gram(x), cfg.trak.ridge)
-            save_npy(inv_path, inv)
             write_json(folder / "lambda.json", {"lambda": lam})
+            save_npy(inv_path, inv)
         train.append(x)
         qs.append(q)
         invs.append(load_npy(inv_path))
@@ -174,8 +174,7 @@ def score(run: RunFolder) -> None:
     q_mean = np.mean(qs, axis=0)
     self_inf = None
     for name in ("val", "test"):
-        n = len(run.dataset().split(name))
-        targets = [FeatureStore(folder, name, n, 0).load()[0] for folder in stores]
+        targets = [FeatureStore(folder, name, sizes[name], 0).load()[0] for folder in stores]
         _, self_inf = trak_scores(train, invs, targets, q_mean, out_path=run.path / "scores" / f"{name}.npy")
     save_npy(run.path / "scores" / "self.npy", self_inf)
     write_json(run.path / "scores" / "meta.json", {
