@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -36,10 +37,21 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def _standard_json(obj: Any) -> Any:
+    """``obj`` with every float NaN replaced by None (standard JSON has no NaN), recursing into dicts and lists."""
+    if isinstance(obj, dict):
+        return {k: _standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard_json(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
 def write_json(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented standard JSON (NaN becomes null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(_standard_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: Path | str) -> Any:

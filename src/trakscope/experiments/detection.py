@@ -127,7 +127,7 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
     write_csv(run.path / "detect" / "ranking.csv", header, rows)
     metrics = quality_metrics(run, det)
     if metrics is not None:
-        write_json(run.path / "detect" / "metrics.json", _json_ready(metrics))
+        write_json(run.path / "detect" / "metrics.json", metrics)
     run.record_timing("detect", time.perf_counter() - t0)
     return det, metrics
 
@@ -147,15 +147,6 @@ def load_ranking(run: RunFolder) -> dict[str, np.ndarray]:
     if "cleanlab_issue" in rows[0]:
         out["cleanlab_issue"] = np.array([int(r["cleanlab_issue"]) for r in rows])[order].astype(bool)
     return out
-
-
-def _json_ready(obj):
-    """NaN -> None so the JSON is standard."""
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def format_table(metrics: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -34,20 +33,10 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     summary = summarize(results, references, len(ranking["index"]), int(ranking["noisy"].sum()))
     summary.update({"strategies": list(strategies), "fractions": list(fractions), "seeds": seeds,
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
-    write_json(run.path / "removal" / "results.json", _json_ready(summary))
+    write_json(run.path / "removal" / "results.json", summary)
     plot_accuracy(summary, run.path / "removal" / "accuracy_vs_fraction.png")
     run.record_timing("removal", time.perf_counter() - t0)
     return summary
-
-
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def _count(n: float) -> str:
