@@ -107,7 +107,7 @@ class _Interrupt(Exception):
 
 
 def test_subset_models_are_cached_resumed_and_reused(run_copy, monkeypatch):
-    real, calls = lds_mod.train_model, []
+    real, calls = lds_mod.train_final_model, []
 
     def counting(*args, fail_at=None, **kw):
         calls.append(kw["seed"])
@@ -116,11 +116,11 @@ def test_subset_models_are_cached_resumed_and_reused(run_copy, monkeypatch):
         return real(*args, **kw)
 
     run = RunFolder(run_copy)
-    monkeypatch.setattr(lds_mod, "train_model", lambda *a, **kw: counting(*a, fail_at=3, **kw))
+    monkeypatch.setattr(lds_mod, "train_final_model", lambda *a, **kw: counting(*a, fail_at=3, **kw))
     with pytest.raises(_Interrupt):
         lds_mod.run_lds(run, k=4, epochs=1, progress=False)
     assert len(calls) == 3 and not (run_copy / "lds.json").exists()
-    monkeypatch.setattr(lds_mod, "train_model", counting)
+    monkeypatch.setattr(lds_mod, "train_final_model", counting)
     first = lds_mod.run_lds(run, k=4, epochs=1, progress=False)
     assert len(calls) == 5  # only models 2 and 3 were trained on resume
     again = lds_mod.run_lds(RunFolder(run_copy), k=4, epochs=1, progress=False)

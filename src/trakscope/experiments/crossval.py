@@ -48,7 +48,7 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
 
     Folds already cached under ``detect/crossval/`` with the same fold assignment are reused.
     """
-    from ..train import load_trained, predict_logits, train_model
+    from ..train import predict_logits, train_final_model
 
     cfg = run.config
     dataset = run.dataset()
@@ -61,9 +61,8 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
         held = np.flatnonzero(folds == f)
         path = cache / f"fold{f}.npy"
         if not path.exists():
-            states = train_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed,
-                                 keep=np.flatnonzero(folds != f), device=device, progress=progress)
-            model = load_trained(cfg.model, len(dataset.classes), states[-1], device=device)
+            model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed,
+                                      keep=np.flatnonzero(folds != f), device=device, progress=progress)
             logits = predict_logits(model, dataset.train.images, held, device=device,
                                     num_workers=cfg.train.num_workers)
             save_npy(path, _softmax(logits).astype(np.float32))

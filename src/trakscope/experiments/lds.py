@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..io import load_npy, read_json, save_npy, write_json
 from ..run import RunFolder
-from ..train import load_trained, predict_logits, train_model
+from ..train import predict_logits, train_final_model
 
 TARGET_SPLITS = ("test", "val")
 
@@ -167,9 +167,8 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    states = train_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=np.flatnonzero(mask),
-                         device=device, progress=False)
-    net = load_trained(cfg.model, len(dataset.classes), states[-1], device=device)
+    net = train_final_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=np.flatnonzero(mask),
+                            device=device, progress=False)
     out = {}
     for split in TARGET_SPLITS:
         part = dataset.split(split)

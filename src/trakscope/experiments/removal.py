@@ -120,11 +120,10 @@ def plan_jobs(strategies: tuple[str, ...], fractions: tuple[float, ...], seeds: 
 def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
                   progress: bool = True) -> float:
     """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
-    from ..train import load_trained, predict_logits, train_model
+    from ..train import predict_logits, train_final_model
 
     cfg, dataset = run.config, run.dataset()
-    states = train_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
-    model = load_trained(cfg.model, len(dataset.classes), states[-1], device=device)
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
     logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
     return float((logits.argmax(axis=1) == dataset.test.labels).mean())
 

@@ -111,6 +111,14 @@ def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str,
     return model.to(device).eval()
 
 
+def train_final_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: Dataset, seed: int,
+                      keep: np.ndarray | None = None, device: torch.device | str = "cpu",
+                      progress: bool = True) -> nn.Module:
+    """:func:`train_model`, then its final checkpoint as a network in eval mode (for retrain experiments)."""
+    states = train_model(model_cfg, train_cfg, dataset, seed=seed, keep=keep, device=device, progress=progress)
+    return load_trained(model_cfg, len(dataset.classes), states[-1], device=device)
+
+
 def _random_init(cfg: ModelConfig) -> ModelConfig:
     """The same architecture without reading pretrained weights (they are overwritten anyway)."""
     return ModelConfig(name=cfg.name, weights="random", weights_path=None)
