@@ -117,3 +117,23 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert len(keep) + len(removed) == len(train) and len(removed) == 20
     assert not {r["index"] for r in keep} & {r["index"] for r in removed}
     assert all(r["reason"].startswith("d3m=") for r in removed)
+
+
+def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_path, monkeypatch, capsys):
+    from trakscope.cli import main
+    from trakscope.commands import removal as removal_cmd
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["detect", "--run", str(run), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    seen = {}
+
+    def fake_run_removal(run_folder, strategies, fractions, seeds, device, progress):
+        seen["strategies"] = strategies
+        return {"n_noisy": 0, "n_train": 0, "rows": [], "reference": {"mean": 0.0, "se": None}}
+
+    monkeypatch.setattr(removal_cmd, "run_removal", fake_run_removal)
+    monkeypatch.setattr(removal_cmd, "format_table", lambda summary: "")
+    assert main(["removal", "--run", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert "cleanlab" not in seen["strategies"] and "negative" in seen["strategies"]
+    assert "cleanlab strategy skipped" in capsys.readouterr().out

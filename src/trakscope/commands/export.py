@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=None, help="where to write the CSVs (default: <run>/export)")
 
 
-def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``keep_<name>.csv`` and ``removed_<name>.csv``; return their paths.
+def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
+                 out_dir: Path) -> tuple[Path, Path, int, int]:
+    """Write ``keep_<name>.csv`` and ``removed_<name>.csv``; return their paths and row counts.
 
     Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset) and
     ``label``; the removed list adds ``true_label``, ``noisy`` (planted truth, where known) and ``reason``.
@@ -43,15 +44,14 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int, out_
     write_csv(removed_path, ["index", "source_id", "label", "true_label", "noisy", "reason"],
               [[int(train["index"][i]), train["source_id"][i], int(train["label"][i]), int(train["true_label"][i]),
                 int(train["noisy"][i]), removal_reason(strategy, ranking, int(i))] for i in removed])
-    return keep_path, removed_path
+    return keep_path, removed_path, len(keep), len(removed)
 
 
 def run(args: argparse.Namespace) -> int:
     run_folder = RunFolder(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else run_folder.path / "export"
-    keep_path, removed_path = export_lists(run_folder, args.strategy, args.fraction, args.seed, out_dir)
-    n_removed = sum(1 for _ in open(removed_path)) - 1
-    n_keep = sum(1 for _ in open(keep_path)) - 1
+    keep_path, removed_path, n_keep, n_removed = export_lists(run_folder, args.strategy, args.fraction, args.seed,
+                                                              out_dir)
     print(f"{args.strategy}: keep {n_keep} training examples -> {keep_path}")
     print(f"removed {n_removed} (with reasons) -> {removed_path}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.detection import load_ranking
 from ..experiments.removal import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, STRATEGIES
 from ..experiments.removal_run import format_table, run_removal
 from ..run import RunFolder
@@ -39,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     strategies = args.strategies
     if "cleanlab" in strategies and args.strategies is DEFAULT_STRATEGIES:
         # the default list drops cleanlab quietly when detect skipped it; an explicit request errors instead
-        if "cleanlab_score" not in (run_folder.require("detect/ranking.csv", "trakscope detect --run")
-                                    .read_text().split("\n", 1)[0]):
+        if "cleanlab" not in load_ranking(run_folder):
             strategies = tuple(s for s in strategies if s != "cleanlab")
             print("cleanlab strategy skipped: detect ran with --no-cleanlab")
     summary = run_removal(run_folder, strategies, args.fractions, args.seeds, device=rt.device,
