@@ -2,7 +2,7 @@
 
 Rows: trakscope's Kronecker projector (at its natural width and mapped to each ``--proj-dims``), trakscope's dense
 projector, and ``traker`` from PyPI on the CPU (fp32, ``BasicProjector``, rademacher) at the same widths, plus a
-random-score floor. All are scored against the same cached subset models (``trakscope.experiments.lds``), so
+random-score floor. All are scored against the same cached subset models (``trakscope.stages.lds``), so
 differences come from the attribution alone. Higher LDS is better.
 
     python benchmarks/lds_quality.py --out /tmp/lds_bench            # builds the run, then the table
@@ -27,10 +27,11 @@ from trakscope.attribution.projector import make_projector
 from trakscope.attribution.score import gram, regularized_inverse, trak_scores
 from trakscope.cli import main as trakscope_main
 from trakscope.data import iter_batches
-from trakscope.experiments.lds import ci95, lds, predicted_outputs, subset_margins
 from trakscope.io import load_npy, save_npy, write_json
-from trakscope.pipeline import load_checkpoint
-from trakscope.run import RunFolder
+from trakscope.methods.lds import ci95, lds, predicted_outputs
+from trakscope.run_folder import RunFolder
+from trakscope.stages.lds import subset_margins
+from trakscope.stages.run import load_checkpoint
 from trakscope.train import load_trained
 
 

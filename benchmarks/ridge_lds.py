@@ -16,8 +16,9 @@ import numpy as np
 
 from trakscope.attribution.featurize import FeatureStore
 from trakscope.attribution.score import gram, regularized_inverse, trak_scores
-from trakscope.experiments.lds import ci95, lds, predicted_outputs, subset_margins
-from trakscope.run import RunFolder
+from trakscope.methods.lds import ci95, lds, predicted_outputs
+from trakscope.run_folder import RunFolder
+from trakscope.stages.lds import subset_margins
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trakscope.experiments.d3m import alignment_scores, auto_groups, group_losses
+from trakscope.methods.d3m import alignment_scores, auto_groups, group_losses
 
 SCORES = np.array(
     [

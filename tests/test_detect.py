@@ -7,8 +7,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
-from trakscope.experiments import detect
-from trakscope.experiments.metrics import roc_auc
+from trakscope.methods import scorers as detect
+from trakscope.methods.metrics import roc_auc
 
 
 def test_val_influence_by_hand():

@@ -11,10 +11,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from trakscope.cli import main
-from trakscope.experiments import lds as lds_mod
-from trakscope.experiments.lds import ci95, lds, predicted_outputs, spearman_columns, subset_masks
 from trakscope.io import read_csv, save_npy
-from trakscope.run import RunFolder
+from trakscope.methods.lds import ci95, lds, predicted_outputs, spearman_columns, subset_masks
+from trakscope.run_folder import RunFolder
+from trakscope.stages import lds as lds_mod
 
 
 def test_subset_masks_are_seeded_exact_and_prefix_stable():

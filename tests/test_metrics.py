@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from trakscope.experiments.metrics import (
+from trakscope.methods.metrics import (
     average_precision,
     detection_metrics,
     inspection_order,

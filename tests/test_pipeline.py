@@ -8,7 +8,7 @@ import pytest
 
 from trakscope.attribution import featurize as featurize_mod
 from trakscope.cli import main
-from trakscope.run import RunFolder
+from trakscope.run_folder import RunFolder
 
 from .conftest import TINY_RUN_ARGS
 

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from trakscope.experiments import removal
-from trakscope.experiments.removal import mean_se, plan_jobs, select_removed, summarize
+from trakscope.methods.removal import mean_se, plan_jobs, select_removed, summarize
+from trakscope.stages import removal
 
 RANKING = {
     "index": np.arange(10),
@@ -133,7 +133,7 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
         return {"n_noisy": 0, "n_train": 0, "rows": [], "reference": {"mean": 0.0, "se": None}}
 
     monkeypatch.setattr(removal_cmd, "run_removal", fake_run_removal)
-    monkeypatch.setattr(removal_cmd, "format_table", lambda summary: "")
+    monkeypatch.setattr(removal_cmd, "removal_table", lambda summary: "")
     assert main(["removal", "--run", str(run), "--no-progress", "--device", "cpu"]) == 0
     assert "cleanlab" not in seen["strategies"] and "negative" in seen["strategies"]
     assert "cleanlab strategy skipped" in capsys.readouterr().out

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from trakscope.config import DataConfig, RunConfig
-from trakscope.experiments.detection import Detection, quality_metrics, ranking_rows
 from trakscope.io import save_npy, write_csv, write_json
 from trakscope.report import payload, sections
 from trakscope.report.html import render, write_report
 from trakscope.report.sprites import sprite_sheets
-from trakscope.run import RunFolder
+from trakscope.run_folder import RunFolder
+from trakscope.stages.detect import Detection, quality_metrics, ranking_rows
 
 XSS = "<img src=x onerror=alert(1)>"
 CLASSES = ["zero", XSS, "two", 'a "quoted" & <b>bold</b>']
@@ -62,7 +62,7 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
 
 
 def write_lds(path: Path, rng: np.random.Generator, n_test: int) -> None:
-    """``lds.json`` with its per-target CSV (the keys ``experiments.lds.run_lds`` writes), and one comparison."""
+    """``lds.json`` with its per-target CSV (the keys ``stages.lds.run_lds`` writes), and one comparison."""
     rho = rng.uniform(-0.2, 0.6, n_test)
     rho[0] = np.nan
     base = {"alpha": 0.5, "num_models": 20, "subset_seed": 0, "split": "test", "targets": n_test,
@@ -189,7 +189,7 @@ def test_detection_section_has_curves_and_metrics(synth_run):
 
 def removal_results(rng: np.random.Generator) -> dict:
     """A ``removal/results.json`` through the removal stage's own ``summarize``."""
-    from trakscope.experiments.removal import summarize
+    from trakscope.methods.removal import summarize
 
     results = [{"strategy": s, "fraction": f, "seed": seed, "n_removed": int(f * 150),
                 "n_noisy_removed": int(f * 50), "test_acc": float(0.8 + rng.normal(0, 0.01))}

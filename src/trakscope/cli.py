@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import DataError
 from .models import WeightsError
-from .run import RunError
+from .run_folder import RunError
 
 COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from .. import dist
-from ..pipeline import Runtime
+from ..stages.run import Runtime
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..experiments.detection import DESCRIPTIONS, format_table, run_detection
-from ..run import RunFolder
+from ..report.tables import detection_table
+from ..run_folder import RunFolder
+from ..stages.detect import DESCRIPTIONS, run_detection
 from ._runtime import add_runtime_arguments, runtime_from_args
 
 HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"\ndetection of {metrics['n_noisy']} planted wrong labels among {metrics['n_train']} "
           f"(D3M groups: {metrics['groups']}, {metrics['n_groups']} groups):")
-    print(format_table(metrics))
+    print(detection_table(metrics))
     return 0

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..experiments.detection import load_ranking
-from ..experiments.removal import STRATEGIES, removal_reason, select_removed
 from ..io import write_csv
-from ..run import RunFolder
+from ..methods.removal import STRATEGIES, removal_reason, select_removed
+from ..run_folder import RunFolder
+from ..stages.detect import load_ranking
 
 HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV"
 

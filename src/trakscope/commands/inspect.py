@@ -6,9 +6,9 @@ import argparse
 
 import numpy as np
 
-from ..attribution.topk import top_and_bottom
+from ..methods.topk import top_and_bottom
 from ..report.grid import influence_grid
-from ..run import RunFolder
+from ..run_folder import RunFolder
 
 HELP = "print and save (PNG grid) the training examples with the highest and lowest scores for a test example"
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..experiments.detection import load_ranking
-from ..experiments.removal import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, STRATEGIES
-from ..experiments.removal_run import format_table, run_removal
-from ..run import RunFolder
+from ..methods.removal import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, STRATEGIES
+from ..report.tables import removal_table
+from ..run_folder import RunFolder
+from ..stages.detect import load_ranking
+from ..stages.removal import run_removal
 from ._runtime import add_runtime_arguments, runtime_from_args
 
 HELP = "remove-and-retrain: test accuracy after removing each strategy's top examples (needs `trakscope detect`)"
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=rt.progress)
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
-    print(format_table(summary))
+    print(removal_table(summary))
     print(f"results: {run_folder.path / 'removal' / 'results.json'}; "
           f"plot: {run_folder.path / 'removal' / 'accuracy_vs_fraction.png'}")
     return 0

@@ -7,7 +7,7 @@ import time
 import webbrowser
 
 from ..report.html import DEFAULT_K, write_report
-from ..run import RunFolder
+from ..run_folder import RunFolder
 
 HELP = "write DIR/report/index.html: summary, explorer of attributions, suspects, detection, removal, LDS"
 

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from .. import dist
-from ..pipeline import run_pipeline
-from ..run import RunFolder
+from ..run_folder import RunFolder
+from ..stages.run import run_pipeline
 from ._config_args import add_config_arguments, config_from_args
 from ._runtime import add_runtime_arguments, runtime_from_args
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DataConfig
-from .base import DataError, Dataset, FileImages, ImageSource, ImageSplit, TensorImages, iter_batches
+from .images import DataError, Dataset, FileImages, ImageSource, ImageSplit, TensorImages, iter_batches
 from .splits import plant_noise, stratified_split, stratified_subset
 
 __all__ = [

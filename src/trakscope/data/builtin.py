@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ImageSplit, TensorImages
+from .images import ImageSplit, TensorImages
 
 
 def _to_rgb_uint8(gray: np.ndarray, side: int, size: int, max_value: float) -> torch.Tensor:

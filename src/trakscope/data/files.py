@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .base import DataError, FileImages, ImageSource, ImageSplit, decode_image
+from .images import DataError, FileImages, ImageSource, ImageSplit, decode_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 NEVER_DOWNLOADS = "trakscope never downloads data; put the files there yourself."

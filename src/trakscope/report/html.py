@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_path
-from ..run import RunFolder
+from ..run_folder import RunFolder
 from . import payload, sections
 from .sections import esc, fmt
 from .sprites import sprite_sheets

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..io import read_csv, read_json
-from ..run import RunFolder
+from ..run_folder import RunFolder
 
 
 def top_k(scores: np.ndarray, k: int, chunk: int = 256) -> dict[str, np.ndarray]:

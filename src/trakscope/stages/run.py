@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import dist
-from .attribution.featurize import FeatureStore, featurize_split, merge_done_flags
-from .attribution.projector import make_projector
-from .attribution.score import gram, regularized_inverse, trak_scores
-from .config import RunConfig
-from .data import Dataset
-from .io import load_npy, load_tensors, save_npy, save_tensors, write_csv, write_json
-from .run import SPLITS, RunError, RunFolder
-from .train import load_trained, predict_logits, train_model
+from .. import dist
+from ..attribution.featurize import FeatureStore, featurize_split, merge_done_flags
+from ..attribution.projector import make_projector
+from ..attribution.score import gram, regularized_inverse, trak_scores
+from ..config import RunConfig
+from ..data import Dataset
+from ..io import load_npy, load_tensors, save_npy, save_tensors, write_csv, write_json
+from ..run_folder import SPLITS, RunError, RunFolder
+from ..train import load_trained, predict_logits, train_model
 
 
 @dataclass(frozen=True)

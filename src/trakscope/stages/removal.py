@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, write_json
-from ..run import RunFolder
-from .detection import load_ranking
-from .removal import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, plan_jobs, reference_accuracy, run_job, summarize
+from ..io import atomic_path, read_json, write_json
+from ..methods.removal import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_STRATEGIES,
+    Job,
+    indices_hash,
+    plan_jobs,
+    select_removed,
+    summarize,
+)
+from ..run_folder import RunFolder
+from .detect import load_ranking
 
 
 def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
@@ -39,27 +48,10 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     return summary
 
 
-def _count(n: float) -> str:
-    """A count averaged over seeds: ``6`` or ``6.7``."""
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
 
 
-def _pm(mean: float, se: float | None) -> str:
-    return f"{mean:.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
 
-def format_table(summary: dict) -> str:
-    """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, change vs full."""
-    ref = summary["reference"]
-    heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full data"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads),
-             f"| full data | 0 | 0 of {summary['n_noisy']} | {_pm(ref['mean'], ref['se'])} | — |"]
-    order = {s: i for i, s in enumerate(summary.get("strategies", []))}
-    for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
-        removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"
-        lines.append(f"| {r['strategy']} | {removed} | {_count(r['n_noisy_removed'])} | {_pm(r['mean'], r['se'])} "
-                     f"| {r['delta_vs_full']:+.4f} |")
-    return "\n".join(lines)
 
 
 def plot_accuracy(summary: dict, path) -> None:
@@ -93,3 +85,56 @@ def plot_accuracy(summary: dict, path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
+                  progress: bool = True) -> float:
+    """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
+    from ..train import predict_logits, train_final_model
+
+    cfg, dataset = run.config, run.dataset()
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
+    logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
+    return float((logits.argmax(axis=1) == dataset.test.labels).mean())
+
+
+def run_job(run: RunFolder, job: Job, ranking: dict[str, np.ndarray], device: str = "cpu",
+            progress: bool = False) -> dict:
+    """The cached result of one retrain, training it first if the cache is absent or stale."""
+    seed = run.config.train.seed + job.offset
+    removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
+    path = run.path / "removal" / "retrains" / f"{job.key}.json"
+    digest = indices_hash(removed)
+    if path.exists():
+        cached = read_json(path)
+        if cached.get("removed_sha256") == digest and cached.get("seed") == seed:
+            return cached
+    t0 = time.perf_counter()
+    keep = np.setdiff1d(np.arange(len(ranking["index"])), removed)
+    acc = test_accuracy(run, keep, seed, device, progress)
+    result = {"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
+              "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(ranking["noisy"][removed].sum()),
+              "removed_sha256": digest, "test_acc": acc, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(path, result)
+    return result
+
+
+def reference_accuracy(run: RunFolder, offset: int, device: str = "cpu", progress: bool = False) -> dict:
+    """Test accuracy with all the training data for seed ``config.train.seed + offset``, cached.
+
+    Retrained through the same code path as every removal arm (cached as ``removal/retrains/full_s<offset>.json``)
+    rather than read from ``models/metrics.json``: an ensemble member trained by an older version of the code
+    would not be a fair reference. The member's own accuracy is kept beside it for comparison.
+    """
+    seed = run.config.train.seed + offset
+    path = run.path / "removal" / "retrains" / f"full_s{offset}.json"
+    if path.exists() and read_json(path).get("seed") == seed:
+        return read_json(path)
+    result = {"seed": seed, "test_acc": test_accuracy(run, None, seed, device, progress), "source": "retrained"}
+    metrics_path = run.path / "models" / "metrics.json"
+    if metrics_path.exists():
+        for m in read_json(metrics_path).get("models", []):
+            if m.get("seed") == seed:
+                result["ensemble_member_test_acc"] = m.get("test_acc")
+    write_json(path, result)
+    return result

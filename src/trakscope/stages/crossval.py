@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..io import load_npy, save_npy
-from ..run import RunFolder
+from ..run_folder import RunFolder
 
 
 def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

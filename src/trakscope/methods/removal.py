@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..io import read_json, write_json
-from ..run import RunFolder
 from .metrics import inspection_order
 
 # strategy -> (ranking column, whether the *highest* natural score is removed first)
@@ -117,57 +114,10 @@ def plan_jobs(strategies: tuple[str, ...], fractions: tuple[float, ...], seeds: 
     return jobs
 
 
-def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
-                  progress: bool = True) -> float:
-    """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
-    from ..train import predict_logits, train_final_model
-
-    cfg, dataset = run.config, run.dataset()
-    model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
-    logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
-    return float((logits.argmax(axis=1) == dataset.test.labels).mean())
 
 
-def run_job(run: RunFolder, job: Job, ranking: dict[str, np.ndarray], device: str = "cpu",
-            progress: bool = False) -> dict:
-    """The cached result of one retrain, training it first if the cache is absent or stale."""
-    seed = run.config.train.seed + job.offset
-    removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
-    path = run.path / "removal" / "retrains" / f"{job.key}.json"
-    digest = indices_hash(removed)
-    if path.exists():
-        cached = read_json(path)
-        if cached.get("removed_sha256") == digest and cached.get("seed") == seed:
-            return cached
-    t0 = time.perf_counter()
-    keep = np.setdiff1d(np.arange(len(ranking["index"])), removed)
-    acc = test_accuracy(run, keep, seed, device, progress)
-    result = {"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
-              "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(ranking["noisy"][removed].sum()),
-              "removed_sha256": digest, "test_acc": acc, "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(path, result)
-    return result
 
 
-def reference_accuracy(run: RunFolder, offset: int, device: str = "cpu", progress: bool = False) -> dict:
-    """Test accuracy with all the training data for seed ``config.train.seed + offset``, cached.
-
-    Retrained through the same code path as every removal arm (cached as ``removal/retrains/full_s<offset>.json``)
-    rather than read from ``models/metrics.json``: an ensemble member trained by an older version of the code
-    would not be a fair reference. The member's own accuracy is kept beside it for comparison.
-    """
-    seed = run.config.train.seed + offset
-    path = run.path / "removal" / "retrains" / f"full_s{offset}.json"
-    if path.exists() and read_json(path).get("seed") == seed:
-        return read_json(path)
-    result = {"seed": seed, "test_acc": test_accuracy(run, None, seed, device, progress), "source": "retrained"}
-    metrics_path = run.path / "models" / "metrics.json"
-    if metrics_path.exists():
-        for m in read_json(metrics_path).get("models", []):
-            if m.get("seed") == seed:
-                result["ensemble_member_test_acc"] = m.get("test_acc")
-    write_json(path, result)
-    return result
 
 
 def mean_se(values: list[float]) -> tuple[float, float | None]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import read_csv, write_csv, write_json
-from ..run import RunFolder
-from . import detect
-from .metrics import detection_metrics, inspection_rank
+from ..methods import scorers
+from ..methods.metrics import detection_metrics, inspection_rank
+from ..run_folder import RunFolder
 
 SCORERS = ("self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab")
 # The order of ranking.csv and the report's suspects grid: TRAK's mislabel scorer (as in dattri and TracIn).
@@ -48,13 +48,13 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     train, val = run.table("train"), run.table("val")
     val_scores = run.scores("val")
     probs_train, probs_val = run.probs("train"), run.probs("val")
-    a, group_ids = detect.d3m_scores(val_scores, probs_val, val["label"], groups)
+    a, group_ids = scorers.d3m_scores(val_scores, probs_val, val["label"], groups)
     scores = {
-        "self_influence": detect.self_influence(run.scores("self")),
-        "val_same_label": detect.val_influence(val_scores, train["label"], val["label"]),
-        "val_all": detect.val_influence(val_scores),
+        "self_influence": scorers.self_influence(run.scores("self")),
+        "val_same_label": scorers.val_influence(val_scores, train["label"], val["label"]),
+        "val_all": scorers.val_influence(val_scores),
         "d3m": a,
-        "loss": detect.training_loss(probs_train, train["label"]),
+        "loss": scorers.training_loss(probs_train, train["label"]),
     }
     info: dict = {"groups": groups, "n_groups": int(group_ids.max()) + 1, "cleanlab": None}
     if cleanlab_folds is not None:
@@ -63,7 +63,7 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
         t0 = time.perf_counter()
         oos = out_of_sample_probs(run, cleanlab_folds, device=device, progress=progress)
         run.record_timing("detect_crossval", time.perf_counter() - t0)
-        quality, issues = detect.cleanlab_quality(oos, train["label"])
+        quality, issues = scorers.cleanlab_quality(oos, train["label"])
         scores["cleanlab"] = quality
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
@@ -77,7 +77,7 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     """
     train = run.table("train")
     names = [n for n in SCORERS if n in det.scores]
-    ranks = {n: inspection_rank(detect.suspicion(n, det.scores[n])) for n in names}
+    ranks = {n: inspection_rank(scorers.suspicion(n, det.scores[n])) for n in names}
     header = ["index", "source_id", "label", "predicted", "true_label", "noisy"]
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
     issues = (det.info.get("cleanlab") or {}).get("issues")
@@ -101,7 +101,7 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     noisy = run.table("train")["noisy"].astype(bool)
     if not noisy.any():
         return None
-    per = {n: detection_metrics(detect.suspicion(n, s), noisy, RECALL_FRACTIONS) for n, s in det.scores.items()}
+    per = {n: detection_metrics(scorers.suspicion(n, s), noisy, RECALL_FRACTIONS) for n, s in det.scores.items()}
     chance = {"roc_auc": 0.5, "average_precision": float(noisy.mean())}
     chance.update({f"recall@{f * 100:g}%": f for f in RECALL_FRACTIONS})
     cl = det.info.get("cleanlab")
@@ -149,16 +149,3 @@ def load_ranking(run: RunFolder) -> dict[str, np.ndarray]:
     return out
 
 
-def format_table(metrics: dict) -> str:
-    """The comparison table printed by ``trakscope detect`` (and pasted in the README)."""
-    cols = ["roc_auc", "average_precision"] + [f"recall@{f * 100:g}%" for f in RECALL_FRACTIONS]
-    heads = ["scorer", "ROC-AUC", "AP"] + [f"R@{f * 100:g}%" for f in RECALL_FRACTIONS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    rows = list(metrics["scorers"].items()) + [("chance", metrics["chance"])]
-    for name, m in rows:
-        vals = [("n/a" if m[c] is None or (isinstance(m[c], float) and math.isnan(m[c])) else f"{m[c]:.3f}")
-                for c in cols]
-        lines.append("| " + " | ".join([name, *vals]) + " |")
-    if isinstance(metrics["cleanlab"], str):
-        lines.append(f"cleanlab: {metrics['cleanlab']}")
-    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Plain-text (Markdown) tables that the commands print: detection quality and remove-and-retrain results."""
+
+from __future__ import annotations
+
+import math
+
+
+def _count(n: float) -> str:
+    """A count averaged over seeds: ``6`` or ``6.7``."""
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+
+
+def _pm(mean: float, se: float | None) -> str:
+    return f"{mean:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def removal_table(summary: dict) -> str:
+    """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, change vs full."""
+    ref = summary["reference"]
+    heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full data"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads),
+             f"| full data | 0 | 0 of {summary['n_noisy']} | {_pm(ref['mean'], ref['se'])} | — |"]
+    order = {s: i for i, s in enumerate(summary.get("strategies", []))}
+    for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
+        removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"
+        lines.append(f"| {r['strategy']} | {removed} | {_count(r['n_noisy_removed'])} | {_pm(r['mean'], r['se'])} "
+                     f"| {r['delta_vs_full']:+.4f} |")
+    return "\n".join(lines)
+
+
+def detection_table(metrics: dict, recall_fractions=(0.05, 0.10, 0.20)) -> str:
+    """The comparison table printed by ``trakscope detect`` (and pasted in the README)."""
+    cols = ["roc_auc", "average_precision"] + [f"recall@{f * 100:g}%" for f in recall_fractions]
+    heads = ["scorer", "ROC-AUC", "AP"] + [f"R@{f * 100:g}%" for f in recall_fractions]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    rows = list(metrics["scorers"].items()) + [("chance", metrics["chance"])]
+    for name, m in rows:
+        vals = [("n/a" if m[c] is None or (isinstance(m[c], float) and math.isnan(m[c])) else f"{m[c]:.3f}")
+                for c in cols]
+        lines.append("| " + " | ".join([name, *vals]) + " |")
+    if isinstance(metrics["cleanlab"], str):
+        lines.append(f"cleanlab: {metrics['cleanlab']}")
+    return "\n".join(lines)
