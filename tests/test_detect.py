@@ -9,6 +9,7 @@ from sklearn.model_selection import cross_val_predict
 
 from trakscope.methods import scorers as detect
 from trakscope.methods.metrics import roc_auc
+from trakscope.methods.registry import SCORERS
 
 
 def test_val_influence_by_hand():
@@ -20,13 +21,17 @@ def test_val_influence_by_hand():
         detect.val_influence(scores, np.array([0, 1]))
 
 
+def _suspicion(name, score):
+    return SCORERS[name].suspicion(score)
+
+
 def test_training_loss_and_suspicion_direction():
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     loss = detect.training_loss(probs, np.array([0, 0]))
     np.testing.assert_allclose(loss, [-np.log(0.9), -np.log(0.2)])
-    assert detect.suspicion("loss", loss)[1] > detect.suspicion("loss", loss)[0]
-    assert detect.suspicion("d3m", np.array([1.0, -1.0]))[1] > 0  # negative A_i is suspicious
-    assert set(detect.WORSE_IS_HIGH) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab"}
+    assert _suspicion("loss", loss)[1] > _suspicion("loss", loss)[0]
+    assert _suspicion("d3m", np.array([1.0, -1.0]))[1] > 0  # negative A_i is suspicious
+    assert set(SCORERS) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab"}
 
 
 def _linear_trak(n_train: int = 240, n_val: int = 120, noise: float = 0.1, seed: int = 0):
@@ -72,7 +77,7 @@ def test_planted_noise_is_found_by_every_scorer_but_same_label_influence():
         "cleanlab": detect.cleanlab_quality(d["oos"], d["y_tr"])[0],
     }
     for name, score in found.items():
-        auc = roc_auc(detect.suspicion(name, score), d["flipped"])
+        auc = roc_auc(_suspicion(name, score), d["flipped"])
         assert auc > 0.75, f"{name}: AUC {auc:.3f}"
 
 
@@ -80,7 +85,7 @@ def test_d3m_auto_groups_and_heuristic_flag_flipped_labels():
     d = _linear_trak(seed=1)
     a, groups = detect.d3m_scores(d["scores"], d["probs_val"], d["y_val"], "auto")
     assert groups.max() + 1 <= 4 and len(groups) == len(d["y_val"])
-    assert roc_auc(detect.suspicion("d3m", a), d["flipped"]) > 0.75
+    assert roc_auc(_suspicion("d3m", a), d["flipped"]) > 0.75
     removed = a < 0  # D3M's heuristic
     assert d["flipped"][removed].mean() > 3 * d["flipped"].mean()
     _, issues = detect.cleanlab_quality(d["oos"], d["y_tr"])

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from trakscope.attribution import featurize as featurize_mod
 from trakscope.cli import main
 from trakscope.run_folder import RunFolder
+from trakscope.stages import run as featurize_mod
 
 from .conftest import TINY_RUN_ARGS
 

@@ -1,91 +1,292 @@
-"""The run folder: where each stage finds its inputs and leaves its outputs (see docs/run-folder.md)."""
+"""The run folder: the one owner of where every stage's inputs and outputs live, and of how they are read.
+
+Every path of a run folder is named in this module and nowhere else (:data:`LAYOUT` lists them, and
+``docs/run-folder.md`` is generated from it). Stages, the report and the benchmarks ask a :class:`RunFolder`
+for paths and typed records; JSON results carry ``format`` (:data:`FORMAT`) and ``kind``, so a folder written
+by another version of trakscope gets one clear message instead of a guess.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, config_diff, load_config
-from .io import load_npy, read_csv, read_json, write_json
+from .config import RunConfig, config_diff
+from .io import load_npy, read_csv, read_json, write_csv, write_json
 
+FORMAT = 2
 SPLITS = ("train", "val", "test")
+TARGET_SPLITS = ("test", "val")
+TABLE_COLUMNS = ("index", "source_id", "label", "true_label", "noisy")
+
+# (path pattern, what it holds): the run folder's whole layout; docs/run-folder.md is generated from it.
+LAYOUT: tuple[tuple[str, str], ...] = (
+    ("config.json", "every setting (`RunConfig`) with `format`; another configuration in the same folder is "
+                    "refused unless `--overwrite`"),
+    ("timings.json", "seconds per stage"),
+    ("data/classes.json", "class names, index = class id"),
+    ("data/{split}.csv", "`index` (row/column in the score arrays), `source_id` (stable id in the source dataset), "
+                         "`label` (as trained), `true_label`, `noisy` (0/1)"),
+    ("data/thumbs_{split}.npy", "uint8 `[n, T, T, 3]` thumbnails for `inspect` and the report"),
+    ("models/model{m}_ckpt{c}.safetensors", "checkpoint `c` of ensemble member `m` (the last `c` is the final "
+                                            "model), with the run's fingerprint in its metadata"),
+    ("models/metrics.json", "accuracy of each model and of the ensemble on val and test (`kind: model_metrics`)"),
+    ("models/probs_{split}.npy", "float32 `[n, C]` ensemble-mean softmax probabilities"),
+    ("features/", "the TRAK store (`trakscope.attribution.store`): projected features per checkpoint and split, "
+                  "done flags, out-to-loss weights, `(X^T X + lambda I)^-1` per checkpoint"),
+    ("scores/{target}.npy", "float32 `[n_train, n_target]` TRAK scores `scores[train, target]` for test and val, "
+                            "each with a `.json` record (checkpoints, ridge, lambdas)"),
+    ("scores/self.npy", "float32 `[n_train]` self-influence `scores[i, i]`"),
+    ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints"),
+    ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example"),
+    ("detect/metrics.json", "each scorer's quality against planted noise (`kind: detect_metrics`)"),
+    ("detect/crossval/folds.npy", "k-fold assignment of the training split (cleanlab's cross-validation)"),
+    ("detect/crossval/fold{f}.npy", "out-of-sample probabilities of fold `f`, cached"),
+    ("removal/results.json", "remove-and-retrain experiment (`kind: removal_results`)"),
+    ("removal/accuracy_vs_fraction.png", "its plot"),
+    ("removal/retrains/{job}.json", "one finished retrain each, so an interrupted experiment resumes"),
+    ("export/{keep,removed}_{strategy}_{fraction}.csv", "keep-list and removed list with reasons"),
+    ("lds.json", "linear datamodeling score of the run's scores (`kind: lds`)"),
+    ("lds/lds_{name}.json", "LDS of another attribution matrix (`trakscope lds --scores`)"),
+    ("lds/{name}_per_target.csv", "per-target Spearman correlations behind an LDS result"),
+    ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}.json", "a cached subset model's record, with "
+                                                           "`model{i}_{split}.npy` margins beside it"),
+    ("inspect/{split}_{target}.png", "`trakscope inspect` grids"),
+    ("report/index.html", "the self-contained report"),
+)
+OWNED = ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export",
+         "config.json", "timings.json", "lds.json")
+SCHEMAS = {  # kind -> keys a reader relies on
+    "model_metrics": ("models", "ensemble"),
+    "detect_metrics": ("n_train", "n_noisy", "scorers", "chance"),
+    "removal_results": ("n_train", "n_noisy", "reference", "rows"),
+    "lds": ("lds_mean", "lds_ci95", "num_models", "split"),
+}
 
 
 class RunError(Exception):
-    """The run folder is missing, from another configuration, or lacks a stage's output."""
+    """The run folder is missing, from another configuration or version, or lacks a stage's output."""
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    """A short hash of the settings that determine the checkpoints (data, model, training)."""
+    d = cfg.to_dict()
+    blob = json.dumps({k: d[k] for k in ("data", "model", "train")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class RunFolder:
-    """Paths and readers of one run folder. Construction does no I/O."""
+    """Paths, typed reads and writes of one run folder. Construction does no I/O."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._dataset = None
+
+    # --- layout -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def timings_path(self) -> Path:
+        return self.path / "timings.json"
+
+    @property
+    def classes_path(self) -> Path:
+        return self.path / "data" / "classes.json"
+
+    def table_path(self, split: str) -> Path:
+        return self.path / "data" / f"{split}.csv"
+
+    def thumbs_path(self, split: str) -> Path:
+        return self.path / "data" / f"thumbs_{split}.npy"
+
+    def checkpoint_path(self, model: int, ckpt: int) -> Path:
+        return self.path / "models" / f"model{model}_ckpt{ckpt}.safetensors"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "models" / "metrics.json"
+
+    def probs_path(self, split: str) -> Path:
+        return self.path / "models" / f"probs_{split}.npy"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.path / "features"
+
+    def scores_path(self, split: str) -> Path:
+        """``scores/{test,val,self}.npy``."""
+        return self.path / "scores" / f"{split}.npy"
+
+    @property
+    def scores_meta_path(self) -> Path:
+        return self.path / "scores" / "meta.json"
+
+    @property
+    def ranking_path(self) -> Path:
+        return self.path / "detect" / "ranking.csv"
+
+    @property
+    def detect_metrics_path(self) -> Path:
+        return self.path / "detect" / "metrics.json"
+
+    @property
+    def crossval_dir(self) -> Path:
+        return self.path / "detect" / "crossval"
+
+    @property
+    def fold_assignment_path(self) -> Path:
+        return self.crossval_dir / "folds.npy"
+
+    def fold_probs_path(self, fold: int) -> Path:
+        return self.crossval_dir / f"fold{fold}.npy"
+
+    @property
+    def removal_results_path(self) -> Path:
+        return self.path / "removal" / "results.json"
+
+    @property
+    def removal_plot_path(self) -> Path:
+        return self.path / "removal" / "accuracy_vs_fraction.png"
+
+    def retrain_path(self, job: str) -> Path:
+        return self.path / "removal" / "retrains" / f"{job}.json"
+
+    def export_paths(self, name: str, folder: Path | None = None) -> tuple[Path, Path]:
+        """``(keep, removed)`` CSVs of one exported selection, in ``folder`` (default ``export/``)."""
+        folder = self.path / "export" if folder is None else Path(folder)
+        return folder / f"keep_{name}.csv", folder / f"removed_{name}.csv"
+
+    @property
+    def lds_path(self) -> Path:
+        return self.path / "lds.json"
+
+    def lds_result_path(self, scores_stem: str | None) -> Path:
+        """``lds.json`` for the run's own scores, ``lds/lds_<stem>.json`` for another matrix."""
+        return self.lds_path if scores_stem is None else self.path / "lds" / f"lds_{scores_stem}.json"
+
+    def lds_results(self) -> list[Path]:
+        """Every LDS result: ``lds.json`` first, then ``lds/lds_*.json``."""
+        return [self.lds_path, *sorted((self.path / "lds").glob("lds_*.json"))]
+
+    def lds_per_target_path(self, result: Path) -> Path:
+        return self.path / "lds" / f"{Path(result).stem}_per_target.csv"
+
+    def lds_subset_dir(self, alpha: float, seed: int, epochs: int | None) -> Path:
+        name = f"alpha{alpha:g}_seed{seed}" + (f"_ep{epochs}" if epochs is not None else "")
+        return self.path / "lds" / "subsets" / name
+
+    @staticmethod
+    def subset_model_paths(folder: Path, i: int, splits: tuple[str, ...]) -> tuple[Path, dict[str, Path]]:
+        """``(model{i}.json, {split: model{i}_{split}.npy})`` of one cached subset model."""
+        return folder / f"model{i}.json", {s: folder / f"model{i}_{s}.npy" for s in splits}
+
+    def inspect_path(self, split: str, target: int | str) -> Path:
+        return self.path / "inspect" / f"{split}_{target}.png"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report" / "index.html"
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the run folder, for messages and records."""
+        return str(Path(path).relative_to(self.path))
 
     # --- creation -----------------------------------------------------------------------------
     def initialize(self, config: RunConfig, overwrite: bool = False) -> None:
         """Create the folder with ``config.json``, or check that an existing one has the same config.
 
         Raises:
-            RunError: the folder holds a run with other settings and ``overwrite`` is false.
+            RunError: the folder holds a run with other settings (and ``overwrite`` is false), or its
+                ``config.json`` is not trakscope's.
         """
-        cfg_path = self.path / "config.json"
-        if cfg_path.exists() and not overwrite:
-            try:
-                old = load_config(cfg_path)
-            except (ValueError, json.JSONDecodeError, TypeError) as e:
-                msg = f"{cfg_path} is not a trakscope configuration ({e}); use --overwrite to replace it"
-                raise RunError(msg) from e
-            diff = config_diff(old, config)
-            if diff:
-                raise RunError(
-                    f"{self.path} holds a run with other settings ({'; '.join(diff)}). "
-                    "Use another --out, or --overwrite to discard it."
-                )
-            return
-        if cfg_path.exists() and overwrite:
-            _clear_outputs(self.path)
+        if self.config_path.exists():
+            old = self._read_config()
+            if not overwrite:
+                diff = config_diff(old, config)
+                if diff:
+                    raise RunError(f"{self.path} holds a run with other settings ({'; '.join(diff)}). "
+                                   "Use another --out, or --overwrite to discard it.")
+                return
+            self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(cfg_path, config.to_dict())
+        write_json(self.config_path, {"format": FORMAT, **config.to_dict()})
+        self.__dict__.pop("config", None)
+
+    def clear(self) -> None:
+        """Remove what trakscope writes in a run folder (:data:`OWNED`), nothing else."""
+        for name in OWNED:
+            p = self.path / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
     # --- reading ------------------------------------------------------------------------------
+    def _read_config(self) -> RunConfig:
+        try:
+            raw = read_json(self.config_path)
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise RunError(f"{self.config_path} is not readable JSON ({e}); it is not a trakscope run folder") from e
+        if not isinstance(raw, dict) or not {"data", "model", "train", "trak"} <= set(raw):
+            raise RunError(f"{self.config_path} is not a trakscope configuration; refusing to use or overwrite "
+                           f"{self.path} (choose another folder)")
+        if raw.get("format") != FORMAT:
+            raise RunError(f"{self.path} was written by another version of trakscope (run-folder format "
+                           f"{raw.get('format', 1)}, this version reads {FORMAT}); rerun `trakscope run` with "
+                           "--overwrite, or use another --out")
+        try:
+            return RunConfig.from_dict({k: v for k, v in raw.items() if k != "format"})
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{self.config_path} is not a valid trakscope configuration: {e}") from e
+
     @cached_property
     def config(self) -> RunConfig:
         """The saved configuration."""
-        cfg_path = self.path / "config.json"
-        if not cfg_path.is_file():
-            raise RunError(
-                f"{self.path} is not a trakscope run folder (no config.json); create one with `trakscope run`"
-            )
-        return load_config(cfg_path)
+        if not self.config_path.is_file():
+            raise RunError(f"{self.path} is not a trakscope run folder (no config.json); "
+                           "create one with `trakscope run --out DIR`")
+        return self._read_config()
 
     @cached_property
     def classes(self) -> list[str]:
         """Class names, index = class id."""
-        return read_json(self.require("data/classes.json", "trakscope run"))
+        return read_json(self.require(self.classes_path, "trakscope run"))
 
     def table(self, split: str) -> dict[str, np.ndarray]:
-        """``data/<split>.csv`` as columns: index, label, true_label, noisy (arrays) and source_id (str array)."""
-        rows = read_csv(self.require(f"data/{split}.csv", "trakscope run"))
-        cols = {k: [r[k] for r in rows] for k in ("index", "source_id", "label", "true_label", "noisy")}
+        """``data/<split>.csv`` as columns: index, label, true_label, noisy (int64) and source_id (str)."""
+        path = self.require(self.table_path(split), "trakscope run")
+        rows = read_csv(path)
+        missing = [c for c in TABLE_COLUMNS if rows and c not in rows[0]]
+        if missing:
+            raise RunError(f"{path} lacks columns {missing}; rerun `trakscope run --out {self.path} --overwrite`")
+        cols = {k: [r[k] for r in rows] for k in TABLE_COLUMNS}
         out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items() if k != "source_id"}
         out["source_id"] = np.asarray(cols["source_id"], dtype=object)
         return out
 
+    def write_table(self, split: str, rows: list[tuple]) -> None:
+        """``data/<split>.csv`` from rows of :data:`TABLE_COLUMNS`."""
+        write_csv(self.table_path(split), TABLE_COLUMNS, rows)
+
     def thumbs(self, split: str) -> np.ndarray:
         """uint8 ``[n, T, T, 3]`` thumbnails of a split."""
-        return load_npy(self.require(f"data/thumbs_{split}.npy", "trakscope run"), mmap=True)
+        return load_npy(self.require(self.thumbs_path(split), "trakscope run"), mmap=True)
 
     def probs(self, split: str) -> np.ndarray:
         """float32 ``[n, C]`` ensemble-mean softmax probabilities."""
-        return load_npy(self.require(f"models/probs_{split}.npy", "trakscope run"))
+        return load_npy(self.require(self.probs_path(split), "trakscope run"))
 
     def scores(self, split: str, mmap: bool = True) -> np.ndarray:
         """float32 ``[n_train, n_split]`` TRAK scores (``split`` = test or val), or ``[n_train]`` for ``self``."""
-        return load_npy(self.require(f"scores/{split}.npy", "trakscope run"), mmap=mmap)
+        return load_npy(self.require(self.scores_path(split), "trakscope run"), mmap=mmap)
 
     def dataset(self):
         """The run's :class:`~trakscope.data.Dataset`, rebuilt from ``config.json`` (deterministic, cached)."""
@@ -99,27 +300,102 @@ class RunFolder:
         """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order."""
         paths = sorted(self.path.glob("models/model*_ckpt*.safetensors"), key=_ckpt_key)
         if not paths:
-            self.require("models/model0_ckpt0.safetensors", "trakscope run")
+            self.require(self.checkpoint_path(0, 0), "trakscope run")
         return paths
 
-    def require(self, relative: str, producer: str) -> Path:
-        """The path of a stage output, or a RunError that names the command producing it."""
-        path = self.path / relative
+    def require(self, path: Path, producer: str) -> Path:
+        """``path`` if it exists, or a RunError that names the command producing it."""
         if not path.exists():
             _ = self.config  # a clearer error first if this is no run folder at all
-            raise RunError(f"{path} does not exist yet; run `{producer} --out {self.path}` (or the stage) first")
+            raise RunError(f"{path} does not exist yet; run `{producer}` on {self.path} first")
         return path
 
+    # --- typed JSON results -------------------------------------------------------------------
+    def write_result(self, path: Path, kind: str, payload: dict[str, Any]) -> None:
+        """Write a stage's JSON result with ``format`` and ``kind``."""
+        missing = [k for k in SCHEMAS[kind] if k not in payload]
+        if missing:
+            raise ValueError(f"a {kind} result needs {missing}")
+        write_json(path, {"format": FORMAT, "kind": kind, **payload})
+
+    def read_result(self, path: Path, kind: str, producer: str) -> dict[str, Any]:
+        """A stage's JSON result, checked for format, kind and the keys readers rely on.
+
+        Raises:
+            RunError: absent (names ``producer``), unreadable, of another format, or missing keys.
+        """
+        self.require(path, producer)
+        try:
+            raw = read_json(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{path} is damaged ({e}); rerun `{producer}` on {self.path}") from e
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("kind") != kind:
+            raise RunError(f"{path} was written by another version of trakscope or is not a {kind} result; "
+                           f"rerun `{producer}` on {self.path}")
+        missing = [k for k in SCHEMAS[kind] if k not in raw]
+        if missing:
+            raise RunError(f"{path} lacks {missing}; rerun `{producer}` on {self.path}")
+        return raw
+
+    def optional_result(self, path: Path, kind: str) -> dict[str, Any] | None:
+        """:meth:`read_result`, or None when the stage has not run (or wrote another format)."""
+        try:
+            return self.read_result(path, kind, "")
+        except RunError:
+            return None
+
+    # --- detect/ranking.csv -------------------------------------------------------------------
+    def write_ranking(self, header: list[str], rows: list[list]) -> None:
+        write_csv(self.ranking_path, header, rows)
+
+    def ranking(self, scorers: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``detect/ranking.csv`` in example-index order: ``<scorer>`` -> float64 natural scores ``[n_train]``.
+
+        Also ``index``, ``noisy`` (bool), ``predicted`` and, when present, ``cleanlab_issue`` (bool) and
+        ``<scorer>_rank`` (int64, 1 = inspect first).
+
+        Raises:
+            RunError: absent, truncated, or not matching ``data/train.csv``.
+        """
+        path = self.require(self.ranking_path, "trakscope detect")
+        rows = read_csv(path)
+        n_train = len(self.table("train")["index"])
+        try:
+            index = np.array([int(r["index"]) for r in rows], dtype=np.int64)
+            if len(rows) != n_train or not np.array_equal(np.sort(index), np.arange(n_train)):
+                raise ValueError(f"{len(rows)} rows for {n_train} training examples")
+            order = np.argsort(index)
+            out = {"index": index[order], "noisy": _column(rows, "noisy", int)[order].astype(bool)}
+            if "predicted" in rows[0]:
+                out["predicted"] = _column(rows, "predicted", int)[order]
+            for n in scorers:
+                if f"{n}_score" in rows[0]:
+                    out[n] = _column(rows, f"{n}_score", float)[order]
+                    out[f"{n}_rank"] = _column(rows, f"{n}_rank", int)[order]
+            if "cleanlab_issue" in rows[0]:
+                out["cleanlab_issue"] = _column(rows, "cleanlab_issue", int)[order].astype(bool)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{path} is damaged or does not match data/train.csv ({e}); "
+                           f"rerun `trakscope detect --run {self.path}`") from e
+        return out
+
+    # --- timings ------------------------------------------------------------------------------
     def timings(self) -> dict[str, float]:
         """Seconds per stage recorded so far."""
-        path = self.path / "timings.json"
-        return read_json(path) if path.exists() else {}
+        try:
+            return read_json(self.timings_path) if self.timings_path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
 
     def record_timing(self, stage: str, seconds: float) -> None:
         """Add or replace the time of one stage in ``timings.json``."""
         timings = self.timings()
         timings[stage] = round(float(seconds), 3)
-        write_json(self.path / "timings.json", timings)
+        write_json(self.timings_path, timings)
+
+
+def _column(rows: list[dict[str, str]], name: str, kind: type) -> np.ndarray:
+    return np.array([kind(r[name]) for r in rows])
 
 
 def _ckpt_key(path: Path) -> tuple[int, int]:
@@ -127,13 +403,14 @@ def _ckpt_key(path: Path) -> tuple[int, int]:
     return int(model), int(ckpt)
 
 
-def _clear_outputs(path: Path) -> None:
-    """Remove what trakscope wrote in ``path`` (its known subfolders and files), nothing else."""
-    import shutil
-
-    for name in ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export"):
-        if (path / name).is_dir():
-            shutil.rmtree(path / name)
-    for name in ("config.json", "timings.json", "lds.json"):
-        if (path / name).exists():
-            (path / name).unlink()
+def layout_markdown() -> str:
+    """``docs/run-folder.md``, generated from :data:`LAYOUT` (a test keeps the file in step)."""
+    lines = ["# The run folder", "",
+             "Every stage reads its inputs from the run folder and writes its outputs there, so each stage can be",
+             "rerun or resumed alone. Arrays are `.npy` (read with `allow_pickle=False`), checkpoints are",
+             "safetensors, everything else is JSON or CSV. All writes are atomic (temp file + rename). JSON results",
+             f"carry `format` ({FORMAT}) and `kind`; a folder from another version gets one clear message.",
+             "This page is generated from `trakscope.run_folder.LAYOUT`, the only place that names these paths.",
+             "", "| path | what |", "| --- | --- |"]
+    lines += [f"| `{p}` | {what} |" for p, what in LAYOUT]
+    return "\n".join(lines) + "\n"

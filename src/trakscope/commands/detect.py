@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
-from ..stages.detect import DESCRIPTIONS, run_detection
+from ..stages.detect import run_detection
 from ._runtime import add_runtime_arguments, runtime_from_args
 
 HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
@@ -30,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if folds is not None and folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
     det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress)
-    print(f"ranking of {len(det.predicted)} training examples: {run_folder.path / 'detect' / 'ranking.csv'}")
+    print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path}")
     for name in det.scores:
-        print(f"  {name}: {DESCRIPTIONS[name]}")
+        print(f"  {name}: {SCORERS[name].description}")
     cl = det.info.get("cleanlab")
     if cl is not None:
         print(f"cleanlab find_label_issues flags {cl['n_issues']} examples "

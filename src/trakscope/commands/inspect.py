@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             title = f"#{i}  {column[i]:+.3g}\nlabel {lab}" + (f", true {true}" if train["noisy"][i] else "")
             tiles.append({"image": thumbs[i], "title": title, "noisy": bool(train["noisy"][i])})
         rows[name] = tiles
-    png = args.png or folder.path / "inspect" / f"{args.split}_{args.target}.png"
+    png = args.png or folder.inspect_path(args.split, args.target)
     tt = {"image": folder.thumbs(args.split)[args.target],
           "title": f"{args.split} #{args.target}\nlabel {classes[t_label]}\npredicted {classes[pred]}"}
     influence_grid(tt, rows, png)

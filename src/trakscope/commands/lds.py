@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..stages.lds import run_lds
 from ..run_folder import RunFolder
+from ..stages.lds import run_lds
 from ._runtime import add_runtime_arguments, runtime_from_args
 
 HELP = "linear datamodeling score: train models on random subsets, correlate their margins with the scores' prediction"

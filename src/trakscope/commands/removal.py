@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..methods.removal import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, STRATEGIES
+from ..methods import registry
+from ..methods.registry import DEFAULT_STRATEGIES
+from ..methods.removal import DEFAULT_FRACTIONS
 from ..report.tables import removal_table
 from ..run_folder import RunFolder
 from ..stages.detect import load_ranking
@@ -30,15 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", type=_floats, default=DEFAULT_FRACTIONS,
                         help="comma-separated fractions of the training split to remove")
     parser.add_argument("--strategies", type=_names, default=DEFAULT_STRATEGIES,
-                        help=f"comma-separated, from: {', '.join(STRATEGIES)}")
+                        help=f"comma-separated strategies; {registry.strategy_help()}")
     parser.add_argument("--seeds", type=int, default=3, help="retrains per (strategy, fraction), seeds train.seed + s")
     add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    strategies = tuple(registry.strategy(s).name for s in args.strategies)  # unknown names fail first
+    if any(not 0.0 <= f < 1.0 for f in args.fractions):
+        raise ValueError(f"--fractions must each be in [0, 1), got {args.fractions}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run)
-    strategies = args.strategies
     if "cleanlab" in strategies and args.strategies is DEFAULT_STRATEGIES:
         # the default list drops cleanlab quietly when detect skipped it; an explicit request errors instead
         if "cleanlab" not in load_ranking(run_folder):
@@ -49,6 +55,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))
-    print(f"results: {run_folder.path / 'removal' / 'results.json'}; "
-          f"plot: {run_folder.path / 'removal' / 'accuracy_vs_fraction.png'}")
+    print(f"results: {run_folder.removal_results_path}; plot: {run_folder.removal_plot_path}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .. import dist
 from ..run_folder import RunFolder
@@ -36,12 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(run_folder: RunFolder) -> None:
-    metrics = json.loads((run_folder.path / "models" / "metrics.json").read_text())
+    metrics = run_folder.read_result(run_folder.metrics_path, "model_metrics", "trakscope run")
     ens = metrics["ensemble"]
     accs = ", ".join(f"{m['test_acc']:.3f}" for m in metrics["models"])
     print(f"ensemble of {len(metrics['models'])}: test accuracy {ens['test_acc']:.3f} (members {accs}), "
           f"val accuracy {ens['val_acc']:.3f}")
     timings = run_folder.timings()
     print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    print(f"scores: {run_folder.path / 'scores'} (test.npy [n_train, n_test], val.npy, self.npy)")
-    print(f"next: trakscope inspect --run {run_folder.path} --target 17")
+    print(f"scores: {run_folder.scores_path('test')} [n_train, n_test], {run_folder.scores_path('val')}, "
+          f"{run_folder.scores_path('self')}")
+    n_test = run_folder.scores("test").shape[1]
+    print(f"next: trakscope inspect --run {run_folder.path} --target {min(17, n_test - 1)}")

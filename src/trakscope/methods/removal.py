@@ -1,32 +1,22 @@
-"""Remove-and-retrain: drop what a strategy selects, retrain from the same initial weights, measure test accuracy.
+"""Remove-and-retrain: what each strategy removes, the experiment's loop, and its summary (array in, dict out).
 
-Selection reads only ``detect/ranking.csv`` (computed from the train and val splits); accuracy is
-measured on test, so nothing leaks. Every retrain is cached as
-``removal/retrains/<strategy>_<fraction>_s<seed>.json`` with a hash of the removed indices, so an
-interrupted experiment resumes and a changed selection is retrained.
+Selection reads only rankings computed from the train and val splits; accuracy is measured on test by the
+caller's ``evaluate`` function, so nothing leaks. :func:`remove_and_retrain` runs with any training recipe:
+trakscope's own (the ``removal`` stage, which caches every retrain) or the user's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import registry
 from .metrics import inspection_order
 
-# strategy -> (ranking column, whether the *highest* natural score is removed first)
-RANKED = {
-    "positive": ("val_all", True),  # most positively influential on val: highest summed (= mean) val score
-    "negative": ("d3m", False),  # most detrimental: lowest D3M A_i
-    "loss": ("loss", True),
-    "cleanlab": ("cleanlab", False),
-    "self_influence": ("self_influence", True),
-    "val-negative": ("val_all", False),  # most negatively influential on val (TRAK without D3M's weights)
-}
-STRATEGIES = (*RANKED, "d3m-heuristic", "random")
-DEFAULT_STRATEGIES = ("positive", "negative", "d3m-heuristic", "random", "loss", "cleanlab")
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.10)
 
 
@@ -34,11 +24,11 @@ def select_removed(strategy: str, fraction: float, ranking: dict[str, np.ndarray
     """Training indices a strategy removes.
 
     Args:
-        strategy: one of :data:`STRATEGIES`. ``d3m-heuristic`` removes every example with ``A_i < 0``
-            and ignores ``fraction``; ``random`` draws ``round(fraction * n)`` examples with ``seed``.
+        strategy: a name (or alias) in :data:`~.registry.STRATEGIES`. ``d3m-heuristic`` removes every example
+            with ``A_i < 0`` and ignores ``fraction``; ``random`` draws ``round(fraction * n)`` examples with ``seed``.
         fraction: share of the training split to remove, in ``[0, 1)``.
-        ranking: columns of ``detect/ranking.csv`` in index order (:func:`~.detection.load_ranking`):
-            natural scores float ``[n_train]`` per scorer.
+        ranking: ``index`` int ``[n_train]`` and, per scorer, its natural scores float ``[n_train]``
+            (:meth:`~trakscope.run_folder.RunFolder.ranking` reads them from ``detect/ranking.csv``).
         seed: seed of the ``random`` strategy.
 
     Returns:
@@ -48,15 +38,19 @@ def select_removed(strategy: str, fraction: float, ranking: dict[str, np.ndarray
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     k = int(round(fraction * n))
-    if strategy == "d3m-heuristic":
-        return np.flatnonzero(_column(ranking, "d3m") < 0).astype(np.int64)
-    if strategy == "random":
+    s = registry.strategy(strategy)
+    if s.scorer is None:
         return np.sort(np.random.default_rng(seed).permutation(n)[:k]).astype(np.int64)
-    if strategy not in RANKED:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    column, highest_first = RANKED[strategy]
-    score = _column(ranking, column)
-    return np.sort(inspection_order(score if highest_first else -score)[:k]).astype(np.int64)
+    score = _column(ranking, s.scorer)
+    if s.threshold:
+        return np.flatnonzero(score < 0).astype(np.int64)
+    return np.sort(inspection_order(_removal_key(s, score))[:k]).astype(np.int64)
+
+
+def _removal_key(s: registry.Strategy, score: np.ndarray) -> np.ndarray:
+    """Higher = removed first: the scorer's suspicion, or its opposite for ``most_suspicious=False``."""
+    suspicion = registry.SCORERS[s.scorer].suspicion(score)
+    return suspicion if s.most_suspicious else -suspicion
 
 
 def _column(ranking: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -69,15 +63,14 @@ def _column(ranking: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 def removal_reason(strategy: str, ranking: dict[str, np.ndarray], index: int) -> str:
     """Why ``strategy`` removed training example ``index``, e.g. ``d3m=-0.0123 (rank 4 of 1000, lowest first)``."""
-    if strategy == "random":
+    s = registry.strategy(strategy)
+    if s.scorer is None:
         return "random control"
-    if strategy == "d3m-heuristic":
-        return f"d3m={ranking['d3m'][index]:.4g} < 0 (D3M heuristic)"
-    column, highest_first = RANKED[strategy]
-    score = _column(ranking, column)
-    rank = int(np.flatnonzero(inspection_order(score if highest_first else -score) == index)[0]) + 1
-    order = "highest" if highest_first else "lowest"
-    return f"{column}={score[index]:.4g} (rank {rank} of {len(score)}, {order} first)"
+    score = _column(ranking, s.scorer)
+    if s.threshold:
+        return f"{s.scorer}={score[index]:.4g} < 0 ({s.description})"
+    rank = int(np.flatnonzero(inspection_order(_removal_key(s, score)) == index)[0]) + 1
+    return f"{s.scorer}={score[index]:.4g} (rank {rank} of {len(score)}: {s.description})"
 
 
 def indices_hash(indices: np.ndarray) -> str:
@@ -95,29 +88,21 @@ class Job:
 
     @property
     def key(self) -> str:
-        frac = "all" if self.strategy == "d3m-heuristic" else f"{self.fraction:g}"
+        frac = "all" if math.isnan(self.fraction) else f"{self.fraction:g}"
         return f"{self.strategy}_{frac}_s{self.offset}"
 
 
 def plan_jobs(strategies: tuple[str, ...], fractions: tuple[float, ...], seeds: int) -> list[Job]:
     """Seed-major list of retrains (a finished first seed is already a usable table); heuristic once per seed."""
-    for s in strategies:
-        if s not in STRATEGIES:
-            raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    strategies = tuple(registry.strategy(s).name for s in strategies)
     if seeds < 1:
         raise ValueError(f"need at least one seed, got {seeds}")
     jobs = []
     for offset in range(seeds):
         for s in strategies:
-            fracs = (math.nan,) if s == "d3m-heuristic" else fractions
+            fracs = (math.nan,) if registry.STRATEGIES[s].threshold else fractions
             jobs += [Job(s, f, offset) for f in fracs]
     return jobs
-
-
-
-
-
-
 
 
 def mean_se(values: list[float]) -> tuple[float, float | None]:
@@ -144,5 +129,49 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
                      "delta_vs_full": mean - ref_mean, "seeds": [r["seed"] for r in rs]})
     return {"n_train": n_train, "n_noisy": n_noisy,
             "reference": {"test_acc": [r["test_acc"] for r in references], "mean": ref_mean, "se": ref_se,
-                          "seeds": [r["seed"] for r in references], "source": [r["source"] for r in references]},
+                          "seeds": [r["seed"] for r in references],
+                          "source": [r.get("source", "retrained") for r in references]},
             "rows": rows}
+
+
+Evaluate = Callable[[Job, np.ndarray, int], float]
+
+
+def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
+                       strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
+                       fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3, base_seed: int = 0,
+                       noisy: np.ndarray | None = None, on_job: Callable[[Job], None] | None = None) -> dict:
+    """Retrain without each strategy's selection, ``seeds`` times, and summarise accuracy against full data.
+
+    Args:
+        ranking: ``index`` and per-scorer natural scores (see :func:`select_removed`).
+        evaluate: ``(job, keep, seed) -> accuracy``: train with your recipe on the training rows ``keep``
+            (int64, sorted) from initial weights fixed by ``seed``, return test accuracy. Called once per job and
+            once per seed with every row (the full-data reference, ``job.strategy == "full"``), where it may
+            return ``{"test_acc": ..., "source": ...}`` to say where the reference came from.
+        noisy: bool ``[n_train]`` planted wrong labels, to count how many each selection removed.
+        on_job: called before each job (a progress bar's hook).
+
+    Returns:
+        :func:`summarize`'s dictionary.
+    """
+    n = len(ranking["index"])
+    noisy = np.zeros(n, dtype=bool) if noisy is None else np.asarray(noisy, dtype=bool)
+    every = np.arange(n, dtype=np.int64)
+    references, results = [], []
+    for offset in range(seeds):
+        seed = base_seed + offset
+        full = Job("full", math.nan, offset)
+        if on_job:
+            on_job(full)
+        ref = evaluate(full, every, seed)
+        references.append({"seed": seed, **(ref if isinstance(ref, dict) else {"test_acc": float(ref)})})
+        for job in [j for j in plan_jobs(strategies, fractions, seeds) if j.offset == offset]:
+            if on_job:
+                on_job(job)
+            removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
+            acc = float(evaluate(job, np.setdiff1d(every, removed), seed))
+            results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
+                            "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
+                            "removed_sha256": indices_hash(removed), "test_acc": acc})
+    return summarize(results, references, n, int(noisy.sum()))

@@ -1,9 +1,7 @@
 """Mislabel / harm scorers: plain functions from arrays to one score per training example.
 
-Each scorer returns float64 ``[n_train]`` in its natural units, and :data:`WORSE_IS_HIGH` says which
-direction is suspicious. :func:`suspicion` turns any of them into the common convention, **higher =
-more suspicious = inspected first**, which the metrics and the ``*_rank`` columns of
-``detect/ranking.csv`` use (rank 1 = inspected first).
+Each scorer returns float64 ``[n_train]`` in its natural units; which direction is suspicious, and the
+scorer's name and description, are declared once in :mod:`.registry`.
 
 Only the train and val splits are used; the test split stays out of every selection.
 """
@@ -13,22 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .d3m import alignment_scores, auto_groups, group_losses
-
-# scorer name -> True when a high score means a suspicious example
-WORSE_IS_HIGH: dict[str, bool] = {
-    "self_influence": True,
-    "val_same_label": False,
-    "val_all": False,
-    "d3m": False,
-    "loss": True,
-    "cleanlab": False,
-}
-
-
-def suspicion(name: str, score: np.ndarray) -> np.ndarray:
-    """float64 ``[n]`` with higher = more suspicious, from scorer ``name``'s natural score."""
-    s = np.asarray(score, dtype=np.float64)
-    return s if WORSE_IS_HIGH[name] else -s
 
 
 def self_influence(self_scores: np.ndarray) -> np.ndarray:
@@ -73,6 +55,21 @@ def val_influence(
     return out
 
 
+def resolve_groups(groups: str | np.ndarray, scores: np.ndarray, val_labels: np.ndarray) -> np.ndarray:
+    """int64 ``[n_val]`` D3M group ids: ``"classes"`` (one per class), ``"auto"`` (Auto-D3M) or given ids."""
+    val_labels = np.asarray(val_labels, dtype=np.int64)
+    if isinstance(groups, str):
+        if groups == "classes":
+            return np.unique(val_labels, return_inverse=True)[1].astype(np.int64)
+        if groups == "auto":
+            return auto_groups(scores, val_labels)
+        raise ValueError(f"groups must be 'classes' or 'auto', got {groups!r}")
+    g = np.asarray(groups, dtype=np.int64)
+    if g.shape != val_labels.shape:
+        raise ValueError(f"groups must give one id per validation example ({len(val_labels)}), got {g.shape}")
+    return g
+
+
 def d3m_scores(
     scores: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray, groups: str | np.ndarray = "classes"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -88,17 +85,7 @@ def d3m_scores(
     Returns:
         ``(A, group_ids)``: float64 ``[n_train]`` (**low = detrimental**) and int64 ``[n_val]``.
     """
-    val_labels = np.asarray(val_labels, dtype=np.int64)
-    if isinstance(groups, str):
-        if groups == "classes":
-            _, g = np.unique(val_labels, return_inverse=True)
-        elif groups == "auto":
-            g = auto_groups(scores, val_labels)
-        else:
-            raise ValueError(f"groups must be 'classes' or 'auto', got {groups!r}")
-    else:
-        g = np.asarray(groups, dtype=np.int64)
-    g = g.astype(np.int64)
+    g = resolve_groups(groups, scores, val_labels)
     return alignment_scores(scores, g, group_losses(val_probs, val_labels, g)), g
 
 
@@ -131,9 +118,10 @@ def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    p = np.asarray(oos_probs, dtype=np.float64)
-    p = p / p.sum(axis=1, keepdims=True)
-    y = np.asarray(labels, dtype=np.int64)
-    quality = get_label_quality_scores(y, p)
-    issues = find_label_issues(y, p)
-    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
+    p, y = _normalized(oos_probs), np.asarray(labels, dtype=np.int64)
+    return np.asarray(get_label_quality_scores(y, p), dtype=np.float64), np.asarray(find_label_issues(y, p), bool)
+
+
+def _normalized(probs: np.ndarray) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    return p / p.sum(axis=1, keepdims=True)

@@ -82,11 +82,32 @@ def removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
         An SVG data URI.
     """
     with matplotlib.rc_context(RC):
-        return _removal_curves(series, reference, ylabel)
+        return svg_data_uri(_removal_figure(series, reference, ylabel))
 
 
-def _removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
-                    reference: tuple[float, float] | None, ylabel: str) -> str:
+def removal_series(results: Mapping) -> tuple[dict[str, list[tuple[float, float, float]]], tuple[float, float] | None]:
+    """``removal/results.json`` -> (strategy -> ``(fraction removed, mean, SE)`` rows by fraction, full-data line)."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    rows = sorted(results.get("rows") or [], key=lambda r: (str(r["strategy"]), r["removed_fraction"]))
+    for r in rows:
+        series.setdefault(str(r["strategy"]), []).append((r["removed_fraction"], r["mean"], r.get("se") or 0.0))
+    ref = results.get("reference") or {}
+    return series, ((ref["mean"], ref.get("se") or 0.0) if ref.get("mean") is not None else None)
+
+
+def removal_png(results: Mapping, path) -> None:
+    """``removal/accuracy_vs_fraction.png``: the report's removal chart, as a PNG file (atomically)."""
+    from ..io import atomic_path
+
+    series, reference = removal_series(results)
+    with matplotlib.rc_context(RC):
+        fig = _removal_figure(series, reference, str(results.get("metric", "test accuracy")))
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+
+
+def _removal_figure(series: Mapping[str, Sequence[tuple[float, float, float]]],
+                    reference: tuple[float, float] | None, ylabel: str) -> Figure:
     fig = Figure(figsize=(7.4, 3.7))
     fig.subplots_adjust(left=0.1, right=0.77, bottom=0.14, top=0.91)
     ax = fig.subplots()
@@ -100,7 +121,7 @@ def _removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
     ax.set(xlabel="training examples removed (%)", ylabel=ylabel, title="Remove and retrain (mean ± SE over seeds)")
     _style(ax)
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return svg_data_uri(fig)
+    return fig
 
 
 def histogram(values: np.ndarray, xlabel: str, title: str) -> str:

@@ -142,11 +142,8 @@ def removal_section(results: Any, run_dir: str) -> str:
     rows = removal_rows(results)
     if not rows:
         return '<p class="missing">removal/results.json has no rows this report can read.</p>'
-    series: dict[str, list[tuple[float, float, float]]] = {}
-    for r in rows:
-        series.setdefault(str(r["strategy"]), []).append((r["removed_fraction"], r["mean"], r.get("se") or 0.0))
+    series, ref_line = plots.removal_series({**results, "rows": rows})
     ref = results.get("reference") if isinstance(results.get("reference"), Mapping) else {}
-    ref_line = (ref["mean"], ref.get("se") or 0.0) if _is_number(ref.get("mean")) else None
     uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")))
     table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None]]
     table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),

@@ -12,31 +12,8 @@ import numpy as np
 import torch
 
 from ..io import load_npy, save_npy
+from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
-
-
-def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Stratified, seeded fold of every example: each class is shuffled and dealt round-robin.
-
-    Args:
-        labels: int ``[n]``.
-        k: number of folds, at least 2.
-        seed: seed of the shuffle.
-
-    Returns:
-        int64 ``[n]`` fold ids in ``0..k-1``; fold sizes differ by at most one per class.
-    """
-    if k < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    folds = np.empty(len(labels), dtype=np.int64)
-    offset = 0
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        folds[members] = (np.arange(len(members)) + offset) % k
-        offset += len(members)  # continue the deal so small classes do not all start in fold 0
-    return folds
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,12 +31,11 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     dataset = run.dataset()
     labels = dataset.train.labels
     folds = fold_assignment(labels, k, cfg.train.seed)
-    cache = run.path / "detect" / "crossval"
-    _drop_stale(cache, folds)
+    _drop_stale(run, folds)
     probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
     for f in range(k):
         held = np.flatnonzero(folds == f)
-        path = cache / f"fold{f}.npy"
+        path = run.fold_probs_path(f)
         if not path.exists():
             model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed,
                                       keep=np.flatnonzero(folds != f), device=device, progress=progress)
@@ -70,13 +46,13 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     return probs
 
 
-def _drop_stale(cache, folds: np.ndarray) -> None:
+def _drop_stale(run: RunFolder, folds: np.ndarray) -> None:
     """Remove cached folds made with another fold assignment; record the current one."""
-    assign = cache / "folds.npy"
+    assign = run.fold_assignment_path
     if assign.exists():
         old = load_npy(assign)
         if old.shape == folds.shape and np.array_equal(old, folds):
             return
-    for p in cache.glob("fold*.npy"):
-        p.unlink()
+        for f in range(int(old.max()) + 1):
+            run.fold_probs_path(f).unlink(missing_ok=True)
     save_npy(assign, folds)

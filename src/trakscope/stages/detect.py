@@ -1,8 +1,8 @@
-"""The ``detect`` stage: every scorer on a run folder -> ``detect/ranking.csv`` and ``detect/metrics.json``.
+"""The ``detect`` stage: every registered scorer on a run folder -> ``detect/ranking.csv`` and ``detect/metrics.json``.
 
-Inputs (train and val only, never test): ``scores/val.npy``, ``scores/self.npy``,
-``models/probs_{train,val}.npy``, ``data/{train,val}.csv``; for cleanlab, k-fold cross-validated
-retraining (:mod:`.crossval`).
+Inputs (train and val only, never test): the val and self scores, the ensemble's train and val
+probabilities and the split tables; for scorers that need it, k-fold cross-validated retraining
+(:mod:`.crossval`).
 """
 
 from __future__ import annotations
@@ -13,24 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import read_csv, write_csv, write_json
-from ..methods import scorers
+from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank
+from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
 
-SCORERS = ("self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab")
-# The order of ranking.csv and the report's suspects grid: TRAK's mislabel scorer (as in dattri and TracIn).
-# D3M ranks *detrimental* examples (for removal), which need not be mislabeled ones.
-PRIMARY = "self_influence"
 RECALL_FRACTIONS = (0.05, 0.10, 0.20)
-DESCRIPTIONS = {
-    "self_influence": "TRAK self-influence scores[i, i] (high = suspicious)",
-    "val_same_label": "summed TRAK influence on val examples of its own label (low = harmful)",
-    "val_all": "summed TRAK influence on all val examples (low = harmful)",
-    "d3m": "D3M group alignment A_i (low = detrimental)",
-    "loss": "ensemble training loss -log p[y] (high = suspicious)",
-    "cleanlab": "cleanlab label quality on k-fold out-of-sample probabilities (low = suspicious)",
-}
 
 
 @dataclass
@@ -44,47 +32,43 @@ class Detection:
 
 def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
                    device: str = "cpu", progress: bool = True) -> Detection:
-    """Run every scorer on the run folder (cleanlab skipped when ``cleanlab_folds`` is None)."""
+    """Run every registered scorer on the run folder (those needing cross-validation only with ``cleanlab_folds``)."""
     train, val = run.table("train"), run.table("val")
     val_scores = run.scores("val")
-    probs_train, probs_val = run.probs("train"), run.probs("val")
-    a, group_ids = scorers.d3m_scores(val_scores, probs_val, val["label"], groups)
-    scores = {
-        "self_influence": scorers.self_influence(run.scores("self")),
-        "val_same_label": scorers.val_influence(val_scores, train["label"], val["label"]),
-        "val_all": scorers.val_influence(val_scores),
-        "d3m": a,
-        "loss": scorers.training_loss(probs_train, train["label"]),
-    }
+    group_ids = resolve_groups(groups, val_scores, val["label"])
     info: dict = {"groups": groups, "n_groups": int(group_ids.max()) + 1, "cleanlab": None}
+    oos = None
     if cleanlab_folds is not None:
         from .crossval import out_of_sample_probs
 
         t0 = time.perf_counter()
         oos = out_of_sample_probs(run, cleanlab_folds, device=device, progress=progress)
         run.record_timing("detect_crossval", time.perf_counter() - t0)
-        quality, issues = scorers.cleanlab_quality(oos, train["label"])
-        scores["cleanlab"] = quality
+        issues = cleanlab_quality(oos, train["label"])[1]
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
-    return Detection(scores, probs_train.argmax(axis=1).astype(np.int64), info)
+    inputs = registry.ScorerInputs(run.scores("self"), val_scores, train["label"], val["label"], run.probs("train"),
+                                   run.probs("val"), group_ids, oos)
+    usable = [s for s in registry.SCORERS.values() if oos is not None or not s.needs_crossval]
+    scores = {s.name: s.compute(inputs) for s in usable}
+    return Detection(scores, inputs.train_probs.argmax(axis=1).astype(np.int64), info)
 
 
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
-    """Header and rows of ``detect/ranking.csv``, ordered by :data:`PRIMARY`'s rank (inspected first on top).
+    """Header and rows of ``detect/ranking.csv``, ordered by :data:`~.registry.PRIMARY`'s rank (inspected first on top).
 
     ``<scorer>_score`` is the natural score, ``<scorer>_rank`` 1 = inspected first (most suspicious).
     """
     train = run.table("train")
-    names = [n for n in SCORERS if n in det.scores]
-    ranks = {n: inspection_rank(scorers.suspicion(n, det.scores[n])) for n in names}
+    names = list(det.scores)
+    ranks = {n: inspection_rank(registry.SCORERS[n].suspicion(det.scores[n])) for n in names}
     header = ["index", "source_id", "label", "predicted", "true_label", "noisy"]
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
     issues = (det.info.get("cleanlab") or {}).get("issues")
     if issues is not None:
         header.append("cleanlab_issue")
     rows = []
-    primary = PRIMARY if PRIMARY in ranks else names[0]
+    primary = registry.PRIMARY if registry.PRIMARY in ranks else names[0]
     for i in np.argsort(ranks[primary], kind="stable"):
         row = [int(train["index"][i]), train["source_id"][i], int(train["label"][i]), int(det.predicted[i]),
                int(train["true_label"][i]), int(train["noisy"][i])]
@@ -101,13 +85,14 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     noisy = run.table("train")["noisy"].astype(bool)
     if not noisy.any():
         return None
-    per = {n: detection_metrics(scorers.suspicion(n, s), noisy, RECALL_FRACTIONS) for n, s in det.scores.items()}
+    per = {n: detection_metrics(registry.SCORERS[n].suspicion(s), noisy, RECALL_FRACTIONS)
+           for n, s in det.scores.items()}
     chance = {"roc_auc": 0.5, "average_precision": float(noisy.mean())}
     chance.update({f"recall@{f * 100:g}%": f for f in RECALL_FRACTIONS})
     cl = det.info.get("cleanlab")
     out = {"n_train": int(len(noisy)), "n_noisy": int(noisy.sum()), "noise_rate": float(noisy.mean()),
            "groups": det.info["groups"], "n_groups": det.info["n_groups"], "scorers": per, "chance": chance,
-           "descriptions": {n: DESCRIPTIONS[n] for n in per}}
+           "descriptions": {n: registry.SCORERS[n].description for n in per}}
     if cl is None:
         out["cleanlab"] = "skipped (--no-cleanlab)"
     else:
@@ -123,29 +108,14 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise), time it."""
     t0 = time.perf_counter()
     det = compute_scores(run, groups, cleanlab_folds, device, progress)
-    header, rows = ranking_rows(run, det)
-    write_csv(run.path / "detect" / "ranking.csv", header, rows)
+    run.write_ranking(*ranking_rows(run, det))
     metrics = quality_metrics(run, det)
     if metrics is not None:
-        write_json(run.path / "detect" / "metrics.json", metrics)
+        run.write_result(run.detect_metrics_path, "detect_metrics", metrics)
     run.record_timing("detect", time.perf_counter() - t0)
     return det, metrics
 
 
 def load_ranking(run: RunFolder) -> dict[str, np.ndarray]:
-    """``detect/ranking.csv`` back as columns in example-index order: ``<scorer>`` -> float64 ``[n_train]``.
-
-    Also ``index``, ``noisy`` and, when present, ``cleanlab_issue``.
-    """
-    rows = read_csv(run.require("detect/ranking.csv", "trakscope detect --run"))
-    index = np.array([int(r["index"]) for r in rows])
-    order = np.argsort(index)
-    out = {"index": index[order], "noisy": np.array([int(r["noisy"]) for r in rows])[order].astype(bool)}
-    for n in SCORERS:
-        if f"{n}_score" in rows[0]:
-            out[n] = np.array([float(r[f"{n}_score"]) for r in rows])[order]
-    if "cleanlab_issue" in rows[0]:
-        out["cleanlab_issue"] = np.array([int(r["cleanlab_issue"]) for r in rows])[order].astype(bool)
-    return out
-
-
+    """``detect/ranking.csv`` as columns in example-index order (:meth:`RunFolder.ranking` over every scorer)."""
+    return run.ranking(tuple(registry.SCORERS))

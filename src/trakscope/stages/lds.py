@@ -16,16 +16,8 @@ from tqdm.auto import tqdm
 
 from ..io import load_npy, read_json, save_npy, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
-from ..run_folder import RunFolder
+from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
-
-TARGET_SPLITS = ("test", "val")
-
-
-def subset_folder(run: RunFolder, alpha: float, seed: int, epochs: int | None) -> Path:
-    """``lds/subsets/alpha{a}_seed{s}`` (``_ep{E}`` when training used an epoch override)."""
-    name = f"alpha{alpha:g}_seed{seed}" + (f"_ep{epochs}" if epochs is not None else "")
-    return run.path / "lds" / "subsets" / name
 
 
 def _subset_train_config(run: RunFolder, epochs: int | None):
@@ -37,7 +29,7 @@ def _subset_train_config(run: RunFolder, epochs: int | None):
 
 
 def _cached_margins(folder: Path, i: int, expect: dict, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:
-    meta_path = folder / f"model{i}.json"
+    meta_path, paths = RunFolder.subset_model_paths(folder, i, tuple(sizes))
     if not meta_path.exists():
         return None
     meta = read_json(meta_path)
@@ -45,7 +37,7 @@ def _cached_margins(folder: Path, i: int, expect: dict, sizes: dict[str, int]) -
         return None
     out = {}
     for split, n in sizes.items():
-        path = folder / f"model{i}_{split}.npy"
+        path = paths[split]
         if not path.exists():
             return None
         out[split] = load_npy(path)
@@ -63,10 +55,9 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
     """
     from ..attribution.output import margin
-    from ..stages.run import fingerprint
 
     cfg, dataset = run.config, run.dataset()
-    folder = subset_folder(run, alpha, seed, epochs)
+    folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
     expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
               "epochs": train_cfg.epochs}
@@ -82,8 +73,10 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
         part = dataset.split(split)
         logits = predict_logits(net, part.images, device=device, num_workers=cfg.train.num_workers)
         out[split] = margin(torch.from_numpy(logits), torch.as_tensor(part.labels)).numpy().astype(np.float32)
-        save_npy(folder / f"model{i}_{split}.npy", out[split])
-    write_json(folder / f"model{i}.json", {**expect, "model": i, "alpha": alpha, "subset_seed": seed,
+    meta_path, paths = RunFolder.subset_model_paths(folder, i, TARGET_SPLITS)
+    for split in TARGET_SPLITS:
+        save_npy(paths[split], out[split])
+    write_json(meta_path, {**expect, "model": i, "alpha": alpha, "subset_seed": seed,
                                           "kept": int(mask.sum()), "seconds": round(time.perf_counter() - t0, 2)})
     return out
 
@@ -104,10 +97,11 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
 def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tuple[np.ndarray, dict]:
     """The attribution ``[n_train, n_split]`` and what it is (projector and width when it is the run's own)."""
     if scores_path is None:
-        meta_path = run.path / "scores" / "meta.json"
+        meta_path = run.scores_meta_path
         meta = read_json(meta_path) if meta_path.exists() else {}
-        return run.scores(split), {"scores_path": f"scores/{split}.npy", "projector": meta.get("projector"),
-                                   "proj_dim": meta.get("proj_dim"), "checkpoints": meta.get("checkpoints")}
+        return run.scores(split), {"scores_path": run.relative(run.scores_path(split)),
+                                   "projector": meta.get("projector"), "proj_dim": meta.get("proj_dim"),
+                                   "checkpoints": meta.get("checkpoints")}
     scores = load_npy(scores_path, mmap=True)
     return scores, {"scores_path": str(scores_path), "projector": None, "proj_dim": None, "checkpoints": None}
 
@@ -142,11 +136,11 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
               "split": split, "targets": len(targets), "targets_defined": int((~np.isnan(per_target)).sum()),
               **source, "output": "margin of the target's label", "correlation": "Spearman over subset models",
               "train_epochs": int(_subset_train_config(run, epochs).epochs), "epochs_overridden": epochs is not None,
-              "subset_models": str(subset_folder(run, alpha, seed, epochs).relative_to(run.path))}
+              "subset_models": run.relative(run.lds_subset_dir(alpha, seed, epochs))}
     if out is None:
-        out = run.path / ("lds.json" if scores_path is None else f"lds/lds_{Path(scores_path).stem}.json")
-    write_json(out, result)
-    write_csv(run.path / "lds" / f"{Path(out).stem}_per_target.csv", ["index", "spearman"],
+        out = run.lds_result_path(None if scores_path is None else Path(scores_path).stem)
+    run.write_result(Path(out), "lds", result)
+    write_csv(run.lds_per_target_path(Path(out)), ["index", "spearman"],
               [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
     run.record_timing("lds", time.perf_counter() - t0)
     return result

@@ -1,4 +1,7 @@
-"""The ``trakscope run`` stages: data -> train ensemble -> featurize -> score. Each resumes from the run folder.
+"""The ``trakscope run`` stages: data -> train ensemble (or import checkpoints) -> featurize -> score.
+
+Each stage resumes from the run folder. Featurization and scoring go through the public
+:class:`~trakscope.attribution.trak.TRAK` engine, whose store is the run folder's ``features/``.
 
 Under ``torchrun`` (torch.distributed initialised from the environment), ensemble members are trained
 on ``m % world == rank`` and featurization batches are sharded by rank; rank 0 writes the shared files
@@ -7,9 +10,8 @@ and computes the scores. The run folder must then be on a file system all ranks 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,13 +19,11 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..attribution.featurize import FeatureStore, featurize_split, merge_done_flags
-from ..attribution.projector import make_projector
-from ..attribution.score import gram, regularized_inverse, trak_scores
-from ..config import RunConfig
-from ..data import Dataset
-from ..io import load_npy, load_tensors, save_npy, save_tensors, write_csv, write_json
-from ..run_folder import SPLITS, RunError, RunFolder
+from ..attribution.trak import TRAK
+from ..data import Dataset, ImageSplit, iter_batches
+from ..io import load_tensors, save_npy, save_tensors, write_json
+from ..models import build_model
+from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
 from ..train import load_trained, predict_logits, train_model
 
 
@@ -35,15 +35,8 @@ class Runtime:
     progress: bool = True
 
 
-def fingerprint(cfg: RunConfig) -> str:
-    """A short hash of the settings that determine the checkpoints (data, model, training)."""
-    d = cfg.to_dict()
-    blob = json.dumps({k: d[k] for k in ("data", "model", "train")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 @contextmanager
-def _timed(run: RunFolder, stage: str):
+def timed(run: RunFolder, stage: str):
     """Record the stage's wall time in ``timings.json`` (rank 0) if the block finishes."""
     start = time.perf_counter()
     yield
@@ -51,39 +44,38 @@ def _timed(run: RunFolder, stage: str):
         run.record_timing(stage, time.perf_counter() - start)
 
 
-def prepare_data(run: RunFolder, progress: bool = True) -> Dataset:
-    """Write ``data/classes.json``, ``data/<split>.csv`` and thumbnails (once); return the dataset."""
+def prepare_data(run: RunFolder) -> Dataset:
+    """Write ``data/classes.json``, the split tables and thumbnails (once); return the dataset."""
     dataset = run.dataset()
-    if dist.rank() != 0 or (run.path / "data" / "thumbs_test.npy").exists():
+    if dist.rank() != 0 or run.thumbs_path("test").exists():
         return dataset
-    write_json(run.path / "data" / "classes.json", dataset.classes)
+    write_json(run.classes_path, dataset.classes)
     thumb = min(run.config.data.image_size, 64)
     for name in SPLITS:
         split = dataset.split(name)
-        rows = [(i, split.source_ids[i], int(split.labels[i]), int(split.true_labels[i]), int(split.noisy[i]))
-                for i in range(len(split))]
-        write_csv(run.path / "data" / f"{name}.csv", ["index", "source_id", "label", "true_label", "noisy"], rows)
+        run.write_table(name, [(i, split.source_ids[i], int(split.labels[i]), int(split.true_labels[i]),
+                                int(split.noisy[i])) for i in range(len(split))])
         thumbs = np.concatenate([split.images.thumbnails(np.arange(s, min(s + 256, len(split))), thumb)
                                  for s in range(0, len(split), 256)])
-        save_npy(run.path / "data" / f"thumbs_{name}.npy", thumbs)
+        save_npy(run.thumbs_path(name), thumbs)
     return dataset
-
-
-def checkpoint_path(run: RunFolder, model: int, ckpt: int):
-    """``models/model{m}_ckpt{c}.safetensors``."""
-    return run.path / "models" / f"model{model}_ckpt{ckpt}.safetensors"
 
 
 def load_checkpoint(run: RunFolder, path) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict, refused when it was written by a run with other settings."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_tensors(path)
+    except (SafetensorError, OSError) as e:
+        raise RunError(f"{path} is damaged ({e}); delete it and rerun `trakscope run --out {run.path}` "
+                       "to retrain that model") from e
     if meta.get("fingerprint") != fingerprint(run.config):
         raise RunError(f"{path} was written by a run with other settings (fingerprint "
                        f"{meta.get('fingerprint')!r}, this run {fingerprint(run.config)!r}); rerun with --overwrite")
-    return load_tensors(path)
+    return state
 
 
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
@@ -93,106 +85,129 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
     for m in range(cfg.train.ensemble):
         if m % dist.world_size() != dist.rank():
             continue
-        if all(checkpoint_path(run, m, c).exists() for c in range(per_model)):
+        if all(run.checkpoint_path(m, c).exists() for c in range(per_model)):
             continue
         seed = cfg.train.seed + m
         states = train_model(cfg.model, cfg.train, dataset, seed=seed, device=rt.device, progress=rt.progress)
         meta = {"fingerprint": fingerprint(cfg), "model": str(m), "seed": str(seed)}
         for c, state in enumerate(states):
-            save_tensors(checkpoint_path(run, m, c), state, metadata={**meta, "checkpoint": str(c)})
+            save_tensors(run.checkpoint_path(m, c), state, metadata={**meta, "checkpoint": str(c)})
     dist.barrier()
     if dist.rank() == 0:
-        _ensemble_metrics(run, rt)
+        ensemble_metrics(run, rt)
 
 
-def _ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
+def final_checkpoints(run: RunFolder) -> list:
+    """The last checkpoint of every ensemble member, in member order."""
+    last: dict[int, object] = {}
+    for path in run.checkpoint_paths():
+        last[int(path.stem.split("_ckpt")[0].removeprefix("model"))] = path
+    return [last[m] for m in sorted(last)]
+
+
+def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
+    """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
     cfg, dataset = run.config, run.dataset()
-    last = cfg.train.checkpoints_per_model - 1
+    finals = final_checkpoints(run)
     models, probs = [], {name: 0.0 for name in SPLITS}
-    for m in range(cfg.train.ensemble):
-        net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, checkpoint_path(run, m, last)),
-                           rt.device)
-        row = {"model": m, "seed": cfg.train.seed + m}
+    for m, path in enumerate(finals):
+        net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, path), rt.device)
+        row = {"model": m, "seed": cfg.train.seed + m, "checkpoint": run.relative(path)}
         for name in SPLITS:
             logits = predict_logits(net, dataset.split(name).images, device=rt.device,
                                     num_workers=cfg.train.num_workers)
             p = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
-            probs[name] = probs[name] + p / cfg.train.ensemble
+            probs[name] = probs[name] + p / len(finals)
             if name != "train":
                 row[f"{name}_acc"] = float((p.argmax(1) == dataset.split(name).true_labels).mean())
         models.append(row)
     ensemble = {f"{n}_acc": float((probs[n].argmax(1) == dataset.split(n).true_labels).mean()) for n in ("val", "test")}
     for name in SPLITS:
-        save_npy(run.path / "models" / f"probs_{name}.npy", probs[name].astype(np.float32))
-    write_json(run.path / "models" / "metrics.json", {"models": models, "ensemble": ensemble})
+        save_npy(run.probs_path(name), probs[name].astype(np.float32))
+    run.write_result(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
 
 
-def featurize(run: RunFolder, rt: Runtime) -> None:
+def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
+    """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
+    cfg = run.config
+    model = build_model(_random_init(cfg.model), len(run.dataset().classes))
+    t = cfg.trak
+    return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
+                proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress)
+
+
+def _random_init(model_cfg):
+    from ..train.trainer import _random_init as random_init
+
+    return random_init(model_cfg)
+
+
+def split_batches(split: ImageSplit, rows: np.ndarray, batch_size: int, num_workers: int
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """``(indices, images, labels)`` batches of ``split`` over ``rows``, in order."""
+    labels = torch.as_tensor(split.labels)
+    for idx, x in iter_batches(split.images, rows, batch_size, num_workers):
+        yield idx, x, labels[idx]
+
+
+def rows_to_featurize(done: np.ndarray, batch_size: int, shard: tuple[int, int]) -> np.ndarray:
+    """Rows of the fixed batches ``[b * B, (b + 1) * B)`` with ``b % world == rank`` that are not all done."""
+    rank, world = shard
+    n = len(done)
+    starts = [s for b, s in enumerate(range(0, n, batch_size)) if b % world == rank]
+    todo = [np.arange(s, min(s + batch_size, n)) for s in starts if not done[s : s + batch_size].all()]
+    return np.concatenate(todo) if todo else np.zeros(0, dtype=np.int64)
+
+
+def featurize(run: RunFolder, rt: Runtime) -> TRAK:
     """Projected margin gradients of train, val and test under every checkpoint, resumable."""
     cfg, dataset = run.config, run.dataset()
-    trak, world, rank = cfg.trak, dist.world_size(), dist.rank()
+    trak = trak_engine(run, rt)
+    shard = (dist.rank(), dist.world_size())
     for k, path in enumerate(run.checkpoint_paths()):
-        net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, path), rt.device)
-        projector = make_projector(trak.projector, net, trak.proj_dim, trak.seed + k, trak.proj_type, trak.kron_k)
+        state = load_checkpoint(run, path)
         for name in SPLITS:
             split = dataset.split(name)
-            store = FeatureStore(run.path / "features" / f"ckpt{k}", name, len(split), projector.dim)
-            if store.is_complete():
-                continue
-            if rank == 0:
-                store.open()
-                if world > 1:
-                    merge_done_flags(store, world)
-            dist.barrier()
-            featurize_split(projector, split, store, trak.batch_size, rt.device, cfg.train.num_workers,
-                            shard=(rank, world), progress=rt.progress, desc=f"featurize ckpt {k} {name}")
-            dist.barrier()
-            if rank == 0 and world > 1:
-                merge_done_flags(store, world)
-            dist.barrier()
+            done = np.ones(len(split), dtype=bool)
+            done[trak.pending(name, len(split), k)] = False
+            rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
+            batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
+            trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
+    return trak
 
 
-def score(run: RunFolder) -> None:
-    """``scores/test.npy``, ``scores/val.npy``, ``scores/self.npy`` and ``scores/meta.json`` (rank 0 only)."""
-    if dist.rank() != 0:
-        return
-    cfg = run.config
-    stores = sorted((run.path / "features").glob("ckpt*"), key=lambda p: int(p.name[4:]))
-    train, qs, invs, lams = [], [], [], []
-    sizes = {name: len(run.table(name)["index"]) for name in SPLITS}
-    for folder in stores:
-        x, q = FeatureStore(folder, "train", sizes["train"], 0).load()
-        inv_path = folder / "xtx_inv.npy"
-        if not inv_path.exists():  # lambda.json first: an inverse on disk always has its lambda beside it
-            inv, lam = regularized_inverse(gram(x), cfg.trak.ridge)
-            write_json(folder / "lambda.json", {"lambda": lam})
-            save_npy(inv_path, inv)
-        train.append(x)
-        qs.append(q)
-        invs.append(load_npy(inv_path))
-        lams.append(json.loads((folder / "lambda.json").read_text())["lambda"])
-    q_mean = np.mean(qs, axis=0)
-    self_inf = None
+def score(run: RunFolder, trak: TRAK) -> None:
+    """``scores/{test,val,self}.npy`` and ``scores/meta.json`` (rank 0 computes, every rank waits)."""
+    meta = {}
     for name in ("val", "test"):
-        targets = [FeatureStore(folder, name, sizes[name], 0).load()[0] for folder in stores]
-        _, self_inf = trak_scores(train, invs, targets, q_mean, out_path=run.path / "scores" / f"{name}.npy")
-    save_npy(run.path / "scores" / "self.npy", self_inf)
-    write_json(run.path / "scores" / "meta.json", {
-        "projector": cfg.trak.projector, "proj_dim": int(train[0].shape[1]), "checkpoints": len(stores),
-        "lambda": lams, "ridge": cfg.trak.ridge, "score": "mean_k(X_k A_k^-1 Phi_k^T) * mean_k(Q_k)"})
+        trak.scores("train", name, out=run.scores_path(name))
+        meta = _read_record(run.scores_path(name))
+    trak.self_influence("train", out=run.scores_path("self") if dist.rank() == 0 else None)
+    if dist.rank() == 0:
+        write_json(run.scores_meta_path, {
+            "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
+            "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
+            "score": meta["score"]})
+    dist.barrier()
+
+
+def _read_record(path) -> dict:
+    from ..io import read_json
+
+    return read_json(path.with_suffix(".json"))
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
     """All stages in order; each skips what is already on disk."""
-    with _timed(run, "data"):
-        prepare_data(run, rt.progress)
+    with timed(run, "data"):
+        prepare_data(run)
     dist.barrier()
-    if not (run.path / "models" / "metrics.json").exists():
-        with _timed(run, "train"):
+    if not run.metrics_path.exists():
+        with timed(run, "train"):
             train_ensemble(run, rt)
-    if not (run.path / "scores" / "meta.json").exists():
-        with _timed(run, "featurize"):
-            featurize(run, rt)
-        with _timed(run, "score"):
-            score(run)
+    if not run.scores_meta_path.exists():
+        with timed(run, "featurize"):
+            trak = featurize(run, rt)
+        with timed(run, "score"):
+            score(run, trak)
     dist.barrier()

@@ -1,0 +1,304 @@
+"""``TRAK``: attribution for any classifier, in a few lines of a notebook.
+
+::
+
+    from trakscope import TRAK
+
+    trak = TRAK(model, store="runs/mine/trak", proj_dim=2048)  # Kronecker projector by default
+    for state in checkpoints:                                  # state dicts or checkpoint files
+        trak.featurize(train_loader, split="train", checkpoint=state)
+        trak.featurize(test_loader, split="test", checkpoint=state)
+    scores = trak.scores("train", "test")  # float32 [n_train, n_test], memory-mapped
+    self_influence = trak.self_influence()  # float32 [n_train]
+
+Loaders yield ``(inputs, labels)`` or Hugging Face dicts (``pixel_values``, ``labels``) in a fixed order;
+the model may return logits or an object with ``.logits``. The output function is the margin unless
+``output=`` says otherwise. Everything is kept in ``store``: a rerun skips finished batches and finished
+matrices, and a store made with other settings is refused. Under ``torchrun`` every rank calls the same
+methods; batches are shared out by rank and rank 0 computes the scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import dist
+from ..io import load_npy, load_tensors, save_npy, write_json
+from ..models.calling import Inputs, inputs_to
+from .featurize import IndexedBatch, featurize_into, numbered
+from .output import out_to_loss as margin_out_to_loss
+from .projector import GradientProjector, make_projector
+from .score import gram, regularized_inverse, trak_scores
+from .store import StoreError, TrakStore
+
+Checkpoint = Mapping[str, torch.Tensor] | str | Path | None
+
+
+class TRAK:
+    """TRAK scores of a model's training examples on any targets, averaged over checkpoints.
+
+    Args:
+        model: the network (any ``nn.Module``); checkpoints are loaded into it in place, and it is put in eval mode.
+        store: folder for features, kernels and scores (created; an existing one is resumed).
+        projector: ``kronecker`` (per-layer Kronecker-factored projection, about one backward pass) or
+            ``dense`` (exact per-example gradients times a dense JL matrix: the slow reference).
+        proj_dim: width of the projected features.
+        kron_k: Kronecker projector's per-layer input and output width.
+        proj_type: ``rademacher`` or ``normal`` entries of the dense projector.
+        ridge: ``lambda = ridge * mean(diag(X^T X))`` of each checkpoint's kernel ``(X^T X + lambda I)^-1``.
+        seed: seed of the random projections (checkpoint ``k`` uses ``seed + k``).
+        output: the function attributed (a :class:`~trakscope.attribution.output.ModelOutput`); default the margin
+            ``z_y - logsumexp_{k != y} z_k`` with out-to-loss weight ``1 - p_y``.
+        device: where featurization runs.
+        overwrite: discard a store made with other settings instead of refusing it.
+    """
+
+    def __init__(self, model: nn.Module, store: Path | str, *, projector: str = "kronecker", proj_dim: int = 2048,
+                 kron_k: int = 16, proj_type: str = "rademacher", ridge: float = 3.0, seed: int = 0,
+                 output: Any = None, device: torch.device | str = "cpu", progress: bool = True,
+                 overwrite: bool = False):
+        if proj_dim < 1 or kron_k < 1:
+            raise ValueError(f"proj_dim and kron_k must be positive, got {proj_dim} and {kron_k}")
+        if ridge <= 0:
+            raise ValueError(f"ridge must be positive (it keeps X^T X + lambda I invertible), got {ridge}")
+        self.model = model.to(device).eval()
+        self.store = TrakStore(store)
+        self.projector, self.proj_dim, self.kron_k, self.proj_type = projector, proj_dim, kron_k, proj_type
+        self.ridge, self.seed, self.output, self.device, self.progress = ridge, seed, output, device, progress
+        self._dims: dict[int, int] = {}
+        settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "proj_type": proj_type,
+                    "seed": seed, "output": type(output).__name__ if output is not None else "Margin"}
+        if dist.rank() == 0:
+            self.store.check_meta(settings, overwrite=overwrite)
+        dist.barrier()
+
+    # --- featurize ------------------------------------------------------------------------------
+    def featurize(self, data: Iterable[Any], *, split: str, checkpoint: Checkpoint = None,
+                  checkpoint_id: int | None = None, n: int | None = None) -> None:
+        """Project the output gradients of every example of ``data`` under one checkpoint.
+
+        Args:
+            data: batches in a fixed order (a ``DataLoader`` without shuffling): ``(inputs, labels)`` or dicts.
+            split: the name the examples are stored under (``train`` for the examples being attributed).
+            checkpoint: a state dict, or a ``.safetensors`` / ``.pt`` file, loaded into the model; None = the
+                model's current weights. The same weights get the same checkpoint id.
+            checkpoint_id: the checkpoint's id (default: found by the weights' digest, else the next free id).
+            n: number of examples (default ``len(data.dataset)``).
+        """
+        if n is None:
+            n = _dataset_len(data)
+        self.featurize_batches(numbered(data, (dist.rank(), dist.world_size())), split=split, n=n,
+                               checkpoint=checkpoint, checkpoint_id=checkpoint_id)
+
+    def featurize_batches(self, batches: Iterable[IndexedBatch], *, split: str, n: int,
+                          checkpoint: Checkpoint = None, checkpoint_id: int | None = None) -> int:
+        """Like :meth:`featurize` for batches that carry their rows: ``(indices, inputs, labels)``. Returns the id.
+
+        Under torchrun each rank passes its own share of the rows; every rank must call this together.
+        """
+        k = self.load_checkpoint(checkpoint, checkpoint_id)
+        projector = self._projector(k)
+        store = self.store.features(k, split, n, projector.dim)
+        rank, world = dist.rank(), dist.world_size()
+        if rank == 0:
+            store.open()
+            if world > 1:
+                store.merge_ranks(world)
+        dist.barrier()
+        featurize_into(projector, batches, store, self._out_to_loss, self.device, (rank, world),
+                       self.progress and rank == 0, f"featurize ckpt {k} {split}")
+        dist.barrier()
+        if rank == 0 and world > 1:
+            store.merge_ranks(world)
+        dist.barrier()
+        return k
+
+    def pending(self, split: str, n: int, checkpoint_id: int) -> np.ndarray:
+        """int64 rows of ``split`` not yet featurized under checkpoint ``checkpoint_id``."""
+        return np.flatnonzero(~self.store.features(checkpoint_id, split, n, 0).done()).astype(np.int64)
+
+    def load_checkpoint(self, checkpoint: Checkpoint = None, checkpoint_id: int | None = None) -> int:
+        """Load ``checkpoint`` into the model (None: keep its weights) and return its id in the store."""
+        if checkpoint is not None:
+            state = _read_state(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+            self.model.load_state_dict(state, strict=True)
+        self.model.eval()
+        digest = state_digest(self.model.state_dict())
+        if dist.world_size() > 1 and checkpoint_id is None:
+            raise ValueError("under torchrun, pass checkpoint_id= so that every rank names the checkpoint alike")
+        k = self.store.register(digest, checkpoint_id) if dist.rank() == 0 else checkpoint_id
+        dist.barrier()
+        return k
+
+    def _projector(self, k: int) -> GradientProjector:
+        kw = {} if self.output is None else {"output": self.output}
+        projector = make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
+                                   self.kron_k, **kw)
+        self._dims[k] = projector.dim
+        return projector
+
+    def _out_to_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return margin_out_to_loss(logits, labels) if self.output is None else self.output.out_to_loss(logits, labels)
+
+    def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
+                 checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
+        """float32 ``[b, dim]`` features of one batch under a checkpoint (not stored), and the checkpoint's id."""
+        k = self.load_checkpoint(checkpoint, checkpoint_id)
+        feats, _ = self._projector(k)(inputs_to(inputs, self.device), torch.as_tensor(labels).to(self.device))
+        return feats.detach().float().cpu().numpy(), k
+
+    # --- score ----------------------------------------------------------------------------------
+    def checkpoints(self, *splits: str) -> list[int]:
+        """Registered checkpoint ids; with ``splits``, only those whose every named split is complete."""
+        ids = self.store.checkpoint_ids()
+        return [k for k in ids if all(self._complete(k, s) for s in splits)]
+
+    def _complete(self, k: int, split: str) -> bool:
+        return self.store.features(k, split, 0, 0).is_complete()
+
+    def _split_features(self, k: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+        f = self.store.features(k, split, 0, 0)
+        return f.load()
+
+    def _require(self, *splits: str) -> list[int]:
+        ids = self.store.checkpoint_ids()
+        if not ids:
+            raise StoreError(f"{self.store.root} has no featurized checkpoint yet; call featurize() first")
+        missing = [(k, s) for k in ids for s in splits if not self._complete(k, s)]
+        if missing:
+            what = ", ".join(f"checkpoint {k} split {s!r}" for k, s in missing)
+            raise StoreError(f"{self.store.root}: not featurized yet: {what}. Every checkpoint counts in TRAK's "
+                             "average, so featurize each split under every checkpoint")
+        return ids
+
+    def kernel(self, k: int, train: str = "train") -> tuple[np.ndarray, float]:
+        """float64 ``[dim, dim]`` ``(X_k^T X_k + lambda I)^-1`` of checkpoint ``k`` (cached), and its lambda."""
+        inv_path, lam_path = self.store.inverse_path(k), self.store.lambda_path(k)
+        wanted = {"ridge": self.ridge, "train": train}
+        if inv_path.exists() and lam_path.exists():
+            record = json.loads(lam_path.read_text())
+            if all(record.get(key) == v for key, v in wanted.items()):
+                return load_npy(inv_path), float(record["lambda"])
+        x, _ = self._split_features(k, train)
+        inv, lam = regularized_inverse(gram(x), self.ridge)
+        write_json(lam_path, {"lambda": lam, **wanted})  # first: an inverse on disk always has its lambda beside it
+        save_npy(inv_path, inv)
+        return inv, lam
+
+    def scores(self, train: str = "train", target: str = "test", *, out: Path | str | None = None) -> np.ndarray:
+        """float32 ``[n_train, n_target]`` ``scores[train, target]``, averaged over every checkpoint (memory-mapped).
+
+        ``scores[i, j] = mean_k(X_k A_k^-1 Phi_k^T)[i, j] * mean_k(Q_k)[i]``; higher = training example ``i``
+        raises target ``j``'s output more. Written to ``out`` (default: inside the store) with a ``.json``
+        record beside it; a finished matrix with the same checkpoints and ridge is reused.
+        """
+        out = Path(out) if out is not None else self.store.scores_path(train, target)
+        ids = self._require(train, target)
+        record = {"train": train, "target": target, "checkpoints": ids, "ridge": self.ridge,
+                  "score": "mean_k(X_k A_k^-1 Phi_k^T) * mean_k(Q_k)"}
+        if dist.rank() == 0 and not _finished(out, record):
+            self._write_scores(ids, train, target, out, record)
+        dist.barrier()
+        return load_npy(out, mmap=True)
+
+    def _write_scores(self, ids: list[int], train: str, target: str, out: Path, record: dict) -> None:
+        xs, qs, invs, lams = [], [], [], []
+        for k in ids:
+            x, q = self._split_features(k, train)
+            inv, lam = self.kernel(k, train)
+            xs.append(x)
+            qs.append(q)
+            invs.append(inv)
+            lams.append(lam)
+        targets = [self._split_features(k, target)[0] for k in ids]
+        _, self_inf = trak_scores(xs, invs, targets, np.mean(qs, axis=0), out_path=out)
+        save_npy(self.store.self_path(train), self_inf)
+        write_json(_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),
+                                       "shape": [int(xs[0].shape[0]), int(targets[0].shape[0])]})
+
+    def self_influence(self, train: str = "train", *, out: Path | str | None = None) -> np.ndarray:
+        """float32 ``[n_train]`` ``scores[i, i]``: how much each training example raises its own output."""
+        ids = self._require(train)
+        path = self.store.self_path(train)
+        record = {"train": train, "checkpoints": ids, "ridge": self.ridge, "score": "self-influence"}
+        if dist.rank() == 0 and not _finished(path, record):
+            xs, qs, invs = zip(*[(*self._split_features(k, train), self.kernel(k, train)[0]) for k in ids])
+            _, self_inf = trak_scores(list(xs), list(invs), None, np.mean(qs, axis=0))
+            save_npy(path, self_inf)
+            write_json(_record_path(path), record)
+        dist.barrier()
+        values = load_npy(path)
+        if out is not None:
+            save_npy(out, values)
+        return values
+
+    def score_inputs(self, inputs: Inputs, labels: torch.Tensor, checkpoints: Sequence[Checkpoint],
+                     train: str = "train") -> np.ndarray:
+        """float32 ``[n_train, b]`` scores of a new batch (featurized on the fly under every checkpoint, not stored).
+
+        Args:
+            checkpoints: the same checkpoints, in id order, that the training split was featurized under.
+        """
+        ids = self._require(train)
+        if len(checkpoints) != len(ids):
+            raise ValueError(f"{len(ids)} checkpoints were featurized, {len(checkpoints)} given")
+        xs, qs, invs, phis = [], [], [], []
+        for k, state in zip(ids, checkpoints):
+            phi, got = self.features(inputs, labels, state, k)
+            x, q = self._split_features(k, train)
+            xs.append(x)
+            qs.append(q)
+            invs.append(self.kernel(k, train)[0])
+            phis.append(phi)
+        scores, _ = trak_scores(xs, invs, phis, np.mean(qs, axis=0))
+        return scores
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (identifies a checkpoint)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return state
+
+
+def _dataset_len(data: Any) -> int:
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    raise ValueError("cannot tell how many examples the batches hold; pass n=")
+
+
+def _record_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def _finished(path: Path, record: dict) -> bool:
+    """The matrix at ``path`` exists and its record says it was made from the same checkpoints and ridge."""
+    rec_path = _record_path(path)
+    if not (Path(path).exists() and rec_path.exists()):
+        return False
+    old = json.loads(rec_path.read_text())
+    return all(old.get(k) == v for k, v in record.items())
