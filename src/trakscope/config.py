@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with its help text in the metadata."""
@@ -39,9 +42,15 @@ class DataConfig:
 class ModelConfig:
     """The network and where its initial weights come from."""
 
-    name: str = _opt("resnet18", "resnet18 | efficientnet_lite0 | tiny_cnn")
-    weights: str = _opt("random", "random | imagenet")
-    weights_path: str | None = _opt(None, "ImageNet weights file (resnet18); default: torchvision's hub cache")
+    name: str = _opt("resnet18", "resnet18 | efficientnet_lite0 | tiny_cnn | hf:<folder or hub id> | "
+                                 "timm:<name> | torchvision:<name>")
+    weights: str = _opt("random", "random | pretrained (the named model's own weights) | imagenet (the same, "
+                                  "for resnet18, efficientnet_lite0, timm:, torchvision:)")
+    weights_path: str | None = _opt(None, "initial weights from a local state dict (.safetensors, or .pt/.pth/.bin "
+                                          "read with weights_only); a head of another shape is replaced. For "
+                                          "resnet18 with --weights imagenet: torchvision's ImageNet file")
+    download: bool = _opt(False, "let transformers, timm or torchvision fetch pretrained weights or configs "
+                                 "that are not on this machine (never done otherwise)")
 
 
 @dataclass(frozen=True)
