@@ -11,6 +11,7 @@ from __future__ import annotations
 from .base import IMAGENET, WEIGHTS, ModelFamily, Preprocessing, WeightsError
 from .builtin import MODELS, RESNET18_FILE, RESNET18_SHA256_PREFIX, TinyCNN, resnet18_weights_file
 from .registry import BUILTIN, FAMILIES, build_model, family_of, model_preprocessing
+from .resolve import resolve_config
 
 __all__ = [
     "BUILTIN",
@@ -28,4 +29,5 @@ __all__ = [
     "family_of",
     "model_preprocessing",
     "resnet18_weights_file",
+    "resolve_config",
 ]
