@@ -45,7 +45,7 @@ def local_weights_file(spec: str) -> Path:
         WeightsError: neither cache has them; the message names both places and ``--download``.
     """
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import LocalEntryNotFoundError  # also where older huggingface_hub versions have it
     from timm.models import get_pretrained_cfg
 
     pretrained = get_pretrained_cfg(spec)
