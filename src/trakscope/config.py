@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+DEFAULT_IMAGE_SIZE = 32  # the built-in demo's side; kept whatever the model, so `make demo` does not change
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with its help text in the metadata."""
@@ -26,7 +30,12 @@ class DataConfig:
     data_root: str | None = _opt(None, "local folder holding the dataset (food101, imagefolder, hf-parquet)")
     classes: tuple[str, ...] | None = _opt(None, "class names to keep (default: the first 10 alphabetically)")
     num_classes: int = _opt(10, "how many classes to keep when --classes is not given")
-    image_size: int = _opt(32, "side of the square image fed to the model")
+    image_size: int | None = _opt(None, f"side of the square image fed to the model (default: an hf: model's "
+                                        f"processor size, else {DEFAULT_IMAGE_SIZE})")
+    mean: tuple[float, ...] | None = _opt(None, "per-channel RGB mean subtracted from pixels in [0, 1] "
+                                                "(default: the model's own, ImageNet's for most)")
+    std: tuple[float, ...] | None = _opt(None, "per-channel RGB std the centred pixels are divided by "
+                                               "(default: the model's own)")
     noise: float = _opt(0.1, "fraction of training labels flipped to another class (planted noise)")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split")
     max_test: int | None = _opt(None, "seeded stratified subset of the test split")
@@ -34,14 +43,32 @@ class DataConfig:
     test_fraction: float = _opt(0.2, "fraction held out as test where the source has no test split")
     seed: int = _opt(0, "seed of the split, the subsets and the planted noise")
 
+    def with_defaults(self) -> DataConfig:
+        """This configuration with model-independent defaults where a field is None (size 32, ImageNet stats).
+
+        Run configurations get the model's own values first (``trakscope.models.resolve_config``).
+        """
+        return dataclasses.replace(
+            self,
+            image_size=DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size,
+            mean=IMAGENET_MEAN if self.mean is None else self.mean,
+            std=IMAGENET_STD if self.std is None else self.std,
+        )
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network and where its initial weights come from."""
 
-    name: str = _opt("resnet18", "resnet18 | efficientnet_lite0 | tiny_cnn")
-    weights: str = _opt("random", "random | imagenet")
-    weights_path: str | None = _opt(None, "ImageNet weights file (resnet18); default: torchvision's hub cache")
+    name: str = _opt("resnet18", "resnet18 | efficientnet_lite0 | tiny_cnn | hf:<folder or hub id> | "
+                                 "timm:<name> | torchvision:<name>")
+    weights: str = _opt("random", "random | pretrained (the named model's own weights) | imagenet (the same, "
+                                  "for resnet18, efficientnet_lite0, timm:, torchvision:)")
+    weights_path: str | None = _opt(None, "initial weights from a local state dict (.safetensors, or .pt/.pth/.bin "
+                                          "read with weights_only); a head of another shape is replaced. For "
+                                          "resnet18 with --weights imagenet: torchvision's ImageNet file")
+    download: bool = _opt(False, "let transformers, timm or torchvision fetch pretrained weights or configs "
+                                 "that are not on this machine (never done otherwise)")
 
 
 @dataclass(frozen=True)
@@ -102,8 +129,10 @@ def _sub_from_dict(cls: type, d: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
     kw = dict(d)
-    if cls is DataConfig and kw.get("classes") is not None:
-        kw["classes"] = tuple(kw["classes"])
+    if cls is DataConfig:
+        for key in ("classes", "mean", "std"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
     return cls(**kw)
 
 

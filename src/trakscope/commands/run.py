@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import dist
+from ..models import resolve_config
 from ..run_folder import RunFolder
 from ..stages.run import run_pipeline
 from ._config_args import add_config_arguments, config_from_args
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
-    cfg = config_from_args(args)
+    cfg = resolve_config(config_from_args(args))  # the model's image size and statistics, saved in config.json
     run_folder = RunFolder(args.out)
     if dist.rank() == 0:
         run_folder.initialize(cfg, overwrite=args.overwrite)

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DataConfig
-from .images import DataError, Dataset, FileImages, ImageSource, ImageSplit, TensorImages, iter_batches
+from .images import (
+    DataError,
+    Dataset,
+    FileImages,
+    ImageSource,
+    ImageSplit,
+    NormalizedImages,
+    TensorImages,
+    iter_batches,
+)
 from .splits import plant_noise, stratified_split, stratified_subset
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
     "FileImages",
     "ImageSource",
     "ImageSplit",
+    "NormalizedImages",
     "TensorImages",
     "iter_batches",
     "load_dataset",
@@ -70,9 +80,13 @@ def _select_builtin_classes(classes: list[str], pool: ImageSplit, cfg: DataConfi
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load, split, subset and plant noise as ``cfg`` says. Deterministic under ``cfg.seed``.
 
+    Fields left None get :meth:`DataConfig.with_defaults` (32 px, ImageNet mean and std); batches of every
+    split are normalised with ``cfg.mean`` and ``cfg.std``.
+
     Raises:
         DataError: the data is absent or malformed; the message names the expected layout.
     """
+    cfg = cfg.with_defaults()
     classes, pool, test = _load_source(cfg)
     if test is None:
         rest, held = stratified_split(pool.labels, cfg.test_fraction, seed=cfg.seed)
@@ -88,4 +102,4 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
-    return Dataset(cfg.dataset, classes, train, val, test)
+    return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)

@@ -3,7 +3,8 @@
 An :class:`ImageSplit` holds labels, true labels and stable source ids as arrays, and its pixels in an
 :class:`ImageSource`: either tensors in memory (:class:`TensorImages`, for the built-in datasets) or
 files decoded on demand (:class:`FileImages`, for Food-101 and image folders). Pixels reach the model
-as float32 ``[b, 3, S, S]`` batches normalised with the ImageNet statistics.
+as float32 ``[b, 3, S, S]`` batches normalised with the ImageNet statistics, or with the model's own
+(:class:`NormalizedImages`, which :func:`~trakscope.data.load_dataset` puts around every split).
 """
 
 from __future__ import annotations
@@ -17,21 +18,30 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from ..config import IMAGENET_MEAN as IMAGENET_MEAN_RGB
+from ..config import IMAGENET_STD as IMAGENET_STD_RGB
+
+IMAGENET_MEAN = torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
 
 
 class DataError(Exception):
     """A dataset is missing, malformed or unreadable; the message says what and where."""
 
 
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[b, 3, S, S]`` -> float32 normalised with the ImageNet mean and std."""
-    return (images.float().div_(255.0) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize_uint8(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN_RGB, std: Sequence[float] = IMAGENET_STD_RGB
+) -> torch.Tensor:
+    """uint8 ``[b, 3, S, S]`` -> float32 ``(x / 255 - mean) / std`` per channel (default: ImageNet's)."""
+    mean_t = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float().div_(255.0) - mean_t) / std_t
 
 
 class ImageSource:
     """Pixels of one split. Subclasses implement ``__len__``, ``uint8`` and ``subset``."""
+
+    in_memory = False  # True where decoding costs nothing, so worker processes would only add overhead
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -62,6 +72,8 @@ class ImageSource:
 class TensorImages(ImageSource):
     """Images held in memory as uint8 ``[n, 3, S, S]``."""
 
+    in_memory = True
+
     def __init__(self, images: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 [n, 3, S, S], got {images.dtype} {tuple(images.shape)}")
@@ -75,6 +87,31 @@ class TensorImages(ImageSource):
 
     def subset(self, indices: np.ndarray) -> TensorImages:
         return TensorImages(self.uint8(indices))
+
+
+class NormalizedImages(ImageSource):
+    """Another source's pixels, normalised with a given per-channel ``mean`` and ``std`` (3 floats each)."""
+
+    def __init__(self, source: ImageSource, mean: Sequence[float], std: Sequence[float]):
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {tuple(mean)} and {tuple(std)}")
+        self.source, self.mean, self.std = source, tuple(mean), tuple(std)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.source.in_memory
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        return self.source.uint8(indices)
+
+    def subset(self, indices: np.ndarray) -> NormalizedImages:
+        return NormalizedImages(self.source.subset(indices), self.mean, self.std)
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        return normalize_uint8(self.uint8(np.asarray(indices)), self.mean, self.std)
 
 
 def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = None) -> torch.Tensor:
@@ -178,6 +215,14 @@ class Dataset:
             raise KeyError(f"unknown split {name!r}")
         return getattr(self, name)
 
+    def normalized(self, mean: Sequence[float], std: Sequence[float]) -> Dataset:
+        """The same dataset whose batches are normalised with ``mean`` and ``std`` (3 floats each)."""
+        splits = [
+            ImageSplit(NormalizedImages(s.images, mean, std), s.labels, s.true_labels, s.source_ids)
+            for s in (self.train, self.val, self.test)
+        ]
+        return Dataset(self.name, self.classes, *splits)
+
 
 def iter_batches(
     images: ImageSource, indices: np.ndarray, batch_size: int, num_workers: int = 0
@@ -185,7 +230,7 @@ def iter_batches(
     """Yield ``(batch_indices, float32 images)`` over ``indices`` in order, decoding in workers if asked."""
     indices = np.asarray(indices, dtype=np.int64)
     chunks = [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
-    if num_workers <= 0 or isinstance(images, TensorImages):
+    if num_workers <= 0 or images.in_memory:
         for chunk in chunks:
             yield chunk, images.batch(chunk)
         return

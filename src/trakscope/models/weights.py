@@ -1,0 +1,76 @@
+"""Reading a local state dict and loading it into a network whose head may have another shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(Exception):
+    """Pretrained weights were asked for but are absent or not the expected file."""
+
+
+def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors``, or from a torch file read with ``weights_only=True``.
+
+    A torch file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (a training checkpoint) is unwrapped.
+
+    Raises:
+        WeightsError: the file is absent or holds no state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is not a plain state dict
+        raise WeightsError(f"cannot read {path} as a state dict (weights_only): {one_line(e)}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
+    return state
+
+
+def head_prefix(model: nn.Module) -> str:
+    """Name of the module that owns the network's last parameter (the classifier head), e.g. ``fc``."""
+    last = list(dict(model.named_parameters()))[-1]
+    return last.rpartition(".")[0]
+
+
+def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` in place; head tensors of another shape keep the fresh initialisation.
+
+    Raises:
+        WeightsError: keys are missing or unexpected, or a tensor outside the head has another shape.
+    """
+    own = model.state_dict()
+    head = head_prefix(model)
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    misfit = [k for k in reshaped if not k.startswith(head + ".")]
+    if unexpected or missing or misfit:
+        raise WeightsError(
+            f"{source} does not fit {type(model).__name__}: missing {_few(missing)}, unexpected {_few(unexpected)}, "
+            f"other shape outside the head {head!r}: {_few(misfit)}"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (the CLI prints errors as one line)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    """``['a', 'b', ...] (7)`` for an error message."""
+    return "none" if not keys else f"{keys[:n]}{' ...' if len(keys) > n else ''} ({len(keys)})"
