@@ -68,7 +68,10 @@ class ModelConfig:
                                           "read with weights_only); a head of another shape is replaced. For "
                                           "resnet18 with --weights imagenet: torchvision's ImageNet file")
     download: bool = _opt(False, "let transformers, timm or torchvision fetch pretrained weights or configs "
-                                 "that are not on this machine (never done otherwise)")
+                                 "that are not on this machine (never done otherwise)", runtime=True)
+    checkpoints: tuple[str, ...] | None = _opt(None, "already-trained checkpoints of this architecture to attribute "
+                                                     "instead of training (.safetensors, or .pt/.pth/.bin read with "
+                                                     "weights_only), one ensemble member each")
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,9 @@ def _sub_from_dict(cls: type, d: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
     kw = dict(d)
-    if cls is DataConfig:
-        for key in ("classes", "mean", "std"):
-            if kw.get(key) is not None:
-                kw[key] = tuple(kw[key])
+    for f in dataclasses.fields(cls):  # JSON lists back to the tuples the dataclasses hold
+        if isinstance(kw.get(f.name), list):
+            kw[f.name] = tuple(kw[f.name])
     return cls(**kw)
 
 
@@ -141,9 +143,21 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(Path(path).read_text()))
 
 
+def runtime_fields() -> set[tuple[str, str]]:
+    """``(section, field)`` of settings that say how to run, not what to compute (e.g. ``model.download``)."""
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}
+    return {(s, f.name) for s, cls in sections.items() for f in dataclasses.fields(cls) if f.metadata.get("runtime")}
+
+
+def defining_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """:meth:`RunConfig.to_dict` without the runtime fields: what a run folder's results depend on."""
+    skip = runtime_fields()
+    return {s: {k: v for k, v in part.items() if (s, k) not in skip} for s, part in cfg.to_dict().items()}
+
+
 def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
-    """Human-readable list of settings that differ, e.g. ``['train.epochs: 8 -> 10']``."""
-    da, db = a.to_dict(), b.to_dict()
+    """Human-readable list of settings that differ, e.g. ``['train.epochs: 8 -> 10']`` (runtime fields aside)."""
+    da, db = defining_dict(a), defining_dict(b)
     out = []
     for section in da:
         for key in da[section]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, config_diff
+from .config import RunConfig, config_diff, defining_dict
 from .io import load_npy, read_csv, read_json, write_csv, write_json
 
 FORMAT = 2
@@ -76,7 +76,7 @@ class RunError(Exception):
 
 def fingerprint(cfg: RunConfig) -> str:
     """A short hash of the settings that determine the checkpoints (data, model, training)."""
-    d = cfg.to_dict()
+    d = defining_dict(cfg)
     blob = json.dumps({k: d[k] for k in ("data", "model", "train")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -24,7 +24,7 @@ from ..data import Dataset, ImageSplit, iter_batches
 from ..io import load_tensors, save_npy, save_tensors, write_json
 from ..models import build_model
 from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
-from ..train import load_trained, predict_logits, train_model
+from ..train import architecture_only, load_trained, predict_logits, train_model
 
 
 @dataclass(frozen=True)
@@ -130,16 +130,10 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
 def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
     """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
     cfg = run.config
-    model = build_model(_random_init(cfg.model), len(run.dataset().classes))
+    model = build_model(architecture_only(cfg.model), len(run.dataset().classes))
     t = cfg.trak
     return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
                 proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress)
-
-
-def _random_init(model_cfg):
-    from ..train.trainer import _random_init as random_init
-
-    return random_init(model_cfg)
 
 
 def split_batches(split: ImageSplit, rows: np.ndarray, batch_size: int, num_workers: int

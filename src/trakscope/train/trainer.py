@@ -112,7 +112,7 @@ def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str,
     The architecture is rebuilt without reading pretrained weights or touching the network (an ``hf:`` model
     from its configuration only), since ``state_dict`` overwrites every weight.
     """
-    model = build_model(_random_init(model_cfg), num_classes)
+    model = build_model(architecture_only(model_cfg), num_classes)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
 
@@ -125,7 +125,7 @@ def train_final_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: D
     return load_trained(model_cfg, len(dataset.classes), states[-1], device=device)
 
 
-def _random_init(cfg: ModelConfig) -> ModelConfig:
+def architecture_only(cfg: ModelConfig) -> ModelConfig:
     """The same architecture without reading pretrained weights (they are overwritten anyway) or downloading."""
     return dataclasses.replace(cfg, weights="random", weights_path=None, download=False)
 
