@@ -79,16 +79,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _name_the_file(e: OSError, path: Path) -> None:
+    """Make an error about our temporary file (or about no file at all) name the file being written instead."""
+    if e.filename is None or _TEMP_NAME.match(Path(os.fsdecode(e.filename)).name):
+        e.filename = str(path)
+
+
 @contextmanager
 def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; if the block succeeds, sync it and rename it onto ``path``.
 
     The temporary file is named ``.<name>.<random>.tmp<suffix>``; a process killed with SIGKILL leaves it
-    behind, and :func:`clean_orphan_temps` removes it later.
+    behind, and :func:`clean_orphan_temps` removes it later. An ``OSError`` raised about the temporary file, or
+    about no file (a failed ``write``), names ``path``, so "disk full" says which output did not fit.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    except OSError as e:
+        _name_the_file(e, path)
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -97,6 +108,9 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        _name_the_file(e, path)
+        raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
