@@ -91,3 +91,10 @@ def test_choices_in_field_metadata_are_used():
         parse("gren")
 
 
+
+
+@pytest.mark.parametrize("command", ["run", "detect", "lds"])
+def test_threads_must_be_positive(capsys, command):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--run" if command != "run" else "--out", "unused", "--threads", "0"])
+    assert "argument --threads: must be > 0, got 0" in capsys.readouterr().err
