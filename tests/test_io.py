@@ -68,6 +68,15 @@ def test_written_files_get_the_umask_mode_not_0600(tmp_path, umask_027):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
 
 
+def test_a_filesystem_refusing_chmod_still_gets_the_file(tmp_path, monkeypatch):
+    def refuse(path, mode):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    write_json(tmp_path / "a.json", {"k": 1})
+    assert read_json(tmp_path / "a.json") == {"k": 1}
+
+
 def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace

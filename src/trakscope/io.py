@@ -55,6 +55,13 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _chmod_like_new_file(path: Path) -> None:
+    try:
+        os.chmod(path, new_file_mode())
+    except OSError:
+        pass  # filesystems without modes (some network and FUSE mounts) refuse chmod; the file is still good
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
@@ -105,7 +112,7 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, new_file_mode())
+        _chmod_like_new_file(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
