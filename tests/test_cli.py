@@ -61,6 +61,7 @@ def test_help_keeps_the_defaults_worth_showing(capsys):
     assert "(default: the first 10 alphabetically)" in blocks["--classes"]
     assert "(default: torch's choice)" in blocks["--threads"]
     assert "(default" not in blocks["--max-train"]
+    assert "(default: 0)" in blocks["--data-seed"] and "(default: 0)" in blocks["--num-workers"]  # 0 is not None
     removal = {b.split()[0]: b for b in _option_blocks(_help("removal", capsys))}
     assert re.search(r"\(default: [\d.]+(,[\d.]+)+\)", removal["--fractions"])
 

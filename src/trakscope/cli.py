@@ -44,7 +44,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "(default" in text or "%(default)" in text or action.default in (None, argparse.SUPPRESS, False):
+        nothing = any(action.default is v for v in (None, argparse.SUPPRESS, False))  # "is": 0 == False
+        if "(default" in text or "%(default)" in text or nothing:
             return action.help
         if isinstance(action.default, tuple):
             shown = ",".join(str(x) for x in action.default).replace("%", "%%")
