@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from PIL import Image
 from trakscope.config import DataConfig
 from trakscope.data import DataError, FileImages, ImageSplit, iter_batches, load_dataset
 from trakscope.data.files import load_food101, load_hf_parquet, load_imagefolder
+from trakscope.data.images import decode_image
 
 # Meta order is deliberately not alphabetical.
 COLORS = {"tacos": (220, 40, 40), "apple_pie": (40, 220, 40), "sushi": (40, 40, 220), "baklava": (220, 220, 40)}
@@ -277,3 +281,84 @@ def test_hf_parquet_classes_txt_and_corrupt_bytes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no \\*train\\*.parquet"):
         load_hf_parquet(hf_cfg(tmp_path / "empty"))
+
+
+def _gradient(dtype: str, top: float) -> np.ndarray:
+    """``[64, 64]`` values rising from 0 at the left edge to ``top`` at the right edge."""
+    return np.tile(np.linspace(0, top, 64), (64, 1)).astype(dtype)
+
+
+def _png_rgb16(path: Path, rgb: np.ndarray) -> None:
+    """Write uint16 ``[H, W, 3]`` as a 16-bit-per-channel PNG (Pillow cannot write one)."""
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def _assert_keeps_gradient(row: np.ndarray) -> None:
+    """A decoded row (centre crop of the 0..max gradient) still rises across nearly the whole 8-bit range."""
+    assert np.all(np.diff(row.astype(int)) >= 0)
+    assert row.min() < 25 and row.max() > 230
+
+
+@pytest.mark.parametrize(
+    "dtype, top, mode",
+    [("<u2", 65535, "I;16"), (">u2", 65535, "I;16B"), ("<i4", 65535, "I"), ("<f4", 1.0, "F"), ("<f4", 700.0, "F")],
+)
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path: Path, dtype: str, top: float, mode: str) -> None:
+    im = Image.fromarray(_gradient(dtype, top))
+    assert im.mode == mode
+    path = tmp_path / "g.tiff"
+    im.save(path)
+    x = decode_image(path, 56).numpy()  # 64 px short side, centre 56 kept
+    _assert_keeps_gradient(x[0, 28])
+    assert np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])
+
+
+def test_16_bit_greyscale_png_keeps_its_gradient(tmp_path: Path) -> None:
+    Image.fromarray(_gradient("<u2", 65535)).save(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.mode.startswith("I")
+    _assert_keeps_gradient(decode_image(tmp_path / "g.png", 56).numpy()[0, 28])
+
+
+def test_16_bit_rgb_png_keeps_its_colours(tmp_path: Path) -> None:
+    g = _gradient("<u2", 65535)
+    _png_rgb16(tmp_path / "c.png", np.stack([g, 65535 - g, np.full_like(g, 32768)], axis=-1))
+    x = decode_image(tmp_path / "c.png", 56).numpy()
+    _assert_keeps_gradient(x[0, 28])
+    _assert_keeps_gradient(x[1, 28, ::-1])
+    assert np.all(np.abs(x[2].astype(int) - 128) <= 1)
+
+
+def _solid(mode: str) -> Image.Image:
+    """A 20x20 image of one colour in ``mode``; palette images use entry 1, (220, 40, 40)."""
+    if mode.startswith("P"):
+        im = Image.new(mode, (20, 20), 1)
+        im.putpalette([0, 0, 0, 220, 40, 40])
+        return im
+    values = {"L": 100, "LA": (100, 255), "1": 1, "RGBA": (220, 40, 40, 255)}
+    return Image.new(mode, (20, 20), values[mode]) if mode in values else Image.new("RGB", (20, 20), (220, 40, 40))
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("P", (220, 40, 40)), ("P-transparent", (220, 40, 40)), ("LA", (100,) * 3),
+     ("L", (100,) * 3), ("1", (255,) * 3), ("RGBA", (220, 40, 40)), ("CMYK", (220, 40, 40))],
+)
+def test_other_modes_decode_to_their_colours(tmp_path: Path, mode: str, expected: tuple[int, int, int]) -> None:
+    im = _solid(mode.split("-")[0])
+    if mode == "CMYK":
+        im = im.convert("CMYK")
+    path = tmp_path / ("x.tiff" if mode == "CMYK" else "x.png")
+    im.save(path, **({"transparency": b"\x00\x80"} if mode == "P-transparent" else {}))  # per-entry alpha
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a palette with transparency makes Pillow warn unless converted via RGBA
+        x = decode_image(path, 8).numpy()
+    assert np.abs(x.reshape(3, -1).astype(int) - np.array(expected)[:, None]).max() <= 1

@@ -95,7 +95,6 @@ def test_checkpoint_from_another_run_is_refused(tiny_run, tmp_path, capsys):
         (["--dataset", "food101", "--data-root", "/nonexistent/food"], "food-101"),
         (["--classes", "1,2,banana"], "banana"),
         (["--model", "resnet18", "--weights", "imagenet", "--weights-path", "/nonexistent/w.pth"], "never downloads"),
-        (["--dataset", "cifar"], "unknown dataset"),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, extra, message):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from ..io import atomic_path, create_memmap
 
 
 def gram(features: np.ndarray, block: int = 8192) -> np.ndarray:
@@ -108,7 +108,7 @@ def trak_scores(
         fill(scores)
         return scores, self_inf
     with atomic_path(out_path, suffix=".npy") as tmp:
-        scores = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        scores = create_memmap(tmp, shape, np.float32)
         fill(scores)
         scores.flush()
         del scores

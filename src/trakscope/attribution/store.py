@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_npy, read_json, save_npy, write_json
+from ..io import create_memmap, load_npy, read_json, save_npy, write_json
 
 STORE_FORMAT = 1
 
@@ -57,7 +57,7 @@ class SplitFeatures:
                 raise StoreError(f"{self.features_path} has shape {feats.shape}, expected {(self.n, self.dim)}; "
                                  "it belongs to other data or settings: use another store or overwrite it")
             return feats, load_npy(self.done_path).copy(), load_npy(self.q_path).copy()
-        feats = np.lib.format.open_memmap(self.features_path, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+        feats = create_memmap(self.features_path, (self.n, self.dim), np.float32)
         done, q = np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=np.float32)
         save_npy(self.q_path, q)
         save_npy(self.done_path, done)

@@ -8,11 +8,13 @@ import torch
 
 from .. import dist
 from ..stages.run import Runtime
+from ._config_args import POSITIVE, bounded
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=bounded(int, POSITIVE), default=None,
+                        help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

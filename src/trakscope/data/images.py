@@ -114,17 +114,46 @@ class NormalizedImages(ImageSource):
         return normalize_uint8(self.uint8(np.asarray(indices)), self.mean, self.std)
 
 
+def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Pixels of a 16-bit, 32-bit integer or float image scaled (not clipped) into uint8 ``[H, W]``.
+
+    ``I;16*`` spans 0..65535. ``I`` (32-bit) does not record its depth: values within 0..65535 are taken
+    as 16-bit (how a 16-bit PNG or TIFF often opens), others are stretched from their min to their max.
+    ``F`` within 0..1 is taken as a fraction, otherwise stretched the same way.
+    """
+    x = np.nan_to_num(values.astype(np.float64))
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        x = x / 65535
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        pass
+    else:
+        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. Pillow's own ``convert`` clips 16-bit values at 255, so those are scaled here."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+    if im.mode in ("P", "PA") and "transparency" in im.info:
+        im = im.convert("RGBA")  # what Pillow asks for; converting straight to RGB warns
+    return im.convert("RGB")
+
+
 def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = None) -> torch.Tensor:
     """Decode one image (a path or a binary file object) to uint8 ``[3, size, size]``.
 
-    The short side is resized to ``size * 256 / 224`` and the centre ``size x size`` square is cropped.
+    Any mode Pillow opens is accepted: greyscale, palette, CMYK, with alpha (dropped), and 16-bit or float
+    images, which are scaled by their depth into 8 bits. The short side is resized to ``size * 256 / 224``
+    and the centre ``size x size`` square is cropped.
 
     Raises:
         DataError: the image is missing or cannot be decoded; the message names ``name`` (default: the path).
     """
     try:
         with Image.open(source) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             w, h = im.size
             scale = size * 256 / 224 / min(w, h)
             im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
@@ -137,19 +166,10 @@ def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = No
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def read_image_file(path: str | Path, size: int) -> torch.Tensor:
-    """Decode one image file to uint8 ``[3, size, size]``: resize the short side, centre-crop.
-
-    Raises:
-        DataError: the file is missing or cannot be decoded; the message names the path.
-    """
-    return decode_image(path, size)
-
-
 class FileImages(ImageSource):
     """Images decoded from files on demand (resize short side, centre crop to ``size``)."""
 
-    def __init__(self, paths: Sequence[str], size: int, reader: Callable[[str, int], torch.Tensor] = read_image_file):
+    def __init__(self, paths: Sequence[str], size: int, reader: Callable[[str, int], torch.Tensor] = decode_image):
         self.paths = list(paths)
         self.size = size
         self.reader = reader

@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
 POSITIVE, NEGATIVE, NOISY = "#1a7f37", "#cf222e", "#bf8700"
+# Titles hold class names and file names: show them as typed, never as mathtext ("$x^2$") or LaTeX.
+PLAIN = {"parse_math": False, "usetex": False}
 
 
 def _tile(ax, image: np.ndarray, title: str, color: str, noisy: bool = False) -> None:
@@ -22,7 +24,7 @@ def _tile(ax, image: np.ndarray, title: str, color: str, noisy: bool = False) ->
     for spine in ax.spines.values():
         spine.set_edgecolor(NOISY if noisy else color)
         spine.set_linewidth(3 if noisy else 1.5)
-    ax.set_title(title, fontsize=7.5, color="black", pad=3)
+    ax.set_title(title, fontsize=7.5, color="black", pad=3, **PLAIN)
 
 
 def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> None:
@@ -42,7 +44,7 @@ def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> Non
         for c, tile in enumerate(tiles):
             _tile(fig.add_subplot(grid[r, c + 1]), tile["image"], tile["title"], color, tile["noisy"])
         fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 1 - (r + 0.02) / len(rows), name, color=color, fontsize=9,
-                 ha="center", va="bottom", weight="bold")
+                 ha="center", va="bottom", weight="bold", **PLAIN)
     if any(tile["noisy"] for tiles in rows.values() for tile in tiles):
         fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 0.03, "thick gold frame: a planted wrong label (label ≠ true)",
                  color=NOISY, fontsize=8, ha="center", va="top")

@@ -26,7 +26,19 @@ def svg_data_uri(fig: Figure) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _plain(texts) -> None:
+    """Show labels as typed (scorer, strategy and metric names come from files): no mathtext, no LaTeX."""
+    for text in texts:
+        text.set_parse_math(False)
+        text.set_usetex(False)
+
+
+def _legend(ax, **kw) -> None:
+    _plain(ax.legend(**kw).get_texts())
+
+
 def _style(ax) -> None:
+    _plain((ax.title, ax.xaxis.label, ax.yaxis.label))
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(True, color="#e5e7eb", linewidth=0.6)
     ax.set_axisbelow(True)
@@ -65,7 +77,7 @@ def _detection_curves(orders: Mapping[str, Sequence[int]], noisy: np.ndarray) ->
     ax_p.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision vs recall")
     for ax in (ax_r, ax_p):
         _style(ax)
-    ax_r.legend(frameon=False, fontsize=8, loc="lower right")
+    _legend(ax_r, frameon=False, fontsize=8, loc="lower right")
     return svg_data_uri(fig)
 
 
@@ -120,7 +132,7 @@ def _removal_figure(series: Mapping[str, Sequence[tuple[float, float, float]]],
         ax.errorbar(f * 100, m, yerr=s, color=color, capsize=3, label=name, **style)
     ax.set(xlabel="training examples removed (%)", ylabel=ylabel, title="Remove and retrain (mean ± SE over seeds)")
     _style(ax)
-    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    _legend(ax, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
@@ -134,5 +146,5 @@ def histogram(values: np.ndarray, xlabel: str, title: str) -> str:
         ax.axvline(float(np.mean(values)), color="#111827", lw=1.2, ls="--", label=f"mean {np.mean(values):.3f}")
         ax.set(xlabel=xlabel, ylabel="targets", title=title)
         _style(ax)
-        ax.legend(frameon=False, fontsize=8)
+        _legend(ax, frameon=False, fontsize=8)
         return svg_data_uri(fig)

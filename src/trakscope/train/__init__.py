@@ -1,5 +1,21 @@
 """Training: one deterministic model on any subset of the training split, and its predictions."""
 
-from .trainer import architecture_only, checkpoint_epochs, load_trained, predict_logits, random_crop, train_final_model, train_model
+from .trainer import (
+    architecture_only,
+    checkpoint_epochs,
+    load_trained,
+    predict_logits,
+    random_crop,
+    train_final_model,
+    train_model,
+)
 
-__all__ = ["architecture_only", "checkpoint_epochs", "load_trained", "predict_logits", "random_crop", "train_final_model", "train_model"]
+__all__ = [
+    "architecture_only",
+    "checkpoint_epochs",
+    "load_trained",
+    "predict_logits",
+    "random_crop",
+    "train_final_model",
+    "train_model",
+]
