@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from trakscope.methods.removal import mean_se, plan_jobs, select_removed, summarize
+from trakscope.run_folder import RunFolder
 from trakscope.stages import removal
 
 RANKING = {
@@ -100,7 +101,10 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     results = json.loads((run / "removal" / "results.json").read_text())
     assert {r["strategy"] for r in results["rows"]} == {"negative", "random"}
     assert all(0.0 <= r["mean"] <= 1.0 and r["n_removed"] == 20 for r in results["rows"])
-    assert results["reference"]["source"] == ["retrained"]
+    # the full-data reference is ensemble member 0 (same seed, data and recipe), not a second identical training
+    assert results["reference"]["source"] == ["ensemble member 0"]
+    assert removal.test_accuracy(RunFolder(run), None, results["reference"]["seeds"][0], progress=False) == \
+        results["reference"]["test_acc"][0]
     assert (run / "removal" / "accuracy_vs_fraction.png").stat().st_size > 1000
 
     # finished retrains are cached: a rerun trains nothing

@@ -164,14 +164,20 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
         full = Job("full", math.nan, offset)
         if on_job:
             on_job(full)
-        ref = evaluate(full, every, seed)
-        references.append({"seed": seed, **(ref if isinstance(ref, dict) else {"test_acc": float(ref)})})
+        references.append({"seed": seed, **_as_result(evaluate(full, every, seed))})
         for job in [j for j in plan_jobs(strategies, fractions, seeds) if j.offset == offset]:
             if on_job:
                 on_job(job)
             removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
-            acc = float(evaluate(job, np.setdiff1d(every, removed), seed))
+            acc = _as_result(evaluate(job, np.setdiff1d(every, removed), seed))["test_acc"]
             results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
                             "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
                             "removed_sha256": indices_hash(removed), "test_acc": acc})
     return summarize(results, references, n, int(noisy.sum()))
+
+
+def _as_result(value: float | Mapping) -> dict:
+    """What ``evaluate`` returned, as ``{"test_acc": float, ...}``."""
+    out = dict(value) if isinstance(value, Mapping) else {"test_acc": value}
+    out["test_acc"] = float(out["test_acc"])
+    return out
