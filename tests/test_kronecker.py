@@ -66,6 +66,14 @@ class Scaled(nn.Module):
         return x * self.gamma.view(1, -1, 1, 1) + self.shift
 
 
+class Unbatchable(Scaled):
+    """Calls ``.item()``, which torch.func cannot vmap: the fallback goes example by example."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sign = 1.0 if x.abs().max().item() >= 0 else -1.0
+        return sign * super().forward(x)
+
+
 LAYERS = {
     "linear": lambda: OneLayer(nn.Linear(12, 6), pre=nn.Flatten()),
     "linear_on_sequence": lambda: OneLayer(nn.Linear(5, 3)),
@@ -73,6 +81,7 @@ LAYERS = {
     "grouped_conv1d_fallback": lambda: OneLayer(nn.Conv1d(3, 6, 3, groups=3), pre=nn.Flatten(2)),
     "embedding_layernorm_conv1d_groupnorm_rmsnorm": lambda: OneLayer(Tokens()),
     "fallback_own_parameters": lambda: OneLayer(Scaled()),
+    "fallback_not_vmappable": lambda: OneLayer(Unbatchable()),
     "attention": lambda: OneLayer(Attention()),
     "conv_stride2_pad1_bias": lambda: OneLayer(nn.Conv2d(3, 5, 3, stride=2, padding=1)),
     "conv_dilated_same": lambda: OneLayer(nn.Conv2d(3, 4, 3, padding="same", dilation=2, bias=False)),

@@ -44,11 +44,31 @@ def output_tensors(output: Any) -> list[Any]:
 
 @dataclass
 class _Call:
-    """One call of the module: its detached arguments and, once the backward has run, its output gradients."""
+    """One call of the module: its detached arguments (flattened) and, after the backward, its output gradients.
 
-    args: tuple
-    kwargs: dict
+    Attributes:
+        flat: the tensor and other leaves of ``(args, kwargs)``, tensors detached.
+        spec: their pytree structure.
+        versions: each tensor leaf's version counter at the call (an in-place edit afterwards is refused).
+        grads: output leaf index -> ``[b, ...]`` gradient, filled by the backward pass.
+    """
+
+    flat: list[Any]
+    spec: Any
+    versions: list[int | None]
     grads: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, args: tuple, kwargs: dict) -> _Call:
+        leaves, spec = tree_flatten((args, kwargs))
+        flat = [t.detach() if isinstance(t, torch.Tensor) else t for t in leaves]
+        return cls(flat, spec, [t._version if isinstance(t, torch.Tensor) else None for t in flat])
+
+    def check_unchanged(self, name: str) -> None:
+        """Raise when an argument was modified in place after the call (its saved value is no longer the input)."""
+        for t, version in zip(self.flat, self.versions, strict=True):
+            if version is not None and t._version != version:
+                raise RuntimeError(f"{name}: an input was modified in place after the forward pass")
 
 
 class FallbackLayer(TrackedLayer):
@@ -94,9 +114,7 @@ class FallbackLayer(TrackedLayer):
             live = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
             if not live:
                 raise RuntimeError(f"{self.name}: output does not require grad; is it run under no_grad?")
-            detach = [t.detach() if isinstance(t, torch.Tensor) else t for t in tree_leaves((args, kwargs))]
-            _, spec = tree_flatten((args, kwargs))
-            call = _Call(*tree_unflatten(detach, spec))
+            call = _Call.of(args, kwargs)
             add_root_if_first(state, tree_leaves((args, kwargs)), [leaves[i] for i in live])
             for i in live:
                 leaves[i].register_hook(_store(call.grads, i))
@@ -106,27 +124,46 @@ class FallbackLayer(TrackedLayer):
 
     def _finish(self, call: _Call, state: CallState) -> None:
         if call.grads:
+            call.check_unchanged(self.name)
             with torch.no_grad():
                 state.feats[:, self.block] += self.project_grads(self.per_example_grads(call))
 
     def per_example_grads(self, call: _Call) -> list[torch.Tensor]:
-        """``[b, *p.shape]`` gradients of ``sum_outputs <module(x_i), g_i>`` for each of :attr:`params`."""
+        """``[b, *p.shape]`` gradients of ``sum_outputs <module(x_i), g_i>`` for each of :attr:`params`.
+
+        One ``vmap(grad(...))`` over the batch; a module torch.func cannot batch (``.item()``, data-dependent
+        control flow) is differentiated one example at a time instead.
+        """
         idx = sorted(call.grads)
         b = call.grads[idx[0]].shape[0]
-        flat, spec = tree_flatten((call.args, call.kwargs))
-        batched = [isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == b for t in flat]
+        batched = [isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == b for t in call.flat]
         params = {n: p.detach() for n, p in zip(self.param_names, self.params, strict=True)}
 
         def one(params: dict, flat_in: list, grads: list) -> torch.Tensor:
             flat_in = [t.unsqueeze(0) if is_b else t for t, is_b in zip(flat_in, batched, strict=True)]
-            args, kwargs = tree_unflatten(flat_in, spec)
+            args, kwargs = tree_unflatten(flat_in, call.spec)
             leaves = output_tensors(functional_call(self.module, params, args, kwargs))
             return sum((leaves[i] * g.unsqueeze(0)).sum() for i, g in zip(idx, grads, strict=True))
 
+        grads = [call.grads[i] for i in idx]
         in_dims = (None, [0 if is_b else None for is_b in batched], [0] * len(idx))
         with torch.enable_grad():
-            out = vmap(grad(one), in_dims=in_dims)(params, flat, [call.grads[i] for i in idx])
+            try:
+                out = vmap(grad(one), in_dims=in_dims)(params, call.flat, grads)
+            except RuntimeError:
+                out = _one_by_one(one, params, call.flat, batched, grads)
         return [out[n] for n in self.param_names]
+
+
+def _one_by_one(one, params: dict, flat: list, batched: list[bool], grads: list[torch.Tensor]) -> dict:
+    """``grad(one)`` example by example with autograd, stacked: ``{name: [b, *shape]}``."""
+    rows = []
+    for i in range(grads[0].shape[0]):
+        live = {n: p.detach().requires_grad_() for n, p in params.items()}
+        flat_i = [t[i] if is_b else t for t, is_b in zip(flat, batched, strict=True)]
+        total = one(live, flat_i, [g[i] for g in grads])
+        rows.append(torch.autograd.grad(total, list(live.values()), allow_unused=True, materialize_grads=True))
+    return {n: torch.stack([row[j] for row in rows]) for j, n in enumerate(params)}
 
 
 def _store(grads: dict[int, torch.Tensor], i: int):

@@ -6,8 +6,8 @@ gradients ``g_s`` times input patches ``a_s`` over positions ``s``. Its projecti
 backward output gradients without ever forming ``G`` (Choe et al. 2024, arXiv 2405.13954). For a
 convolution, ``P_in^T a_s`` over all patches is itself a convolution of the input with ``P_in``
 reshaped as a kernel, and the bias is an extra constant-1 input (the kernel's bias); an Embedding is a
-Linear layer on one-hot inputs. Grouped/depthwise convolutions and normalization layers (BatchNorm,
-LayerNorm, RMSNorm, GroupNorm) have small per-example gradients, which are computed exactly and then
+Linear layer on one-hot inputs. Grouped/depthwise convolutions and normalization layers (BatchNorm, timm's
+BatchNormAct2d, LayerNorm, RMSNorm, GroupNorm) have small per-example gradients, which are computed exactly and then
 projected with the same ``P_out^T G P_in`` form. Every other module with trainable parameters of its own
 goes through an exact per-module fallback (``torch.func`` per-example gradients of that module alone), so
 no trainable parameter is left out; frozen ones (``requires_grad=False``) are not features, as in the dense
@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.calling import Inputs, call_model
 from .fallback import AttentionFallback, FallbackLayer
-from .norms import BatchNormLayer, GroupNormLayer, LayerNormLayer
+from .norms import BatchNormActLayer, BatchNormLayer, GroupNormLayer, LayerNormLayer
 from .output import ModelOutput
 from .projector import GradientProjector
 from .tracked import CallState, ConvLayer, EmbeddingLayer, GroupedConvLayer, LinearLayer, TrackedLayer
@@ -45,6 +45,7 @@ KINDS: tuple[type[TrackedLayer], ...] = (
     ConvLayer,
     GroupedConvLayer,
     BatchNormLayer,
+    BatchNormActLayer,
     LayerNormLayer,
     GroupNormLayer,
     EmbeddingLayer,

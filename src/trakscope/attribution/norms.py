@@ -9,14 +9,16 @@ running statistics, so ``x_hat`` depends on the example alone; LayerNorm, RMSNor
 
 from __future__ import annotations
 
+import sys
 from abc import abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.hooks import RemovableHandle
 
-from .tracked import FactoredLayer
+from .tracked import CallState, FactoredLayer
 
 
 class AffineNormLayer(FactoredLayer):
@@ -64,6 +66,33 @@ class BatchNormLayer(AffineNormLayer):
 
     def per_feature(self, t: torch.Tensor) -> torch.Tensor:
         return t.sum(tuple(range(2, t.dim()))) if t.dim() > 2 else t
+
+
+class BatchNormActLayer(BatchNormLayer):
+    """timm's ``BatchNormAct2d``: ``act(drop(batch_norm(x)))`` in one module, so its output gradient is not the
+    norm's. The gradient is taken where the norm's output enters ``drop`` (identity in eval mode), before ``act``
+    (often in place) runs."""
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        timm_norm_act = sys.modules.get("timm.layers.norm_act")  # loaded whenever a timm model exists
+        kind = getattr(timm_norm_act, "BatchNormAct2d", None)
+        return (kind is not None and isinstance(module, kind) and type(module).forward is kind.forward
+                and module.running_mean is not None)
+
+    def attach(self, state: CallState) -> list[RemovableHandle]:
+        inputs: list[torch.Tensor] = []
+
+        def norm_input(module: nn.Module, args: tuple) -> None:
+            if not state.paused:
+                inputs.append(args[0])
+
+        def norm_output(module: nn.Module, args: tuple) -> None:
+            if not state.paused:
+                self.track(state, inputs.pop(), args[0])
+
+        return [self.module.register_forward_pre_hook(norm_input),
+                self.module.drop.register_forward_pre_hook(norm_output)]
 
 
 class LayerNormLayer(AffineNormLayer):

@@ -168,29 +168,29 @@ class FactoredLayer(TrackedLayer):
         self.p_in, self.p_out = self.p_in.to(device), self.p_out.to(device)
 
     def attach(self, state: CallState) -> list[RemovableHandle]:
-        return [self.module.register_forward_hook(self._forward_hook(state))]
-
-    def _forward_hook(self, state: CallState):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if state.paused:
-                return
-            if not output.requires_grad:
-                raise RuntimeError(f"{self.name}: output does not require grad; is it run under no_grad?")
-            x = inputs[0].detach()
+            if not state.paused:
+                self.track(state, inputs[0], output)
+
+        return [self.module.register_forward_hook(hook)]
+
+    def track(self, state: CallState, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Save what the backward needs of input ``x``; hook ``out``, the tensor whose gradient ``block_of`` reads."""
+        if not out.requires_grad:
+            raise RuntimeError(f"{self.name}: output does not require grad; is it run under no_grad?")
+        add_root_if_first(state, [x], [out])
+        x = x.detach()
+        with torch.no_grad():
+            saved = self.save(x)
+        version = x._version
+
+        def grad_hook(g: torch.Tensor) -> None:
+            if self.reads_input_later and x._version != version:
+                raise RuntimeError(f"{self.name}: its input was modified in place after the forward pass")
             with torch.no_grad():
-                saved = self.save(x)
-            add_root_if_first(state, [inputs[0]], [output])
-            version = x._version
+                state.feats[:, self.block] += self.block_of(saved, g)
 
-            def grad_hook(g: torch.Tensor) -> None:
-                if self.reads_input_later and x._version != version:
-                    raise RuntimeError(f"{self.name}: its input was modified in place after the forward pass")
-                with torch.no_grad():
-                    state.feats[:, self.block] += self.block_of(saved, g)
-
-            output.register_hook(grad_hook)
-
-        return hook
+        out.register_hook(grad_hook)
 
 
 def _kronecker_block(p_out: torch.Tensor, proj_in: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
