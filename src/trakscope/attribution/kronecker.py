@@ -133,6 +133,7 @@ class KroneckerProjector(GradientProjector):
         super().__init__(model, proj_dim, seed, output)
         gen = torch.Generator().manual_seed(seed)
         self.layers = build_layers(model, k_in, k_out, layer_k or {}, gen)
+        self._device = torch.device("cpu")  # where the layers' projection matrices are
         self.natural_dim = sum(layer.width for layer in self.layers)
         self.final_projection: torch.Tensor | None = None
         if proj_dim not in (0, self.natural_dim):
@@ -171,7 +172,7 @@ class KroneckerProjector(GradientProjector):
         return state.feats, logits.detach()
 
     def _to(self, device: torch.device) -> None:
-        if self.layers[0].params[0].device != getattr(self, "_device", None):
+        if device != self._device:
             for layer in self.layers:
                 layer.to(device)
             self._device = device
