@@ -6,6 +6,13 @@ what is compared; the expensive cases (dense, traker) are timed on fewer example
 
     python benchmarks/featurize_speed.py            # full table (~10 min on 2 shared cores)
     python benchmarks/featurize_speed.py --quick    # a smoke run in about a minute
+
+``--ecosystem`` instead times the Kronecker projector against a plain forward+backward (same run, same
+batches) on ResNet-18 as torchvision, Hugging Face (``ResNetForImageClassification`` from a ResNet-18
+``ResNetConfig``, fed a ``{"pixel_values": x}`` dict) and timm (``resnet18``) build it, random init, at each
+``--sizes`` image size:
+
+    python benchmarks/featurize_speed.py --ecosystem --sizes 32,224 --batch 8 --n 16
 """
 
 from __future__ import annotations
@@ -37,19 +44,39 @@ def _data(n: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return data.train.images.batch(idx), torch.as_tensor(data.train.labels[idx], dtype=torch.int64)
 
 
-def _model() -> torch.nn.Module:
+MODELS = ("torchvision_resnet18", "hf_resnet18", "timm_resnet18")
+
+
+def _model(name: str = "torchvision_resnet18") -> torch.nn.Module:
+    """ResNet-18 with 10 classes, random init, eval mode, as ``name``'s library builds it (nothing downloaded)."""
+    torch.manual_seed(0)
+    if name == "hf_resnet18":
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        config = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                              layer_type="basic", num_labels=10)  # microsoft/resnet-18's architecture
+        return ResNetForImageClassification(config).eval()
+    if name == "timm_resnet18":
+        import timm
+
+        return timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
     from torchvision.models import resnet18
 
-    torch.manual_seed(0)
     return resnet18(num_classes=10).eval()
+
+
+def _as_inputs(name: str, x: torch.Tensor):
+    """What the model is called with: a Hugging Face model gets the collator's dict."""
+    return {"pixel_values": x} if name == "hf_resnet18" else x
 
 
 def _plain(model):
     from trakscope.attribution.output import margin
+    from trakscope.models.calling import call_model
 
     def run(x, y):
         model.zero_grad(set_to_none=True)
-        margin(model(x), y).sum().backward()
+        margin(call_model(model, x), y).sum().backward()
 
     return run
 
@@ -75,23 +102,18 @@ def _traker(model, proj_dim: int, n: int, save_dir: str):
     return lambda x, y: traker.featurize(batch=(x, y), num_samples=len(x))
 
 
-def _kronecker_error(proj, x: torch.Tensor, y: torch.Tensor) -> float:
+def _kronecker_error(proj, x, y: torch.Tensor) -> float:
     """Relative error of the Kronecker blocks against exact (vmap) per-example gradients, same matrices."""
     from trakscope.attribution.dense import DenseProjector
 
-    flat, _ = DenseProjector(proj.model, 1, 0).per_example_grads(x, y)
-    sizes = {k: v.numel() for k, v in proj.model.named_parameters()}
+    dense = DenseProjector(proj.model, 1, 0, output=proj.output)
+    flat, _ = dense.per_example_grads(x, y)
+    named = dict(proj.model.named_parameters())
     grads, start = {}, 0
-    for name, size in sizes.items():
-        grads[name], start = flat[:, start : start + size], start + size
-    blocks = []
-    for layer in proj.layers:
-        w, b = grads[f"{layer.name}.weight"], grads.get(f"{layer.name}.bias")
-        g = torch.stack([w, b], -1) if layer.kind == "bn" else w.reshape(len(x), layer.p_out.shape[0], -1)
-        if layer.kind != "bn" and b is not None:
-            g = torch.cat([g, b.unsqueeze(-1)], -1)
-        blocks.append((layer.p_out.T @ g @ layer.p_in).flatten(1))
-    want = torch.cat(blocks, 1)
+    for name in dense.params:
+        p = named[name]
+        grads[id(p)], start = flat[:, start : start + p.numel()].reshape(len(y), *p.shape), start + p.numel()
+    want = torch.cat([layer.project_grads([grads[id(p)] for p in layer.params]) for layer in proj.layers], 1)
     got, _ = proj.natural_features(x, y)
     return float((got - want).norm() / want.norm())
 
@@ -99,7 +121,7 @@ def _kronecker_error(proj, x: torch.Tensor, y: torch.Tensor) -> float:
 def run_case(args) -> dict:
     """Time one case in this process; return its measurements."""
     torch.set_num_threads(args.threads)
-    model = _model()
+    model = _model(args.model)
     x, y = _data(args.n + args.warmup, args.image_size)
     extra = {}
     if args.case == "plain":
@@ -108,7 +130,9 @@ def run_case(args) -> dict:
         from trakscope.attribution.kronecker import KroneckerProjector
 
         proj = KroneckerProjector(model, args.proj_dim, seed=0)
-        extra = {"dim": proj.dim, "natural_dim": proj.natural_dim, "rel_error": _kronecker_error(proj, x[:4], y[:4])}
+        m = 2 if args.image_size > 64 else 4
+        error = _kronecker_error(proj, _as_inputs(args.model, x[:m]), y[:m])
+        extra = {"dim": proj.dim, "natural_dim": proj.natural_dim, "rel_error": error}
         fn = proj
     elif args.case == "dense":
         from trakscope.attribution.dense import DenseProjector
@@ -117,23 +141,27 @@ def run_case(args) -> dict:
     else:
         tmp = tempfile.TemporaryDirectory()
         fn = _traker(model, args.proj_dim, args.n + args.warmup, tmp.name)
+    x = _as_inputs(args.model, x) if args.case in ("plain", "kronecker") else x
+    x_at = (lambda a, b: {"pixel_values": x["pixel_values"][a:b]}) if isinstance(x, dict) else (lambda a, b: x[a:b])
     for start in range(0, args.warmup, args.batch):
-        fn(x[start : min(start + args.batch, args.warmup)], y[start : min(start + args.batch, args.warmup)])
+        fn(x_at(start, min(start + args.batch, args.warmup)), y[start : min(start + args.batch, args.warmup)])
     t0 = time.perf_counter()
     for start in range(args.warmup, args.warmup + args.n, args.batch):
         stop = min(start + args.batch, args.warmup + args.n)
-        fn(x[start:stop], y[start:stop])
+        fn(x_at(start, stop), y[start:stop])
     seconds = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"s_per_example": seconds / args.n, "n": args.n, "peak_rss_mb": rss_mb, **extra}
 
 
-def _spawn(case: str, proj_dim: int, n: int, warmup: int, args, tuned: bool) -> dict:
+def _spawn(case: str, proj_dim: int, n: int, warmup: int, args, tuned: bool, model: str = MODELS[0]) -> dict:
     cmd = [
         sys.executable,
         __file__,
         "--case",
         case,
+        "--model",
+        model,
         "--proj-dim",
         str(proj_dim),
         "--n",
@@ -150,7 +178,8 @@ def _spawn(case: str, proj_dim: int, n: int, warmup: int, args, tuned: bool) -> 
     env = {**os.environ, **(TUNED_MALLOC if tuned else {})}
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    print(f"  {case:9s} proj_dim={proj_dim:<6d} malloc={'tuned' if tuned else 'default'}: {result}", file=sys.stderr)
+    malloc = "tuned" if tuned else "default"
+    print(f"  {model} {args.image_size}px {case:9s} proj_dim={proj_dim:<6d} malloc={malloc}: {result}", file=sys.stderr)
     return result
 
 
@@ -193,9 +222,31 @@ def main_table(args) -> None:
         print(f"| {label}{err} | {r['n']} | {1000 * t:.2f} | {t / floor:.2f} | {vs_traker} | {r['peak_rss_mb']:.0f} |")
 
 
+def ecosystem_table(args) -> None:
+    """Kronecker featurization time over plain forward+backward time for each library's ResNet-18 and image size."""
+    print(f"\nnproc={os.cpu_count()} torch={torch.__version__} threads={args.threads} batch={args.batch} "
+          f"examples timed={args.n} proj_dim={args.proj_dim}\n")
+    rows = []
+    for size in args.sizes:
+        args.image_size = size
+        for model in MODELS:
+            plain = _spawn("plain", 0, args.n, args.batch, args, False, model)
+            kron = _spawn("kronecker", args.proj_dim, args.n, args.batch, args, False, model)
+            rows.append((model, size, plain, kron))
+    print("| model | image size | forward+backward (ms / example) | kronecker (ms / example) | kronecker / fwd+bwd "
+          "| rel. error vs exact |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for model, size, plain, kron in rows:
+        p, k = plain["s_per_example"], kron["s_per_example"]
+        print(f"| {model} | {size} | {1000 * p:.2f} | {1000 * k:.2f} | {k / p:.2f} | {kron['rel_error']:.1e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=("plain", "kronecker", "dense", "traker"), help="run one case (internal)")
+    parser.add_argument("--model", choices=MODELS, default=MODELS[0], help="which ResNet-18 (internal)")
+    parser.add_argument("--ecosystem", action="store_true", help="kronecker vs fwd+bwd on each library's ResNet-18")
+    parser.add_argument("--sizes", default="32,224", help="image sizes for --ecosystem, comma-separated")
     parser.add_argument("--proj-dim", type=int, default=2048, help="projection width besides the natural one")
     parser.add_argument("--n", type=int, default=512, help="examples timed for plain and kronecker")
     parser.add_argument("--n-slow", type=int, default=64, help="examples timed for dense and traker")
@@ -212,6 +263,10 @@ def main() -> None:
         return
     if args.quick:
         args.proj_dim, args.n, args.n_slow, args.batch = 256, 64, 8, 8
+    if args.ecosystem:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+        ecosystem_table(args)
+        return
     main_table(args)
 
 

@@ -8,35 +8,9 @@ import torch
 from torch import nn
 
 from trakscope.attribution.kronecker import KroneckerProjector
-from trakscope.attribution.output import margin
 from trakscope.attribution.projector import make_projector
 
-
-def _layer_grad(module: nn.Module) -> torch.Tensor:
-    """The module's accumulated gradient as ``[d_out, d_in]`` (bias last column; BatchNorm ``[C, 2]``)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return torch.stack([module.weight.grad, module.bias.grad], -1)
-    grad = module.weight.grad.reshape(module.weight.shape[0], -1)
-    if module.bias is not None:
-        grad = torch.cat([grad, module.bias.grad.unsqueeze(-1)], -1)
-    return grad
-
-
-def reference_features(proj: KroneckerProjector, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[b, natural_dim]``: for each example, autograd.grad of its margin, then ``P_out^T G P_in`` per layer."""
-    model = proj.model
-    rows = []
-    for i in range(len(images)):
-        params = [p for layer in proj.layers for p in layer.module.parameters(recurse=False)]
-        out = margin(model(images[i : i + 1]), labels[i : i + 1]).sum()
-        grads = torch.autograd.grad(out, params)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        blocks = [(layer.p_out.T @ _layer_grad(layer.module) @ layer.p_in).flatten() for layer in proj.layers]
-        for p in params:
-            p.grad = None
-        rows.append(torch.cat(blocks))
-    return torch.stack(rows)
+from .kron_reference import assert_blocks_match, reference_features
 
 
 class OneLayer(nn.Module):
@@ -64,8 +38,51 @@ def _bn() -> nn.Module:
     return bn
 
 
+class Tokens(nn.Module):
+    """Embedding -> LayerNorm -> Conv1d over the sequence -> GroupNorm -> RMSNorm: ``[b, 6]`` ids -> ``[b, 5, 4]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 4, padding_idx=0)
+        self.norm = nn.LayerNorm(4)
+        self.conv = nn.Conv1d(4, 5, 3, padding=1)
+        self.group = nn.GroupNorm(1, 5)
+        self.rms = nn.RMSNorm(4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.norm(self.embed(ids)).transpose(1, 2))
+        return self.rms(self.group(h)[:, :, :4])
+
+
+class Scaled(nn.Module):
+    """A module with parameters of its own used outside any covered layer (the fallback's case)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 3))
+        self.shift = nn.Parameter(torch.randn(3, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1) + self.shift
+
+
+class Unbatchable(Scaled):
+    """Calls ``.item()``, which torch.func cannot vmap: the fallback goes example by example."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sign = 1.0 if x.abs().max().item() >= 0 else -1.0
+        return sign * super().forward(x)
+
+
 LAYERS = {
     "linear": lambda: OneLayer(nn.Linear(12, 6), pre=nn.Flatten()),
+    "linear_on_sequence": lambda: OneLayer(nn.Linear(5, 3)),
+    "conv1d": lambda: OneLayer(nn.Conv1d(3, 4, 3, stride=2, padding=1), pre=nn.Flatten(2)),
+    "grouped_conv1d_fallback": lambda: OneLayer(nn.Conv1d(3, 6, 3, groups=3), pre=nn.Flatten(2)),
+    "embedding_layernorm_conv1d_groupnorm_rmsnorm": lambda: OneLayer(Tokens()),
+    "fallback_own_parameters": lambda: OneLayer(Scaled()),
+    "fallback_not_vmappable": lambda: OneLayer(Unbatchable()),
+    "attention": lambda: OneLayer(Attention()),
     "conv_stride2_pad1_bias": lambda: OneLayer(nn.Conv2d(3, 5, 3, stride=2, padding=1)),
     "conv_dilated_same": lambda: OneLayer(nn.Conv2d(3, 4, 3, padding="same", dilation=2, bias=False)),
     "depthwise_stride2": lambda: OneLayer(nn.Conv2d(3, 6, 3, stride=2, padding=1, groups=3)),
@@ -74,11 +91,29 @@ LAYERS = {
 }
 
 
+class Attention(nn.Module):
+    """``nn.MultiheadAttention`` over the 25 positions of a ``[b, 3, 5, 5]`` map (it applies ``out_proj`` itself)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(3, 1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.flatten(2).transpose(1, 2)
+        return self.attn(seq, seq, seq, need_weights=False)[0]
+
+
+def _inputs(kind: str) -> torch.Tensor:
+    if kind.startswith("embedding"):
+        return torch.tensor([[1, 2, 0, 4, 4, 9], [3, 0, 0, 1, 10, 2], [5, 6, 7, 8, 9, 1]])
+    return torch.randn(3, 3, 2, 2) if kind == "linear" else torch.randn(3, 3, 5, 5)
+
+
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_single_layer_matches_for_loop(kind: str):
     torch.manual_seed(0)
     model = LAYERS[kind]().eval()
-    images = torch.randn(3, 3, 2, 2) if kind == "linear" else torch.randn(3, 3, 5, 5)
+    images = _inputs(kind)
     labels = torch.tensor([0, 3, 1])
     proj = KroneckerProjector(model, 0, seed=1, k_in=4, k_out=3)
     got, logits = proj.natural_features(images, labels)
@@ -86,6 +121,9 @@ def test_single_layer_matches_for_loop(kind: str):
     assert got.shape == (3, proj.dim) and logits.shape == (3, 4)
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_blocks_match(proj, got, want)
+    owned = {id(p) for layer in proj.layers for p in layer.params}
+    assert owned == {id(p) for p in model.parameters()}
 
 
 def test_efficientnet_same_padding_convs_match_for_loop():
@@ -127,7 +165,7 @@ def test_resnet18_matches_for_loop_before_and_after_second_projection():
     torch.testing.assert_close(natural / scale, want / scale, rtol=0, atol=1e-5)
     feats, logits = proj(images, labels)
     assert feats.shape == (3, 64) and proj.dim == 64 and feats.dtype == torch.float32
-    torch.testing.assert_close(feats / scale, (want @ proj.second) / scale, rtol=0, atol=1e-5)
+    torch.testing.assert_close(feats / scale, (want @ proj.final_projection) / scale, rtol=0, atol=1e-5)
     torch.testing.assert_close(logits, model(images))
 
 
@@ -154,14 +192,22 @@ def test_features_do_not_depend_on_batch_composition():
     torch.testing.assert_close(alone[0] / scale, together[2] / scale, rtol=0, atol=1e-5)
 
 
-def test_train_mode_and_uncovered_layers_are_refused():
+def test_train_mode_batch_statistics_and_tied_weights_are_refused():
     model = _resnet().train()
     with pytest.raises(RuntimeError, match="eval mode"):
         proj = KroneckerProjector(model, 0, seed=0)
         proj.model.train()
         proj(torch.randn(1, 3, 16, 16), torch.tensor([0]))
-    with pytest.raises(ValueError, match="LayerNorm"):
-        KroneckerProjector(nn.Sequential(nn.Flatten(), nn.LayerNorm(12), nn.Linear(12, 3)), 0, seed=0)
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match="running statistics"):
+        KroneckerProjector(no_stats, 0, seed=0)
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(ValueError, match="shared"):
+        KroneckerProjector(tied, 0, seed=0)
+    frozen = nn.Sequential(nn.Linear(4, 4)).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        KroneckerProjector(frozen, 0, seed=0)
 
 
 def test_make_projector_builds_kronecker():

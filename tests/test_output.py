@@ -16,3 +16,15 @@ def test_out_to_loss_is_one_minus_p():
     labels = torch.tensor([0, 0])
     p = torch.softmax(logits, 1)[:, 0]
     assert np.allclose(out_to_loss(logits, labels).numpy(), (1 - p).numpy(), atol=1e-7)
+
+
+def test_margin_class_is_the_plain_functions_and_model_output_is_abstract():
+    import pytest
+
+    from trakscope.attribution.output import Margin, ModelOutput
+
+    logits, labels = torch.randn(4, 5), torch.tensor([0, 4, 2, 2])
+    assert torch.equal(Margin()(logits, labels), margin(logits, labels))
+    assert torch.equal(Margin().out_to_loss(logits, labels), out_to_loss(logits, labels))
+    with pytest.raises(TypeError):
+        ModelOutput()

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .output import margin
+from ..models.calling import Inputs, batch_size_of, logits_of
+from .output import ModelOutput
 from .projector import GradientProjector
 
 
@@ -30,33 +31,38 @@ def projection_block(rows: int, k: int, seed: int, block: int, proj_type: str) -
 
 
 class DenseProjector(GradientProjector):
-    """``features = G P`` with ``G`` the ``[b, d]`` per-example margin gradients of all parameters.
+    """``features = G P`` with ``G`` the ``[b, d]`` per-example output gradients of all trainable parameters.
 
     Args:
         chunk_rows: parameter rows per generated block of ``P`` (memory ~ ``chunk_rows * k * 4`` bytes).
         proj_type: ``rademacher`` or ``normal`` entries.
+        output: the function whose gradient is projected (the margin if None).
     """
 
-    name = "dense"
-
     def __init__(self, model: nn.Module, proj_dim: int, seed: int, proj_type: str = "rademacher",
-                 chunk_rows: int = 8192):
-        super().__init__(model, proj_dim, seed)
+                 chunk_rows: int = 8192, output: ModelOutput | None = None):
+        super().__init__(model, proj_dim, seed, output)
         self.proj_type = proj_type
         self.chunk_rows = chunk_rows
         self.params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         self.buffers = {k: v.detach() for k, v in model.named_buffers()}
         self.num_params = sum(p.numel() for p in self.params.values())
 
-    def per_example_grads(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32 ``[b, d]`` flattened margin gradients in ``named_parameters`` order, ``[b, C]`` logits)."""
+    def per_example_grads(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 ``[b, d]`` flattened output gradients of the trainable parameters in ``named_parameters``
+        order, ``[b, C]`` logits). ``inputs`` is a ``[b, ...]`` tensor or a dict of them (``model(**inputs)``)."""
 
         def one(params, x, y):
-            logits = functional_call(self.model, (params, self.buffers), (x.unsqueeze(0),))
-            return margin(logits, y.unsqueeze(0)).sum(), logits.squeeze(0)
+            if isinstance(x, dict):
+                out = functional_call(self.model, (params, self.buffers), (), {k: v.unsqueeze(0) for k, v in x.items()})
+            else:
+                out = functional_call(self.model, (params, self.buffers), (x.unsqueeze(0),))
+            logits = logits_of(out)
+            return self.output(logits, y.unsqueeze(0)).sum(), logits.squeeze(0)
 
-        grads, logits = vmap(grad(one, has_aux=True), in_dims=(None, 0, 0))(self.params, images, labels)
-        flat = torch.cat([g.reshape(len(images), -1) for g in grads.values()], dim=1)
+        grads, logits = vmap(grad(one, has_aux=True), in_dims=(None, 0, 0))(self.params, inputs, labels)
+        b = batch_size_of(inputs)
+        flat = torch.cat([g.reshape(b, -1) for g in grads.values()], dim=1)
         return flat, logits
 
     def project(self, flat: torch.Tensor) -> torch.Tensor:
@@ -68,6 +74,6 @@ class DenseProjector(GradientProjector):
             out.addmm_(flat[:, start : start + rows], mat)
         return out
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat, logits = self.per_example_grads(images, labels)
+    def __call__(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat, logits = self.per_example_grads(inputs, labels)
         return self.project(flat), logits.detach()

@@ -1,20 +1,25 @@
 """Kronecker-factored projection of per-example gradients from one batched backward pass (LoGra).
 
-For a Linear or Conv2d layer the per-example weight gradient is ``G = sum_s g_s a_s^T``: output
+For a Linear or convolution layer the per-example weight gradient is ``G = sum_s g_s a_s^T``: output
 gradients ``g_s`` times input patches ``a_s`` over positions ``s``. Its projection
 ``P_out^T G P_in = sum_s (P_out^T g_s)(P_in^T a_s)^T`` is computed from the forward inputs and the
 backward output gradients without ever forming ``G`` (Choe et al. 2024, arXiv 2405.13954). For a
 convolution, ``P_in^T a_s`` over all patches is itself a convolution of the input with ``P_in``
-reshaped as a ``[k_in, C_in, kh, kw]`` kernel, and the bias is an extra constant-1 input (the
-kernel's bias). Grouped/depthwise convolutions and BatchNorm affine parameters have small per-example
-gradients, which are computed exactly (BatchNorm is a depthwise 1x1 map of ``(x_hat, 1)``) and then
-projected with the same ``P_out^T G P_in`` form. Each layer contributes a ``k_out * k_in`` block; the
-concatenation (the *natural width*) is optionally mapped to ``proj_dim`` by one more seeded
-Rademacher matrix. Entries are ``N(0, 1/k)`` (and ``+-1/sqrt(proj_dim)``), so inner products of
-features estimate inner products of full gradients.
+reshaped as a kernel, and the bias is an extra constant-1 input (the kernel's bias); an Embedding is a
+Linear layer on one-hot inputs. Grouped/depthwise convolutions and normalization layers (BatchNorm, timm's
+BatchNormAct2d, LayerNorm, RMSNorm, GroupNorm) have small per-example gradients, which are computed exactly and then
+projected with the same ``P_out^T G P_in`` form. Every other module with trainable parameters of its own
+goes through an exact per-module fallback (``torch.func`` per-example gradients of that module alone), so
+no trainable parameter is left out; frozen ones (``requires_grad=False``) are not features, as in the dense
+projector. Each kind is one class (:mod:`.tracked`, :mod:`.norms`, :mod:`.fallback`), listed in :data:`KINDS`.
 
-The model must be in eval mode, so each example's margin depends only on its own input and the
-gradient of ``margin.sum()`` with respect to a layer's output is, row by row, each example's own.
+Each layer contributes a ``k_out * k_in`` block (the fallback one per parameter); the concatenation (the
+*natural width*) is optionally mapped to ``proj_dim`` by one more seeded Rademacher matrix
+(:attr:`KroneckerProjector.final_projection`). Entries are ``N(0, 1/k)`` (and ``+-1/sqrt(proj_dim)``), so
+inner products of features estimate inner products of full gradients.
+
+The model must be in eval mode, so each example's output depends only on its own input and the
+gradient of ``output.sum()`` with respect to a layer's output is, row by row, each example's own.
 Weight gradients are never computed: the backward pass asks only for gradients of layer outputs.
 """
 
@@ -23,207 +28,81 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .output import margin
+from ..models.calling import Inputs, call_model
+from .fallback import AttentionFallback, FallbackLayer
+from .norms import BatchNormActLayer, BatchNormLayer, GroupNormLayer, LayerNormLayer
+from .output import ModelOutput
 from .projector import GradientProjector
+from .tracked import CallState, ConvLayer, EmbeddingLayer, GroupedConvLayer, LinearLayer, TrackedLayer
 
-_SAME_PADDING_CONVS = ("Conv2dStaticSamePadding", "Conv2dDynamicSamePadding")
+KINDS: tuple[type[TrackedLayer], ...] = (
+    LinearLayer,
+    ConvLayer,
+    GroupedConvLayer,
+    BatchNormLayer,
+    BatchNormActLayer,
+    LayerNormLayer,
+    GroupNormLayer,
+    EmbeddingLayer,
+    AttentionFallback,
+    FallbackLayer,  # last: takes any module with trainable parameters of its own
+)
+"""The layer kinds, tried in order; the first that claims a module owns its trainable parameters."""
 
 
-@dataclass
-class KroneckerLayer:
-    """One covered layer: its projections and where its block sits in the natural-width features.
+def _kind_of(module: nn.Module) -> type[TrackedLayer] | None:
+    if isinstance(module, _BatchNorm) and module.running_mean is None and any(
+            p.requires_grad for p in module.parameters(recurse=False)):
+        raise ValueError(f"{type(module).__name__} without running statistics normalises over the batch even in "
+                         "eval mode, so an example's gradient depends on its batch; TRAK needs them independent")
+    return next((kind for kind in KINDS if kind.claims(module)), None)
 
-    Attributes:
-        name: the module's qualified name in the model.
-        module: the Linear, Conv2d or BatchNorm module.
-        kind: ``linear``, ``conv`` (dense, Kronecker path), ``grouped`` (grouped conv, exact
-            per-example gradient) or ``bn`` (BatchNorm affine, exact per-example gradient).
-        p_in: ``[d_in, k_in]`` input projection; ``d_in`` counts a last row for the bias
-            (for ``bn``: rows ``(gamma, beta)``). The weight gradient is flattened as
-            ``weight.reshape(d_out, -1)`` with the bias gradient appended as the last column.
-        p_out: ``[d_out, k_out]`` output projection.
-        offset: first column of this layer's block in the natural-width features.
+
+def build_layers(model: nn.Module, k_in: int, k_out: int, layer_k: dict[str, tuple[int, int]],
+                 gen: torch.Generator) -> list[TrackedLayer]:
+    """One tracked layer per module with trainable parameters, in ``named_modules`` order, blocks laid end to end.
+
+    Raises:
+        ValueError: ``layer_k`` names a module the model lacks; a parameter is shared by two modules; or
+            there is no trainable parameter at all.
     """
-
-    name: str
-    module: nn.Module
-    kind: str
-    p_in: torch.Tensor
-    p_out: torch.Tensor
-    offset: int = 0
-    kernel: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def width(self) -> int:
-        """``k_out * k_in``: this layer's number of feature columns (row-major ``[k_out, k_in]``)."""
-        return self.p_out.shape[1] * self.p_in.shape[1]
-
-
-def _has_bias(module: nn.Module) -> bool:
-    return getattr(module, "bias", None) is not None and module.bias.requires_grad
-
-
-def _layer_kind(module: nn.Module) -> str | None:
-    """The kind of a covered module, None for modules without trainable parameters of their own."""
-    if not any(p.requires_grad for p in module.parameters(recurse=False)):
-        return None
-    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
-        return "linear"
-    if isinstance(module, nn.Conv2d) and (
-        type(module).forward is nn.Conv2d.forward or type(module).__name__ in _SAME_PADDING_CONVS
-    ):
-        return "conv" if module.groups == 1 else "grouped"
-    if isinstance(module, _BatchNorm) and module.affine and module.track_running_stats:
-        return "bn"
-    raise ValueError(
-        f"KroneckerProjector covers Linear, Conv2d and BatchNorm (with running statistics); "
-        f"{type(module).__name__} has trainable parameters it cannot project. Use the dense projector."
-    )
+    unknown = set(layer_k) - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"layer_k names modules the model does not have: {sorted(unknown)}")
+    layers, owners, offset = [], [], 0
+    for name, module in model.named_modules():
+        if any(name.startswith(owner + ".") for owner in owners):
+            continue  # owned with its parent (a kind with ``recurse``)
+        kind = _kind_of(module)
+        if kind is None:
+            continue
+        layer = kind(name, module, *layer_k.get(name, (k_in, k_out)), gen)
+        layer.offset, offset = offset, offset + layer.width
+        owners += [name] if kind.recurse else []
+        layers.append(layer)
+    if not layers:
+        raise ValueError("the model has no trainable parameter to project")
+    _check_ownership(model, layers)
+    return layers
 
 
-def _layer_dims(module: nn.Module, kind: str) -> tuple[int, int]:
-    """``(d_in, d_out)`` of the flattened per-example gradient ``[d_out, d_in]`` (bias column included)."""
-    if kind == "bn":
-        return 2, module.num_features
-    d_out = module.weight.shape[0]
-    return module.weight[0].numel() + int(_has_bias(module)), d_out
-
-
-def _gaussian(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """``[d, k]`` with ``N(0, 1/k)`` entries, or the exact ``[d, d]`` identity when ``k >= d``."""
-    if k >= d:
-        return torch.eye(d)
-    return torch.randn(d, k, generator=gen) / math.sqrt(k)
-
-
-def _conv_kernel(layer: KroneckerLayer) -> torch.Tensor:
-    """``P_in`` (weight rows) as a ``[k_in, C_in, kh, kw]`` convolution kernel."""
-    w = layer.module.weight
-    d = w[0].numel()
-    return layer.p_in[:d].T.reshape(-1, *w.shape[1:]).contiguous()
-
-
-def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (as Conv2dDynamicSamePadding computes it) for one spatial side."""
-    out = math.ceil(size / s)
-    pad = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-    return pad // 2, pad - pad // 2
-
-
-def _conv_input(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The input as ``F.conv2d`` sees it inside ``conv.forward``, and the padding still to apply there."""
-    name = type(conv).__name__
-    if name == "Conv2dStaticSamePadding":
-        return conv.static_padding(x), tuple(conv.padding)
-    if name == "Conv2dDynamicSamePadding":
-        (top, bottom), (left, right) = (
-            _same_pad(x.shape[-2], conv.weight.shape[-2], conv.stride[0], conv.dilation[0]),
-            _same_pad(x.shape[-1], conv.weight.shape[-1], conv.stride[1], conv.dilation[1]),
-        )
-        return F.pad(x, [left, right, top, bottom]), tuple(conv.padding)
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return x, (0, 0)
-        pads = []
-        for k, dil in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
-            total = dil * (k - 1)
-            pads += [total // 2, total - total // 2]
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        return F.pad(x, pads, mode=mode), (0, 0)
-    if conv.padding_mode != "zeros":
-        ph, pw = conv.padding
-        return F.pad(x, [pw, pw, ph, ph], mode=conv.padding_mode), (0, 0)
-    return x, tuple(conv.padding)
-
-
-def grouped_conv_grad(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Exact per-example gradient of a (grouped) convolution's weight and bias.
-
-    Args:
-        conv: the convolution.
-        x: ``[b, C_in, H_in, W_in]`` its input (before any padding of its own).
-        g: ``[b, C_out, H, W]`` gradient with respect to its output.
-
-    Returns:
-        ``[b, C_out, C_in/groups * kh * kw (+1 bias column)]``, flattened like ``weight.reshape(C_out, -1)``.
-    """
-    x, (ph, pw) = _conv_input(conv, x)
-    x = F.pad(x, [pw, pw, ph, ph]) if ph or pw else x
-    b, c_out, h, w = g.shape
-    groups, (kh, kw), (sh, sw), (dh, dw) = conv.groups, conv.kernel_size, conv.stride, conv.dilation
-    m, c_g = c_out // groups, conv.in_channels // groups
-    gg = g.reshape(b, groups, m, h * w)
-    cols = []
-    for i in range(kh):
-        for j in range(kw):
-            a = x[:, :, i * dh : i * dh + sh * (h - 1) + 1 : sh, j * dw : j * dw + sw * (w - 1) + 1 : sw]
-            a = a.reshape(b, groups, c_g, h * w)
-            if m == 1 and c_g == 1:
-                cols.append((gg * a).sum(-1, keepdim=True))
-            else:
-                cols.append(torch.einsum("bgms,bgcs->bgmc", gg, a))
-    grad = torch.stack(cols, -1).reshape(b, c_out, c_g * kh * kw)
-    if _has_bias(conv):
-        grad = torch.cat([grad, g.sum((2, 3)).unsqueeze(-1)], -1)
-    return grad
-
-
-def batchnorm_grad(bn: _BatchNorm, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Exact per-example gradient of an eval-mode BatchNorm's ``(gamma, beta)``.
-
-    Args:
-        bn: the BatchNorm (running statistics are used, as in eval mode).
-        x: ``[b, C, ...]`` its input.
-        g: ``[b, C, ...]`` gradient with respect to its output.
-
-    Returns:
-        ``[b, C, 2]``: per channel ``(sum g * x_hat, sum g)`` over the non-channel positions.
-    """
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape) + bn.eps)
-    dims = tuple(range(2, x.dim()))
-    if not dims:
-        return torch.stack([g * x_hat, g], -1)
-    return torch.stack([(g * x_hat).sum(dims), g.sum(dims)], -1)
-
-
-def _project_exact(layer: KroneckerLayer, grad: torch.Tensor) -> torch.Tensor:
-    """``[b, d_out, d_in]`` exact gradients -> ``[b, k_out * k_in]`` = ``P_out^T G P_in`` flattened."""
-    return torch.matmul(torch.matmul(layer.p_out.T, grad), layer.p_in).flatten(1)
-
-
-def _project_inputs(layer: KroneckerLayer, x: torch.Tensor) -> torch.Tensor:
-    """Forward input -> ``[b, k_in, positions]`` projected input patches ``P_in^T a_s`` (bias row included)."""
-    module = layer.module
-    if layer.kind == "linear":
-        d = module.in_features
-        proj = torch.matmul(x.reshape(x.shape[0], -1, d), layer.p_in[:d])
-        if _has_bias(module):
-            proj = proj + layer.p_in[d]
-        return proj.transpose(1, 2)
-    x, padding = _conv_input(module, x)
-    bias = layer.p_in[-1] if _has_bias(module) else None
-    proj = F.conv2d(x, layer.kernel, bias, module.stride, padding, module.dilation)
-    return proj.flatten(2)
-
-
-def _project_kronecker(layer: KroneckerLayer, proj_in: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``[b, k_in, S]`` projected inputs, output gradient -> ``[b, k_out * k_in]`` projected weight gradient."""
-    d_out = layer.p_out.shape[0]
-    g = g.reshape(g.shape[0], d_out, -1) if layer.kind == "conv" else g.reshape(g.shape[0], -1, d_out).transpose(1, 2)
-    proj_out = torch.matmul(layer.p_out.T, g)
-    return torch.bmm(proj_out, proj_in.transpose(1, 2)).flatten(1)
+def _check_ownership(model: nn.Module, layers: list[TrackedLayer]) -> None:
+    """Every trainable parameter belongs to exactly one tracked layer."""
+    owned = [id(p) for layer in layers for p in layer.params]
+    if len(owned) != len(set(owned)):
+        raise ValueError("a trainable parameter is shared by two modules (tied weights); untie or freeze it")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in set(owned)]
+    if missing:
+        raise RuntimeError(f"no tracked layer owns the trainable parameters {missing}")
 
 
 class KroneckerProjector(GradientProjector):
-    """Per-layer Kronecker-factored projection of margin gradients, then an optional dense JL map.
+    """Per-layer Kronecker-factored projection of output gradients, then an optional dense JL map.
 
     Args:
         model: the checkpoint's network (put in eval mode; hooks are attached only during a call).
@@ -232,12 +111,14 @@ class KroneckerProjector(GradientProjector):
         k_in: default input-side rank per layer (capped at the layer's input dimension: exact there).
         k_out: default output-side rank per layer (likewise capped).
         layer_k: per-layer overrides ``{module name: (k_in, k_out)}``.
+        output: the function whose gradient is projected (the margin if None).
 
-    Raises:
-        ValueError: the model has trainable parameters outside Linear, Conv2d and BatchNorm.
+    Attributes:
+        layers: the tracked layers, in ``named_modules`` order.
+        natural_dim: total width of their blocks.
+        final_projection: ``[natural_dim, proj_dim]`` Rademacher ``+-1/sqrt(proj_dim)`` matrix that mixes the
+            concatenated blocks into ``proj_dim`` features; None when ``proj_dim`` is 0 or the natural width.
     """
-
-    name = "kronecker"
 
     def __init__(
         self,
@@ -247,105 +128,68 @@ class KroneckerProjector(GradientProjector):
         k_in: int = 16,
         k_out: int = 16,
         layer_k: dict[str, tuple[int, int]] | None = None,
+        output: ModelOutput | None = None,
     ):
-        super().__init__(model, proj_dim, seed)
+        super().__init__(model, proj_dim, seed, output)
         gen = torch.Generator().manual_seed(seed)
-        self.layers = self._build_layers(model, k_in, k_out, layer_k or {}, gen)
+        self.layers = build_layers(model, k_in, k_out, layer_k or {}, gen)
+        self._device = torch.device("cpu")  # where the layers' projection matrices are
         self.natural_dim = sum(layer.width for layer in self.layers)
-        self.second: torch.Tensor | None = None
+        self.final_projection: torch.Tensor | None = None
         if proj_dim not in (0, self.natural_dim):
             signs = torch.randint(0, 2, (self.natural_dim, proj_dim), generator=gen).float()
-            self.second = (2.0 * signs - 1.0) / math.sqrt(proj_dim)
-
-    @staticmethod
-    def _build_layers(model, k_in, k_out, layer_k, gen) -> list[KroneckerLayer]:
-        unknown = set(layer_k) - {name for name, _ in model.named_modules()}
-        if unknown:
-            raise ValueError(f"layer_k names modules the model does not have: {sorted(unknown)}")
-        layers, offset = [], 0
-        for name, module in model.named_modules():
-            kind = _layer_kind(module)
-            if kind is None:
-                continue
-            ki, ko = layer_k.get(name, (k_in, k_out))
-            d_in, d_out = _layer_dims(module, kind)
-            p_in = torch.eye(2) if kind == "bn" else _gaussian(d_in, ki, gen)
-            layer = KroneckerLayer(name, module, kind, p_in, _gaussian(d_out, ko, gen), offset)
-            if kind == "conv":
-                layer.kernel = _conv_kernel(layer)
-            layers.append(layer)
-            offset += layer.width
-        if not layers:
-            raise ValueError("the model has no trainable Linear, Conv2d or BatchNorm layer to project")
-        return layers
+            self.final_projection = (2.0 * signs - 1.0) / math.sqrt(proj_dim)
 
     @property
     def dim(self) -> int:
         """Width of the returned features: ``proj_dim``, or the natural width when ``proj_dim`` is 0."""
-        return self.natural_dim if self.second is None else self.second.shape[1]
+        return self.natural_dim if self.final_projection is None else self.final_projection.shape[1]
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[b, 3, S, S]`` images, ``[b]`` labels -> (float32 ``[b, dim]`` features, ``[b, C]`` logits)."""
-        feats, logits = self.natural_features(images, labels)
-        if self.second is not None:
-            feats = feats @ self.second.to(feats.device)
+    def __call__(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (``[b, ...]`` tensor or dict of them), ``[b]`` labels -> (float32 ``[b, dim]``, ``[b, C]`` logits)."""
+        feats, logits = self.natural_features(inputs, labels)
+        if self.final_projection is not None:
+            self.final_projection = self.final_projection.to(feats.device)
+            feats = feats @ self.final_projection
         return feats, logits
 
-    def natural_features(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def natural_features(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer blocks ``P_out^T G P_in`` (row-major) concatenated: ``[b, natural_dim]``, and ``[b, C]`` logits."""
         if self.model.training:
             raise RuntimeError("KroneckerProjector needs the model in eval mode (BatchNorm on running statistics)")
-        self._to(images.device)
-        feats = torch.zeros(images.shape[0], self.natural_dim, device=images.device)
-        roots: list[torch.Tensor] = []
-        with torch.enable_grad(), self._hooked(feats, roots):
-            logits = self.model(images)
-            total = margin(logits, labels).sum()
-            torch.autograd.grad(total, roots, allow_unused=True)
-        return feats, logits.detach()
+        self._to(self.layers[0].params[0].device)
+        state = CallState()
+        with torch.enable_grad(), self._hooked(state):
+            logits = call_model(self.model, _detached(inputs))
+            total = self.output(logits, labels).sum()
+            state.feats = torch.zeros(logits.shape[0], self.natural_dim, device=logits.device)
+            if not state.roots:
+                raise RuntimeError("no trainable parameter took part in the forward pass")
+            torch.autograd.grad(total, state.roots, allow_unused=True)
+            state.paused = True
+            for finish in state.finishers:
+                finish()
+        return state.feats, logits.detach()
 
     def _to(self, device: torch.device) -> None:
-        for layer in self.layers:
-            if layer.p_in.device != device:
-                layer.p_in, layer.p_out = layer.p_in.to(device), layer.p_out.to(device)
-                layer.kernel = None if layer.kernel is None else layer.kernel.to(device)
+        if device != self._device:
+            for layer in self.layers:
+                layer.to(device)
+            self._device = device
 
     @contextmanager
-    def _hooked(self, feats: torch.Tensor, roots: list[torch.Tensor]) -> Iterator[None]:
-        """Forward hooks on every covered layer for the duration of one call; always removed."""
-        handles = [layer.module.register_forward_hook(self._forward_hook(layer, feats, roots)) for layer in self.layers]
+    def _hooked(self, state: CallState) -> Iterator[None]:
+        """Every tracked layer's hooks for the duration of one call; always removed."""
+        handles = [handle for layer in self.layers for handle in layer.attach(state)]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    @staticmethod
-    def _forward_hook(layer: KroneckerLayer, feats: torch.Tensor, roots: list[torch.Tensor]):
-        """A hook that saves what the backward needs and registers the output-gradient hook."""
-        block = slice(layer.offset, layer.offset + layer.width)
 
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = inputs[0].detach()
-            if not output.requires_grad:
-                raise RuntimeError(f"{layer.name}: output does not require grad; are the parameters frozen?")
-            if not inputs[0].requires_grad:
-                roots.append(output)
-            with torch.no_grad():
-                proj_in = _project_inputs(layer, x) if layer.kind in ("linear", "conv") else None
-            version = x._version
-
-            def grad_hook(g: torch.Tensor) -> None:
-                if x._version != version:
-                    raise RuntimeError(f"{layer.name}: its input was modified in place after the forward pass")
-                with torch.no_grad():
-                    if proj_in is not None:
-                        feats[:, block] += _project_kronecker(layer, proj_in, g)
-                    elif layer.kind == "grouped":
-                        feats[:, block] += _project_exact(layer, grouped_conv_grad(module, x, g))
-                    else:
-                        feats[:, block] += _project_exact(layer, batchnorm_grad(module, x, g))
-
-            output.register_hook(grad_hook)
-
-        return hook
+def _detached(inputs: Inputs) -> Inputs:
+    """The inputs cut from any graph they came with, so the backward stops at the model's own layers."""
+    if isinstance(inputs, dict):
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs.detach()
