@@ -34,7 +34,7 @@ from .. import dist
 from ..io import load_npy, load_tensors, save_npy, write_json
 from ..models.calling import Inputs, inputs_to
 from .featurize import IndexedBatch, featurize_into, numbered
-from .output import out_to_loss as margin_out_to_loss
+from .output import Margin, ModelOutput
 from .projector import GradientProjector, make_projector
 from .score import gram, regularized_inverse, trak_scores
 from .store import StoreError, TrakStore
@@ -63,7 +63,7 @@ class TRAK:
 
     def __init__(self, model: nn.Module, store: Path | str, *, projector: str = "kronecker", proj_dim: int = 2048,
                  kron_k: int = 16, proj_type: str = "rademacher", ridge: float = 3.0, seed: int = 0,
-                 output: Any = None, device: torch.device | str = "cpu", progress: bool = True,
+                 output: ModelOutput | None = None, device: torch.device | str = "cpu", progress: bool = True,
                  overwrite: bool = False):
         if proj_dim < 1 or kron_k < 1:
             raise ValueError(f"proj_dim and kron_k must be positive, got {proj_dim} and {kron_k}")
@@ -72,10 +72,11 @@ class TRAK:
         self.model = model.to(device).eval()
         self.store = TrakStore(store)
         self.projector, self.proj_dim, self.kron_k, self.proj_type = projector, proj_dim, kron_k, proj_type
-        self.ridge, self.seed, self.output, self.device, self.progress = ridge, seed, output, device, progress
+        self.output = Margin() if output is None else output
+        self.ridge, self.seed, self.device, self.progress = ridge, seed, device, progress
         self._dims: dict[int, int] = {}
         settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "proj_type": proj_type,
-                    "seed": seed, "output": type(output).__name__ if output is not None else "Margin"}
+                    "seed": seed, "output": type(self.output).__name__}
         if dist.rank() == 0:
             self.store.check_meta(settings, overwrite=overwrite)
         dist.barrier()
@@ -113,7 +114,7 @@ class TRAK:
             if world > 1:
                 store.merge_ranks(world)
         dist.barrier()
-        featurize_into(projector, batches, store, self._out_to_loss, self.device, (rank, world),
+        featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
                        self.progress and rank == 0, f"featurize ckpt {k} {split}")
         dist.barrier()
         if rank == 0 and world > 1:
@@ -139,14 +140,10 @@ class TRAK:
         return k
 
     def _projector(self, k: int) -> GradientProjector:
-        kw = {} if self.output is None else {"output": self.output}
         projector = make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
-                                   self.kron_k, **kw)
+                                   self.kron_k, output=self.output)
         self._dims[k] = projector.dim
         return projector
-
-    def _out_to_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return margin_out_to_loss(logits, labels) if self.output is None else self.output.out_to_loss(logits, labels)
 
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
