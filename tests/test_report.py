@@ -14,6 +14,7 @@ from PIL import Image
 
 from trakscope.config import DataConfig, RunConfig
 from trakscope.io import save_npy, write_csv, write_json
+from trakscope.methods.topk import top_k
 from trakscope.report import payload, sections
 from trakscope.report.html import render, write_report
 from trakscope.report.sprites import sprite_sheets
@@ -52,27 +53,28 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
         save_npy(path / f"data/thumbs_{split}.npy", thumbs)
         save_npy(path / f"models/probs_{split}.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
     save_npy(path / "scores/test.npy", rng.normal(size=(n_train, n_test)).astype(np.float32))
-    write_json(path / "models/metrics.json", {"ensemble": {"val": 0.91, "test": 0.875}})
+    run.write_result(run.metrics_path, "model_metrics",
+                     {"models": [], "ensemble": {"val_acc": 0.91, "test_acc": 0.875}})
     write_json(path / "timings.json", {"train": 12.5, "featurize": 3.25})
     if detect:
         write_detection(run, rng)
-        write_json(path / "removal/results.json", removal_results(rng))
-        write_lds(path, rng, n_test)
+        run.write_result(run.removal_results_path, "removal_results", removal_results(rng))
+        write_lds(run, rng, n_test)
     return path
 
 
-def write_lds(path: Path, rng: np.random.Generator, n_test: int) -> None:
+def write_lds(run: RunFolder, rng: np.random.Generator, n_test: int) -> None:
     """``lds.json`` with its per-target CSV (the keys ``stages.lds.run_lds`` writes), and one comparison."""
     rho = rng.uniform(-0.2, 0.6, n_test)
     rho[0] = np.nan
     base = {"alpha": 0.5, "num_models": 20, "subset_seed": 0, "split": "test", "targets": n_test,
             "targets_defined": n_test - 1, "projector": "kronecker", "proj_dim": 2048, "checkpoints": 3}
-    write_json(path / "lds.json", {"lds_mean": float(np.nanmean(rho)), "lds_ci95": [0.1, 0.3],
-                                   "scores_path": "scores/test.npy", **base})
-    write_csv(path / "lds/lds_per_target.csv", ["index", "spearman"],
+    run.write_result(run.lds_path, "lds", {"lds_mean": float(np.nanmean(rho)), "lds_ci95": [0.1, 0.3],
+                                           "scores_path": "scores/test.npy", **base})
+    write_csv(run.lds_per_target_path(run.lds_path), ["index", "spearman"],
               [(i, "" if np.isnan(r) else f"{r:.6f}") for i, r in enumerate(rho)])
-    write_json(path / "lds/lds_traker.json", {"lds_mean": 0.123, "lds_ci95": [0.05, 0.2],
-                                              "scores_path": "/x/traker<1>.npy", **base})
+    run.write_result(run.lds_result_path("traker"), "lds", {"lds_mean": 0.123, "lds_ci95": [0.05, 0.2],
+                                                            "scores_path": "/x/traker<1>.npy", **base})
 
 
 def write_detection(run: RunFolder, rng: np.random.Generator) -> None:
@@ -82,7 +84,7 @@ def write_detection(run: RunFolder, rng: np.random.Generator) -> None:
     det = Detection(scores, run.probs("train").argmax(1).astype(np.int64), {"groups": "classes", "n_groups": 4})
     header, rows = ranking_rows(run, det)
     write_csv(run.path / "detect/ranking.csv", header, rows)
-    write_json(run.path / "detect/metrics.json", quality_metrics(run, det))
+    run.write_result(run.detect_metrics_path, "detect_metrics", quality_metrics(run, det))
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ def page_data(html: str) -> dict:
 def test_top_k_matches_a_full_argsort():
     rng = np.random.default_rng(1)
     scores = rng.normal(size=(57, 23)).astype(np.float32)
-    tk = payload.top_k(scores, 5, chunk=4)
+    tk = top_k(scores, 5, chunk=4)
     for j in range(scores.shape[1]):
         col = scores[:, j]
         assert tk["pos_idx"][j].tolist() == np.argsort(-col, kind="stable")[:5].tolist()
@@ -111,7 +113,7 @@ def test_top_k_matches_a_full_argsort():
 
 def test_top_k_with_k_above_n_train_and_ties():
     scores = np.array([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]], dtype=np.float32)
-    tk = payload.top_k(scores, 10)
+    tk = top_k(scores, 10)
     assert tk["pos_idx"].shape == (2, 3)
     assert tk["pos_idx"][0].tolist() == [1, 0, 2]  # ties by training index, as a stable argsort
     assert tk["neg_idx"][1].tolist() == [0, 1, 2]

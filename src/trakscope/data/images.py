@@ -58,9 +58,6 @@ class ImageSource:
         """Images ``indices`` as normalised float32 ``[b, 3, S, S]``."""
         return normalize_uint8(self.uint8(np.asarray(indices)))
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.batch(np.array([i]))[0]
-
     def thumbnails(self, indices: np.ndarray, size: int) -> np.ndarray:
         """uint8 ``[b, size, size, 3]`` thumbnails for reports."""
         x = self.uint8(np.asarray(indices)).float()

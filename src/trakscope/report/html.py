@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, read_json
 from ..run_folder import RunFolder
 from . import payload, sections
-from .sections import esc, fmt
+from .sections import esc
 from .sprites import sprite_sheets
 
 DEFAULT_K = 24  # top-k attributions kept per test example (each of positive and negative)
@@ -35,13 +35,10 @@ def build_data(run: RunFolder, k: int = DEFAULT_K) -> dict[str, Any]:
     data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {}}
     for split in ("train", "test"):
         data["splits"][split] = payload.split_table(run, split)
-        if (run.path / f"data/thumbs_{split}.npy").exists():
+        if run.thumbs_path(split).exists():
             data["thumbs"][split] = sprite_sheets(run.thumbs(split))
     data["explorer"] = payload.explorer_payload(run, k)
     data["suspects"] = payload.read_ranking(run)
-    metrics = payload.optional_json(run, "detect/metrics.json")
-    if data["suspects"] is not None and isinstance(metrics, dict) and isinstance(metrics.get("descriptions"), dict):
-        data["suspects"]["descriptions"] = {str(k): str(v) for k, v in metrics["descriptions"].items()}
     return data
 
 
@@ -49,13 +46,12 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
     """Cards with dataset, classes, sizes, planted noise, model, ensemble accuracy, TRAK settings, timings."""
     cfg = run.config
     sizes = {s: data["splits"][s]["n"] for s in ("train", "test")}
-    if (run.path / "data/val.csv").exists():
+    if run.table_path("val").exists():
         sizes["val"] = len(run.table("val")["index"])
     noisy = int(np.sum(data["splits"]["train"]["noisy"]))
-    acc = _ensemble_accuracy(payload.optional_json(run, "models/metrics.json"))
-    meta = payload.optional_json(run, "scores/meta.json")
-    meta = meta if isinstance(meta, dict) else {}
-    n_ckpt = next((meta[k] for k in ("checkpoints", "num_checkpoints") if k in meta), None)
+    metrics = run.optional_result(run.metrics_path, "model_metrics")
+    acc = metrics["ensemble"] if metrics else {}
+    n_ckpt = read_json(run.scores_meta_path).get("checkpoints") if run.scores_meta_path.exists() else None
     timings = run.timings()
     cards = [
         ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
@@ -65,8 +61,8 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
         ("planted noise", f"{noisy:,}", f"{cfg.data.noise:.0%} of training labels flipped"),
         ("model", cfg.model.name, f"{cfg.model.weights} init · ensemble of {cfg.train.ensemble} · "
                                   f"{cfg.train.epochs} epochs"),
-        ("ensemble accuracy", "—" if acc.get("test") is None else f"{acc['test']:.1%}",
-         "test" + ("" if acc.get("val") is None else f" · val {acc['val']:.1%}")),
+        ("ensemble accuracy", "—" if acc.get("test_acc") is None else f"{acc['test_acc']:.1%}",
+         "test" + ("" if acc.get("val_acc") is None else f" · val {acc['val_acc']:.1%}")),
         ("TRAK", f"{cfg.trak.projector} · {cfg.trak.proj_dim}",
          f"ridge {cfg.trak.ridge:g}" + ("" if n_ckpt is None else f" · {n_ckpt} checkpoints")),
         ("time", f"{_total_time(timings):.0f} s" if timings else "—",
@@ -93,18 +89,6 @@ def _class_list(classes: list[str], n: int = 12) -> str:
     return ", ".join(classes[:n]) + (" …" if len(classes) > n else "")
 
 
-def _ensemble_accuracy(metrics: Any) -> dict[str, float]:
-    """Ensemble accuracy on test and val from ``models/metrics.json`` (any key path naming ensemble + split)."""
-    out: dict[str, float] = {}
-    for key, v in sections.flatten(metrics or {}).items():
-        low = key.lower()
-        if "ensemble" in low and isinstance(v, (int, float)) and not isinstance(v, bool):
-            for split in ("test", "val"):
-                if split in low and split not in out:
-                    out[split] = float(v)
-    return out
-
-
 def render(run: RunFolder, k: int = DEFAULT_K) -> str:
     """The whole page as a string."""
     data = build_data(run, k)
@@ -120,11 +104,11 @@ def render(run: RunFolder, k: int = DEFAULT_K) -> str:
         sections.section("suspects", "Suspects", _suspects_shell(data, run_dir),
                          "Training examples most likely mislabeled, most suspicious first."),
         sections.section("detection", "Detection quality",
-                         sections.detection_section(payload.optional_json(run, "detect/metrics.json"), ranking,
-                                                    noisy, run_dir),
+                         sections.detection_section(
+                             run.optional_result(run.detect_metrics_path, "detect_metrics"), ranking, noisy, run_dir),
                          "How quickly each scorer's order finds the labels flipped on purpose."),
         sections.section("removal", "Removal", sections.removal_section(
-            payload.optional_json(run, "removal/results.json"), run_dir),
+            run.optional_result(run.removal_results_path, "removal_results"), run_dir),
             "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?"),
         sections.section("lds", "Linear datamodeling score", sections.lds_section(*payload.lds_results(run), run_dir),
                          "How well the scores predict the margins of models retrained on random half-size subsets."),
@@ -171,10 +155,10 @@ def write_report(run_dir: Path | str, k: int = DEFAULT_K) -> Path:
     """Build ``<run_dir>/report/index.html`` (atomically) and return its path."""
     run = RunFolder(run_dir)
     page = render(run, k)
-    out = run.path / "report" / "index.html"
+    out = run.report_path
     with atomic_path(out, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
 
 
-__all__ = ["DEFAULT_K", "build_data", "render", "write_report", "fmt"]
+__all__ = ["DEFAULT_K", "build_data", "render", "write_report"]

@@ -258,8 +258,7 @@
   /* ================= suspects ================= */
   function Suspects(root) {
     var S = D.suspects, PER_PAGE = 48;
-    var preferred = ["self_influence", "d3m"];  // ranking.csv rows are in self-influence order
-    var def = S.scorers.filter(function (s) { return preferred.indexOf(s) >= 0; })[0] || S.scorers[0];
+    var def = S.primary || S.scorers[0];  // the registry's primary scorer, from the page's data
     var nNoisy = TRAIN.noisy.reduce(function (a, b) { return a + b; }, 0);
     var st = { scorer: def, cls: -1, page: 0, flag: nNoisy > 0 ? nNoisy : Math.max(1, Math.round(0.05 * TRAIN.n)) };
 
