@@ -1,0 +1,93 @@
+"""The README's "Use it from Python" block, run as it stands, and the TRAK engine's contract."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trakscope import TRAK
+from trakscope.attribution.store import StoreError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_snippet() -> str:
+    text = README.read_text()
+    section = text[text.index("## Use it from Python"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_snippet_runs_and_attributes_sensibly(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(readme_snippet(), "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    scores, y = np.asarray(ns["scores"]), ns["y"].numpy()
+    assert scores.shape == (1200, 100) and np.isfinite(scores).all()
+    # the training examples that raise a digit's margin most are that digit (measured 1.00; chance 0.10)
+    top5 = np.argsort(-scores, axis=0)[:5]
+    assert (y[:1200][top5] == y[1200:1300][None, :]).mean() > 0.9
+    assert ns["self_influence"].shape == (1200,)
+    # a rerun reuses the finished matrix and every featurized row
+    path = tmp_path / "runs/notebook/trak/scores/train__test.npy"
+    before = path.stat().st_mtime_ns
+    trak = ns["trak"]
+    assert np.array_equal(trak.scores("train", "test"), scores) and path.stat().st_mtime_ns == before
+    assert len(trak.pending("train", 1200, 0)) == 0 and trak.checkpoints("train", "test") == [0, 1, 2, 3]
+
+
+def _tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(30, 3, 2, 2), torch.arange(30) % 3
+    return model, x, y
+
+
+def test_dict_batches_and_logits_objects_are_accepted(tmp_path):
+    class Wrapped(torch.nn.Module):  # a Hugging Face-like model: keyword input, output with .logits
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return type("Out", (), {"logits": self.inner(pixel_values)})()
+
+    model, x, y = _tiny()
+    plain = TRAK(model, tmp_path / "a", proj_dim=16, progress=False)
+    plain.featurize([(x[:20], y[:20]), (x[20:], y[20:])], split="train", n=30)
+    wrapped = TRAK(Wrapped(model), tmp_path / "b", proj_dim=16, progress=False)
+    wrapped.featurize([{"pixel_values": x[:10], "labels": y[:10]}, {"pixel_values": x[10:], "labels": y[10:]}],
+                      split="train", n=30)
+    np.testing.assert_allclose(wrapped.self_influence(), plain.self_influence(), rtol=1e-4, atol=1e-7)
+
+
+def test_every_checkpoint_counts_and_missing_splits_are_named(tmp_path):
+    model, x, y = _tiny()
+    states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    trak.featurize([(x, y)], split="train", checkpoint=states[0], n=30)
+    trak.featurize([(x[:5], y[:5])], split="test", checkpoint=states[0], n=5)
+    trak.featurize([(x, y)], split="train", checkpoint=states[1], n=30)
+    with pytest.raises(StoreError, match="checkpoint 1 split 'test'"):
+        trak.scores("train", "test")
+    trak.featurize([(x[:5], y[:5])], split="test", checkpoint=states[1], n=5)
+    both = np.asarray(trak.scores("train", "test"))
+    one = TRAK(model, tmp_path / "one", proj_dim=16, progress=False)
+    one.featurize([(x, y)], split="train", checkpoint=states[1], checkpoint_id=1, n=30)
+    one.featurize([(x[:5], y[:5])], split="test", checkpoint=states[1], checkpoint_id=1, n=5)
+    assert not np.allclose(both, one.scores("train", "test"))  # the average is not the last checkpoint alone
+
+
+def test_other_settings_are_refused_and_ridge_only_rescores(tmp_path):
+    model, x, y = _tiny()
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    trak.featurize([(x, y)], split="train", n=30)
+    with pytest.raises(StoreError, match="proj_dim: 16 -> 32"):
+        TRAK(model, tmp_path / "s", proj_dim=32)
+    first = np.asarray(trak.self_influence()).copy()
+    again = TRAK(model, tmp_path / "s", proj_dim=16, ridge=30.0, progress=False)
+    assert again.pending("train", 30, 0).size == 0  # features kept
+    assert (np.asarray(again.self_influence()) < first).all()  # a larger ridge shrinks every self-influence
