@@ -127,3 +127,27 @@ def test_food101_layout_end_to_end_with_decoding_workers(tmp_path, capsys):
     assert run.scores("test").shape == (len(train["index"]), 12)
     assert main(["inspect", "--run", str(out), "--target", "0", "--top", "3"]) == 0
     assert "images/" in capsys.readouterr().out
+
+
+def test_checkpoints_trained_elsewhere_give_the_same_scores(tiny_run, tmp_path, capsys):
+    """A run's own final checkpoints handed back through --checkpoints: no training, the same TRAK scores."""
+    from trakscope.run_folder import RunFolder as Folder
+
+    cfg_args = [a for a in TINY_RUN_ARGS]
+    files = [str(p) for p in Folder(tiny_run).checkpoint_paths()]
+    out = tmp_path / "imported"
+    assert main(["run", "--out", str(out), *cfg_args, "--checkpoints", *files]) == 0
+    run = Folder(out)
+    assert run.config.model.checkpoints == tuple(files)
+    for name in ("test", "val", "self"):
+        assert np.array_equal(run.scores(name), Folder(tiny_run).scores(name))
+    metrics = json.loads(run.metrics_path.read_text())
+    original = json.loads(Folder(tiny_run).metrics_path.read_text())
+    assert [m["test_acc"] for m in metrics["models"]] == [m["test_acc"] for m in original["models"]]
+    assert [m["source"] for m in metrics["models"]] == files
+    assert "train" in run.timings() and main(["inspect", "--run", str(out), "--target", "0", "--top", "2"]) == 0
+    capsys.readouterr()
+    # a checkpoint of another architecture is named, with what does not fit
+    bad = tmp_path / "bad"
+    assert main(["run", "--out", str(bad), *cfg_args, "--model", "resnet18", "--checkpoints", files[0]]) == 2
+    assert "does not fit --model resnet18" in capsys.readouterr().err

@@ -71,7 +71,7 @@ class ModelConfig:
                                  "that are not on this machine (never done otherwise)", runtime=True)
     checkpoints: tuple[str, ...] | None = _opt(None, "already-trained checkpoints of this architecture to attribute "
                                                      "instead of training (.safetensors, or .pt/.pth/.bin read with "
-                                                     "weights_only), one ensemble member each")
+                                                     "weights_only), one ensemble member each", paths=True)
 
 
 @dataclass(frozen=True)

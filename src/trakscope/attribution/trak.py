@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..io import load_npy, load_tensors, save_npy, write_json
+from ..io import load_npy, save_npy, write_json
 from ..models.calling import Inputs, inputs_to
+from ..models.weights import read_state_file
 from .featurize import IndexedBatch, featurize_into, numbered
 from .output import Margin, ModelOutput
 from .projector import GradientProjector, make_projector
@@ -129,7 +130,7 @@ class TRAK:
     def load_checkpoint(self, checkpoint: Checkpoint = None, checkpoint_id: int | None = None) -> int:
         """Load ``checkpoint`` into the model (None: keep its weights) and return its id in the store."""
         if checkpoint is not None:
-            state = _read_state(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+            state = read_state_file(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
             self.model.load_state_dict(state, strict=True)
         self.model.eval()
         digest = state_digest(self.model.state_dict())
@@ -267,18 +268,6 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_tensors(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    return state
 
 
 def _dataset_len(data: Any) -> int:

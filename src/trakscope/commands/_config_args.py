@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig
 from ..data import DATASETS
@@ -136,6 +137,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             if kind is bool:
                 group.add_argument(_flag(section, f.name), action=argparse.BooleanOptionalAction, default=f.default,
                                    **kw)
+            elif kind is tuple and f.metadata.get("paths"):  # files: space-separated, stored absolute
+                group.add_argument(_flag(section, f.name), default=f.default, metavar="FILE", nargs="+",
+                                   type=lambda s: str(Path(s).expanduser().resolve()), **kw)
             elif kind is tuple:
                 group.add_argument(_flag(section, f.name), default=f.default, metavar="A,B,...", type=_names, **kw)
             else:
@@ -147,5 +151,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig the flags describe."""
     parts = {}
     for section, cls in SECTIONS.items():
-        parts[section] = cls(**{f.name: getattr(args, _dest(section, f.name)) for f in dataclasses.fields(cls)})
+        values = {f.name: getattr(args, _dest(section, f.name)) for f in dataclasses.fields(cls)}
+        parts[section] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     return RunConfig(**parts)

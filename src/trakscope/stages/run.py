@@ -97,6 +97,31 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
         ensemble_metrics(run, rt)
 
 
+def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
+    """Attribute models trained elsewhere: copy ``model.checkpoints`` in as ensemble members, then write metrics.
+
+    Each file (safetensors, or a torch file read with ``weights_only``) must load strictly into the configured
+    architecture; it is stored as ``model{m}_ckpt0`` with the run's fingerprint and its source path.
+    """
+    from ..models.weights import read_state_file
+
+    cfg = run.config
+    if dist.rank() == 0:
+        for m, source in enumerate(cfg.model.checkpoints):
+            if run.checkpoint_path(m, 0).exists():
+                continue
+            state = read_state_file(source)
+            try:
+                load_trained(cfg.model, len(run.dataset().classes), state)
+            except RuntimeError as e:
+                raise RunError(f"checkpoint {source} does not fit --model {cfg.model.name} with "
+                               f"{len(run.dataset().classes)} classes: {str(e).splitlines()[0]}") from e
+            meta = {"fingerprint": fingerprint(cfg), "model": str(m), "source": str(source), "checkpoint": "0"}
+            save_tensors(run.checkpoint_path(m, 0), state, metadata=meta)
+        ensemble_metrics(run, rt)
+    dist.barrier()
+
+
 def final_checkpoints(run: RunFolder) -> list:
     """The last checkpoint of every ensemble member, in member order."""
     last: dict[int, object] = {}
@@ -112,7 +137,9 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     models, probs = [], {name: 0.0 for name in SPLITS}
     for m, path in enumerate(finals):
         net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, path), rt.device)
-        row = {"model": m, "seed": cfg.train.seed + m, "checkpoint": run.relative(path)}
+        imported = cfg.model.checkpoints is not None
+        row = {"model": m, "seed": None if imported else cfg.train.seed + m, "checkpoint": run.relative(path),
+               "source": cfg.model.checkpoints[m] if imported else "trained by trakscope"}
         for name in SPLITS:
             logits = predict_logits(net, dataset.split(name).images, device=rt.device,
                                     num_workers=cfg.train.num_workers)
@@ -198,7 +225,7 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
     dist.barrier()
     if not run.metrics_path.exists():
         with timed(run, "train"):
-            train_ensemble(run, rt)
+            (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
     if not run.scores_meta_path.exists():
         with timed(run, "featurize"):
             trak = featurize(run, rt)
