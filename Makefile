@@ -17,7 +17,7 @@ $(BIN)/trakscope: pyproject.toml
 install: $(BIN)/trakscope
 
 demo: install
-	$(BIN)/trakscope run --out $(RUN)
+	$(BIN)/trakscope run --out $(RUN) --noise 0.1
 	$(BIN)/trakscope inspect --run $(RUN) --target 17 --top 8
 	$(BIN)/trakscope detect --run $(RUN)
 	$(BIN)/trakscope removal --run $(RUN) --fractions 0.05 --seeds 1 --strategies positive,negative,random

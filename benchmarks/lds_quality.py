@@ -8,7 +8,8 @@ differences come from the attribution alone. Higher LDS is better.
     python benchmarks/lds_quality.py --out /tmp/lds_bench            # builds the run, then the table
     python benchmarks/lds_quality.py --out /tmp/lds_bench --models 50  # reuses run, features and subset models
 
-Everything is cached under ``--out`` (the run) and ``--out/bench_lds`` (features, scores), so a rerun resumes.
+Everything is cached under ``--out`` (the run) and ``--work`` (TRAK stores and score matrices, default
+``<out>_bench``), so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -22,22 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trakscope.attribution.featurize import FeatureStore, featurize_split
-from trakscope.attribution.projector import make_projector
-from trakscope.attribution.score import gram, regularized_inverse, trak_scores
+from trakscope.attribution.trak import TRAK
 from trakscope.cli import main as trakscope_main
 from trakscope.data import iter_batches
 from trakscope.io import load_npy, save_npy, write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
+from trakscope.models import build_model
 from trakscope.run_folder import RunFolder
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import load_checkpoint
-from trakscope.train import load_trained
+from trakscope.stages.run import load_checkpoint, split_batches
+from trakscope.train import architecture_only, load_trained
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run folder (built with `trakscope run` if absent)")
+    p.add_argument("--work", type=Path, default=None, help="TRAK stores and score matrices (default <out>_bench)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--model", default="tiny_cnn", help="resnet18 makes the dense and traker rows take hours here")
     p.add_argument("--max-train", type=int, default=1000)
@@ -51,7 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--no-traker", action="store_true", help="skip the traker rows")
     p.add_argument("--threads", type=int, default=2)
-    return p.parse_args()
+    args = p.parse_args()
+    args.work = args.work or args.out.parent / f"{args.out.name}_bench"
+    return args
 
 
 def build_run(args: argparse.Namespace) -> RunFolder:
@@ -70,25 +73,22 @@ def _nets(run: RunFolder) -> list[torch.nn.Module]:
     return [load_trained(cfg.model, n_classes, load_checkpoint(run, p)) for p in run.checkpoint_paths()]
 
 
-def trakscope_scores(run: RunFolder, projector: str, proj_dim: int) -> tuple[np.ndarray, int]:
-    """float32 ``[n_train, n_test]`` scores with one of trakscope's projectors, and its width."""
+def trakscope_scores(run: RunFolder, projector: str, proj_dim: int, work: Path) -> tuple[np.ndarray, int]:
+    """float32 ``[n_train, n_test]`` scores with one of trakscope's projectors (through the TRAK engine), and width."""
     cfg, dataset = run.config, run.dataset()
-    folder = run.path / "bench_lds" / f"{projector}_{proj_dim}"
-    train, invs, qs, tests, dim = [], [], [], [], 0
-    for k, net in enumerate(_nets(run)):
-        proj = make_projector(projector, net, proj_dim, cfg.trak.seed + k, cfg.trak.proj_type)
-        dim = proj.dim
+    model = build_model(architecture_only(cfg.model), len(dataset.classes))
+    trak = TRAK(model, work / f"{projector}_{proj_dim}", projector=projector, proj_dim=proj_dim,
+                kron_k=cfg.trak.kron_k, proj_type=cfg.trak.proj_type, ridge=cfg.trak.ridge, seed=cfg.trak.seed,
+                progress=False)
+    for k, path in enumerate(run.checkpoint_paths()):
+        state = load_checkpoint(run, path)
         for name in ("train", "test"):
-            store = FeatureStore(folder / f"ckpt{k}", name, len(dataset.split(name)), dim)
-            if not store.is_complete():
-                featurize_split(proj, dataset.split(name), store, cfg.trak.batch_size, progress=False)
-        x, q = FeatureStore(folder / f"ckpt{k}", "train", len(dataset.train), dim).load()
-        train.append(x)
-        qs.append(q)
-        invs.append(regularized_inverse(gram(x), cfg.trak.ridge)[0])
-        tests.append(FeatureStore(folder / f"ckpt{k}", "test", len(dataset.test), dim).load()[0])
-    scores, _ = trak_scores(train, invs, tests, np.mean(qs, axis=0))
-    return np.asarray(scores), dim
+            split = dataset.split(name)
+            rows = trak.pending(name, len(split), k) if k in trak.checkpoints() else np.arange(len(split))
+            trak.featurize_batches(split_batches(split, rows, cfg.trak.batch_size, 0), split=name, n=len(split),
+                                   checkpoint=state, checkpoint_id=k)
+    scores = np.asarray(trak.scores("train", "test"))
+    return scores, trak.store.features(0, "train", 0, 0).load()[0].shape[1]
 
 
 def _batches(split, batch_size: int):
@@ -138,7 +138,7 @@ def score_rows(run: RunFolder, args: argparse.Namespace) -> list[dict]:
         plan += [("traker", d) for d in dims]
     rows = []
     for method, dim in plan:
-        path = run.path / "bench_lds" / f"scores_{method}_{dim}.npy"
+        path = args.work / f"scores_{method}_{dim}.npy"
         meta_path = path.with_suffix(".json")
         if path.exists() and meta_path.exists():
             rows.append({**json.loads(meta_path.read_text()), "scores": load_npy(path)})
@@ -146,9 +146,9 @@ def score_rows(run: RunFolder, args: argparse.Namespace) -> list[dict]:
         print(f"scoring with {method} at {dim or 'natural width'} ...", flush=True)
         t0 = time.perf_counter()
         if method == "traker":
-            scores, width = traker_scores(run, dim, run.path / "bench_lds" / f"traker_{dim}"), dim
+            scores, width = traker_scores(run, dim, args.work / f"traker_{dim}"), dim
         else:
-            scores, width = trakscope_scores(run, method, dim)
+            scores, width = trakscope_scores(run, method, dim, args.work)
         seconds = time.perf_counter() - t0
         meta = {"method": method, "requested_dim": dim, "dim": width, "seconds": round(seconds, 1)}
         save_npy(path, scores)
@@ -180,11 +180,11 @@ def main() -> None:
     for row in score_rows(run, args):
         mean, per_target = lds(predicted_outputs(row.pop("scores"), masks), margins)
         results.append({**row, "lds": mean, "ci95": list(ci95(per_target))})
-    metrics = json.loads((run.path / "models" / "metrics.json").read_text())
+    metrics = run.read_result(run.metrics_path, "model_metrics", "trakscope run")
     summary = {"config": run.config.to_dict(), "alpha": args.alpha, "num_models": args.models,
                "targets": int(margins.shape[1]), "ensemble_test_acc": metrics["ensemble"]["test_acc"],
                "wall_s": round(time.perf_counter() - t0, 1), "rows": results}
-    write_json(run.path / "bench_lds" / "results.json", summary)
+    write_json(args.work / "results.json", summary)
     print(table(results))
     print(f"{args.models} subset models at alpha={args.alpha}, {margins.shape[1]} test targets, "
           f"ensemble test accuracy {summary['ensemble_test_acc']:.3f}; wall {summary['wall_s']} s")

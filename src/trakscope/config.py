@@ -36,7 +36,8 @@ class DataConfig:
                                                 "(default: the model's own, ImageNet's for most)")
     std: tuple[float, ...] | None = _opt(None, "per-channel RGB std the centred pixels are divided by "
                                                "(default: the model's own)")
-    noise: float = _opt(0.1, "fraction of training labels flipped to another class (planted noise)")
+    noise: float = _opt(0.0, "fraction of training labels flipped on purpose to measure detection (planted noise; "
+                             "never on by default: your data stays as it is)")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split")
     max_test: int | None = _opt(None, "seeded stratified subset of the test split")
     val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split")

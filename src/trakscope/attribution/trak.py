@@ -51,7 +51,7 @@ class TRAK:
         store: folder for features, kernels and scores (created; an existing one is resumed).
         projector: ``kronecker`` (per-layer Kronecker-factored projection, about one backward pass) or
             ``dense`` (exact per-example gradients times a dense JL matrix: the slow reference).
-        proj_dim: width of the projected features.
+        proj_dim: width of the projected features (0: the Kronecker projector's per-layer blocks, unmixed).
         kron_k: Kronecker projector's per-layer input and output width.
         proj_type: ``rademacher`` or ``normal`` entries of the dense projector.
         ridge: ``lambda = ridge * mean(diag(X^T X))`` of each checkpoint's kernel ``(X^T X + lambda I)^-1``.
@@ -66,8 +66,9 @@ class TRAK:
                  kron_k: int = 16, proj_type: str = "rademacher", ridge: float = 3.0, seed: int = 0,
                  output: ModelOutput | None = None, device: torch.device | str = "cpu", progress: bool = True,
                  overwrite: bool = False):
-        if proj_dim < 1 or kron_k < 1:
-            raise ValueError(f"proj_dim and kron_k must be positive, got {proj_dim} and {kron_k}")
+        if proj_dim < 0 or kron_k < 1 or (proj_dim == 0 and projector != "kronecker"):
+            raise ValueError(f"proj_dim must be positive (0 = the Kronecker projector's natural width) and kron_k "
+                             f"positive, got {proj_dim} and {kron_k}")
         if ridge <= 0:
             raise ValueError(f"ridge must be positive (it keeps X^T X + lambda I invertible), got {ridge}")
         self.model = model.to(device).eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig
 from ..data import DATASETS
-from ..models import MODELS
+from ..models import MODELS, WEIGHTS
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}
 # Fields whose plain name would be ambiguous or unidiomatic on the command line.
@@ -36,7 +36,7 @@ FLAG_NAMES = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dataset"): DATASETS,
     ("model", "name"): MODELS,
-    ("model", "weights"): ("random", "imagenet"),
+    ("model", "weights"): WEIGHTS,
     ("trak", "projector"): ("kronecker", "dense"),
     ("trak", "proj_type"): ("rademacher", "normal"),
 }

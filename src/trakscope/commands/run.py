@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(run_folder: RunFolder) -> None:
+    noisy = int(run_folder.table("train")["noisy"].sum())
+    if noisy:
+        print(f"planted noise: {noisy} of {len(run_folder.table('train')['noisy'])} training labels flipped on "
+              f"purpose (--noise {run_folder.config.data.noise:g}); data/train.csv marks them")
     metrics = run_folder.read_result(run_folder.metrics_path, "model_metrics", "trakscope run")
     ens = metrics["ensemble"]
     accs = ", ".join(f"{m['test_acc']:.3f}" for m in metrics["models"])
