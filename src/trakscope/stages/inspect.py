@@ -65,7 +65,7 @@ def resolve_target(table: dict[str, np.ndarray], split: str, target: str) -> int
     close = difflib.get_close_matches(target, ids, n=5, cutoff=0.5) or \
         [ids[i] for i, s in enumerate(ids) if PurePosixPath(s).name in
          difflib.get_close_matches(name, [PurePosixPath(x).name for x in ids], n=5, cutoff=0.5)][:5]
-    hint = f"; close matches: {', '.join(close)}" if close else ""
+    hint = f"; close matches: {', '.join(close)}" if close else f"; its source_ids look like {', '.join(ids[:3])}"
     raise ValueError(f"--target {target!r} is neither an index nor a source_id or file name of the {split} split"
                      f"{hint}")
 
