@@ -34,9 +34,13 @@ def test_inspect_prints_and_saves_grid(tiny_run, tmp_path, capsys):
     assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "4", "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert png.stat().st_size > 1000
-    column = RunFolder(tiny_run).scores("test")[:, 3]
+    run = RunFolder(tiny_run)
+    column = run.scores("test")[:, 3]
     best = int(np.argmax(column))
     assert f"     1 {best:>6}" in out
+    label = run.classes[run.table("test")["label"][3]]
+    assert f"highest scores: raise the margin of class '{label}' (the label" in out
+    assert "pushed this prediction up" not in out
 
 
 def test_rerun_same_settings_resumes_and_other_settings_are_refused(tiny_run, tmp_path, capsys):

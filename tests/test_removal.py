@@ -121,6 +121,10 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert len(keep) + len(removed) == len(train) and len(removed) == 20
     assert not {r["index"] for r in keep} & {r["index"] for r in removed}
     assert all(r["reason"].startswith("d3m=") for r in removed)
+    classes = RunFolder(run).classes
+    assert all(r["label_name"] == classes[int(r["label"])] for r in keep + removed)
+    assert all(r["ground_truth"] == "planted" and r["true_label_name"] == classes[int(r["true_label"])]
+               for r in removed)
 
 
 def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from trakscope.config import DataConfig, RunConfig
-from trakscope.io import save_npy, write_csv, write_json
+from trakscope.io import read_csv, save_npy, write_csv, write_json
 from trakscope.methods.topk import top_k
 from trakscope.report import payload, sections
 from trakscope.report.html import render, write_report
@@ -168,7 +168,7 @@ def test_suspects_follow_ranking_csv(synth_run):
     data = page_data(render(RunFolder(synth_run)))
     s = data["suspects"]
     assert set(s["scorers"]) == {"self_influence", "d3m", "loss"}
-    csv_order = [int(line.split(",")[0]) for line in (synth_run / "detect/ranking.csv").read_text().splitlines()[1:]]
+    csv_order = [int(r["index"]) for r in read_csv(synth_run / "detect/ranking.csv")]
     assert s["order"]["self_influence"] == csv_order  # the file is written in self-influence order
 
 

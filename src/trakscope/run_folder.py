@@ -44,14 +44,18 @@ LAYOUT: tuple[tuple[str, str], ...] = (
                             "each with a `.json` record (checkpoints, ridge, lambdas)"),
     ("scores/self.npy", "float32 `[n_train]` self-influence `scores[i, i]`"),
     ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints"),
-    ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example"),
+    ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example, sorted "
+                           "by the primary scorer (`inspect_order`), class names beside labels, `ground_truth` "
+                           "(`planted`, or `unknown`: then `true_label` is empty and `noisy` 0 means unverified)"),
+    ("detect/ranking.parquet", "the same table as Parquet, with `trakscope detect --format parquet`"),
     ("detect/metrics.json", "each scorer's quality against planted noise (`kind: detect_metrics`)"),
     ("detect/crossval/folds.npy", "k-fold assignment of the training split (cleanlab's cross-validation)"),
     ("detect/crossval/fold{f}.npy", "out-of-sample probabilities of fold `f`, cached"),
     ("removal/results.json", "remove-and-retrain experiment (`kind: removal_results`)"),
     ("removal/accuracy_vs_fraction.png", "its plot"),
     ("removal/retrains/{job}.json", "one finished retrain each, so an interrupted experiment resumes"),
-    ("export/{keep,removed}_{strategy}_{fraction}.csv", "keep-list and removed list with reasons"),
+    ("export/{keep,removed}_{strategy}_{fraction}.{csv,parquet}", "keep-list and removed list with reasons "
+                                                                  "(`--format`)"),
     ("lds.json", "linear datamodeling score of the run's scores (`kind: lds`)"),
     ("lds/lds_{name}.json", "LDS of another attribution matrix (`trakscope lds --scores`)"),
     ("lds/{name}_per_target.csv", "per-target Spearman correlations behind an LDS result"),
@@ -134,6 +138,10 @@ class RunFolder:
         return self.path / "detect" / "ranking.csv"
 
     @property
+    def ranking_parquet_path(self) -> Path:
+        return self.path / "detect" / "ranking.parquet"
+
+    @property
     def detect_metrics_path(self) -> Path:
         return self.path / "detect" / "metrics.json"
 
@@ -159,10 +167,11 @@ class RunFolder:
     def retrain_path(self, job: str) -> Path:
         return self.path / "removal" / "retrains" / f"{job}.json"
 
-    def export_paths(self, name: str, folder: Path | None = None) -> tuple[Path, Path]:
-        """``(keep, removed)`` CSVs of one exported selection, in ``folder`` (default ``export/``)."""
+    def export_paths(self, name: str, folder: Path | None = None, fmt: str = "csv") -> tuple[Path, Path]:
+        """``(keep, removed)`` tables (``fmt``: csv or parquet) of one exported selection, in ``folder`` (default
+        ``export/``)."""
         folder = self.path / "export" if folder is None else Path(folder)
-        return folder / f"keep_{name}.csv", folder / f"removed_{name}.csv"
+        return folder / f"keep_{name}.{fmt}", folder / f"removed_{name}.{fmt}"
 
     @property
     def lds_path(self) -> Path:

@@ -7,7 +7,8 @@ import argparse
 from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
-from ..stages.detect import run_detection
+from ..stages.detect import ground_truth, primary_scorer, run_detection
+from ..stages.table_files import FORMATS
 from ._runtime import add_runtime_arguments, runtime_from_args
 
 HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="k of the k-fold cross-validated training that feeds cleanlab")
     parser.add_argument("--no-cleanlab", action="store_true",
                         help="skip the cleanlab baseline (it retrains k models)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv",
+                        help="also write detect/ranking.parquet (pyarrow); ranking.csv is always written")
     add_runtime_arguments(parser)
 
 
@@ -30,8 +33,14 @@ def run(args: argparse.Namespace) -> int:
     folds = None if args.no_cleanlab else args.folds
     if folds is not None and folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
-    det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress)
-    print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path}")
+    det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress,
+                                 fmt=args.fmt)
+    print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path} "
+          f"(rows sorted by {primary_scorer(det)}_rank, most suspicious first: inspect_order)")
+    if args.fmt == "parquet":
+        print(f"the same table as Parquet: {run_folder.ranking_parquet_path}")
+    if ground_truth(run_folder) == "unknown":
+        print("no planted noise: true labels are unknown (ground_truth=unknown; noisy=0 means unverified)")
     for name in det.scores:
         print(f"  {name}: {SCORERS[name].description}")
     cl = det.info.get("cleanlab")

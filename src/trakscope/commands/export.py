@@ -1,4 +1,4 @@
-"""``trakscope export``: the keep-list and the removed list (with reasons) of one strategy, as CSV."""
+"""``trakscope export``: the keep-list and the removed list (with reasons) of one strategy, as CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 from ..methods import registry
 from ..run_folder import RunFolder
 from ..stages.export import export_lists
+from ..stages.table_files import FORMATS
 
-HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV"
+HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV or Parquet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fraction", type=float, default=0.05,
                         help="share of the training split to remove (ignored by d3m-heuristic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
-    parser.add_argument("--out-dir", default=None, help="where to write the CSVs (default: <run>/export)")
+    parser.add_argument("--out-dir", default=None, help="where to write the lists (default: <run>/export)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv",
+                        help="file format of the lists (parquet via pyarrow)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     run_folder = RunFolder(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else None
     keep_path, removed_path, n_keep, n_removed = export_lists(run_folder, args.strategy, args.fraction, args.seed,
-                                                              out_dir)
+                                                              out_dir, args.fmt)
     print(f"{args.strategy}: keep {n_keep} training examples -> {keep_path}")
     print(f"removed {n_removed} (with reasons) -> {removed_path}")
     return 0

@@ -1,21 +1,26 @@
-"""``trakscope inspect``: the training examples with the highest and lowest TRAK scores for one test example."""
+"""``trakscope inspect``: the training examples that raise and lower one class's margin on one target."""
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from ..methods.topk import top_and_bottom
 from ..report.grid import influence_grid
 from ..run_folder import RunFolder
+from ..stages.inspect import Inspection, headers, inspect_image, inspect_target, train_rows
 
 HELP = "print and save (PNG grid) the training examples with the highest and lowest scores for a test example"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run folder made by `trakscope run`")
-    parser.add_argument("--target", type=int, required=True, help="index of the example in the target split")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--target", default=None,
+                      help="example of the target split: its index, its source_id, or its file name")
+    what.add_argument("--image", default=None, metavar="PATH",
+                      help="a new image file, scored on the fly against the training split")
+    parser.add_argument("--class", dest="margin_class", default=None, metavar="NAME_OR_INDEX",
+                        help="attribute the margin of this class (default: the target's label; for --image the "
+                             "ensemble's predicted class)")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="target split")
     parser.add_argument("--top", type=int, default=8, help="how many highest and how many lowest to show")
     parser.add_argument("--png", default=None,
@@ -24,35 +29,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder = RunFolder(args.run)
-    scores = folder.scores(args.split)
-    if not 0 <= args.target < scores.shape[1]:
-        raise ValueError(f"--target must be in [0, {scores.shape[1] - 1}] for the {args.split} split")
-    if args.top < 1:
-        raise ValueError("--top must be at least 1")
-    classes, train, target = folder.classes, folder.table("train"), folder.table(args.split)
-    pred = folder.probs(args.split)[args.target].argmax()
-    column = np.asarray(scores[:, args.target])
-    top, bottom = top_and_bottom(column, args.top)
-    t_label = int(target["true_label"][args.target])
-    print(f"{args.split} example {args.target} ({target['source_id'][args.target]}): label {classes[t_label]}, "
-          f"ensemble predicts {classes[pred]}")
-    thumbs = folder.thumbs("train")
+    if args.image is not None:
+        found = inspect_image(folder, args.image, args.margin_class, args.top)
+    else:
+        found = inspect_target(folder, args.split, args.target, args.margin_class, args.top)
+    classes = folder.classes
+    print(_describe(classes, found))
+    tables = train_rows(folder, found)
     rows = {}
-    for name, idx in (("highest scores (pushed this prediction up)", top),
-                      ("lowest scores (pushed it down)", bottom)):
+    for name, examples in zip(headers(classes, found), tables):
         print(f"\n{name}:")
         print(f"  {'rank':>4} {'train':>6} {'score':>11} {'label':>12} {'true':>12}  source")
-        tiles = []
-        for r, i in enumerate(idx):
-            lab, true = classes[train["label"][i]], classes[train["true_label"][i]]
-            flag = "  NOISY" if train["noisy"][i] else ""
-            print(f"  {r + 1:>4} {i:>6} {column[i]:>11.4g} {lab:>12} {true:>12}  {train['source_id'][i]}{flag}")
-            title = f"#{i}  {column[i]:+.3g}\nlabel {lab}" + (f", true {true}" if train["noisy"][i] else "")
-            tiles.append({"image": thumbs[i], "title": title, "noisy": bool(train["noisy"][i])})
-        rows[name] = tiles
-    png = args.png or folder.inspect_path(args.split, args.target)
-    tt = {"image": folder.thumbs(args.split)[args.target],
-          "title": f"{args.split} #{args.target}\nlabel {classes[t_label]}\npredicted {classes[pred]}"}
-    influence_grid(tt, rows, png)
+        for r, e in enumerate(examples):
+            flag = "  NOISY" if e["noisy"] else ""
+            print(f"  {r + 1:>4} {e['index']:>6} {e['score']:>11.4g} {e['label']:>12} {e['true']:>12}  "
+                  f"{e['source_id']}{flag}")
+        rows[name] = [{"image": folder.thumbs("train")[e["index"]], "noisy": e["noisy"],
+                       "title": f"#{e['index']}  {e['score']:+.3g}\nlabel {e['label']}"
+                                + (f", true {e['true']}" if e["noisy"] else "")} for e in examples]
+    png = args.png or found.png
+    label = "" if found.label is None else f"\nlabel {classes[found.label]}"
+    title = f"{found.description}{label}\npredicted {classes[found.predicted]}"
+    influence_grid({"image": found.image, "title": title}, rows, png)
     print(f"\ngrid saved to {png}")
     return 0
+
+
+def _describe(classes: list[str], found: Inspection) -> str:
+    label = "" if found.label is None else f"label {classes[found.label]}, "
+    return (f"{found.description}: {label}ensemble predicts {classes[found.predicted]}\n"
+            f"scores are for the margin of class '{classes[found.margin_class]}' ({found.margin_role})")

@@ -17,6 +17,7 @@ from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank
 from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
+from .table_files import FORMATS, write_parquet
 
 RECALL_FRACTIONS = (0.05, 0.10, 0.20)
 
@@ -54,26 +55,55 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     return Detection(scores, inputs.train_probs.argmax(axis=1).astype(np.int64), info)
 
 
-def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
-    """Header and rows of ``detect/ranking.csv``, ordered by :data:`~.registry.PRIMARY`'s rank (inspected first on top).
+def ground_truth(run: RunFolder) -> str:
+    """``planted`` when the run planted label noise (so ``true_label`` and ``noisy`` are known), else ``unknown``.
 
-    ``<scorer>_score`` is the natural score, ``<scorer>_rank`` 1 = inspected first (most suspicious).
+    Without planted noise ``true_label`` is only a copy of the label: nothing says the label is right.
     """
-    train = run.table("train")
+    planted = run.config.data.noise > 0 or bool(run.table("train")["noisy"].any())
+    return "planted" if planted else "unknown"
+
+
+def truth_columns(run: RunFolder, i: int, train: dict[str, np.ndarray], known: bool) -> list:
+    """``ground_truth, true_label, true_label_name, noisy`` of training example ``i`` (empty where unknown).
+
+    ``noisy`` stays 0 when unknown (readers parse it as an int); ``ground_truth`` says it was not verified.
+    """
+    if not known:
+        return ["unknown", None, None, 0]
+    true = int(train["true_label"][i])
+    return ["planted", true, run.classes[true], int(train["noisy"][i])]
+
+
+def primary_scorer(det: Detection) -> str:
+    """The scorer whose rank orders ``ranking.csv`` (:data:`~.registry.PRIMARY` when it ran)."""
+    return registry.PRIMARY if registry.PRIMARY in det.scores else next(iter(det.scores))
+
+
+def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
+    """Header and rows of ``detect/ranking.csv``, ordered by :func:`primary_scorer`'s rank (inspected first on top).
+
+    ``inspect_order`` is 1..n in that order; ``<scorer>_score`` is the natural score (float, 9 significant
+    digits), ``<scorer>_rank`` 1 = inspected first (most suspicious). Class names stand beside every label;
+    ``true_label`` and ``true_label_name`` are None (empty) unless noise was planted (:func:`ground_truth`).
+    """
+    train, classes = run.table("train"), run.classes
+    known = ground_truth(run) == "planted"
     names = list(det.scores)
     ranks = {n: inspection_rank(registry.SCORERS[n].suspicion(det.scores[n])) for n in names}
-    header = ["index", "source_id", "label", "predicted", "true_label", "noisy"]
+    header = ["inspect_order", "index", "source_id", "label", "label_name", "predicted", "predicted_name",
+              "ground_truth", "true_label", "true_label_name", "noisy"]
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
     issues = (det.info.get("cleanlab") or {}).get("issues")
     if issues is not None:
         header.append("cleanlab_issue")
     rows = []
-    primary = registry.PRIMARY if registry.PRIMARY in ranks else names[0]
-    for i in np.argsort(ranks[primary], kind="stable"):
-        row = [int(train["index"][i]), train["source_id"][i], int(train["label"][i]), int(det.predicted[i]),
-               int(train["true_label"][i]), int(train["noisy"][i])]
+    for order, i in enumerate(np.argsort(ranks[primary_scorer(det)], kind="stable"), start=1):
+        label, pred = int(train["label"][i]), int(det.predicted[i])
+        row = [order, int(train["index"][i]), str(train["source_id"][i]), label, classes[label], pred, classes[pred],
+               *truth_columns(run, i, train, known)]
         for n in names:
-            row += [f"{det.scores[n][i]:.9g}", int(ranks[n][i])]
+            row += [float(f"{det.scores[n][i]:.9g}"), int(ranks[n][i])]
         if issues is not None:
             row.append(int(issues[i]))
         rows.append(row)
@@ -104,11 +134,20 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
 
 
 def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
-                  device: str = "cpu", progress: bool = True) -> tuple[Detection, dict | None]:
-    """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise), time it."""
+                  device: str = "cpu", progress: bool = True, fmt: str = "csv") -> tuple[Detection, dict | None]:
+    """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise), time it.
+
+    With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
+    other stages read, so it is always written).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     det = compute_scores(run, groups, cleanlab_folds, device, progress)
-    run.write_ranking(*ranking_rows(run, det))
+    header, rows = ranking_rows(run, det)
+    run.write_ranking(header, rows)
+    if fmt == "parquet":
+        write_parquet(run.ranking_parquet_path, header, rows)
     metrics = quality_metrics(run, det)
     if metrics is not None:
         run.write_result(run.detect_metrics_path, "detect_metrics", metrics)

@@ -1,4 +1,4 @@
-"""The ``export`` stage: the keep-list and the removed list (with reasons) of one removal strategy, as CSV."""
+"""The ``export`` stage: keep-list and removed list (with reasons) of one removal strategy, as CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -6,30 +6,41 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_csv
 from ..methods import registry
 from ..methods.removal import removal_reason, select_removed
 from ..run_folder import RunFolder
-from .detect import load_ranking
+from .detect import ground_truth, load_ranking, truth_columns
+from .table_files import FORMATS, write_rows
+
+KEEP_COLUMNS = ["index", "source_id", "label", "label_name"]
+REMOVED_COLUMNS = [*KEEP_COLUMNS, "ground_truth", "true_label", "true_label_name", "noisy", "reason"]
 
 
 def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
-                 out_dir: Path | None = None) -> tuple[Path, Path, int, int]:
-    """Write ``keep_<name>.csv`` and ``removed_<name>.csv``; return their paths and row counts.
+                 out_dir: Path | None = None, fmt: str = "csv") -> tuple[Path, Path, int, int]:
+    """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``; return their paths and row counts.
 
-    Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset) and
-    ``label``; the removed list adds ``true_label``, ``noisy`` (planted truth, where known) and ``reason``.
+    Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset), ``label``
+    and ``label_name``; the removed list adds ``ground_truth`` (``planted`` or ``unknown``), ``true_label`` and
+    ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown) and ``reason``.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     ranking = load_ranking(run)
-    train = run.table("train")
+    train, classes = run.table("train"), run.classes
+    known = ground_truth(run) == "planted"
     removed = select_removed(strategy, fraction, ranking, seed)
     keep = np.setdiff1d(np.arange(len(train["index"])), removed)
     s = registry.strategy(strategy)
     name = s.name if s.threshold else f"{s.name}_{fraction:g}"
-    keep_path, removed_path = run.export_paths(name, out_dir)
-    write_csv(keep_path, ["index", "source_id", "label"],
-              [[int(train["index"][i]), train["source_id"][i], int(train["label"][i])] for i in keep])
-    write_csv(removed_path, ["index", "source_id", "label", "true_label", "noisy", "reason"],
-              [[int(train["index"][i]), train["source_id"][i], int(train["label"][i]), int(train["true_label"][i]),
-                int(train["noisy"][i]), removal_reason(s.name, ranking, int(i))] for i in removed])
+    keep_path, removed_path = run.export_paths(name, out_dir, fmt)
+
+    def base(i: int) -> list:
+        label = int(train["label"][i])
+        return [int(train["index"][i]), str(train["source_id"][i]), label, classes[label]]
+
+    write_rows(keep_path, KEEP_COLUMNS, [base(i) for i in keep], fmt)
+    write_rows(removed_path, REMOVED_COLUMNS,
+               [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
+                for i in removed], fmt)
     return keep_path, removed_path, len(keep), len(removed)
