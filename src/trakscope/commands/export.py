@@ -10,6 +10,7 @@ from ..run_folder import RunFolder
 from ..stages.export import export_lists
 
 HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV"
+LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from ..report.grid import influence_grid
 from ..run_folder import RunFolder
 
 HELP = "print and save (PNG grid) the training examples with the highest and lowest scores for a test example"
+LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
