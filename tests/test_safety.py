@@ -139,6 +139,20 @@ def test_data_root_is_stored_absolute(folder_run):
     assert (folder_run / "run" / "data" / "fingerprint.json").is_file()
 
 
+def test_folder_with_a_relative_root_still_resumes(folder_run, monkeypatch):
+    config = folder_run / "run" / "config.json"
+    saved = config.read_bytes()
+    cfg = json.loads(saved)
+    cfg["data"]["data_root"] = "imgs"  # as written before roots were stored absolute
+    config.write_text(json.dumps(cfg))
+    monkeypatch.chdir(folder_run)
+    try:
+        assert main(["run", "--out", "run", "--dataset", "imagefolder", "--data-root", "imgs",
+                     "--image-size", "16", "--noise", "0", *FAST]) == 0
+    finally:
+        config.write_bytes(saved)
+
+
 def test_added_images_are_noticed(folder_run, tmp_path, capsys):
     imgs, run = tmp_path / "imgs", tmp_path / "run"
     shutil.copytree(folder_run / "imgs", imgs)
