@@ -184,7 +184,7 @@ def main() -> None:
     summary = {"config": run.config.to_dict(), "alpha": args.alpha, "num_models": args.models,
                "targets": int(margins.shape[1]), "ensemble_test_acc": metrics["ensemble"]["test_acc"],
                "wall_s": round(time.perf_counter() - t0, 1), "rows": results}
-    write_json(args.work / "results.json", summary)
+    write_json(args.work / "summary.json", summary)
     print(table(results))
     print(f"{args.models} subset models at alpha={args.alpha}, {margins.shape[1]} test targets, "
           f"ensemble test accuracy {summary['ensemble_test_acc']:.3f}; wall {summary['wall_s']} s")

@@ -1,6 +1,7 @@
 """``trakscope`` command line: a thin layer over the stages. Each subcommand lives in ``commands/<name>.py``.
 
-A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Failures the
+A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``, and ``LOCK``
+(``"exclusive"`` or ``"shared"``: how the command holds its ``--run`` folder's lock, see ``run_lock``). Failures the
 user can act on print one line, no traceback: expected errors (missing data, a foreign run folder, ...) exit
 with status 2; a file that cannot be written (disk full, quota, read-only or permission denied) with status 1.
 Set ``TRAKSCOPE_DEBUG=1`` to get the traceback instead. Ctrl-C exits with 130 and SIGTERM with 143, both after
@@ -26,6 +27,7 @@ from . import __version__
 from .data import DataError
 from .models import WeightsError
 from .run_folder import RunError
+from .run_lock import command_lock
 
 COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _lock=getattr(module, "LOCK", None))
     return parser
 
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(os.environ.get("TRAKSCOPE_DEBUG"))
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), command_lock(getattr(args, "run", None), args.command, args._lock):
             code = int(args._run(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
             return code

@@ -115,12 +115,23 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
         _chmod_like_new_file(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        _pause_after(path)
     except OSError as e:
         _name_the_file(e, path)
         raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def _pause_after(path: Path) -> None:
+    """Crash-test hook: ``TRAKSCOPE_PAUSE_AFTER=scores/val.npy`` sleeps (``TRAKSCOPE_PAUSE_S``, 60 s) once that
+    file is in place, so that a test can kill the process at a point too short to catch by polling. Unset, it
+    does nothing; set, it changes nothing but the timing.
+    """
+    name = os.environ.get("TRAKSCOPE_PAUSE_AFTER")
+    if name and path.as_posix().endswith("/" + name.lstrip("/")):
+        time.sleep(float(os.environ.get("TRAKSCOPE_PAUSE_S", "60")))
 
 
 def clean_orphan_temps(folder: Path | str, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[Path]:

@@ -8,6 +8,8 @@ by another version of trakscope gets one clear message instead of a guess.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import shutil
@@ -30,7 +32,11 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("config.json", "every setting (`RunConfig`) with `format`; another configuration in the same folder is "
                     "refused unless `--overwrite`"),
     ("timings.json", "seconds per stage"),
+    (".trakscope.lock", "held (`flock`) by the command at work on the folder, with its pid, command and start time; "
+                        "a second writer is refused (`trakscope.run_lock`)"),
     ("data/classes.json", "class names, index = class id"),
+    ("data/fingerprint.json", "per split: count and sha256 of the ordered source ids and labels, and of the image "
+                              "files' sizes; later commands refuse data that no longer matches"),
     ("data/{split}.csv", "`index` (row/column in the score arrays), `source_id` (stable id in the source dataset), "
                          "`label` (as trained), `true_label`, `noisy` (0/1)"),
     ("data/thumbs_{split}.npy", "uint8 `[n, T, T, 3]` thumbnails for `inspect` and the report"),
@@ -88,8 +94,10 @@ def fingerprint(cfg: RunConfig) -> str:
 class RunFolder:
     """Paths, typed reads and writes of one run folder. Construction does no I/O."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, data_root: Path | str | None = None):
+        """``data_root`` re-points the dataset (moved data) without rewriting ``config.json``."""
         self.path = Path(path)
+        self.data_root = None if data_root is None else str(Path(data_root).expanduser().resolve())
         self._dataset = None
 
     # --- layout -------------------------------------------------------------------------------
@@ -102,8 +110,17 @@ class RunFolder:
         return self.path / "timings.json"
 
     @property
+    def lock_path(self) -> Path:
+        """``.trakscope.lock``: never removed (not in :data:`OWNED`), so every holder locks the same inode."""
+        return self.path / ".trakscope.lock"
+
+    @property
     def classes_path(self) -> Path:
         return self.path / "data" / "classes.json"
+
+    @property
+    def data_fingerprint_path(self) -> Path:
+        return self.path / "data" / "fingerprint.json"
 
     def table_path(self, split: str) -> Path:
         return self.path / "data" / f"{split}.csv"
@@ -297,13 +314,57 @@ class RunFolder:
         """float32 ``[n_train, n_split]`` TRAK scores (``split`` = test or val), or ``[n_train]`` for ``self``."""
         return load_npy(self.require(self.scores_path(split), "trakscope run"), mmap=mmap)
 
+    @property
+    def data_config(self):
+        """``config.data``, with ``data_root`` replaced by the override given to the constructor (if any)."""
+        data = self.config.data
+        return data if self.data_root is None else dataclasses.replace(data, data_root=self.data_root)
+
     def dataset(self):
-        """The run's :class:`~trakscope.data.Dataset`, rebuilt from ``config.json`` (deterministic, cached)."""
+        """The run's :class:`~trakscope.data.Dataset`, rebuilt from ``config.json`` (deterministic, cached).
+
+        Raises:
+            RunError: the rebuilt data differs from what ``trakscope run`` recorded (``data/fingerprint.json``).
+        """
         if self._dataset is None:
             from .data import load_dataset
 
-            self._dataset = load_dataset(self.config.data)
+            dataset = load_dataset(self.data_config)
+            self.check_data(dataset)
+            self._dataset = dataset
         return self._dataset
+
+    def record_data(self, dataset) -> None:
+        """Write ``data/fingerprint.json`` of ``dataset`` (once), or check it against the recorded one; cache it."""
+        from .data import dataset_fingerprint
+
+        if self.data_fingerprint_path.exists():
+            self.check_data(dataset)
+        else:
+            write_json(self.data_fingerprint_path, {"format": FORMAT, "splits": dataset_fingerprint(dataset)})
+        self._dataset = dataset
+
+    def check_data(self, dataset) -> None:
+        """Compare ``dataset`` with ``data/fingerprint.json`` (absent in older folders: nothing to check).
+
+        Raises:
+            RunError: one line naming the split that changed, how, and the command to rerun.
+        """
+        from .data import dataset_fingerprint, describe_change
+
+        if not self.data_fingerprint_path.exists():
+            return
+        recorded = read_json(self.data_fingerprint_path).get("splits", {})
+        now = dataset_fingerprint(dataset)
+        for split in SPLITS:
+            change = describe_change(recorded.get(split), now[split])
+            if change:
+                data = self.data_config
+                where = f" at {data.data_root}" if data.data_root else ""
+                name = "training" if split == "train" else ("validation" if split == "val" else "test")
+                raise RunError(f"the {name} split of {data.dataset}{where} changed since `trakscope run` ({change}); "
+                               f"point --data-root at the original data, or rerun "
+                               f"`trakscope run --out {self.path} --overwrite`")
 
     def checkpoint_paths(self) -> list[Path]:
         """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order."""
@@ -397,10 +458,18 @@ class RunFolder:
             return {}
 
     def record_timing(self, stage: str, seconds: float) -> None:
-        """Add or replace the time of one stage in ``timings.json``."""
+        """Add or replace the time of one stage in ``timings.json``.
+
+        Skipped, without a traceback, where the folder cannot be written (read-only mount, another user's
+        folder): a command that only reads must still work there.
+        """
         timings = self.timings()
         timings[stage] = round(float(seconds), 3)
-        write_json(self.timings_path, timings)
+        try:
+            write_json(self.timings_path, timings)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
 
 
 def _column(rows: list[dict[str, str]], name: str, kind: type) -> np.ndarray:

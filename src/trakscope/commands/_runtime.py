@@ -18,6 +18,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-root DIR``: rebuild the run's dataset from moved data (checked against ``data/fingerprint.json``)."""
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="where the run's data lives now, if it moved since `trakscope run` (config.json is "
+                             "left as is; the images must be the same ones)")
+
+
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
     """Resolve the device, join torch.distributed if launched by torchrun, set threads."""
     device = args.device

@@ -9,9 +9,10 @@ from ..report.tables import detection_table
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
 from ..stages.table_files import FORMATS
-from ._runtime import add_runtime_arguments, runtime_from_args
+from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
 HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
+LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv",
                         help="also write detect/ranking.parquet (pyarrow); ranking.csv is always written")
     add_runtime_arguments(parser)
+    add_data_root_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
-    run_folder = RunFolder(args.run)
+    run_folder = RunFolder(args.run, data_root=args.data_root)
     folds = None if args.no_cleanlab else args.folds
     if folds is not None and folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")

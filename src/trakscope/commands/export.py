@@ -11,6 +11,7 @@ from ..stages.export import export_lists
 from ..stages.table_files import FORMATS
 
 HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV or Parquet"
+LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

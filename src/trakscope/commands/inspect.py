@@ -9,6 +9,7 @@ from ..run_folder import RunFolder
 from ..stages.inspect import Inspection, headers, inspect_image, inspect_target, train_rows
 
 HELP = "print and save (PNG grid) the training examples with the highest and lowest scores for a test example"
+LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

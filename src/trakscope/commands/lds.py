@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..run_folder import RunFolder
 from ..stages.lds import run_lds
-from ._runtime import add_runtime_arguments, runtime_from_args
+from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
 HELP = "linear datamodeling score: train models on random subsets, correlate their margins with the scores' prediction"
+LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_lock)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default RUN/lds.json; RUN/lds/lds_<stem>.json with --scores)")
     add_runtime_arguments(parser)
+    add_data_root_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
-    run_folder = RunFolder(args.run)
+    run_folder = RunFolder(args.run, data_root=args.data_root)
     res = run_lds(run_folder, alpha=args.alpha, k=args.models, seed=args.seed, split=args.split,
                   max_targets=args.max_targets, scores_path=args.scores, epochs=args.epochs, out=args.out,
                   device=rt.device, progress=rt.progress)

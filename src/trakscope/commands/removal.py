@@ -11,9 +11,10 @@ from ..report.tables import removal_table
 from ..run_folder import RunFolder
 from ..stages.detect import load_ranking
 from ..stages.removal import run_removal
-from ._runtime import add_runtime_arguments, runtime_from_args
+from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
 HELP = "remove-and-retrain: test accuracy after removing each strategy's top examples (needs `trakscope detect`)"
+LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_lock)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated strategies; {registry.strategy_help()}")
     parser.add_argument("--seeds", type=int, default=3, help="retrains per (strategy, fraction), seeds train.seed + s")
     add_runtime_arguments(parser)
+    add_data_root_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     rt = runtime_from_args(args)
-    run_folder = RunFolder(args.run)
+    run_folder = RunFolder(args.run, data_root=args.data_root)
     if "cleanlab" in strategies and args.strategies is DEFAULT_STRATEGIES:
         # the default list drops cleanlab quietly when detect skipped it; an explicit request errors instead
         if "cleanlab" not in load_ranking(run_folder):

@@ -10,6 +10,7 @@ from ..report.html import DEFAULT_K, write_report
 from ..run_folder import RunFolder
 
 HELP = "write DIR/report/index.html: summary, explorer of attributions, suspects, detection, removal, LDS"
+LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

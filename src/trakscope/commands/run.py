@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
 from .. import dist
-from ..models import resolve_config
-from ..run_folder import RunFolder
+from ..config import RunConfig
+from ..data import load_dataset
+from ..models import build_model, resolve_config
+from ..run_folder import RunError, RunFolder
+from ..run_lock import hold
 from ..stages.run import run_pipeline
 from ._config_args import add_config_arguments, config_from_args
 from ._runtime import add_runtime_arguments, runtime_from_args
@@ -25,14 +30,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     cfg = resolve_config(config_from_args(args))  # the model's image size and statistics, saved in config.json
+    cfg = absolute_data_root(cfg, RunFolder(args.out))
+    # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
+    dataset = load_dataset(cfg.data)
+    build_model(cfg.model, len(dataset.classes), classes=dataset.classes)
     run_folder = RunFolder(args.out)
     if dist.rank() == 0:
-        run_folder.initialize(cfg, overwrite=args.overwrite)
-    dist.barrier()
-    run_pipeline(run_folder, rt)
-    if dist.rank() == 0:
-        _summary(run_folder)
+        run_folder.path.mkdir(parents=True, exist_ok=True)
+    with hold(run_folder, "run"):
+        if dist.rank() == 0:
+            run_folder.initialize(cfg, overwrite=args.overwrite)
+            run_folder.record_data(dataset)
+        dist.barrier()
+        if dist.rank() != 0:
+            run_folder.record_data(dataset)  # checks rank 0's fingerprint, caches the dataset
+        run_pipeline(run_folder, rt)
+        if dist.rank() == 0:
+            _summary(run_folder)
     return 0
+
+
+def absolute_data_root(cfg: RunConfig, run_folder: RunFolder) -> RunConfig:
+    """``cfg`` with ``data.data_root`` absolute, so that later commands find the data from any directory.
+
+    A folder made before roots were stored absolute keeps its relative root when it names the same place,
+    so that resuming it is not refused as "other settings".
+    """
+    root = cfg.data.data_root
+    if root is None:
+        return cfg
+    absolute = str(Path(root).expanduser().resolve())
+    if run_folder.config_path.is_file():
+        try:
+            old = run_folder.config.data.data_root
+        except RunError:
+            old = None  # initialize() reports the foreign or damaged config
+        if old is not None and str(Path(old).expanduser().resolve()) == absolute:
+            absolute = old
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_root=absolute))
 
 
 def _summary(run_folder: RunFolder) -> None:

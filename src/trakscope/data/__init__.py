@@ -8,6 +8,10 @@ carves test (if the source has none) and validation out of the training pool, ta
 
 from __future__ import annotations
 
+import hashlib
+import os
+from typing import Any
+
 import numpy as np
 
 from ..config import DataConfig
@@ -31,6 +35,8 @@ __all__ = [
     "ImageSplit",
     "NormalizedImages",
     "TensorImages",
+    "dataset_fingerprint",
+    "describe_change",
     "iter_batches",
     "load_dataset",
     "plant_noise",
@@ -93,6 +99,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         pool, test = pool.subset(rest), pool.subset(held)
     train_idx, val_idx = stratified_split(pool.labels, cfg.val_fraction, seed=cfg.seed + 1)
     train, val = pool.subset(train_idx), pool.subset(val_idx)
+    if cfg.max_train is not None and cfg.max_train < len(classes):
+        raise DataError(f"--max-train {cfg.max_train} is fewer than the {len(classes)} classes; a stratified subset "
+                        f"needs at least one training image per class (use --max-train {len(classes)} or more, "
+                        "or fewer --classes)")
     if cfg.max_train is not None:
         train = train.subset(stratified_subset(train.labels, cfg.max_train, seed=cfg.seed + 2))
     if cfg.max_test is not None:
@@ -103,3 +113,49 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
     return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)
+
+
+def _file_paths(images: ImageSource) -> list[str] | None:
+    """The image files behind ``images`` (unwrapping normalisation), or None when they are not files."""
+    while isinstance(images, NormalizedImages):
+        images = images.source
+    return images.paths if isinstance(images, FileImages) else None
+
+
+def _sha256(parts: list[str]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def split_fingerprint(split: ImageSplit) -> dict[str, Any]:
+    """``{n, ids_labels, files}`` of a split: count, sha256 of the ordered (source id, label, true label), and
+    sha256 of the image files' sizes (None where the images are not files; sizes survive copying, mtimes do not).
+    """
+    rows = [f"{s}\t{y}\t{t}" for s, y, t in zip(split.source_ids, split.labels, split.true_labels)]
+    paths = _file_paths(split.images)
+    files = None
+    if paths is not None:
+        files = _sha256([str(os.stat(p).st_size) if os.path.exists(p) else "missing" for p in paths])
+    return {"n": len(split), "ids_labels": _sha256(rows), "files": files}
+
+
+def dataset_fingerprint(dataset: Dataset) -> dict[str, dict[str, Any]]:
+    """:func:`split_fingerprint` of train, val and test."""
+    return {name: split_fingerprint(dataset.split(name)) for name in ("train", "val", "test")}
+
+
+def describe_change(recorded: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """What changed between two :func:`split_fingerprint` results, e.g. ``12 images added``; "" when nothing did."""
+    if recorded is None:
+        return ""
+    if recorded["n"] != now["n"]:
+        diff = now["n"] - recorded["n"]
+        return f"{abs(diff)} image{'s' if abs(diff) != 1 else ''} {'added' if diff > 0 else 'removed'}"
+    if recorded["ids_labels"] != now["ids_labels"]:
+        return "other images or labels in the same number"
+    if recorded.get("files") is not None and now["files"] is not None and recorded["files"] != now["files"]:
+        return "image files of the same names changed size"
+    return ""

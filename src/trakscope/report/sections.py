@@ -173,7 +173,7 @@ def lds_section(results: list[tuple[str, Any]], per_target: np.ndarray | None, r
         return missing("trakscope lds", run_dir, "linear datamodeling score")
     cards = ""
     name, main = results[0]
-    if name == "lds.json":
+    if main.get("projector") is not None:  # the run's own scores (other matrices have no projector)
         ci = main.get("lds_ci95") or [None, None]
         cards = (f'<div class="cards"><div class="card"><div class="k">LDS (mean Spearman)</div>'
                  f'<div class="v">{fmt(float(main["lds_mean"]))}</div><div class="s">95% CI {fmt(ci[0])} – '
