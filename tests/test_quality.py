@@ -10,7 +10,8 @@ from trakscope.cli import main
 
 pytestmark = pytest.mark.slow
 
-RUN_ARGS = ["--dataset", "mnist", "--model", "tiny_cnn", "--max-train", "600", "--max-test", "150",
+RUN_ARGS = [
+    "--noise", "0.1","--dataset", "mnist", "--model", "tiny_cnn", "--max-train", "600", "--max-test", "150",
             "--epochs", "8", "--ensemble", "3", "--batch-size", "32", "--lr", "0.1", "--no-progress", "--device", "cpu"]
 
 
