@@ -155,3 +155,15 @@ def test_checkpoints_trained_elsewhere_give_the_same_scores(tiny_run, tmp_path, 
     bad = tmp_path / "bad"
     assert main(["run", "--out", str(bad), *cfg_args, "--model", "resnet18", "--checkpoints", files[0]]) == 2
     assert "does not fit --model resnet18" in capsys.readouterr().err
+
+
+def test_a_model_at_chance_level_is_warned_about(tmp_path, capsys):
+    from trakscope.stages.run import chance_warning
+
+    labels = np.repeat(np.arange(10), 20)
+    assert chance_warning(0.12, labels) is not None and chance_warning(0.5, labels) is None
+    args = [a for a in TINY_RUN_ARGS]
+    args[args.index("--lr") + 1] = "1e-7"  # learns nothing
+    args[args.index("--epochs") + 1] = "1"
+    assert main(["run", "--out", str(tmp_path / "r"), *args]) == 0
+    assert "warning: the ensemble is at chance level" in capsys.readouterr().err

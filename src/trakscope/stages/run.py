@@ -10,6 +10,7 @@ and computes the scores. The run folder must then be on a file system all ranks 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,6 +153,25 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     for name in SPLITS:
         save_npy(run.probs_path(name), probs[name].astype(np.float32))
     run.write_result(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
+    warning = chance_warning(ensemble["val_acc"], dataset.val.true_labels)
+    if warning:
+        print(f"trakscope: warning: {warning}", file=sys.stderr)
+
+
+def chance_warning(val_acc: float, val_labels: np.ndarray) -> str | None:
+    """A warning when validation accuracy cannot be told apart from always predicting the majority class.
+
+    Chance is the majority class's share ``p`` of the validation split; "near" means within two binomial
+    standard errors ``sqrt(p (1 - p) / n)``. Attributions of such a model, and removal experiments on it,
+    say little.
+    """
+    counts = np.bincount(np.asarray(val_labels, dtype=np.int64))
+    p, n = counts.max() / counts.sum(), int(counts.sum())
+    if val_acc > p + 2 * np.sqrt(p * (1 - p) / n):
+        return None
+    return (f"the ensemble is at chance level (val accuracy {val_acc:.3f}, majority class {p:.3f} of {n}); "
+            "attributions and removal results of such a model say little: train longer (--epochs), check --lr, "
+            "or check the data and labels")
 
 
 def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
