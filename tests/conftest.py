@@ -24,3 +24,22 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     assert main(["run", "--out", str(out), *TINY_RUN_ARGS]) == 0
     return out
+
+
+HF_MEAN, HF_STD, HF_SIZE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 40
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+    """A folder with a tiny random ``ResNetForImageClassification`` (5 labels) and a ConvNeXt processor config."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    path = tmp_path_factory.mktemp("hf") / "tiny-resnet"
+    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                       layer_type="basic", num_labels=5)
+    torch.manual_seed(0)
+    transformers.ResNetForImageClassification(config).save_pretrained(path)
+    transformers.ConvNextImageProcessor(size={"shortest_edge": HF_SIZE}, image_mean=list(HF_MEAN),
+                                        image_std=list(HF_STD)).save_pretrained(path)
+    return path

@@ -7,39 +7,26 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from trakscope.cli import main
 from trakscope.run_folder import RunFolder
 
+from .conftest import HF_SIZE
 from .test_data_files import make_food101
 
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def tiny_hf_resnet(tmp_path_factory):
-    """A tiny random ``ResNetForImageClassification`` saved like a hub folder, with a processor config."""
-    path = tmp_path_factory.mktemp("hf") / "tiny-resnet"
-    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                       layer_type="basic", num_labels=1000)
-    torch.manual_seed(0)
-    transformers.ResNetForImageClassification(config).save_pretrained(path)
-    transformers.ConvNextImageProcessor(size={"shortest_edge": 24}, image_mean=[0.485, 0.456, 0.406],
-                                        image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
-    return path
-
-
-def test_hf_resnet_on_food101_layout_run_inspect_detect_report(tiny_hf_resnet, tmp_path, capsys):
+def test_hf_resnet_on_food101_layout_run_inspect_detect_report(hf_dir, tmp_path, capsys):
     make_food101(tmp_path / "data", n_train=14, n_test=4)
     out = tmp_path / "run"
     run_args = ["run", "--out", str(out), "--dataset", "food101", "--data-root", str(tmp_path / "data"),
-                "--classes", "apple_pie,sushi,tacos", "--model", f"hf:{tiny_hf_resnet}", "--weights", "pretrained",
+                "--classes", "apple_pie,sushi,tacos", "--model", f"hf:{hf_dir}", "--weights", "pretrained",
                 "--noise", "0.1", "--epochs", "2", "--ensemble", "2", "--batch-size", "8", "--proj-dim", "64",
                 "--no-progress", "--device", "cpu"]
     assert main(run_args) == 0
     run = RunFolder(out)
-    assert run.config.data.image_size == 24  # from the model's own processor config
+    assert run.config.data.image_size == HF_SIZE  # from the model's own processor config
     n_train = len(run.table("train")["index"])
     assert run.scores("test").shape == (n_train, 12) and np.isfinite(run.scores("test")).all()
     assert len(json.loads(run.metrics_path.read_text())["models"]) == 2

@@ -12,22 +12,13 @@ from trakscope.models import WeightsError, build_model, model_preprocessing, res
 from trakscope.models.calling import call_model
 from trakscope.train import load_trained, predict_logits, train_model
 
+from .conftest import HF_MEAN as MEAN
+from .conftest import HF_SIZE as SIZE
+from .conftest import HF_STD as STD
+
 transformers = pytest.importorskip("transformers")
-MEAN, STD, SIZE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 40
+
 ABSENT_HUB_ID = "trakscope-tests/no-such-model"
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A folder with a tiny random ``ResNetForImageClassification`` (5 labels) and a ConvNeXt processor config."""
-    path = tmp_path_factory.mktemp("hf") / "tiny-resnet"
-    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                       layer_type="basic", num_labels=5)
-    torch.manual_seed(0)
-    transformers.ResNetForImageClassification(config).save_pretrained(path)
-    transformers.ConvNextImageProcessor(size={"shortest_edge": SIZE}, image_mean=list(MEAN),
-                                        image_std=list(STD)).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
