@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..io import load_npy, read_json, save_npy, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
@@ -88,9 +89,12 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     if split not in TARGET_SPLITS:
         raise ValueError(f"split must be one of {TARGET_SPLITS}, got {split!r}")
     masks = subset_masks(len(run.dataset().train), alpha, k, seed)
-    rows = []
-    for i in tqdm(range(k), desc=f"LDS subset models (alpha={alpha:g})", disable=not progress):
-        rows.append(subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split])
+    rank, world = dist.rank(), dist.world_size()
+    mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
+    for i in tqdm(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
+        subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)
+    dist.barrier()
+    rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split] for i in range(k)]
     return masks, np.stack(rows)
 
 
@@ -119,6 +123,7 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
 
     Returns:
         the dictionary written to ``out``; per-target correlations go to ``lds/<out stem>_per_target.csv``.
+        Under torchrun the subset models are shared out by rank; rank 0 writes the results.
     """
     from ..io import write_csv
 
@@ -139,8 +144,10 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
               "subset_models": run.relative(run.lds_subset_dir(alpha, seed, epochs))}
     if out is None:
         out = run.lds_result_path(None if scores_path is None else Path(scores_path).stem)
-    run.write_result(Path(out), "lds", result)
-    write_csv(run.lds_per_target_path(Path(out)), ["index", "spearman"],
-              [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
-    run.record_timing("lds", time.perf_counter() - t0)
+    if dist.rank() == 0:
+        run.write_result(Path(out), "lds", result)
+        write_csv(run.lds_per_target_path(Path(out)), ["index", "spearman"],
+                  [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
+        run.record_timing("lds", time.perf_counter() - t0)
+    dist.barrier()
     return result
