@@ -76,7 +76,6 @@ class TRAK:
         self.projector, self.proj_dim, self.kron_k, self.proj_type = projector, proj_dim, kron_k, proj_type
         self.output = Margin() if output is None else output
         self.ridge, self.seed, self.device, self.progress = ridge, seed, device, progress
-        self._dims: dict[int, int] = {}
         settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "proj_type": proj_type,
                     "seed": seed, "output": type(self.output).__name__}
         if dist.rank() == 0:
@@ -111,10 +110,9 @@ class TRAK:
         projector = self._projector(k)
         store = self.store.features(k, split, n, projector.dim)
         rank, world = dist.rank(), dist.world_size()
-        if rank == 0:
+        if rank == 0 and world > 1:  # create the shared files, and fold in an interrupted job's per-rank flags
             store.open()
-            if world > 1:
-                store.merge_ranks(world)
+            store.merge_ranks(world)
         dist.barrier()
         featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
                        self.progress and rank == 0, f"featurize ckpt {k} {split}")
@@ -142,10 +140,8 @@ class TRAK:
         return k
 
     def _projector(self, k: int) -> GradientProjector:
-        projector = make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
-                                   self.kron_k, output=self.output)
-        self._dims[k] = projector.dim
-        return projector
+        return make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
+                              self.kron_k, output=self.output)
 
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
@@ -207,6 +203,11 @@ class TRAK:
             self._write_scores(ids, train, target, out, record)
         dist.barrier()
         return load_npy(out, mmap=True)
+
+    @staticmethod
+    def score_record(path: Path | str) -> dict:
+        """The ``.json`` record beside a score matrix: checkpoints, ridge, lambdas, width, shape."""
+        return json.loads(_record_path(Path(path)).read_text())
 
     def _write_scores(self, ids: list[int], train: str, target: str, out: Path, record: dict) -> None:
         xs, qs, invs, lams = [], [], [], []

@@ -222,7 +222,7 @@ def score(run: RunFolder, trak: TRAK) -> None:
     meta = {}
     for name in ("val", "test"):
         trak.scores("train", name, out=run.scores_path(name))
-        meta = _read_record(run.scores_path(name))
+        meta = trak.score_record(run.scores_path(name))
     trak.self_influence("train", out=run.scores_path("self") if dist.rank() == 0 else None)
     if dist.rank() == 0:
         write_json(run.scores_meta_path, {
@@ -230,12 +230,6 @@ def score(run: RunFolder, trak: TRAK) -> None:
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
             "score": meta["score"]})
     dist.barrier()
-
-
-def _read_record(path) -> dict:
-    from ..io import read_json
-
-    return read_json(path.with_suffix(".json"))
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
