@@ -161,6 +161,17 @@ class TrakStore:
         for p in (self.meta_path, self.checkpoints_path):
             p.unlink(missing_ok=True)
 
+    def forget(self, k: int) -> None:
+        """Drop checkpoint ``k`` (its record, features and kernel) and the store's score matrices, which averaged
+        over it: the checkpoint is being remade, and will be featurized again."""
+        import shutil
+
+        shutil.rmtree(self.ckpt_dir(k), ignore_errors=True)
+        shutil.rmtree(self.root / "scores", ignore_errors=True)
+        records = self.checkpoint_records()
+        if any(r["id"] == k for r in records):
+            write_json(self.checkpoints_path, [r for r in records if r["id"] != k])
+
     def checkpoint_records(self) -> list[dict]:
         """``[{"id", "digest"}]`` of the registered checkpoints."""
         return read_json(self.checkpoints_path) if self.checkpoints_path.exists() else []
