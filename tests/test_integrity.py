@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from trakscope.cli import build_parser, main
-from trakscope.io import load_tensors
+from trakscope.io import load_tensors, save_tensors
 from trakscope.manifest import Manifest, describe
 from trakscope.run_folder import RunError, RunFolder
-from trakscope.stages.run import load_checkpoint
+from trakscope.stages.run import checkpoint_damaged, load_checkpoint
 
 from .conftest import TINY_RUN_ARGS
 
@@ -202,10 +202,12 @@ def test_regularized_inverse_names_non_finite_features():
 
 
 def test_run_names_the_checkpoint_whose_gradients_are_not_finite(run_copy, capsys):
-    feats = np.load(run_copy.features_dir / "ckpt1" / "train.npy", mmap_mode="r+")
+    path = run_copy.features_dir / "ckpt1" / "train.npy"
+    feats = np.load(path, mmap_mode="r+")
     feats[3] = np.nan
     feats.flush()
     del feats
+    run_copy.seal(path)  # as if featurization itself had produced the NaN (a diverged model), not later damage
     for p in [*run_copy.features_dir.glob("ckpt*/xtx_inv.npy"), *run_copy.features_dir.glob("ckpt*/lambda.json")]:
         p.unlink()
     shutil.rmtree(run_copy.features_dir / "scores")
@@ -214,3 +216,31 @@ def test_run_names_the_checkpoint_whose_gradients_are_not_finite(run_copy, capsy
     name = run_copy.relative(run_copy.checkpoint_paths()[1])
     assert f"{name}: the featurized gradients of checkpoint 1, split 'train', contain NaN or inf" in err
     assert "not finite" in err and "increase --ridge" not in err
+
+
+def test_run_refeaturizes_truncated_features(run_copy, tiny_run):
+    path = run_copy.features_dir / "ckpt0" / "train.npy"
+    assert run_copy.relative(path) in Manifest(run_copy.manifest_path).files()  # recorded once the split was done
+    truncate(path, 4096)
+    rerun(run_copy)
+    assert run_copy.damage(path) is None
+    np.testing.assert_allclose(run_copy.scores("test"), RunFolder(tiny_run).scores("test"), rtol=1e-5, atol=1e-7)
+
+
+def test_run_retrains_a_checkpoint_whose_bytes_changed(run_copy):
+    path = run_copy.checkpoint_path(0, 0)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, one weight's bits flipped: only the checksum can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(RunError, match=r"models/model0_ckpt0.safetensors is damaged \(its contents differ"):
+        load_checkpoint(run_copy, path)
+    assert checkpoint_damaged(run_copy, path)  # so `run` retrains it, as it does a truncated one
+
+
+def test_a_checkpoint_from_another_run_is_not_retrained_over(run_copy, tiny_run):
+    path = run_copy.checkpoint_path(0, 0)
+    state = load_tensors(path)
+    save_tensors(path, {k: v + 1 for k, v in state.items()}, metadata={"fingerprint": "someone else's"})
+    assert not checkpoint_damaged(run_copy, path)
+    with pytest.raises(RunError, match="written by a run with other settings"):
+        load_checkpoint(run_copy, path)

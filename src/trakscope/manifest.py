@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,24 @@ class Manifest:
         files = {k: v for k, v in self.files().items() if k not in remove}
         files.update(add)
         write_json(self.path, {"format": MANIFEST_FORMAT, "kind": "manifest", "files": dict(sorted(files.items()))})
+
+
+def path_patterns(patterns: list[str], splits: tuple[str, ...]) -> re.Pattern:
+    """One regex matching every path of the layout ``patterns``: ``{split}`` is one of ``splits``, ``{m}``, ``{c}``,
+    ``{f}`` and ``{i}`` numbers, ``{a,b}`` either word, any other ``{name}`` one path component, ``[...]`` optional."""
+    return re.compile("|".join(f"(?:{_path_regex(p, splits)})" for p in patterns))
+
+
+def _path_regex(pattern: str, splits: tuple[str, ...]) -> str:
+    out = []
+    for token in re.split(r"(\{[^}]*\}|\[|\])", pattern):
+        name = token[1:-1]
+        if token in ("[", "]"):
+            out.append("(?:" if token == "[" else ")?")
+        elif not token.startswith("{"):
+            out.append(re.escape(token))
+        elif "," in name or name == "split":
+            out.append("(?:" + "|".join(map(re.escape, name.split(",") if "," in name else splits)) + ")")
+        else:
+            out.append("[0-9]+" if name in ("m", "c", "f", "i") else "[^/]+")
+    return "".join(out)

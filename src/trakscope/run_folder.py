@@ -12,7 +12,6 @@ import dataclasses
 import errno
 import hashlib
 import json
-import re
 import shlex
 import shutil
 from functools import cached_property
@@ -24,7 +23,7 @@ import numpy as np
 from . import dist
 from .config import RunConfig, config_diff, defining_dict
 from .io import load_npy, read_csv, read_json, write_csv, write_json
-from .manifest import Manifest, describe, problem
+from .manifest import Manifest, describe, path_patterns, problem
 
 FORMAT = 2
 SPLITS = ("train", "val", "test")
@@ -283,7 +282,8 @@ class RunFolder:
                 elif p.exists():
                     p.unlink()
             return
-        written, named = set(manifest.files()), _layout_regex()
+        written = set(manifest.files())
+        named = path_patterns([p for p, _ in LAYOUT if not p.endswith("/") and not p.startswith(".")], SPLITS)
         for p in sorted(self.path.rglob("*")):
             rel = self.relative(p)
             if (p.is_file() or p.is_symlink()) and (rel in written or named.fullmatch(rel)):
@@ -596,31 +596,6 @@ def _column(rows: list[dict[str, str]], name: str, kind: type) -> np.ndarray:
 def _ckpt_key(path: Path) -> tuple[int, int]:
     model, ckpt = path.stem.removeprefix("model").split("_ckpt")
     return int(model), int(ckpt)
-
-
-def _layout_regex() -> re.Pattern:
-    """Every file path :data:`LAYOUT` names, as one pattern (``{split}`` is a split name, ``{m}`` a number)."""
-    rows = [p for p, _ in LAYOUT if not p.endswith("/") and not p.startswith(".")]
-    return re.compile("|".join(f"(?:{_path_regex(p)})" for p in rows))
-
-
-def _path_regex(pattern: str) -> str:
-    out = []
-    for token in re.split(r"(\{[^}]*\}|\[|\])", pattern):
-        name = token[1:-1]
-        if token == "[":
-            out.append("(?:")
-        elif token == "]":
-            out.append(")?")
-        elif not token.startswith("{"):
-            out.append(re.escape(token))
-        elif "," in name:
-            out.append("(?:" + "|".join(map(re.escape, name.split(","))) + ")")
-        elif name == "split":
-            out.append("(?:" + "|".join(SPLITS) + ")")
-        else:
-            out.append("[0-9]+" if name in ("m", "c", "f", "i") else "[^/]+")
-    return "".join(out)
 
 
 def layout_markdown() -> str:

@@ -71,22 +71,43 @@ def prepare_data(run: RunFolder) -> Dataset:
     return dataset
 
 
-def load_checkpoint(run: RunFolder, path) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict, refused when it was written by a run with other settings."""
-    from safetensors import SafetensorError, safe_open
+def _checkpoint_meta(path) -> dict[str, str]:
+    """A checkpoint's safetensors metadata (raises SafetensorError or OSError where it cannot be read)."""
+    from safetensors import safe_open
 
-    run.verify(path)
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
+def load_checkpoint(run: RunFolder, path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict, refused when it is cut short, was written by a run with other settings, or is
+    not what this run wrote."""
+    from safetensors import SafetensorError
+
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        meta = _checkpoint_meta(path)
         state = load_tensors(path)
     except (SafetensorError, OSError) as e:
-        raise RunError(f"{path} is damaged ({e}); delete it and rerun `trakscope run --out {run.path}` "
-                       "to retrain that model") from e
+        run.verify(path, checksum=False)  # a checkpoint cut short is named by its size
+        raise RunError(f"{run.relative(path)} is damaged ({e}); rerun `{run.command()}` to retrain that model") from e
     if meta.get("fingerprint") != fingerprint(run.config):
         raise RunError(f"{path} was written by a run with other settings (fingerprint "
                        f"{meta.get('fingerprint')!r}, this run {fingerprint(run.config)!r}); rerun with --overwrite")
+    run.verify(path)  # the checksum, where the manifest has one and the file is small
     return state
+
+
+def checkpoint_damaged(run: RunFolder, path) -> bool:
+    """Not what was written and either unreadable (cut short) or under this run's fingerprint: not a whole file
+    from another run, which :func:`load_checkpoint` refuses rather than have `run` retrain over it."""
+    from safetensors import SafetensorError
+
+    if not path.exists() or run.damage(path) is None:
+        return False
+    try:
+        return _checkpoint_meta(path).get("fingerprint") == fingerprint(run.config)
+    except (SafetensorError, OSError):
+        return True
 
 
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
@@ -211,6 +232,8 @@ def featurize(run: RunFolder, rt: Runtime) -> TRAK:
             rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
             batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
             trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
+            if not done.all():  # this split is complete now: record its files once
+                run.seal(*trak.store.split_files(k, name))
     return trak
 
 
@@ -251,15 +274,18 @@ def repair(run: RunFolder) -> list[str]:
     """Delete every damaged output of ``trakscope run`` and what was computed from it (rank 0, before the stages).
 
     A damaged checkpoint takes its features, the ensemble's metrics and probabilities and the scores with it
-    (only that member is retrained); damaged metrics or probabilities are rewritten from the checkpoints; a
-    damaged score file is rescored from the features. Returns the damaged files' names, for the log.
+    (only that member is retrained); damaged features of one split are featurized again (with that checkpoint's
+    kernel and the scores); damaged metrics or probabilities are rewritten from the checkpoints; a damaged score
+    file is rescored from the features. Returns the damaged files' names, for the log.
     """
-    damaged = [p for p in [*data_files(run), *run.checkpoint_paths(required=False), run.metrics_path,
-                           *(run.probs_path(s) for s in SPLITS), *score_files(run)] if run.damaged(p)]
+    damaged = [p for p in [*data_files(run), run.metrics_path, *(run.probs_path(s) for s in SPLITS),
+                           *score_files(run)] if run.damaged(p)]
+    damaged += [p for p in run.checkpoint_paths(required=False) if checkpoint_damaged(run, p)]
     if any(p in damaged for p in data_files(run)):
         run.discard(*data_files(run))
     model_outputs = [run.metrics_path, *(run.probs_path(s) for s in SPLITS)]
     checkpoints = run.checkpoint_paths(required=False)
+    damaged += _repair_features(run, len(checkpoints))
     retrain = {_member(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
     for k, path in enumerate(checkpoints):
         if _member(path) in retrain:
@@ -270,6 +296,20 @@ def repair(run: RunFolder) -> list[str]:
     if any(p in damaged for p in score_files(run)):
         run.discard(*(p for p in damaged if p in score_files(run)), run.scores_meta_path)
     return [run.relative(p) for p in damaged]
+
+
+def _repair_features(run: RunFolder, n_checkpoints: int) -> list:
+    """Drop each split's features (under each checkpoint) that are damaged, with the kernel and scores made from
+    them; returns the damaged files."""
+    store, damaged = TrakStore(run.features_dir), []
+    for k, split in ((k, s) for k in range(n_checkpoints) for s in SPLITS):
+        files = store.split_files(k, split)
+        bad = [p for p in files if run.damaged(p)]
+        if bad:
+            damaged += bad
+            run.discard(*files, *score_files(run))
+            store.forget_split(k, split)
+    return damaged
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
