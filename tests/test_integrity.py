@@ -244,3 +244,9 @@ def test_a_checkpoint_from_another_run_is_not_retrained_over(run_copy, tiny_run)
     assert not checkpoint_damaged(run_copy, path)
     with pytest.raises(RunError, match="written by a run with other settings"):
         load_checkpoint(run_copy, path)
+
+
+def test_a_result_written_outside_the_folder_is_not_recorded(run_copy, tmp_path):
+    outside = tmp_path / "elsewhere" / "lds.json"
+    run_copy.write_result(outside, "lds", {"lds_mean": 0.1, "lds_ci95": [0, 0.2], "num_models": 2, "split": "test"})
+    assert outside.exists() and not any("elsewhere" in k for k in Manifest(run_copy.manifest_path).files())

@@ -314,8 +314,9 @@ class RunFolder:
         Called by the run folder's own writers and by stages once an array is complete; the caller holds the
         folder's exclusive lock (``run_lock``), so no other process writes the manifest meanwhile.
         """
-        if dist.rank() == 0 and paths:
-            Manifest(self.manifest_path).update({self.relative(p): describe(p) for p in paths})
+        inside = [p for p in paths if Path(p).resolve().is_relative_to(self.path.resolve())]  # not `lds --out X`
+        if dist.rank() == 0 and inside:
+            Manifest(self.manifest_path).update({self.relative(p): describe(p) for p in inside})
 
     def discard(self, *paths: Path) -> None:
         """Delete files (those that exist) and forget them in the manifest, so that their stage makes them again."""
