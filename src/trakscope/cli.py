@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import __version__
+from .attribution.store import StoreError
 from .data import DataError
 from .models import WeightsError
 from .run_folder import RunError
@@ -31,7 +32,8 @@ from .run_lock import command_lock
 
 COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 
-EXPECTED_ERRORS = (DataError, RunError, WeightsError, ValueError, FileNotFoundError, np.linalg.LinAlgError)
+EXPECTED_ERRORS = (DataError, RunError, StoreError, WeightsError, ValueError, FileNotFoundError,
+                   np.linalg.LinAlgError)
 # OSErrors that mean "this file cannot be written here": the user must free space or pick another place.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM})
 EXIT_INTERRUPT, EXIT_TERMINATED, EXIT_BROKEN_PIPE = 130, 128 + signal.SIGTERM, 128 + 13  # 13: SIGPIPE

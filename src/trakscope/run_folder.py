@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import shlex
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from . import dist
 from .config import RunConfig, config_diff, defining_dict
 from .io import load_npy, read_csv, read_json, write_csv, write_json
+from .manifest import Manifest, describe, path_patterns, problem
 
 FORMAT = 2
 SPLITS = ("train", "val", "test")
@@ -32,6 +35,9 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("config.json", "every setting (`RunConfig`) with `format`; another configuration in the same folder is "
                     "refused unless `--overwrite`"),
     ("timings.json", "seconds per stage"),
+    ("manifest.json", "every file trakscope wrote, recorded when it was final: size, sha256, and shape and dtype of "
+                      "`.npy`; each read checks size and header (and the sha256 of files up to 16 MiB), `run` "
+                      "recomputes a damaged file, `--overwrite` removes only what trakscope wrote"),
     (".trakscope.lock", "held (`flock`) by the command at work on the folder, with its pid, command and start time; "
                         "a second writer is refused (`trakscope.run_lock`)"),
     ("data/classes.json", "class names, index = class id"),
@@ -47,7 +53,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("features/", "the TRAK store (`trakscope.attribution.store`): projected features per checkpoint and split, "
                   "done flags, out-to-loss weights, `(X^T X + lambda I)^-1` per checkpoint"),
     ("scores/{target}.npy", "float32 `[n_train, n_target]` TRAK scores `scores[train, target]` for test and val, "
-                            "each with a `.json` record (checkpoints, ridge, lambdas)"),
+                            "each with a `.json` record"),
+    ("scores/{target}.json", "the record of a score matrix: checkpoints, ridge, lambdas, shape"),
     ("scores/self.npy", "float32 `[n_train]` self-influence `scores[i, i]`"),
     ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints"),
     ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example, sorted "
@@ -65,13 +72,15 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("lds.json", "linear datamodeling score of the run's scores (`kind: lds`)"),
     ("lds/lds_{name}.json", "LDS of another attribution matrix (`trakscope lds --scores`)"),
     ("lds/{name}_per_target.csv", "per-target Spearman correlations behind an LDS result"),
-    ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}.json", "a cached subset model's record, with "
-                                                           "`model{i}_{split}.npy` margins beside it"),
+    ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}.json", "a cached subset model's record"),
+    ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}_{split}.npy", "its margins on a split"),
     ("inspect/{split}_{target}.png", "`trakscope inspect` grids"),
     ("report/index.html", "the self-contained report"),
 )
 OWNED = ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export",
-         "config.json", "timings.json", "lds.json")
+         "config.json", "timings.json", "lds.json", "manifest.json")
+# The command that writes each top-level entry (default: run); messages name it as a complete command line.
+PRODUCERS = {"detect": "detect", "removal": "removal", "lds": "lds", "lds.json": "lds", "report": "report"}
 SCHEMAS = {  # kind -> keys a reader relies on
     "model_metrics": ("models", "ensemble"),
     "detect_metrics": ("n_train", "n_noisy", "scorers", "chance"),
@@ -110,6 +119,10 @@ class RunFolder:
         return self.path / "timings.json"
 
     @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
     def lock_path(self) -> Path:
         """``.trakscope.lock``: never removed (not in :data:`OWNED`), so every holder locks the same inode."""
         return self.path / ".trakscope.lock"
@@ -145,6 +158,10 @@ class RunFolder:
     def scores_path(self, split: str) -> Path:
         """``scores/{test,val,self}.npy``."""
         return self.path / "scores" / f"{split}.npy"
+
+    def scores_record_path(self, split: str) -> Path:
+        """``scores/{test,val,self}.json``: how a score matrix was made."""
+        return self.scores_path(split).with_suffix(".json")
 
     @property
     def scores_meta_path(self) -> Path:
@@ -244,16 +261,115 @@ class RunFolder:
             self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.config_path, {"format": FORMAT, **config.to_dict()})
+        self.seal(self.config_path)
         self.__dict__.pop("config", None)
 
     def clear(self) -> None:
-        """Remove what trakscope writes in a run folder (:data:`OWNED`), nothing else."""
-        for name in OWNED:
-            p = self.path / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
+        """Remove what trakscope wrote in the run folder, nothing else.
+
+        With a ``manifest.json``: the files it records, every file at a path :data:`LAYOUT` names, the TRAK store's
+        own files, then the folders this leaves empty; a user's ``data/important.csv`` stays. In a folder from
+        before manifests: everything under :data:`OWNED`.
+        """
+        from .attribution.store import TrakStore
+
+        manifest = Manifest(self.manifest_path)
+        if not manifest.exists():
+            for name in OWNED:
+                p = self.path / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            return
+        written = set(manifest.files())
+        named = path_patterns([p for p, _ in LAYOUT if not p.endswith("/") and not p.startswith(".")], SPLITS)
+        for p in sorted(self.path.rglob("*")):
+            rel = self.relative(p)
+            if (p.is_file() or p.is_symlink()) and (rel in written or named.fullmatch(rel)):
                 p.unlink()
+        TrakStore(self.features_dir).clear()
+        for p in sorted(self.path.rglob("*"), key=lambda q: -len(q.parts)):  # deepest first
+            if p.is_dir() and not p.is_symlink() and self.relative(p).split("/")[0] in OWNED and not any(p.iterdir()):
+                p.rmdir()
+        manifest.path.unlink(missing_ok=True)
+
+    # --- integrity ----------------------------------------------------------------------------
+    def command(self, producer: str = "run") -> str:
+        """The complete command line that (re)makes a stage's outputs here: ``trakscope detect --run DIR``.
+
+        ``producer`` is a command name, or ``"trakscope <name>"`` as older callers pass it.
+        """
+        name = (producer.removeprefix("trakscope ").split() or ["run"])[0]
+        folder = shlex.quote(str(self.path))
+        return f"trakscope run --out {folder}" if name == "run" else f"trakscope {name} --run {folder}"
+
+    def producer(self, path: Path) -> str:
+        """The command that writes ``path`` (from its top-level folder, :data:`PRODUCERS`)."""
+        return PRODUCERS.get(self.relative(path).split("/")[0], "run")
+
+    def seal(self, *paths: Path) -> None:
+        """Record finished files in ``manifest.json`` (size, sha256, ``.npy`` shape and dtype), on rank 0.
+
+        Called by the run folder's own writers and by stages once an array is complete; the caller holds the
+        folder's exclusive lock (``run_lock``), so no other process writes the manifest meanwhile.
+        """
+        inside = [p for p in paths if Path(p).resolve().is_relative_to(self.path.resolve())]  # not `lds --out X`
+        if dist.rank() == 0 and inside:
+            Manifest(self.manifest_path).update({self.relative(p): describe(p) for p in inside})
+
+    def discard(self, *paths: Path) -> None:
+        """Delete files (those that exist) and forget them in the manifest, so that their stage makes them again."""
+        for p in paths:
+            Path(p).unlink(missing_ok=True)
+        manifest = Manifest(self.manifest_path)
+        if manifest.exists():
+            manifest.update({}, remove=tuple(self.relative(p) for p in paths))
+
+    def damage(self, path: Path, checksum: bool | None = None) -> str | None:
+        """What is wrong with an existing file against the manifest (see :func:`trakscope.manifest.problem`)."""
+        try:
+            entry = Manifest(self.manifest_path).files().get(self.relative(path))
+        except ValueError:  # not inside the run folder: nothing recorded
+            entry = None
+        return problem(path, entry, checksum)
+
+    def damaged(self, path: Path) -> bool:
+        """``path`` exists but is not what was written (truncated, emptied, other shape, other bytes)."""
+        return Path(path).exists() and self.damage(path) is not None
+
+    def verify(self, path: Path, producer: str | None = None, checksum: bool | None = None) -> Path:
+        """``path``, checked against the manifest (size and ``.npy`` header; sha256 of small files).
+
+        Raises:
+            RunError: one line naming the file, what is wrong, and the command that recomputes it.
+        """
+        found = self.damage(path, checksum)
+        if found:
+            raise RunError(self._damaged_message(path, found, producer))
+        return path
+
+    def _damaged_message(self, path: Path, what: str, producer: str | None = None) -> str:
+        try:
+            name = self.relative(path)
+        except ValueError:
+            name = str(path)
+        command = self.command(producer or self.producer(path))
+        return f"{name} is damaged ({what}); rerun `{command}` to recompute it"
+
+    def _array(self, path: Path, mmap: bool = False) -> np.ndarray:
+        self.verify(self.require(path))
+        try:
+            return load_npy(path, mmap=mmap)
+        except (ValueError, EOFError, OSError) as e:
+            raise RunError(self._damaged_message(path, str(e))) from e
+
+    def _json(self, path: Path, producer: str | None = None) -> Any:
+        self.verify(self.require(path, producer or self.producer(path)), producer)
+        try:
+            return read_json(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(self._damaged_message(path, f"not valid JSON: {e}", producer)) from e
 
     # --- reading ------------------------------------------------------------------------------
     def _read_config(self) -> RunConfig:
@@ -284,11 +400,11 @@ class RunFolder:
     @cached_property
     def classes(self) -> list[str]:
         """Class names, index = class id."""
-        return read_json(self.require(self.classes_path, "trakscope run"))
+        return self._json(self.classes_path)
 
     def table(self, split: str) -> dict[str, np.ndarray]:
         """``data/<split>.csv`` as columns: index, label, true_label, noisy (int64) and source_id (str)."""
-        path = self.require(self.table_path(split), "trakscope run")
+        path = self.verify(self.require(self.table_path(split)))
         rows = read_csv(path)
         missing = [c for c in TABLE_COLUMNS if rows and c not in rows[0]]
         if missing:
@@ -299,20 +415,21 @@ class RunFolder:
         return out
 
     def write_table(self, split: str, rows: list[tuple]) -> None:
-        """``data/<split>.csv`` from rows of :data:`TABLE_COLUMNS`."""
+        """``data/<split>.csv`` from rows of :data:`TABLE_COLUMNS` (recorded in the manifest)."""
         write_csv(self.table_path(split), TABLE_COLUMNS, rows)
+        self.seal(self.table_path(split))
 
     def thumbs(self, split: str) -> np.ndarray:
         """uint8 ``[n, T, T, 3]`` thumbnails of a split."""
-        return load_npy(self.require(self.thumbs_path(split), "trakscope run"), mmap=True)
+        return self._array(self.thumbs_path(split), mmap=True)
 
     def probs(self, split: str) -> np.ndarray:
         """float32 ``[n, C]`` ensemble-mean softmax probabilities."""
-        return load_npy(self.require(self.probs_path(split), "trakscope run"))
+        return self._array(self.probs_path(split))
 
     def scores(self, split: str, mmap: bool = True) -> np.ndarray:
         """float32 ``[n_train, n_split]`` TRAK scores (``split`` = test or val), or ``[n_train]`` for ``self``."""
-        return load_npy(self.require(self.scores_path(split), "trakscope run"), mmap=mmap)
+        return self._array(self.scores_path(split), mmap=mmap)
 
     @property
     def data_config(self):
@@ -342,6 +459,7 @@ class RunFolder:
             self.check_data(dataset)
         else:
             write_json(self.data_fingerprint_path, {"format": FORMAT, "splits": dataset_fingerprint(dataset)})
+            self.seal(self.data_fingerprint_path)
         self._dataset = dataset
 
     def check_data(self, dataset) -> None:
@@ -354,7 +472,7 @@ class RunFolder:
 
         if not self.data_fingerprint_path.exists():
             return
-        recorded = read_json(self.data_fingerprint_path).get("splits", {})
+        recorded = self._json(self.data_fingerprint_path).get("splits", {})
         now = dataset_fingerprint(dataset)
         for split in SPLITS:
             change = describe_change(recorded.get(split), now[split])
@@ -366,18 +484,19 @@ class RunFolder:
                                f"point --data-root at the original data, or rerun "
                                f"`trakscope run --out {self.path} --overwrite`")
 
-    def checkpoint_paths(self) -> list[Path]:
-        """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order."""
+    def checkpoint_paths(self, required: bool = True) -> list[Path]:
+        """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order (none: a RunError if ``required``)."""
         paths = sorted(self.path.glob("models/model*_ckpt*.safetensors"), key=_ckpt_key)
-        if not paths:
-            self.require(self.checkpoint_path(0, 0), "trakscope run")
+        if not paths and required:
+            self.require(self.checkpoint_path(0, 0))
         return paths
 
-    def require(self, path: Path, producer: str) -> Path:
-        """``path`` if it exists, or a RunError that names the command producing it."""
+    def require(self, path: Path, producer: str | None = None) -> Path:
+        """``path`` if it exists, or a RunError that names the complete command producing it (default: the
+        command that writes that folder, :meth:`producer`)."""
         if not path.exists():
             _ = self.config  # a clearer error first if this is no run folder at all
-            raise RunError(f"{path} does not exist yet; run `{producer}` on {self.path} first")
+            raise RunError(f"{path} does not exist yet; run `{self.command(producer or self.producer(path))}` first")
         return path
 
     # --- typed JSON results -------------------------------------------------------------------
@@ -387,24 +506,22 @@ class RunFolder:
         if missing:
             raise ValueError(f"a {kind} result needs {missing}")
         write_json(path, {"format": FORMAT, "kind": kind, **payload})
+        self.seal(path)
 
-    def read_result(self, path: Path, kind: str, producer: str) -> dict[str, Any]:
+    def read_result(self, path: Path, kind: str, producer: str | None = None) -> dict[str, Any]:
         """A stage's JSON result, checked for format, kind and the keys readers rely on.
 
         Raises:
             RunError: absent (names ``producer``), unreadable, of another format, or missing keys.
         """
-        self.require(path, producer)
-        try:
-            raw = read_json(path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunError(f"{path} is damaged ({e}); rerun `{producer}` on {self.path}") from e
+        producer = producer or self.producer(path)
+        raw = self._json(path, producer)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("kind") != kind:
             raise RunError(f"{path} was written by another version of trakscope or is not a {kind} result; "
-                           f"rerun `{producer}` on {self.path}")
+                           f"rerun `{self.command(producer)}`")
         missing = [k for k in SCHEMAS[kind] if k not in raw]
         if missing:
-            raise RunError(f"{path} lacks {missing}; rerun `{producer}` on {self.path}")
+            raise RunError(f"{path} lacks {missing}; rerun `{self.command(producer)}`")
         return raw
 
     def optional_result(self, path: Path, kind: str) -> dict[str, Any] | None:
@@ -417,6 +534,7 @@ class RunFolder:
     # --- detect/ranking.csv -------------------------------------------------------------------
     def write_ranking(self, header: list[str], rows: list[list]) -> None:
         write_csv(self.ranking_path, header, rows)
+        self.seal(self.ranking_path)
 
     def ranking(self, scorers: tuple[str, ...]) -> dict[str, np.ndarray]:
         """``detect/ranking.csv`` in example-index order: ``<scorer>`` -> float64 natural scores ``[n_train]``.
@@ -427,7 +545,7 @@ class RunFolder:
         Raises:
             RunError: absent, truncated, or not matching ``data/train.csv``.
         """
-        path = self.require(self.ranking_path, "trakscope detect")
+        path = self.verify(self.require(self.ranking_path))
         rows = read_csv(path)
         n_train = len(self.table("train")["index"])
         try:
@@ -446,7 +564,7 @@ class RunFolder:
                 out["cleanlab_issue"] = _column(rows, "cleanlab_issue", int)[order].astype(bool)
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{path} is damaged or does not match data/train.csv ({e}); "
-                           f"rerun `trakscope detect --run {self.path}`") from e
+                           f"rerun `{self.command('detect')}`") from e
         return out
 
     # --- timings ------------------------------------------------------------------------------

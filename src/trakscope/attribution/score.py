@@ -31,10 +31,30 @@ def gram(features: np.ndarray, block: int = 8192) -> np.ndarray:
     return out.numpy()
 
 
+class NonFiniteFeatures(ValueError):
+    """Featurized gradients hold NaN or inf: the model's outputs or gradients are not finite (a diverged model).
+
+    ``checkpoint`` and ``split`` name where (None where unknown); no ridge can repair this.
+    """
+
+    def __init__(self, checkpoint: int | None = None, split: str | None = None):
+        self.checkpoint, self.split = checkpoint, split
+        where = "" if checkpoint is None else f" of checkpoint {checkpoint}" + (f", split {split!r}," if split else "")
+        super().__init__(f"the featurized gradients{where} contain NaN or inf: the model's outputs or gradients are "
+                         "not finite there (a diverged checkpoint?); a larger --ridge cannot fix this")
+
+
 def regularized_inverse(xtx: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
-    """``((X^T X + lambda I)^-1, lambda)`` with ``lambda = ridge * mean(diag(X^T X))``, via Cholesky in float64."""
+    """``((X^T X + lambda I)^-1, lambda)`` with ``lambda = ridge * mean(diag(X^T X))``, via Cholesky in float64.
+
+    Raises:
+        NonFiniteFeatures: ``xtx`` holds NaN or inf (the features do).
+        numpy.linalg.LinAlgError: ``X^T X + lambda I`` is not positive definite (increase the ridge).
+    """
     if ridge < 0:
         raise ValueError(f"ridge must be non-negative, got {ridge}")
+    if not np.isfinite(xtx).all():
+        raise NonFiniteFeatures()
     d = xtx.shape[0]
     lam = float(ridge * np.trace(xtx) / d)
     a = torch.from_numpy(xtx) + lam * torch.eye(d, dtype=torch.float64)

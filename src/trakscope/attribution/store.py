@@ -161,6 +161,31 @@ class TrakStore:
         for p in (self.meta_path, self.checkpoints_path):
             p.unlink(missing_ok=True)
 
+    def forget(self, k: int) -> None:
+        """Drop checkpoint ``k`` (its record, features and kernel) and the store's score matrices, which averaged
+        over it: the checkpoint is being remade, and will be featurized again."""
+        import shutil
+
+        shutil.rmtree(self.ckpt_dir(k), ignore_errors=True)
+        shutil.rmtree(self.root / "scores", ignore_errors=True)
+        records = self.checkpoint_records()
+        if any(r["id"] == k for r in records):
+            write_json(self.checkpoints_path, [r for r in records if r["id"] != k])
+
+    def split_files(self, k: int, split: str) -> list[Path]:
+        """``[features, done flags, q]`` of one split under checkpoint ``k``."""
+        f = self.features(k, split, 0, 0)
+        return [f.features_path, f.done_path, f.q_path]
+
+    def forget_split(self, k: int, split: str) -> None:
+        """Drop one split's features under checkpoint ``k`` and what was computed from them (the checkpoint's
+        kernel, the store's score matrices), so that featurizing it again starts afresh."""
+        import shutil
+
+        for p in [*self.split_files(k, split), self.inverse_path(k), self.lambda_path(k)]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "scores", ignore_errors=True)
+
     def checkpoint_records(self) -> list[dict]:
         """``[{"id", "digest"}]`` of the registered checkpoints."""
         return read_json(self.checkpoints_path) if self.checkpoints_path.exists() else []

@@ -37,7 +37,7 @@ from ..models.weights import read_state_file
 from .featurize import IndexedBatch, featurize_into, numbered
 from .output import Margin, ModelOutput
 from .projector import GradientProjector, make_projector
-from .score import gram, regularized_inverse, trak_scores
+from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
 from .store import StoreError, TrakStore
 
 Checkpoint = Mapping[str, torch.Tensor] | str | Path | None
@@ -183,7 +183,10 @@ class TRAK:
             if all(record.get(key) == v for key, v in wanted.items()):
                 return load_npy(inv_path), float(record["lambda"])
         x, _ = self._split_features(k, train)
-        inv, lam = regularized_inverse(gram(x), self.ridge)
+        xtx = gram(x)
+        if not np.isfinite(xtx).all():
+            raise NonFiniteFeatures(k, train)
+        inv, lam = regularized_inverse(xtx, self.ridge)
         write_json(lam_path, {"lambda": lam, **wanted})  # first: an inverse on disk always has its lambda beside it
         save_npy(inv_path, inv)
         return inv, lam
@@ -219,6 +222,9 @@ class TRAK:
             invs.append(inv)
             lams.append(lam)
         targets = [self._split_features(k, target)[0] for k in ids]
+        for k, t in zip(ids, targets):
+            if not np.isfinite(t).all():
+                raise NonFiniteFeatures(k, target)
         _, self_inf = trak_scores(xs, invs, targets, np.mean(qs, axis=0), out_path=out)
         save_npy(self.store.self_path(train), self_inf)
         write_json(_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),

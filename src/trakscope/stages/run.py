@@ -1,6 +1,8 @@
 """The ``trakscope run`` stages: data -> train ensemble (or import checkpoints) -> featurize -> score.
 
-Each stage resumes from the run folder. Featurization and scoring go through the public
+Each stage resumes from the run folder, and redoes what is damaged: before the stages, :func:`repair` deletes
+every output that no longer matches the manifest (truncated, emptied, rewritten) together with what was
+computed from it, so that the stage that made it makes it again. Featurization and scoring go through the public
 :class:`~trakscope.attribution.trak.TRAK` engine, whose store is the run folder's ``features/``.
 
 Under ``torchrun`` (torch.distributed initialised from the environment), ensemble members are trained
@@ -20,9 +22,11 @@ import numpy as np
 import torch
 
 from .. import dist
+from ..attribution.score import NonFiniteFeatures
+from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_tensors, save_npy, save_tensors, write_json
+from ..io import load_tensors, read_json, save_npy, save_tensors, write_json
 from ..models import build_model
 from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
 from ..train import architecture_only, load_trained, predict_logits, train_model
@@ -45,10 +49,15 @@ def timed(run: RunFolder, stage: str):
         run.record_timing(stage, time.perf_counter() - start)
 
 
+def data_files(run: RunFolder) -> list:
+    """What :func:`prepare_data` writes: ``data/classes.json``, the split tables and thumbnails."""
+    return [run.classes_path, *(run.table_path(s) for s in SPLITS), *(run.thumbs_path(s) for s in SPLITS)]
+
+
 def prepare_data(run: RunFolder) -> Dataset:
     """Write ``data/classes.json``, the split tables and thumbnails (once); return the dataset."""
     dataset = run.dataset()
-    if dist.rank() != 0 or run.thumbs_path("test").exists():
+    if dist.rank() != 0 or all(p.exists() for p in data_files(run)):
         return dataset
     write_json(run.classes_path, dataset.classes)
     thumb = min(run.config.data.image_size, 64)
@@ -59,24 +68,47 @@ def prepare_data(run: RunFolder) -> Dataset:
         thumbs = np.concatenate([split.images.thumbnails(np.arange(s, min(s + 256, len(split))), thumb)
                                  for s in range(0, len(split), 256)])
         save_npy(run.thumbs_path(name), thumbs)
+    run.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS))  # the tables seal themselves
     return dataset
 
 
+def _checkpoint_meta(path) -> dict[str, str]:
+    """A checkpoint's safetensors metadata (raises SafetensorError or OSError where it cannot be read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
 def load_checkpoint(run: RunFolder, path) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict, refused when it was written by a run with other settings."""
-    from safetensors import SafetensorError, safe_open
+    """A checkpoint's state dict, refused when it is cut short, was written by a run with other settings, or is
+    not what this run wrote."""
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        meta = _checkpoint_meta(path)
         state = load_tensors(path)
     except (SafetensorError, OSError) as e:
-        raise RunError(f"{path} is damaged ({e}); delete it and rerun `trakscope run --out {run.path}` "
-                       "to retrain that model") from e
+        run.verify(path, checksum=False)  # a checkpoint cut short is named by its size
+        raise RunError(f"{run.relative(path)} is damaged ({e}); rerun `{run.command()}` to retrain that model") from e
     if meta.get("fingerprint") != fingerprint(run.config):
         raise RunError(f"{path} was written by a run with other settings (fingerprint "
                        f"{meta.get('fingerprint')!r}, this run {fingerprint(run.config)!r}); rerun with --overwrite")
+    run.verify(path)  # the checksum, where the manifest has one and the file is small
     return state
+
+
+def checkpoint_damaged(run: RunFolder, path) -> bool:
+    """Not what was written and either unreadable (cut short) or under this run's fingerprint: not a whole file
+    from another run, which :func:`load_checkpoint` refuses rather than have `run` retrain over it."""
+    from safetensors import SafetensorError
+
+    if not path.exists() or run.damage(path) is None:
+        return False
+    try:
+        return _checkpoint_meta(path).get("fingerprint") == fingerprint(run.config)
+    except (SafetensorError, OSError):
+        return True
 
 
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
@@ -123,17 +155,22 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
     dist.barrier()
 
 
+def _member(path) -> int:
+    return int(path.stem.split("_ckpt")[0].removeprefix("model"))
+
+
 def final_checkpoints(run: RunFolder) -> list:
     """The last checkpoint of every ensemble member, in member order."""
     last: dict[int, object] = {}
     for path in run.checkpoint_paths():
-        last[int(path.stem.split("_ckpt")[0].removeprefix("model"))] = path
+        last[_member(path)] = path
     return [last[m] for m in sorted(last)]
 
 
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
     cfg, dataset = run.config, run.dataset()
+    run.seal(*run.checkpoint_paths())  # every rank's checkpoints are on disk now (after the barrier)
     finals = final_checkpoints(run)
     models, probs = [], {name: 0.0 for name in SPLITS}
     for m, path in enumerate(finals):
@@ -152,6 +189,7 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     ensemble = {f"{n}_acc": float((probs[n].argmax(1) == dataset.split(n).true_labels).mean()) for n in ("val", "test")}
     for name in SPLITS:
         save_npy(run.probs_path(name), probs[name].astype(np.float32))
+    run.seal(*(run.probs_path(name) for name in SPLITS))
     run.write_result(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
     warning = chance_warning(ensemble["val_acc"], dataset.val.true_labels)
     if warning:
@@ -214,33 +252,99 @@ def featurize(run: RunFolder, rt: Runtime) -> TRAK:
             rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
             batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
             trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
+            if not done.all():  # this split is complete now: record its files once
+                run.seal(*trak.store.split_files(k, name))
     return trak
 
 
+SCORED = ("val", "test", "self")
+
+
+def score_files(run: RunFolder) -> list:
+    """What :func:`score` writes: the score matrices, their records and ``scores/meta.json``."""
+    return [*(run.scores_path(s) for s in SCORED), *(run.scores_record_path(s) for s in SCORED[:2]),
+            run.scores_meta_path]
+
+
 def score(run: RunFolder, trak: TRAK) -> None:
-    """``scores/{test,val,self}.npy`` and ``scores/meta.json`` (rank 0 computes, every rank waits)."""
+    """``scores/{test,val,self}.npy`` and ``scores/meta.json`` (rank 0 computes, every rank waits).
+
+    Raises:
+        RunError: a checkpoint's featurized gradients are not finite (a diverged model), naming its file.
+    """
     meta = {}
-    for name in ("val", "test"):
-        trak.scores("train", name, out=run.scores_path(name))
-        meta = trak.score_record(run.scores_path(name))
-    trak.self_influence("train", out=run.scores_path("self") if dist.rank() == 0 else None)
+    try:
+        for name in ("val", "test"):
+            trak.scores("train", name, out=run.scores_path(name))
+            meta = read_json(run.scores_record_path(name))
+        trak.self_influence("train", out=run.scores_path("self") if dist.rank() == 0 else None)
+    except NonFiniteFeatures as e:
+        path = run.relative(run.checkpoint_paths()[e.checkpoint])
+        raise RunError(f"{path}: {e}; check that model's training (a lower --lr), or remove that checkpoint") from e
     if dist.rank() == 0:
         write_json(run.scores_meta_path, {
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
             "score": meta["score"]})
+        run.seal(*score_files(run))
     dist.barrier()
+
+
+def repair(run: RunFolder) -> list[str]:
+    """Delete every damaged output of ``trakscope run`` and what was computed from it (rank 0, before the stages).
+
+    A damaged checkpoint takes its features, the ensemble's metrics and probabilities and the scores with it
+    (only that member is retrained); damaged features of one split are featurized again (with that checkpoint's
+    kernel and the scores); damaged metrics or probabilities are rewritten from the checkpoints; a damaged score
+    file is rescored from the features. Returns the damaged files' names, for the log.
+    """
+    damaged = [p for p in [*data_files(run), run.metrics_path, *(run.probs_path(s) for s in SPLITS),
+                           *score_files(run)] if run.damaged(p)]
+    damaged += [p for p in run.checkpoint_paths(required=False) if checkpoint_damaged(run, p)]
+    if any(p in damaged for p in data_files(run)):
+        run.discard(*data_files(run))
+    model_outputs = [run.metrics_path, *(run.probs_path(s) for s in SPLITS)]
+    checkpoints = run.checkpoint_paths(required=False)
+    damaged += _repair_features(run, len(checkpoints))
+    retrain = {_member(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
+    for k, path in enumerate(checkpoints):
+        if _member(path) in retrain:
+            run.discard(path, *model_outputs, *score_files(run))
+            TrakStore(run.features_dir).forget(k)
+    if any(p in damaged for p in model_outputs):
+        run.discard(*model_outputs)
+    if any(p in damaged for p in score_files(run)):
+        run.discard(*(p for p in damaged if p in score_files(run)), run.scores_meta_path)
+    return [run.relative(p) for p in damaged]
+
+
+def _repair_features(run: RunFolder, n_checkpoints: int) -> list:
+    """Drop each split's features (under each checkpoint) that are damaged, with the kernel and scores made from
+    them; returns the damaged files."""
+    store, damaged = TrakStore(run.features_dir), []
+    for k, split in ((k, s) for k in range(n_checkpoints) for s in SPLITS):
+        files = store.split_files(k, split)
+        bad = [p for p in files if run.damaged(p)]
+        if bad:
+            damaged += bad
+            run.discard(*files, *score_files(run))
+            store.forget_split(k, split)
+    return damaged
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
-    """All stages in order; each skips what is already on disk."""
+    """All stages in order; each skips what is already on disk and whole, and redoes what is damaged."""
+    if dist.rank() == 0:
+        for name in repair(run):
+            print(f"{name} is damaged; recomputing it", flush=True)
+    dist.barrier()
     with timed(run, "data"):
         prepare_data(run)
     dist.barrier()
-    if not run.metrics_path.exists():
+    if not run.metrics_path.exists() or not all(run.probs_path(s).exists() for s in SPLITS):
         with timed(run, "train"):
             (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
-    if not run.scores_meta_path.exists():
+    if not all(p.exists() for p in score_files(run)):
         with timed(run, "featurize"):
             trak = featurize(run, rt)
         with timed(run, "score"):
