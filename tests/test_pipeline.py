@@ -167,3 +167,13 @@ def test_a_model_at_chance_level_is_warned_about(tmp_path, capsys):
     args[args.index("--epochs") + 1] = "1"
     assert main(["run", "--out", str(tmp_path / "r"), *args]) == 0
     assert "warning: the ensemble is at chance level" in capsys.readouterr().err
+
+
+def test_run_without_settings_resumes_the_folder_with_its_own(tiny_run, tmp_path, capsys):
+    """`trakscope run --out DIR` (the command error messages suggest) resumes a folder made with other flags."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "scores" / "test.npy").stat().st_mtime_ns
+    assert main(["run", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert "with the settings in its config.json" in capsys.readouterr().out
+    assert (run / "scores" / "test.npy").stat().st_mtime_ns == before

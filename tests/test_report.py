@@ -176,8 +176,8 @@ def test_missing_stages_say_which_command_produces_them(tmp_path):
     run_dir = make_run(tmp_path / "run", detect=False)
     (run_dir / "scores/test.npy").unlink()
     html = render(RunFolder(run_dir))
-    for command in ("trakscope detect", "trakscope removal", "trakscope lds", "trakscope run"):
-        assert f"<code>{command} --run" in html
+    for command in ("trakscope detect --run", "trakscope removal --run", "trakscope lds --run", "trakscope run --out"):
+        assert f"<code>{command} " in html  # complete commands (`trakscope run --run DIR` was not one)
     assert '<div id="explorer-app"' not in html and '<div id="suspects-app"' not in html
 
 

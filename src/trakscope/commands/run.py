@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
-    cfg = resolve_config(config_from_args(args))  # the model's image size and statistics, saved in config.json
-    cfg = absolute_data_root(cfg, RunFolder(args.out))
+    cfg = config_from_args(args)
+    existing = RunFolder(args.out)
+    if cfg == RunConfig() and existing.config_path.is_file() and not args.overwrite:
+        cfg = existing.config  # no settings given: resume the folder with the ones it was made with
+        print(f"resuming {existing.path} with the settings in its config.json")
+    cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
+    cfg = absolute_data_root(cfg, existing)
     # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
     dataset = load_dataset(cfg.data)
     build_model(cfg.model, len(dataset.classes), classes=dataset.classes)

@@ -36,9 +36,12 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def missing(command: str, run_dir: str, what: str) -> str:
-    """A note saying which command produces a missing section."""
-    return (f'<p class="missing">No {esc(what)} in this run yet. Produce it with '
-            f"<code>{esc(command)} --run {esc(run_dir)}</code>, then rerun <code>trakscope report</code>.</p>")
+    """A note saying which command (``"trakscope detect"``) produces a missing section, as a complete command line."""
+    from ..run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    return (f'<p class="missing">No {esc(what)} in this run yet. Produce it with <code>{esc(folder.command(command))}'
+            f"</code>, then rerun <code>{esc(folder.command('report'))}</code>.</p>")
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
