@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import dist
 from ..attribution.score import NonFiniteFeatures
@@ -339,14 +340,38 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
             print(f"{name} is damaged; recomputing it", flush=True)
     dist.barrier()
     with timed(run, "data"):
-        prepare_data(run)
+        dataset = prepare_data(run)
     dist.barrier()
+    cost = stage_costs(run.config, {s: len(dataset.split(s)) for s in SPLITS})
+    bar = tqdm(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    bar.update(cost["data"])
     if not run.metrics_path.exists() or not all(run.probs_path(s).exists() for s in SPLITS):
+        bar.set_description_str("trakscope run: train")
         with timed(run, "train"):
             (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
+    bar.update(cost["train"])
     if not all(p.exists() for p in score_files(run)):
+        bar.set_description_str("trakscope run: featurize")
         with timed(run, "featurize"):
             trak = featurize(run, rt)
+        bar.update(cost["featurize"])
+        bar.set_description_str("trakscope run: score")
         with timed(run, "score"):
             score(run, trak)
+    bar.update(bar.total - bar.n)
+    bar.close()
     dist.barrier()
+
+
+def stage_costs(cfg, sizes: dict[str, int]) -> dict[str, float]:
+    """Rough work of each ``run`` stage in example-passes, so the overall bar's ETA is proportional to time.
+
+    A training step and a featurization step each cost about one forward and one backward pass per example; data
+    preparation (decoding, thumbnails) and scoring (a few matrix products) are small beside them.
+    """
+    n = sum(sizes.values())
+    members = len(cfg.model.checkpoints) if cfg.model.checkpoints else cfg.train.ensemble
+    trained = 0 if cfg.model.checkpoints else members * cfg.train.epochs * sizes["train"]
+    checkpoints = members * (1 if cfg.model.checkpoints else cfg.train.checkpoints_per_model)
+    return {"data": 0.05 * n, "train": trained + members * n / 3, "featurize": checkpoints * n, "score": 0.05 * n}
