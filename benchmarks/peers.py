@@ -32,7 +32,8 @@ from trakscope.io import load_npy, save_npy, write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
 
-ALL_METHODS = ("trakscope", "trakscope_dense", "traker", "dattri_trak", "dattri_tracin", "dattri_datainf",
+T_START = time.perf_counter()
+ALL_METHODS = ("baseline", "trakscope", "trakscope_dense", "traker", "dattri_trak", "dattri_tracin", "dattri_datainf",
                "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast")
 DATAINF_REGS = (1e-3, 1e-2, 1e-1, 1.0)  # DataInf's default (0) divides by zero; chosen on val targets
 KRONFLUENCE_DAMPINGS = (1e-8, None)  # kronfluence's default, and its documented heuristic (0.1 x mean eigenvalue)
@@ -349,7 +350,9 @@ def run_worker(args: argparse.Namespace) -> None:
            "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args),
            "kronfluence_ekfac": lambda: m_kronfluence(w, store, "ekfac"),
            "kronfluence_kfac": lambda: m_kronfluence(w, store, "kfac"),
-           "captum_tracincpfast": lambda: m_captum(w, store)}
+           "captum_tracincpfast": lambda: m_captum(w, store),
+           "baseline": lambda: (np.zeros((len(w.y_train), len(w.y_target)), np.float32), 0.0, 0.0,
+                                "imports, data and checkpoints only: the memory every row starts from")}
     scores, fit_s, target_s, notes = fns[name]()
     variants = scores if isinstance(scores, dict) else {"": scores}
     files = {}
@@ -361,7 +364,8 @@ def run_worker(args: argparse.Namespace) -> None:
         "method": name, "variants": files, "fit_s": round(fit_s, 2), "targets_s": round(target_s, 2),
         "load_s": round(load_s, 2), "n_train": len(w.y_train), "n_targets": len(w.y_target), "n_val": w.n_val,
         "checkpoints": [p.name for p in w.paths], "threads": args.threads, "notes": notes,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s": round(time.perf_counter() - T_START, 1)})
 
 
 # --- parent -----------------------------------------------------------------------------------------
@@ -395,7 +399,7 @@ def spawn(args: argparse.Namespace, name: str) -> dict | None:
         print(f"[{name}] FAILED after {wall:.0f} s:\n  " + "\n  ".join(err), flush=True)
         return None
     rec = json.loads(record.read_text())
-    rec["wall_s"] = round(wall, 1)
+    rec["process_wall_s"] = round(wall, 1)
     write_json(record, rec)
     print(f"[{name}] {wall:.0f} s, peak {rec['peak_rss_mb']} MB", flush=True)
     return rec
@@ -444,10 +448,14 @@ def main() -> None:
     run = build_run(args)
     lds_data = {s: subset_margins_split(run, args, s) for s in ("val", "test")}
     records = [r for m in args.methods.split(",") if m.strip() and (r := spawn(args, m.strip())) is not None]
-    rows = score_rows(args, records, lds_data)
-    write_json(args.work / "summary.json", {"rows": rows, "alpha": args.alpha, "num_models": args.models,
-                                             "wall_s": round(time.perf_counter() - t0, 1)})
+    base = [r for r in records if r["method"] == "baseline"]
+    rows = score_rows(args, [r for r in records if r["method"] != "baseline"], lds_data)
+    write_json(args.work / "summary.json", {"rows": rows, "baseline": base, "alpha": args.alpha,
+                                             "num_models": args.models, "wall_s": round(time.perf_counter() - t0, 1)})
     print(table(rows))
+    if base:
+        print(f"baseline (imports, data, checkpoints; no method): peak RSS {base[0]['peak_rss_mb']:.0f} MB, "
+              f"{base[0]['wall_s']:.0f} s")
     for r in rows:
         if len(r["all"]) > 1:
             print(f"{r['method']}: (variant, val, test) {r['all']}")
