@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ensemble", type=int, default=10, help="models trained in the run (the frontier uses all)")
     p.add_argument("--checkpoints-per-model", type=int, default=4)
     p.add_argument("--use-models", type=int, default=3, help="final checkpoints of models 0..N-1 given to every method")
+    p.add_argument("--trajectory", action="store_true",
+                   help="give every method model 0's checkpoints along its trajectory instead of final checkpoints")
     p.add_argument("--models", type=int, default=50, help="LDS subset models")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
@@ -61,9 +63,11 @@ def parse_args() -> argparse.Namespace:
 
 
 # --- shared data -----------------------------------------------------------------------------------
-def final_checkpoints(run: RunFolder, n_models: int) -> list[Path]:
-    """The last checkpoint of each of models ``0..n_models-1``."""
+def final_checkpoints(run: RunFolder, n_models: int, trajectory: bool = False) -> list[Path]:
+    """The last checkpoint of each of models ``0..n_models-1``, or (``trajectory``) every checkpoint of model 0."""
     paths = run.checkpoint_paths()
+    if trajectory:
+        return [p for p in paths if p.stem.startswith("model0_")]
     last = {}
     for p in paths:  # model{m}_ckpt{c}: sorted by (m, c), so the last one per m wins
         last[int(p.stem.split("_")[0][5:])] = p
@@ -85,13 +89,13 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64):
 class Work:
     """What a worker needs: the model, the checkpoints' state dicts, train and target tensors (val then test)."""
 
-    def __init__(self, run: RunFolder, n_models: int):
+    def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False):
         from trakscope.models import build_model
         from trakscope.stages.run import load_checkpoint
         from trakscope.train import architecture_only
 
         ds = run.dataset()
-        self.paths = final_checkpoints(run, n_models)
+        self.paths, self.trajectory = final_checkpoints(run, n_models, trajectory), trajectory
         self.states = [load_checkpoint(run, p) for p in self.paths]
         self.model = build_model(architecture_only(run.config.model), len(ds.classes))
         self.model.load_state_dict(self.states[0])
@@ -181,7 +185,7 @@ def _dattri_task(w: Work, loss_kind: str):
 
 
 def m_dattri_trak(w: Work, store: Path) -> tuple:
-    """dattri's TRAKAttributor with its defaults (proj_dim 512, regularization 0), the same 3 checkpoints."""
+    """dattri's TRAKAttributor with its defaults (proj_dim 512, regularization 0), the given checkpoints."""
     from dattri.algorithm.trak import TRAKAttributor
     task, model = _dattri_task(w, "margin")
 
@@ -200,7 +204,7 @@ def m_dattri_trak(w: Work, store: Path) -> tuple:
 
 
 def m_dattri_tracin(w: Work, store: Path) -> tuple:
-    """dattri's TracInAttributor, the same 3 checkpoints with weight 1 each (Grad-Dot summed over them)."""
+    """dattri's TracInAttributor, the given checkpoints with weight 1 each (Grad-Dot summed over them)."""
     from dattri.algorithm.tracin import TracInAttributor
 
     task, _ = _dattri_task(w, "ce")
@@ -214,7 +218,7 @@ def m_dattri_tracin(w: Work, store: Path) -> tuple:
 
 
 def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namespace) -> tuple:
-    """dattri's IFAttributorDataInf per checkpoint, averaged over the 3.
+    """dattri's IFAttributorDataInf per checkpoint, averaged over the given checkpoints.
 
     Its default regularization (0) divides by zero, so one is chosen on the val targets under checkpoint 0
     (LDS against the cached val subset models), then used for every checkpoint and every target.
@@ -281,7 +285,7 @@ def _kron_task():
 
 
 def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
-    """kronfluence pairwise scores per checkpoint (averaged over the 3), defaults except the strategy."""
+    """kronfluence pairwise scores per checkpoint, averaged over them; defaults except the strategy."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 
@@ -311,12 +315,12 @@ def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
     for damping, v in per_damp.items():
         label = "damping=1e-8 (default)" if damping is not None else "damping=heuristic"
         variants[label] = np.mean(v, axis=0).astype(np.float32)
-        variants[label + ", ckpt 0 only"] = v[0].astype(np.float32)
+        variants[label + ", model 0's final ckpt only"] = v[-1 if w.trajectory else 0].astype(np.float32)
     return variants, fit, tgt / len(KRONFLUENCE_DAMPINGS), "Linear + Conv2d tracked; time per damping value"
 
 
 def m_captum(w: Work, store: Path) -> tuple:
-    """captum's TracInCPFast (last layer, the 3 checkpoints, CE loss), influence scores of every pair."""
+    """captum's TracInCPFast (last layer, the given checkpoints, CE loss), influence scores of every pair."""
     from captum.influence import TracInCPFast
 
     store.mkdir(parents=True, exist_ok=True)
@@ -341,7 +345,7 @@ def run_worker(args: argparse.Namespace) -> None:
     run = RunFolder(args.out)
     name = args.worker
     t0 = time.perf_counter()
-    w = Work(run, args.use_models)
+    w = Work(run, args.use_models, args.trajectory)
     load_s = time.perf_counter() - t0
     store = args.work / f"store_{name}"
     fns = {"trakscope": lambda: m_trakscope(w, store), "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
@@ -387,7 +391,7 @@ def spawn(args: argparse.Namespace, name: str) -> dict | None:
         return json.loads(record.read_text())
     cmd = [sys.executable, __file__, "--out", str(args.out), "--work", str(args.work), "--worker", name,
            "--use-models", str(args.use_models), "--threads", str(args.threads), "--models", str(args.models),
-           "--alpha", str(args.alpha)]
+           "--alpha", str(args.alpha)] + (["--trajectory"] if args.trajectory else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     print(f"[{name}] ...", flush=True)
     t0 = time.perf_counter()
