@@ -6,7 +6,8 @@ writes ``scores[train, target]`` for the val and the test targets; the parent sc
 Settings a peer leaves to the user (a damping) are chosen on the **val** targets; the table reports **test**.
 
     python benchmarks/peers.py --out /tmp/peers/run_i                      # case (i): tiny_cnn, 1,000 MNIST
-    python benchmarks/peers.py --out /tmp/peers/run_i --methods kfac,ekfac # a few methods (cached rows are reused)
+    python benchmarks/peers.py --out /tmp/peers/run_i --methods kronfluence_ekfac   # some methods (cached rows reused)
+    python benchmarks/peers.py --out /tmp/peers/run_i --work /tmp/peers/traj --trajectory  # model 0's 4 checkpoints
 
 Wall time is split into ``fit`` (everything that depends on the training set only: featurizing it, factors,
 kernels) and ``targets`` (featurizing and scoring the val + test targets); peak memory is the worker's
@@ -214,7 +215,7 @@ def m_dattri_tracin(w: Work, store: Path) -> tuple:
     scores = att.attribute(loader(w.x_train, w.y_train), loader(w.x_target, w.y_target))
     scores = scores.detach().numpy().astype(np.float32)
     # TracIn has no train-only precomputation: every pair is one train x target product
-    return scores, 0.0, time.perf_counter() - t0, "default projector (dim 512), weights 1, CE loss; sign: - CE"
+    return scores, 0.0, time.perf_counter() - t0, "default projector (dim 512), weights 1, CE loss"
 
 
 def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namespace) -> tuple:
