@@ -1,0 +1,162 @@
+"""LDS versus training compute: how many independent models, and which checkpoints, TRAK needs (val targets).
+
+On a run trained with ``--ensemble 10 --checkpoints-per-model 4`` (the run of ``benchmarks/peers.py``), the
+features the run already stored (Kronecker projector, its ``--proj-dim``) are re-scored for subsets of the
+checkpoints, with trakscope's own ``gram`` / ``regularized_inverse`` / ``trak_scores``:
+
+- M = 1, 2, 3, 5, 10 independently trained models, final checkpoint each (training compute M);
+- checkpoints along one trajectory (model 0: the last 1, 2 or all 4, taken every 2 of 8 epochs; compute 1);
+- M models x 4 trajectory checkpoints (compute M);
+- each at several ridges.
+
+Training compute is in units of one model trained for the run's epochs on the full training split; featurizing
+a checkpoint costs about one forward+backward pass over train + targets, small beside training here.
+
+    python benchmarks/lds_frontier.py --run /tmp/peers/run_i --models 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trakscope.attribution.score import gram, regularized_inverse, trak_scores
+from trakscope.attribution.trak import state_digest
+from trakscope.io import load_npy, write_json
+from trakscope.methods.lds import ci95, lds, predicted_outputs
+from trakscope.run_folder import RunFolder
+from trakscope.stages.lds import subset_margins
+from trakscope.stages.run import load_checkpoint
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--models", type=int, default=50, help="LDS subset models (cached in the run)")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--ridges", default="0.3,1,3,10")
+    p.add_argument("--plot", type=Path, default=Path("docs/lds_frontier.png"))
+    p.add_argument("--out", type=Path, default=None, help="summary JSON (default <run>/lds/frontier.json)")
+    return p.parse_args()
+
+
+def checkpoint_ids(run: RunFolder) -> dict[tuple[int, int], int]:
+    """(model, checkpoint) -> feature store id, matched by the weights' digest."""
+    ids = {e["digest"]: e["id"] for e in json.loads((run.path / "features" / "checkpoints.json").read_text())}
+    out = {}
+    for path in run.checkpoint_paths():
+        m, c = (int(part.lstrip("modelckpt")) for part in path.stem.split("_"))
+        out[(m, c)] = ids[state_digest(load_checkpoint(run, path))]
+    return out
+
+
+class Features:
+    """Per-checkpoint features (train, val, test) and cached inverses per ridge."""
+
+    def __init__(self, run: RunFolder):
+        self.root = run.path / "features"
+        self._inv: dict[tuple[int, float], np.ndarray] = {}
+        self._gram: dict[int, np.ndarray] = {}
+
+    def x(self, k: int, split: str) -> np.ndarray:
+        return load_npy(self.root / f"ckpt{k}" / f"{split}.npy", mmap=True)
+
+    def q(self, k: int) -> np.ndarray:
+        return load_npy(self.root / f"ckpt{k}" / "train_q.npy")
+
+    def inv(self, k: int, ridge: float) -> np.ndarray:
+        if k not in self._gram:
+            self._gram[k] = gram(self.x(k, "train"))
+        if (k, ridge) not in self._inv:
+            self._inv[(k, ridge)] = regularized_inverse(self._gram[k], ridge)[0]
+        return self._inv[(k, ridge)]
+
+    def scores(self, ks: list[int], ridge: float, split: str) -> np.ndarray:
+        q = np.mean([self.q(k) for k in ks], axis=0)
+        s, _ = trak_scores([self.x(k, "train") for k in ks], [self.inv(k, ridge) for k in ks],
+                           [self.x(k, split) for k in ks], q)
+        return s
+
+
+def configurations(n_models: int, per_model: int) -> list[dict]:
+    """Name, family, training compute (models trained) and the (model, checkpoint) pairs used."""
+    last = per_model - 1
+    out = [{"name": f"{m} independent (final ckpt)", "family": "independent", "compute": m,
+            "pairs": [(i, last) for i in range(m)]} for m in (1, 2, 3, 5, 10) if m <= n_models]
+    out += [{"name": f"1 trajectory, last {c} ckpts", "family": "trajectory", "compute": 1,
+             "pairs": [(0, last - j) for j in range(c)]} for c in (2, per_model) if c <= per_model]
+    out += [{"name": f"{m} models x {per_model} ckpts", "family": "models x trajectory", "compute": m,
+             "pairs": [(i, c) for i in range(m) for c in range(per_model)]} for m in (2, 3, 5, 10) if m <= n_models]
+    return out
+
+
+def plot(rows: list[dict], ridge: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for family, marker in (("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--")):
+        pts = sorted((r["compute"], r["val"][str(ridge)][0], r["val"][str(ridge)][1]) for r in rows
+                     if r["family"] == family)
+        if not pts:
+            continue
+        xs, ys, cis = zip(*pts)
+        err = np.array([[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]])
+        ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=3, label=family)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
+    ax.set_xlabel("training compute (models trained, 8 epochs each)")
+    ax.set_ylabel("LDS on val targets (mean Spearman, 95% CI)")
+    ax.set_title(f"TRAK (Kronecker 2048) LDS vs training compute, tiny_cnn, ridge {ridge:g}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.perf_counter()
+    run = RunFolder(args.run)
+    ids = checkpoint_ids(run)
+    n_models = 1 + max(m for m, _ in ids)
+    per_model = 1 + max(c for _, c in ids)
+    feats = Features(run)
+    ridges = [float(r) for r in args.ridges.split(",")]
+    lds_data = {s: subset_margins(run, args.alpha, args.models, seed=0, split=s, progress=False)
+                for s in ("val", "test")}
+    rows = []
+    for cfg in configurations(n_models, per_model):
+        ks = [ids[p] for p in cfg["pairs"]]
+        row = {**cfg, "checkpoints": len(ks), "val": {}, "test": {}}
+        for ridge in ridges:
+            for split in ("val", "test"):
+                masks, margins = lds_data[split]
+                mean, per = lds(predicted_outputs(feats.scores(ks, ridge, split), masks), margins)
+                row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
+        print(cfg["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
+        rows.append(row)
+    best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))
+    plot(rows, best_ridge, args.plot)
+    timings = json.loads((run.path / "timings.json").read_text())
+    out = args.out or run.path / "lds" / "frontier.json"
+    write_json(out, {"rows": rows, "ridges": ridges, "best_ridge_on_val": best_ridge, "run_timings": timings,
+                     "models_trained": n_models, "wall_s": round(time.perf_counter() - t0, 1)})
+    print(f"ridge best on val (mean over configurations): {best_ridge:g}")
+    head = "| configuration | training compute | checkpoints | " + " | ".join(f"val LDS, ridge {r:g}" for r in ridges)
+    print(head + " | test LDS at ridge 3 |\n|" + "---|" * (4 + len(ridges)))
+    for row in rows:
+        vals = " | ".join(f"{row['val'][str(r)][0]:.4f}" for r in ridges)
+        t = row["test"].get("3.0", row["test"][str(ridges[0])])
+        print(f"| {row['name']} | {row['compute']} | {row['checkpoints']} | {vals} | {t[0]:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
