@@ -2,7 +2,8 @@
 
 On a run trained with ``--ensemble 10 --checkpoints-per-model 4`` (the run of ``benchmarks/peers.py``), the
 features the run already stored (Kronecker projector, its ``--proj-dim``) are re-scored for subsets of the
-checkpoints, with trakscope's own ``gram`` / ``regularized_inverse`` / ``trak_scores``:
+checkpoints through the TRAK engine (``TRAK.scores(..., checkpoints=...)``; a new ridge reuses each checkpoint's
+cached ``X^T X``):
 
 - M = 1, 2, 3, 5, 10 independently trained models, final checkpoint each (training compute M);
 - checkpoints along one trajectory (model 0: the last 1, 2 or all 4, taken every 2 of 8 epochs; compute 1);
@@ -18,19 +19,16 @@ a checkpoint costs about one forward+backward pass over train + targets, small b
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from trakscope.attribution.score import gram, regularized_inverse, trak_scores
-from trakscope.attribution.trak import state_digest
-from trakscope.io import load_npy, write_json
+from trakscope.io import write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import load_checkpoint
+from trakscope.stages.run import Runtime, trak_engine
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,46 +38,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--ridges", default="0.3,1,3,10")
     p.add_argument("--plot", type=Path, default=Path("docs/lds_frontier.png"))
-    p.add_argument("--out", type=Path, default=None, help="summary JSON (default <run>/lds/frontier.json)")
-    return p.parse_args()
+    p.add_argument("--work", type=Path, default=None, help="score matrices and summary (default <run>_bench)")
+    args = p.parse_args()
+    args.work = args.work or args.run.parent / f"{args.run.name}_bench"
+    return args
 
 
 def checkpoint_ids(run: RunFolder) -> dict[tuple[int, int], int]:
-    """(model, checkpoint) -> feature store id, matched by the weights' digest."""
-    ids = {e["digest"]: e["id"] for e in json.loads((run.path / "features" / "checkpoints.json").read_text())}
+    """(model, checkpoint) -> id in the run's TRAK store (``trakscope run`` numbers them in checkpoint-file order)."""
     out = {}
-    for path in run.checkpoint_paths():
+    for k, path in enumerate(run.checkpoint_paths()):
         m, c = (int(part.lstrip("modelckpt")) for part in path.stem.split("_"))
-        out[(m, c)] = ids[state_digest(load_checkpoint(run, path))]
+        out[(m, c)] = k
     return out
-
-
-class Features:
-    """Per-checkpoint features (train, val, test) and cached inverses per ridge."""
-
-    def __init__(self, run: RunFolder):
-        self.root = run.path / "features"
-        self._inv: dict[tuple[int, float], np.ndarray] = {}
-        self._gram: dict[int, np.ndarray] = {}
-
-    def x(self, k: int, split: str) -> np.ndarray:
-        return load_npy(self.root / f"ckpt{k}" / f"{split}.npy", mmap=True)
-
-    def q(self, k: int) -> np.ndarray:
-        return load_npy(self.root / f"ckpt{k}" / "train_q.npy")
-
-    def inv(self, k: int, ridge: float) -> np.ndarray:
-        if k not in self._gram:
-            self._gram[k] = gram(self.x(k, "train"))
-        if (k, ridge) not in self._inv:
-            self._inv[(k, ridge)] = regularized_inverse(self._gram[k], ridge)[0]
-        return self._inv[(k, ridge)]
-
-    def scores(self, ks: list[int], ridge: float, split: str) -> np.ndarray:
-        q = np.mean([self.q(k) for k in ks], axis=0)
-        s, _ = trak_scores([self.x(k, "train") for k in ks], [self.inv(k, ridge) for k in ks],
-                           [self.x(k, split) for k in ks], q)
-        return s
 
 
 def configurations(n_models: int, per_model: int) -> list[dict]:
@@ -128,27 +99,31 @@ def main() -> None:
     ids = checkpoint_ids(run)
     n_models = 1 + max(m for m, _ in ids)
     per_model = 1 + max(c for _, c in ids)
-    feats = Features(run)
+    trak = trak_engine(run, Runtime(progress=False))
     ridges = [float(r) for r in args.ridges.split(",")]
     lds_data = {s: subset_margins(run, args.alpha, args.models, seed=0, split=s, progress=False)
                 for s in ("val", "test")}
-    rows = []
-    for cfg in configurations(n_models, per_model):
-        ks = [ids[p] for p in cfg["pairs"]]
-        row = {**cfg, "checkpoints": len(ks), "val": {}, "test": {}}
-        for ridge in ridges:
+    rows = [{**cfg, "checkpoints": len(cfg["pairs"]), "val": {}, "test": {}}
+            for cfg in configurations(n_models, per_model)]
+    for ridge in ridges:  # ridge outermost: each checkpoint's kernel is inverted once per ridge
+        trak.ridge = ridge
+        for row in rows:
+            ks = [ids[p] for p in row["pairs"]]
             for split in ("val", "test"):
                 masks, margins = lds_data[split]
-                mean, per = lds(predicted_outputs(feats.scores(ks, ridge, split), masks), margins)
+                name = f"{row['family'].replace(' ', '_')}_{row['compute']}_{len(ks)}_{ridge:g}_{split}"
+                out = args.work / f"frontier_{name}.npy"
+                scores = trak.scores("train", split, out=out, checkpoints=ks)
+                mean, per = lds(predicted_outputs(np.asarray(scores), masks), margins)
                 row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
-        print(cfg["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
-        rows.append(row)
+    for row in rows:
+        print(row["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
     best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))
     plot(rows, best_ridge, args.plot)
-    timings = json.loads((run.path / "timings.json").read_text())
-    out = args.out or run.path / "lds" / "frontier.json"
-    write_json(out, {"rows": rows, "ridges": ridges, "best_ridge_on_val": best_ridge, "run_timings": timings,
-                     "models_trained": n_models, "wall_s": round(time.perf_counter() - t0, 1)})
+    timings = run.timings()
+    write_json(args.work / "frontier.json", {"rows": rows, "ridges": ridges, "best_ridge_on_val": best_ridge,
+                                             "run_timings": timings, "models_trained": n_models,
+                                             "wall_s": round(time.perf_counter() - t0, 1)})
     print(f"ridge best on val (mean over configurations): {best_ridge:g}")
     head = "| configuration | training compute | checkpoints | " + " | ".join(f"val LDS, ridge {r:g}" for r in ridges)
     print(head + " | test LDS at ridge 3 |\n|" + "---|" * (4 + len(ridges)))

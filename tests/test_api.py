@@ -91,3 +91,26 @@ def test_other_settings_are_refused_and_ridge_only_rescores(tmp_path):
     again = TRAK(model, tmp_path / "s", proj_dim=16, ridge=30.0, progress=False)
     assert again.pending("train", 30, 0).size == 0  # features kept
     assert (np.asarray(again.self_influence()) < first).all()  # a larger ridge shrinks every self-influence
+
+
+def test_a_checkpoint_subset_and_a_new_ridge_reuse_the_features_and_the_gram(tmp_path):
+    model, x, y = _tiny()
+    states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    for state in states:
+        trak.featurize([(x, y)], split="train", checkpoint=state, n=30)
+        trak.featurize([(x[:5], y[:5])], split="test", checkpoint=state, n=5)
+    full = np.asarray(trak.scores("train", "test")).copy()
+    first = np.asarray(trak.scores("train", "test", out=tmp_path / "first.npy", checkpoints=[0]))
+    alone = TRAK(model, tmp_path / "alone", proj_dim=16, progress=False)
+    alone.featurize([(x, y)], split="train", checkpoint=states[0], n=30)
+    alone.featurize([(x[:5], y[:5])], split="test", checkpoint=states[0], n=5)
+    np.testing.assert_allclose(first, alone.scores("train", "test"), rtol=1e-5, atol=1e-8)
+    assert not np.allclose(first, full)
+    with pytest.raises(StoreError, match="no featurized checkpoints \\[7\\]"):
+        trak.scores("train", "test", checkpoints=[7])
+    gram_file = trak.store.gram_path(0)
+    before = gram_file.stat().st_mtime_ns
+    trak.ridge = 10.0
+    assert not np.allclose(trak.scores("train", "test", out=tmp_path / "r10.npy"), full)
+    assert gram_file.stat().st_mtime_ns == before  # a new ridge costs an inverse, not another pass over X

@@ -8,6 +8,7 @@ Layout (every name in this folder is written here and nowhere else)::
     ckpt{k}/{split}_done.npy        bool [n]: rows written (a batch's flags are set after its rows are flushed)
     ckpt{k}/{split}_q.npy           float32 [n] out-to-loss weights Q
     ckpt{k}/{split}_{done,q}.rank{r}.npy   per-rank flags of a torchrun job, merged by rank 0
+    ckpt{k}/xtx.npy                 float64 [dim, dim] X^T X of the training split (another ridge needs no new pass)
     ckpt{k}/xtx_inv.npy             float64 [dim, dim] (X^T X + lambda I)^-1 of the training split
     ckpt{k}/lambda.json             {"lambda": ..., "ridge": ..., "train": split}, written before the inverse
     scores/{train}__{target}.npy    float32 [n_train, n_target] scores, with {train}__{target}.json beside it
@@ -124,6 +125,9 @@ class TrakStore:
     def inverse_path(self, k: int) -> Path:
         return self.ckpt_dir(k) / "xtx_inv.npy"
 
+    def gram_path(self, k: int) -> Path:
+        return self.ckpt_dir(k) / "xtx.npy"
+
     def lambda_path(self, k: int) -> Path:
         return self.ckpt_dir(k) / "lambda.json"
 
@@ -182,7 +186,7 @@ class TrakStore:
         kernel, the store's score matrices), so that featurizing it again starts afresh."""
         import shutil
 
-        for p in [*self.split_files(k, split), self.inverse_path(k), self.lambda_path(k)]:
+        for p in [*self.split_files(k, split), self.gram_path(k), self.inverse_path(k), self.lambda_path(k)]:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.root / "scores", ignore_errors=True)
 

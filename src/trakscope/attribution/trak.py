@@ -174,6 +174,17 @@ class TRAK:
                              "average, so featurize each split under every checkpoint")
         return ids
 
+    def gram(self, k: int, train: str = "train") -> np.ndarray:
+        """float64 ``[dim, dim]`` ``X_k^T X_k`` of the training features (cached: a new ridge costs one inverse)."""
+        path = self.store.gram_path(k)
+        if path.exists():  # dropped with its checkpoint's features whenever those are redone (TrakStore.forget*)
+            return load_npy(path)
+        xtx = gram(self._split_features(k, train)[0])
+        if not np.isfinite(xtx).all():
+            raise NonFiniteFeatures(k, train)
+        save_npy(path, xtx)
+        return xtx
+
     def kernel(self, k: int, train: str = "train") -> tuple[np.ndarray, float]:
         """float64 ``[dim, dim]`` ``(X_k^T X_k + lambda I)^-1`` of checkpoint ``k`` (cached), and its lambda."""
         inv_path, lam_path = self.store.inverse_path(k), self.store.lambda_path(k)
@@ -182,24 +193,28 @@ class TRAK:
             record = json.loads(lam_path.read_text())
             if all(record.get(key) == v for key, v in wanted.items()):
                 return load_npy(inv_path), float(record["lambda"])
-        x, _ = self._split_features(k, train)
-        xtx = gram(x)
-        if not np.isfinite(xtx).all():
-            raise NonFiniteFeatures(k, train)
+        xtx = self.gram(k, train)
         inv, lam = regularized_inverse(xtx, self.ridge)
         write_json(lam_path, {"lambda": lam, **wanted})  # first: an inverse on disk always has its lambda beside it
         save_npy(inv_path, inv)
         return inv, lam
 
-    def scores(self, train: str = "train", target: str = "test", *, out: Path | str | None = None) -> np.ndarray:
+    def scores(self, train: str = "train", target: str = "test", *, out: Path | str | None = None,
+               checkpoints: Sequence[int] | None = None) -> np.ndarray:
         """float32 ``[n_train, n_target]`` ``scores[train, target]``, averaged over every checkpoint (memory-mapped).
 
         ``scores[i, j] = mean_k(X_k A_k^-1 Phi_k^T)[i, j] * mean_k(Q_k)[i]``; higher = training example ``i``
         raises target ``j``'s output more. Written to ``out`` (default: inside the store) with a ``.json``
-        record beside it; a finished matrix with the same checkpoints and ridge is reused.
+        record beside it; a finished matrix with the same checkpoints and ridge is reused. ``checkpoints``
+        restricts the average to those ids (e.g. to ask what fewer models would have given).
         """
         out = Path(out) if out is not None else self.store.scores_path(train, target)
         ids = self._require(train, target)
+        if checkpoints is not None:
+            unknown = sorted(set(checkpoints) - set(ids))
+            if unknown:
+                raise StoreError(f"{self.store.root} has no featurized checkpoints {unknown}; it has {ids}")
+            ids = sorted(set(checkpoints))
         record = {"train": train, "target": target, "checkpoints": ids, "ridge": self.ridge,
                   "score": "mean_k(X_k A_k^-1 Phi_k^T) * mean_k(Q_k)"}
         if dist.rank() == 0 and not _finished(out, record):
@@ -225,8 +240,7 @@ class TRAK:
         for k, t in zip(ids, targets):
             if not np.isfinite(t).all():
                 raise NonFiniteFeatures(k, target)
-        _, self_inf = trak_scores(xs, invs, targets, np.mean(qs, axis=0), out_path=out)
-        save_npy(self.store.self_path(train), self_inf)
+        trak_scores(xs, invs, targets, np.mean(qs, axis=0), out_path=out)
         write_json(_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),
                                        "shape": [int(xs[0].shape[0]), int(targets[0].shape[0])]})
 
