@@ -21,10 +21,11 @@ import torch
 from .. import dist
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_tensors, save_npy, save_tensors, write_json
+from ..io import load_npy, load_tensors, save_npy, save_tensors, write_json
 from ..models import build_model
 from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
-from ..train import architecture_only, load_trained, predict_logits, train_model
+from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
+from .canaries import write_canaries
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def prepare_data(run: RunFolder) -> Dataset:
         thumbs = np.concatenate([split.images.thumbnails(np.arange(s, min(s + 256, len(split))), thumb)
                                  for s in range(0, len(split), 256)])
         save_npy(run.thumbs_path(name), thumbs)
+    write_canaries(run, dataset.train)
     return dataset
 
 
@@ -88,13 +90,24 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
         if all(run.checkpoint_path(m, c).exists() for c in range(per_model)):
             continue
         seed = cfg.train.seed + m
-        states = train_model(cfg.model, cfg.train, dataset, seed=seed, device=rt.device, progress=rt.progress)
+        margins = MarginRecorder(len(dataset.train))
+        states = train_model(cfg.model, cfg.train, dataset, seed=seed, device=rt.device, progress=rt.progress,
+                             margins=margins)
+        save_npy(run.aum_path(m), margins.aum())  # before the checkpoints: a member with checkpoints has its AUM
         meta = {"fingerprint": fingerprint(cfg), "model": str(m), "seed": str(seed)}
         for c, state in enumerate(states):
             save_tensors(run.checkpoint_path(m, c), state, metadata={**meta, "checkpoint": str(c)})
     dist.barrier()
     if dist.rank() == 0:
         ensemble_metrics(run, rt)
+        ensemble_aum(run)
+
+
+def ensemble_aum(run: RunFolder) -> None:
+    """``models/aum.npy``: the mean of the members' AUM (skipped when a member's file is absent, e.g. older runs)."""
+    paths = [run.aum_path(m) for m in range(run.config.train.ensemble)]
+    if all(p.exists() for p in paths):
+        save_npy(run.aum_path(), np.mean([load_npy(p) for p in paths], axis=0))
 
 
 def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
