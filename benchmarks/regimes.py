@@ -166,7 +166,7 @@ def main() -> None:
     for name in args.cases.split(","):
         results[name] = run_case(name, CASES[name], args.work)
         print(render(name, results[name]), flush=True)
-        (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (args.work / "regimes.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min")
 
 

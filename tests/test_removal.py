@@ -222,3 +222,17 @@ def test_worst_group_test_groups_from_classes_or_a_groups_file(tiny_run, tmp_pat
     groups, what = removal.test_groups(run, str(both))
     np.testing.assert_array_equal(groups, test["label"] % 2)
     assert what == str(both)
+
+
+def test_training_survives_a_last_batch_of_one_example():
+    # removing 10% of 250 examples leaves 225 = 7 * 32 + 1: BatchNorm on 1 x 1 features refused a batch of one
+    from trakscope.config import DataConfig, ModelConfig, TrainConfig
+    from trakscope.data import load_dataset
+    from trakscope.train import MarginRecorder, train_model
+
+    ds = load_dataset(DataConfig(dataset="digits", max_train=40, image_size=16))
+    margins = MarginRecorder(len(ds.train))
+    states = train_model(ModelConfig(name="timm:test_resnet"), TrainConfig(epochs=2, batch_size=8, augment=False),
+                         ds, seed=0, keep=np.arange(33), progress=False, margins=margins)
+    assert len(states) == 1
+    assert np.isfinite(margins.aum()[:33]).all() and np.isnan(margins.aum()[33:]).all()

@@ -119,6 +119,10 @@ def train_model(
         order = keep[torch.randperm(len(keep), generator=gen).numpy()]
         correct = seen = 0
         for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers):
+            if len(idx) == 1 and len(keep) > 1:
+                # BatchNorm cannot train on one example whose features are 1 x 1 (a 16 px image deep in a ResNet);
+                # a removal that leaves batch_size * k + 1 examples skips this epoch's last one (another each epoch)
+                continue
             if train_cfg.augment:
                 x = random_crop(x, 2, gen)
             x, y = x.to(device), labels[idx].to(device)
