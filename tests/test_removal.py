@@ -9,7 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
-from trakscope.methods.removal import mean_se, plan_jobs, select_removed, summarize
+from trakscope.methods.removal import (
+    mean_se,
+    plan_jobs,
+    remove_and_retrain,
+    select_removed,
+    summarize,
+    worst_group_accuracy,
+)
 from trakscope.run_folder import RunFolder
 from trakscope.stages import removal
 
@@ -77,6 +84,52 @@ def test_summarize_groups_seeds():
     assert row["mean"] == pytest.approx(0.85) and row["n_noisy_removed"] == 7
     assert row["delta_vs_full"] == pytest.approx(0.05) and row["removed_fraction"] == pytest.approx(0.1)
     assert out["reference"]["se"] == pytest.approx(0.05)
+    assert row["paired_delta"] == pytest.approx(0.05) and row["paired_se"] == pytest.approx(0.0)
+
+
+def test_paired_difference_removes_the_shared_seed_spread():
+    # seeds differ a lot, the strategy adds +0.01, +0.03 to its own seed's full-data model
+    results = [{"strategy": "loss", "fraction": 0.1, "seed": s, "n_removed": 1, "n_noisy_removed": 0, "test_acc": a,
+                "worst_group_acc": w} for s, a, w in [(0, 0.71, 0.5), (1, 0.93, 0.7)]]
+    refs = [{"seed": 0, "test_acc": 0.70, "worst_group_acc": 0.4}, {"seed": 1, "test_acc": 0.90,
+                                                                     "worst_group_acc": 0.7}]
+    (row,) = summarize(results, refs, n_train=10, n_noisy=0)["rows"]
+    assert row["se"] == pytest.approx(0.11)  # the row's own SE is dominated by the seeds
+    assert row["paired_delta"] == pytest.approx(0.02) and row["paired_se"] == pytest.approx(0.01)
+    assert row["worst_group_mean"] == pytest.approx(0.6)
+    assert row["worst_group_paired_delta"] == pytest.approx(0.05)
+    assert row["worst_group_paired_se"] == pytest.approx(0.05)
+
+
+def test_worst_group_accuracy_by_hand():
+    correct = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    assert worst_group_accuracy(correct, np.array([0, 0, 1, 1, 2, 2])) == 0.0
+    assert worst_group_accuracy(correct, np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        worst_group_accuracy(correct, np.array([0, 1]))
+
+
+def test_remove_and_retrain_accepts_floats_and_per_example_correctness():
+    ranking = {"index": np.arange(10), "loss": np.arange(10.0)}
+    groups = np.array([0, 0, 1, 1])
+
+    def as_float(job, keep, seed):  # a user's recipe that returns plain accuracy still works
+        return 0.5 + 0.01 * len(keep) / 10 + 0.1 * seed
+
+    out = remove_and_retrain(ranking, as_float, strategies=("loss",), fractions=(0.2,), seeds=2, test_groups=groups)
+    (row,) = out["rows"]
+    assert row["paired_delta"] == pytest.approx(-0.002) and "worst_group_mean" not in row
+
+    def with_correct(job, keep, seed):
+        correct = np.array([1, 1, 1, 0], bool) if len(keep) == 10 else np.array([1, 0, 1, 1], bool)
+        return {"test_acc": correct.mean(), "correct": correct}
+
+    out = remove_and_retrain(ranking, with_correct, strategies=("loss",), fractions=(0.2,), seeds=2,
+                             test_groups=groups)
+    (row,) = out["rows"]
+    assert out["reference"]["worst_group_mean"] == pytest.approx(0.5)
+    assert row["worst_group_mean"] == pytest.approx(0.5) and row["worst_group_paired_delta"] == pytest.approx(0.0)
+    assert row["paired_delta"] == pytest.approx(0.0)
 
 
 def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsys):
@@ -90,7 +143,8 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     train = read_csv(run / "data" / "train.csv")
     assert sorted(int(r["index"]) for r in rows) == list(range(len(train)))
     metrics = json.loads((run / "detect" / "metrics.json").read_text())
-    assert set(metrics["scorers"]) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab"}
+    assert set(metrics["scorers"]) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab", "aum",
+                                       "trak_loo"}
     assert metrics["scorers"]["d3m"]["roc_auc"] > 0.5  # planted noise ranks above chance, even on tiny data
     assert (run / "detect" / "crossval" / "fold1.npy").exists()
     assert "| d3m |" in capsys.readouterr().out
@@ -101,6 +155,10 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     results = json.loads((run / "removal" / "results.json").read_text())
     assert {r["strategy"] for r in results["rows"]} == {"negative", "random"}
     assert all(0.0 <= r["mean"] <= 1.0 and r["n_removed"] == 20 for r in results["rows"])
+    # worst-class accuracy beside overall accuracy, for the reference and every row (one seed: no paired SE)
+    assert results["test_groups"] == "classes" and results["n_test_groups"] == len(RunFolder(run).classes)
+    assert all(r["worst_group_mean"] <= r["mean"] and r["paired_se"] is None for r in results["rows"])
+    assert results["reference"]["worst_group_mean"] <= results["reference"]["mean"]
     # the full-data reference is ensemble member 0 (same seed, data and recipe), not a second identical training
     assert results["reference"]["source"] == ["ensemble member 0"]
     assert removal.test_accuracy(RunFolder(run), None, results["reference"]["seeds"][0], progress=False) == \
@@ -136,7 +194,7 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
     assert main(["detect", "--run", str(run), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
     seen = {}
 
-    def fake_run_removal(run_folder, strategies, fractions, seeds, device, progress):
+    def fake_run_removal(run_folder, strategies, fractions, seeds, device, progress, groups):
         seen["strategies"] = strategies
         return {"n_noisy": 0, "n_train": 0, "rows": [], "reference": {"mean": 0.0, "se": None}}
 
@@ -145,3 +203,36 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
     assert main(["removal", "--run", str(run), "--no-progress", "--device", "cpu"]) == 0
     assert "cleanlab" not in seen["strategies"] and "negative" in seen["strategies"]
     assert "cleanlab strategy skipped" in capsys.readouterr().out
+
+
+def test_worst_group_test_groups_from_classes_or_a_groups_file(tiny_run, tmp_path):
+    run = RunFolder(tiny_run)
+    val, test = run.table("val"), run.table("test")
+    groups, what = removal.test_groups(run, "classes")
+    np.testing.assert_array_equal(groups, test["label"])
+    assert what == "classes"
+    rows = [f"{i},val,{int(y) % 2}" for i, y in enumerate(val["label"])]
+    only_val = tmp_path / "val.csv"
+    only_val.write_text("index,split,group\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="maps no test examples"):
+        removal.test_groups(run, str(only_val))
+    both = tmp_path / "both.csv"
+    both.write_text("index,split,group\n" + "\n".join(rows + [f"{i},test,{int(y) % 2}"
+                                                            for i, y in enumerate(test["label"])]) + "\n")
+    groups, what = removal.test_groups(run, str(both))
+    np.testing.assert_array_equal(groups, test["label"] % 2)
+    assert what == str(both)
+
+
+def test_training_survives_a_last_batch_of_one_example():
+    # removing 10% of 250 examples leaves 225 = 7 * 32 + 1: BatchNorm on 1 x 1 features refused a batch of one
+    from trakscope.config import DataConfig, ModelConfig, TrainConfig
+    from trakscope.data import load_dataset
+    from trakscope.train import MarginRecorder, train_model
+
+    ds = load_dataset(DataConfig(dataset="digits", max_train=40, image_size=16))
+    margins = MarginRecorder(len(ds.train))
+    states = train_model(ModelConfig(name="timm:test_resnet"), TrainConfig(epochs=2, batch_size=8, augment=False),
+                         ds, seed=0, keep=np.arange(33), progress=False, margins=margins)
+    assert len(states) == 1
+    assert np.isfinite(margins.aum()[:33]).all() and np.isnan(margins.aum()[33:]).all()

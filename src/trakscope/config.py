@@ -38,6 +38,11 @@ class DataConfig:
                                                "(default: the model's own)")
     noise: float = _opt(0.0, "fraction of training labels flipped on purpose to measure detection (planted noise; "
                              "never on by default: your data stays as it is)")
+    noise_kind: str = _opt("symmetric", "symmetric (flip to a uniformly chosen other class) | confusable (flip "
+                                        "between the confusable digits 4-9, 3-5, 7-1)")
+    canaries: float = _opt(0.0, "fraction of training labels flipped as canaries (disjoint from --noise, recorded "
+                                "in data/canaries.csv): known errors to measure detection on data without ground "
+                                "truth; export restores their labels")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split")
     max_test: int | None = _opt(None, "seeded stratified subset of the test split")
     val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split")

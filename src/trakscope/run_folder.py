@@ -45,10 +45,16 @@ LAYOUT: tuple[tuple[str, str], ...] = (
                               "files' sizes; later commands refuse data that no longer matches"),
     ("data/{split}.csv", "`index` (row/column in the score arrays), `source_id` (stable id in the source dataset), "
                          "`label` (as trained), `true_label`, `noisy` (0/1)"),
+    ("data/canaries.csv", "`index`, `source_id`, `label` (the canary's flipped label, as trained), `true_label` "
+                          "of the canaries (`--canaries`): flips planted to measure detection, never counted as "
+                          "the data's own errors"),
     ("data/thumbs_{split}.npy", "uint8 `[n, T, T, 3]` thumbnails for `inspect` and the report"),
     ("models/model{m}_ckpt{c}.safetensors", "checkpoint `c` of ensemble member `m` (the last `c` is the final "
                                             "model), with the run's fingerprint in its metadata"),
     ("models/metrics.json", "accuracy of each model and of the ensemble on val and test (`kind: model_metrics`)"),
+    ("models/aum[_model{m}].npy", "float64 `[n_train]` area under the margin (Pleiss et al. 2020): each training "
+                                  "example's margin (given-label logit minus largest other) during training, "
+                                  "averaged over epochs, per member and over the ensemble"),
     ("models/probs_{split}.npy", "float32 `[n, C]` ensemble-mean softmax probabilities"),
     ("features/", "the TRAK store (`trakscope.attribution.store`): projected features per checkpoint and split, "
                   "done flags, out-to-loss weights, `(X^T X + lambda I)^-1` per checkpoint"),
@@ -137,6 +143,14 @@ class RunFolder:
 
     def table_path(self, split: str) -> Path:
         return self.path / "data" / f"{split}.csv"
+
+    @property
+    def canaries_path(self) -> Path:
+        return self.path / "data" / "canaries.csv"
+
+    def aum_path(self, model: int | None = None) -> Path:
+        """``models/aum.npy`` (ensemble mean) or ``models/aum_model{m}.npy`` (one member)."""
+        return self.path / "models" / ("aum.npy" if model is None else f"aum_model{model}.npy")
 
     def thumbs_path(self, split: str) -> Path:
         return self.path / "data" / f"thumbs_{split}.npy"

@@ -35,6 +35,7 @@ FLAG_NAMES = {
 # Valid names of free-text fields whose config field carries no ``choices`` metadata (yet).
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dataset"): DATASETS,
+    ("data", "noise_kind"): ("symmetric", "confusable"),
     ("model", "name"): MODELS,
     ("model", "weights"): WEIGHTS,
     ("trak", "projector"): ("kronecker", "dense"),
@@ -49,7 +50,7 @@ FRACTION = (0, 1, True)  # [0, 1)
 OPEN_FRACTION = (0, 1, False)  # (0, 1)
 BOUNDS: dict[tuple[str, str], tuple[float, float | None, bool]] = {
     **{("data", n): POSITIVE for n in ("num_classes", "image_size", "max_train", "max_test")},
-    **{("data", n): FRACTION for n in ("noise", "val_fraction", "test_fraction")},
+    **{("data", n): FRACTION for n in ("noise", "canaries", "val_fraction", "test_fraction")},
     **{("train", n): POSITIVE for n in ("ensemble", "epochs", "batch_size", "checkpoints_per_model")},
     **{("train", n): NON_NEGATIVE for n in ("lr", "weight_decay", "num_workers")},
     ("train", "momentum"): OPEN_FRACTION,  # Nesterov SGD refuses momentum 0

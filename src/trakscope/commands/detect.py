@@ -17,8 +17,10 @@ LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_l
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run folder made by `trakscope run`")
-    parser.add_argument("--groups", choices=("classes", "auto"), default="classes",
-                        help="D3M validation groups: one per class, or Auto-D3M (2 PCA pseudo-groups per class)")
+    parser.add_argument("--groups", default="classes", metavar="classes|auto|FILE",
+                        help="D3M validation groups: one per class, Auto-D3M (2 PCA pseudo-groups per class), or a "
+                             "CSV with a `group` column and `source_id` or `index` (val rows; test rows too, with "
+                             "`split`=test or by source_id, for worst-group accuracy in `removal --groups`)")
     parser.add_argument("--folds", type=int, default=3,
                         help="k of the k-fold cross-validated training that feeds cleanlab")
     parser.add_argument("--no-cleanlab", action="store_true",
@@ -50,9 +52,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"cleanlab find_label_issues flags {cl['n_issues']} examples "
               f"({cl['folds']}-fold out-of-sample accuracy {cl['oos_acc']:.3f})")
     if metrics is None:
-        print("no planted noise in this run: no detection metrics (rankings only)")
+        print("no planted noise and no canaries in this run: no detection metrics (rankings only; "
+              "`trakscope run --canaries 0.01` plants known errors to measure on)")
         return 0
-    print(f"\ndetection of {metrics['n_noisy']} planted wrong labels among {metrics['n_train']} "
-          f"(D3M groups: {metrics['groups']}, {metrics['n_groups']} groups):")
-    print(detection_table(metrics))
+    if metrics["scorers"]:
+        print(f"\ndetection of {metrics['n_noisy']} planted wrong labels among {metrics['n_train']} "
+              f"(D3M groups: {metrics['groups']}, {metrics['n_groups']} groups):")
+        print(detection_table(metrics))
+    if "canaries" in metrics:
+        can = metrics["canaries"]
+        print(f"\nestimated on canaries: {can['n']} labels trakscope flipped itself among {metrics['n_train']} "
+              f"(recall = share of them in the top k% of the whole ranking):")
+        print(detection_table({"scorers": can["scorers"], "chance": can["chance"], "cleanlab": None}))
+        print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
     return 0

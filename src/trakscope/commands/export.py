@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
     registry.strategy(args.strategy)  # an unknown name fails before any file is read
     run_folder = RunFolder(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else None
-    keep_path, removed_path, n_keep, n_removed = export_lists(run_folder, args.strategy, args.fraction, args.seed,
-                                                              out_dir, args.fmt)
-    print(f"{args.strategy}: keep {n_keep} training examples -> {keep_path}")
-    print(f"removed {n_removed} (with reasons) -> {removed_path}")
+    out = export_lists(run_folder, args.strategy, args.fraction, args.seed, out_dir, args.fmt)
+    print(f"{args.strategy}: keep {out.n_keep} training examples -> {out.keep_path}")
+    print(f"removed {out.n_removed} (with reasons) -> {out.removed_path}")
+    if out.n_canaries:
+        print(f"canaries: the {out.n_canaries} labels trakscope flipped itself (--canaries) are in the keep-list "
+              f"with their true labels restored ({out.n_canaries_selected} of them selected by {args.strategy}, "
+              "kept: they are not your data's errors)")
     return 0

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", type=_names, default=DEFAULT_STRATEGIES,
                         help=f"comma-separated strategies; {registry.strategy_help()}")
     parser.add_argument("--seeds", type=int, default=3, help="retrains per (strategy, fraction), seeds train.seed + s")
+    parser.add_argument("--groups", default="classes", metavar="classes|FILE",
+                        help="test groups of the worst-group accuracy: the classes (worst-class accuracy), or the "
+                             "groups CSV given to `detect --groups` with rows for the test examples too")
     add_runtime_arguments(parser)
     add_data_root_argument(parser)
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             strategies = tuple(s for s in strategies if s != "cleanlab")
             print("cleanlab strategy skipped: detect ran with --no-cleanlab")
     summary = run_removal(run_folder, strategies, args.fractions, args.seeds, device=rt.device,
-                          progress=rt.progress)
+                          progress=rt.progress, groups=args.groups)
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))

@@ -12,6 +12,7 @@ from ..data import load_dataset
 from ..models import build_model, resolve_config
 from ..run_folder import RunError, RunFolder
 from ..run_lock import hold
+from ..stages.canaries import canary_table
 from ..stages.run import run_pipeline
 from ._config_args import add_config_arguments, config_from_args
 from ._runtime import add_runtime_arguments, runtime_from_args
@@ -80,6 +81,11 @@ def _summary(run_folder: RunFolder) -> None:
     if noisy:
         print(f"planted noise: {noisy} of {len(run_folder.table('train')['noisy'])} training labels flipped on "
               f"purpose (--noise {run_folder.config.data.noise:g}); data/train.csv marks them")
+    canaries = canary_table(run_folder)["index"]
+    if len(canaries):
+        print(f"canaries: {len(canaries)} further labels flipped as known errors (--canaries "
+              f"{run_folder.config.data.canaries:g}), listed in {run_folder.canaries_path}; `detect` measures each "
+              "scorer on them, `export` restores their labels")
     metrics = run_folder.read_result(run_folder.metrics_path, "model_metrics", "trakscope run")
     ens = metrics["ensemble"]
     accs = ", ".join(f"{m['test_acc']:.3f}" for m in metrics["models"])

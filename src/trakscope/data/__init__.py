@@ -25,7 +25,7 @@ from .images import (
     TensorImages,
     iter_batches,
 )
-from .splits import plant_noise, stratified_split, stratified_subset
+from .splits import CONFUSABLE_PAIRS, plant_canaries, plant_noise, stratified_split, stratified_subset
 
 __all__ = [
     "DataError",
@@ -107,12 +107,23 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         train = train.subset(stratified_subset(train.labels, cfg.max_train, seed=cfg.seed + 2))
     if cfg.max_test is not None:
         test = test.subset(stratified_subset(test.labels, cfg.max_test, seed=cfg.seed + 3))
-    noisy, _ = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4)
-    train = ImageSplit(train.images, noisy, train.true_labels, train.source_ids)
+    noisy, flipped = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4, kind=cfg.noise_kind,
+                                 pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else ())
+    labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped)
+    train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
     return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)
+
+
+def _confusable_pairs(classes: list[str]) -> tuple[tuple[int, int], ...]:
+    """Class ids of :data:`~.splits.CONFUSABLE_PAIRS` (digit names) in ``classes``."""
+    pairs = tuple((classes.index(a), classes.index(b)) for a, b in CONFUSABLE_PAIRS if a in classes and b in classes)
+    if not pairs:
+        raise DataError(f"--noise-kind confusable flips between the digit pairs {CONFUSABLE_PAIRS}; "
+                        f"none of them is among the classes {classes}")
+    return pairs
 
 
 def _file_paths(images: ImageSource) -> list[str] | None:

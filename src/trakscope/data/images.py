@@ -185,13 +185,15 @@ class FileImages(ImageSource):
 class ImageSplit:
     """One split: pixels, the label used for training, the true label and a stable source id.
 
-    ``labels`` and ``true_labels`` are int64 ``[n]``; they differ where noise was planted.
+    ``labels`` and ``true_labels`` are int64 ``[n]``; they differ where noise or canaries were planted.
+    ``canary`` (bool ``[n]`` or None) marks canaries: flips planted to measure detection, not the data's errors.
     """
 
     images: ImageSource
     labels: np.ndarray
     true_labels: np.ndarray
     source_ids: list[str]
+    canary: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -205,14 +207,16 @@ class ImageSplit:
 
     @property
     def noisy(self) -> np.ndarray:
-        """bool ``[n]``: the training label differs from the true label."""
-        return self.labels != self.true_labels
+        """bool ``[n]``: the training label differs from the true label (canaries aside)."""
+        wrong = self.labels != self.true_labels
+        return wrong if self.canary is None else wrong & ~self.canary
 
     def subset(self, indices: np.ndarray) -> ImageSplit:
         """The examples ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageSplit(
-            self.images.subset(idx), self.labels[idx], self.true_labels[idx], [self.source_ids[i] for i in idx]
+            self.images.subset(idx), self.labels[idx], self.true_labels[idx], [self.source_ids[i] for i in idx],
+            None if self.canary is None else self.canary[idx],
         )
 
 
@@ -235,7 +239,7 @@ class Dataset:
     def normalized(self, mean: Sequence[float], std: Sequence[float]) -> Dataset:
         """The same dataset whose batches are normalised with ``mean`` and ``std`` (3 floats each)."""
         splits = [
-            ImageSplit(NormalizedImages(s.images, mean, std), s.labels, s.true_labels, s.source_ids)
+            ImageSplit(NormalizedImages(s.images, mean, std), s.labels, s.true_labels, s.source_ids, s.canary)
             for s in (self.train, self.val, self.test)
         ]
         return Dataset(self.name, self.classes, *splits)

@@ -50,22 +50,80 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def plant_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flip a seeded ``rate`` fraction of labels to a different, uniformly chosen class.
+# Class-conditional flips between digits that people confuse (real label errors are not uniform).
+CONFUSABLE_PAIRS = (("4", "9"), ("3", "5"), ("7", "1"))
+NOISE_KINDS = ("symmetric", "confusable")
+
+
+def plant_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int, kind: str = "symmetric",
+                pairs: tuple[tuple[int, int], ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Flip a seeded ``rate`` fraction of labels.
+
+    Args:
+        kind: ``symmetric`` flips to a different, uniformly chosen class; ``confusable`` flips an example of a
+            class in ``pairs`` to its partner (only such examples are flipped).
+        pairs: class-id pairs ``(a, b)`` for ``confusable``; each flips both ways.
 
     Returns:
         ``(noisy_labels, flipped)``: int64 ``[n]`` and bool ``[n]``; ``flipped`` marks exactly
         ``round(rate * n)`` examples.
+
+    Raises:
+        ValueError: a bad rate or kind, or too few examples in the pairs' classes for the rate.
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"noise rate must be in [0, 1), got {rate}")
     if rate > 0 and num_classes < 2:
         raise ValueError("planting noise needs at least two classes")
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels, dtype=np.int64)
     n_flip = int(round(rate * len(labels)))
+    if kind == "confusable":
+        return _plant_confusable(labels, n_flip, pairs, rng)
     flipped = np.zeros(len(labels), dtype=bool)
     flipped[rng.permutation(len(labels))[:n_flip]] = True
     shift = rng.integers(1, max(num_classes, 2), size=len(labels))
     noisy = np.where(flipped, (labels + shift) % num_classes, labels)
     return noisy.astype(np.int64), flipped
+
+
+def _plant_confusable(labels: np.ndarray, n_flip: int, pairs: tuple[tuple[int, int], ...],
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    eligible = np.flatnonzero(np.isin(labels, list(partner)))
+    if n_flip > len(eligible):
+        raise ValueError(f"confusable noise can flip at most the {len(eligible)} examples of the paired classes, "
+                         f"{n_flip} asked")
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[rng.permutation(eligible)[:n_flip]] = True
+    noisy = labels.copy()
+    noisy[flipped] = [partner[int(y)] for y in labels[flipped]]
+    return noisy, flipped
+
+
+def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
+                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flip a seeded ``rate`` fraction of labels as canaries: known errors planted to measure detection.
+
+    Canaries are drawn among examples not in ``exclude`` (the planted-noise flips), and flipped uniformly to
+    another class, so they are disjoint from the noise and their true label is the one given.
+
+    Returns:
+        ``(labels_with_canaries, canary)``: int64 ``[n]`` and bool ``[n]`` (exactly ``round(rate * n)`` True).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"canary rate must be in [0, 1), got {rate}")
+    labels = np.asarray(labels, dtype=np.int64)
+    free = np.flatnonzero(~np.asarray(exclude, dtype=bool)) if exclude is not None else np.arange(len(labels))
+    n = int(round(rate * len(labels)))
+    if n and num_classes < 2:
+        raise ValueError("planting canaries needs at least two classes")
+    if n > len(free):
+        raise ValueError(f"{n} canaries asked, only {len(free)} examples are not already flipped")
+    rng = np.random.default_rng(seed)
+    canary = np.zeros(len(labels), dtype=bool)
+    canary[rng.permutation(free)[:n]] = True
+    shift = rng.integers(1, max(num_classes, 2), size=len(labels))
+    return np.where(canary, (labels + shift) % num_classes, labels).astype(np.int64), canary

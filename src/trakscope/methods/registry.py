@@ -28,6 +28,8 @@ class ScorerInputs:
         train_probs, val_probs: float ``[n, C]`` ensemble-mean probabilities.
         group_ids: int ``[n_val]`` D3M validation groups.
         oos_probs: float ``[n_train, C]`` out-of-sample probabilities (k-fold), or None when not computed.
+        aum: float ``[n_train]`` area under the margin recorded during training, or None (imported checkpoints,
+            older run folders).
     """
 
     self_scores: np.ndarray
@@ -38,6 +40,7 @@ class ScorerInputs:
     val_probs: np.ndarray
     group_ids: np.ndarray
     oos_probs: np.ndarray | None = None
+    aum: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,13 @@ class Scorer:
     worse_is_high: bool
     description: str
     needs_crossval: bool = False
+    needs: str | None = None  # a ScorerInputs field that may be None; the scorer is skipped without it
+
+    def available(self, inputs: ScorerInputs) -> bool:
+        """Whether the inputs this scorer needs were computed."""
+        if self.needs_crossval and inputs.oos_probs is None:
+            return False
+        return self.needs is None or getattr(inputs, self.needs) is not None
 
     def suspicion(self, score: np.ndarray) -> np.ndarray:
         """float64 ``[n]``, higher = more suspicious = inspected first."""
@@ -69,8 +79,14 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
            "ensemble training loss -log p[y] (high = suspicious)"),
     Scorer("cleanlab", lambda i: scorers.cleanlab_quality(i.oos_probs, i.train_labels)[0], False,
            "cleanlab label quality on k-fold out-of-sample probabilities (low = suspicious)", needs_crossval=True),
+    Scorer("aum", lambda i: scorers.area_under_margin(i.aum), False,
+           "area under the margin during training, averaged over epochs and members (low = suspicious)",
+           needs="aum"),
+    Scorer("trak_loo", lambda i: scorers.loo_margin(i.train_probs, i.train_labels, i.self_scores), False,
+           "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)"),
 )}
-# The order of ranking.csv and the report's default suspects: TRAK's mislabel scorer (as in dattri and TracIn).
+# The order of ranking.csv and the report's default suspects when no canaries say better: TRAK's mislabel scorer
+# (as in dattri and TracIn). With canaries, the scorer with the best canary ROC-AUC is used instead.
 # D3M ranks *detrimental* examples (for removal), which need not be mislabeled ones.
 PRIMARY = "self_influence"
 
@@ -102,6 +118,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("cleanlab", "cleanlab", "lowest cleanlab label quality"),
     Strategy("self-influence", "self_influence", "highest TRAK self-influence", aliases=("self_influence",)),
     Strategy("val-negative", "val_all", "most negatively influential on val (TRAK without D3M's loss weights)"),
+    Strategy("aum", "aum", "lowest area under the margin"),
+    Strategy("trak-loo", "trak_loo", "lowest TRAK leave-one-out margin", aliases=("trak_loo",)),
 )}
 DEFAULT_STRATEGIES = ("positive", "negative", "d3m-heuristic", "random", "loss", "cleanlab")
 

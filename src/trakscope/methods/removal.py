@@ -112,44 +112,79 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     return float(v.mean()), se
 
 
+def worst_group_accuracy(correct: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest per-group accuracy (D3M's metric): ``correct`` bool ``[n_test]``, ``groups`` int ``[n_test]``."""
+    correct, groups = np.asarray(correct, dtype=bool), np.asarray(groups, dtype=np.int64)
+    if correct.shape != groups.shape:
+        raise ValueError(f"correct {correct.shape} and groups {groups.shape} must have the same shape")
+    return float(min(correct[groups == g].mean() for g in np.unique(groups)))
+
+
+def paired_delta(values: list[float], reference: dict[int, float], seeds: list[int]) -> tuple[float, float | None]:
+    """Mean and SE over seeds of ``value(seed) - reference(seed)``: the paired difference to the full-data model."""
+    return mean_se([v - reference[s] for v, s in zip(values, seeds)])
+
+
 def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy: int) -> dict:
-    """``removal/results.json``: the full-data reference and one row per (strategy, fraction)."""
+    """``removal/results.json``: the full-data reference and one row per (strategy, fraction).
+
+    Each row has the test accuracy per seed, its mean and SE, ``delta_vs_full`` (difference of means) and
+    ``paired_delta`` / ``paired_se``: mean and SE over seeds of ``acc(strategy, seed) - acc(full, seed)``, which
+    removes the seed-to-seed spread the two share. Where ``evaluate`` gave per-example correctness and test groups
+    were known, ``worst_group_acc`` (per seed, mean, SE, paired delta and SE) stands beside it.
+    """
+    ref_acc = {r["seed"]: r["test_acc"] for r in references}
+    ref_worst = {r["seed"]: r["worst_group_acc"] for r in references if r.get("worst_group_acc") is not None}
     ref_mean, ref_se = mean_se([r["test_acc"] for r in references])
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["strategy"], r["fraction"]), []).append(r)
     rows = []
     for (strategy, fraction), rs in groups.items():
-        mean, se = mean_se([r["test_acc"] for r in rs])
-        rows.append({"strategy": strategy, "fraction": fraction,
-                     "removed_fraction": float(np.mean([r["n_removed"] for r in rs]) / n_train),
-                     "n_removed": float(np.mean([r["n_removed"] for r in rs])),
-                     "n_noisy_removed": float(np.mean([r["n_noisy_removed"] for r in rs])),
-                     "test_acc": [r["test_acc"] for r in rs], "mean": mean, "se": se,
-                     "delta_vs_full": mean - ref_mean, "seeds": [r["seed"] for r in rs]})
-    return {"n_train": n_train, "n_noisy": n_noisy,
-            "reference": {"test_acc": [r["test_acc"] for r in references], "mean": ref_mean, "se": ref_se,
-                          "seeds": [r["seed"] for r in references],
-                          "source": [r.get("source", "retrained") for r in references]},
-            "rows": rows}
+        seeds = [r["seed"] for r in rs]
+        accs = [r["test_acc"] for r in rs]
+        mean, se = mean_se(accs)
+        paired, paired_se = paired_delta(accs, ref_acc, seeds)
+        row = {"strategy": strategy, "fraction": fraction,
+               "removed_fraction": float(np.mean([r["n_removed"] for r in rs]) / n_train),
+               "n_removed": float(np.mean([r["n_removed"] for r in rs])),
+               "n_noisy_removed": float(np.mean([r["n_noisy_removed"] for r in rs])),
+               "test_acc": accs, "mean": mean, "se": se, "delta_vs_full": mean - ref_mean,
+               "paired_delta": paired, "paired_se": paired_se, "seeds": seeds}
+        worst = [r.get("worst_group_acc") for r in rs]
+        if all(w is not None for w in worst) and all(s in ref_worst for s in seeds):
+            row["worst_group_acc"] = worst
+            row["worst_group_mean"], row["worst_group_se"] = mean_se(worst)
+            row["worst_group_paired_delta"], row["worst_group_paired_se"] = paired_delta(worst, ref_worst, seeds)
+        rows.append(row)
+    reference = {"test_acc": [r["test_acc"] for r in references], "mean": ref_mean, "se": ref_se,
+                 "seeds": [r["seed"] for r in references],
+                 "source": [r.get("source", "retrained") for r in references]}
+    if len(ref_worst) == len(references):
+        reference["worst_group_acc"] = [ref_worst[r["seed"]] for r in references]
+        reference["worst_group_mean"], reference["worst_group_se"] = mean_se(reference["worst_group_acc"])
+    return {"n_train": n_train, "n_noisy": n_noisy, "reference": reference, "rows": rows}
 
 
-Evaluate = Callable[[Job, np.ndarray, int], float]
+Evaluate = Callable[[Job, np.ndarray, int], "float | Mapping"]
 
 
 def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
                        strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
                        fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3, base_seed: int = 0,
-                       noisy: np.ndarray | None = None, on_job: Callable[[Job], None] | None = None) -> dict:
+                       noisy: np.ndarray | None = None, test_groups: np.ndarray | None = None,
+                       on_job: Callable[[Job], None] | None = None) -> dict:
     """Retrain without each strategy's selection, ``seeds`` times, and summarise accuracy against full data.
 
     Args:
         ranking: ``index`` and per-scorer natural scores (see :func:`select_removed`).
         evaluate: ``(job, keep, seed) -> accuracy``: train with your recipe on the training rows ``keep``
             (int64, sorted) from initial weights fixed by ``seed``, return test accuracy. Called once per job and
-            once per seed with every row (the full-data reference, ``job.strategy == "full"``), where it may
-            return ``{"test_acc": ..., "source": ...}`` to say where the reference came from.
+            once per seed with every row (the full-data reference, ``job.strategy == "full"``). It may instead
+            return ``{"test_acc": ..., "correct": bool [n_test], "source": ...}``: with ``correct`` and
+            ``test_groups``, worst-group accuracy is reported too; ``source`` says where a reference came from.
         noisy: bool ``[n_train]`` planted wrong labels, to count how many each selection removed.
+        test_groups: int ``[n_test]`` group of each test example (e.g. its class) for worst-group accuracy.
         on_job: called before each job (a progress bar's hook).
 
     Returns:
@@ -164,20 +199,25 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
         full = Job("full", math.nan, offset)
         if on_job:
             on_job(full)
-        references.append({"seed": seed, **_as_result(evaluate(full, every, seed))})
+        references.append({"seed": seed, **_as_result(evaluate(full, every, seed), test_groups)})
         for job in [j for j in plan_jobs(strategies, fractions, seeds) if j.offset == offset]:
             if on_job:
                 on_job(job)
             removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
-            acc = _as_result(evaluate(job, np.setdiff1d(every, removed), seed))["test_acc"]
+            got = _as_result(evaluate(job, np.setdiff1d(every, removed), seed), test_groups)
             results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
                             "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
-                            "removed_sha256": indices_hash(removed), "test_acc": acc})
+                            "removed_sha256": indices_hash(removed), "test_acc": got["test_acc"],
+                            "worst_group_acc": got.get("worst_group_acc")})
     return summarize(results, references, n, int(noisy.sum()))
 
 
-def _as_result(value: float | Mapping) -> dict:
-    """What ``evaluate`` returned, as ``{"test_acc": float, ...}``."""
+def _as_result(value: float | Mapping, test_groups: np.ndarray | None = None) -> dict:
+    """What ``evaluate`` returned, as ``{"test_acc": float, "worst_group_acc": float or None, ...}``."""
     out = dict(value) if isinstance(value, Mapping) else {"test_acc": value}
     out["test_acc"] = float(out["test_acc"])
+    correct = out.pop("correct", None)
+    out["worst_group_acc"] = None
+    if correct is not None and test_groups is not None:
+        out["worst_group_acc"] = worst_group_accuracy(correct, test_groups)
     return out

@@ -104,6 +104,59 @@ def training_loss(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarr
     return -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
 
 
+def train_margin(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarray:
+    """TRAK's output function on the ensemble's probabilities: ``log p[y] - log(1 - p[y])``.
+
+    With logits ``z`` this is ``z_y - logsumexp_{k != y} z_k``, the margin whose change ``scores[i, j]`` estimates.
+
+    Returns:
+        float64 ``[n_train]``.
+    """
+    p = np.asarray(train_probs, dtype=np.float64)
+    py = np.clip(p[np.arange(len(train_labels)), np.asarray(train_labels, dtype=np.int64)], 1e-12, 1 - 1e-12)
+    return np.log(py) - np.log1p(-py)
+
+
+def loo_margin(train_probs: np.ndarray, train_labels: np.ndarray, self_scores: np.ndarray) -> np.ndarray:
+    """TRAK-estimated leave-one-out margin: the in-sample margin minus the example's own predicted contribution.
+
+    Units. The loss is ``log(1 + exp(-f))`` of the margin ``f``, so its Gauss-Newton Hessian is
+    ``H = sum_j w_j g_j g_j^T`` with ``w_j = p_j (1 - p_j)``, and the one-step Newton estimate of how much
+    including example ``i`` raised its own margin is ``g_i^T H^-1 g_i (1 - p_i)``. TRAK's ``scores[i, i]`` uses the
+    unweighted ``X^T X`` instead of ``H``; with ``H ~ mean(w) X^T X`` the contribution is ``scores[i, i] / mean(w)``.
+    Without that factor (``mean(w)`` is ~0.01 on a well-fit training set) the correction is negligible and the
+    scorer is the in-sample margin. The ridge still shrinks it; no leverage correction is applied.
+
+    Args:
+        train_probs: float ``[n_train, C]`` ensemble-mean probabilities (in-sample).
+        train_labels: int ``[n_train]`` labels as trained.
+        self_scores: float ``[n_train]`` TRAK self-influence.
+
+    Returns:
+        float64 ``[n_train]`` ``margin_i - scores[i, i] / mean(w)``; **low = suspicious** (the label is not
+        supported without the example itself).
+    """
+    p = np.asarray(train_probs, dtype=np.float64)
+    py = np.clip(p[np.arange(len(train_labels)), np.asarray(train_labels, dtype=np.int64)], 1e-12, 1 - 1e-12)
+    weight = float(np.mean(py * (1 - py)))
+    return train_margin(train_probs, train_labels) - np.asarray(self_scores, dtype=np.float64) / max(weight, 1e-12)
+
+
+def area_under_margin(aum: np.ndarray) -> np.ndarray:
+    """AUM (Pleiss et al. 2020): the training-time margin averaged over epochs and ensemble members.
+
+    Args:
+        aum: float ``[n_train]`` from ``models/aum.npy`` (recorded by the trainer).
+
+    Returns:
+        float64 ``[n_train]``; **low = suspicious** (the given label kept losing to another class).
+    """
+    a = np.asarray(aum, dtype=np.float64)
+    if np.isnan(a).any():
+        raise ValueError("AUM is NaN for some training examples (never trained on)")
+    return a.copy()
+
+
 def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's confident learning on out-of-sample probabilities.
 

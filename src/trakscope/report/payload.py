@@ -53,7 +53,8 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
     """``detect/ranking.csv`` as the suspects view needs it, or None if ``detect`` has not run.
 
     Returns:
-        ``scorers`` (registered names present, the primary first), ``primary``, ``order`` {scorer: training
+        ``scorers`` (registered names present, the primary first: ``detect/metrics.json``'s ``primary``, the best on
+        the canaries, else :data:`~trakscope.methods.registry.PRIMARY`), ``primary``, ``order`` {scorer: training
         indices, most suspicious first}, ``score`` {scorer: ``[n_train]`` natural scores, 4 digits},
         ``predicted`` ``[n_train]``, ``descriptions`` {scorer: text}.
     """
@@ -61,7 +62,9 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
         return None
     ranking = run.ranking(tuple(registry.SCORERS))
     scorers = [n for n in registry.SCORERS if n in ranking]
-    scorers.sort(key=lambda n: n != registry.PRIMARY)
+    metrics = run.optional_result(run.detect_metrics_path, "detect_metrics") or {}
+    primary = metrics.get("primary") if metrics.get("primary") in scorers else registry.PRIMARY
+    scorers.sort(key=lambda n: n != primary)  # the best scorer on the canaries, when there are canaries
     order = {n: np.argsort(ranking[f"{n}_rank"], kind="stable").tolist() for n in scorers}
     score = {n: [float(f"{v:.4g}") for v in ranking[n]] for n in scorers}
     predicted = ranking.get("predicted", np.full(len(ranking["index"]), -1)).tolist()

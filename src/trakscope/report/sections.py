@@ -88,6 +88,16 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
     if isinstance(descriptions, Mapping):
         items = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in descriptions.items())
         parts.append(f'<ul class="notes">{items}</ul>')
+    canaries = metrics.get("canaries") if isinstance(metrics, Mapping) else None
+    if isinstance(canaries, Mapping):
+        can_rows = metric_rows(canaries)
+        if can_rows:
+            cols = sorted({c for _, r in can_rows for c in r}, key=_metric_key)
+            parts.append(f'<h3>Estimated on canaries ({fmt(canaries.get("n"))} labels flipped by trakscope)</h3>'
+                         f'<p class="muted">Suspects are ordered by {esc(str(metrics.get("primary")))}, the best '
+                         "ROC-AUC on the canaries.</p>")
+            parts.append(table(["scorer", *cols], [[name, *(r.get(c) for c in cols)] for name, r in can_rows],
+                               "metrics"))
     if isinstance(metrics, Mapping) and isinstance(metrics.get("cleanlab"), Mapping):
         cl = metrics["cleanlab"]
         parts.append(f'<p class="muted">cleanlab find_label_issues flags {fmt(cl.get("n_issues"))} examples '
@@ -148,12 +158,14 @@ def removal_section(results: Any, run_dir: str) -> str:
     series, ref_line = plots.removal_series({**results, "rows": rows})
     ref = results.get("reference") if isinstance(results.get("reference"), Mapping) else {}
     uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")))
-    table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None]]
+    table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None,
+                   None, ref.get("worst_group_mean"), None, None]]
     table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),
                     _count(r.get("n_noisy_removed")), r["mean"], r.get("se"), len(r.get("test_acc") or []),
-                    r.get("delta_vs_full")] for r in rows]
+                    r.get("delta_vs_full"), r.get("paired_se"), r.get("worst_group_mean"),
+                    r.get("worst_group_paired_delta"), r.get("worst_group_paired_se")] for r in rows]
     head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
-            "Δ vs full data"]
+            "Δ vs full data", "paired SE of Δ", "worst-group acc", "Δ worst-group (paired)", "its SE"]
     return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
         head, table_rows, "metrics")
 

@@ -14,17 +14,34 @@ def _pm(mean: float, se: float | None) -> str:
     return f"{mean:.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
 
+def _signed(mean: float | None, se: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:+.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
 def removal_table(summary: dict) -> str:
-    """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, change vs full."""
+    """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, the paired
+    difference to the full-data model of the same seed (mean ± SE over seeds), and worst-group accuracy with its
+    paired difference where known."""
     ref = summary["reference"]
-    heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full data"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads),
-             f"| full data | 0 | 0 of {summary['n_noisy']} | {_pm(ref['mean'], ref['se'])} | — |"]
+    worst = "worst_group_mean" in ref
+    heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full, paired (± SE)"]
+    full = ["full data", "0", f"0 of {summary['n_noisy']}", _pm(ref["mean"], ref["se"]), "—"]
+    if worst:
+        heads += ["worst-group acc", "Δ worst-group, paired"]
+        full += [_pm(ref["worst_group_mean"], ref["worst_group_se"]), "—"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), "| " + " | ".join(full) + " |"]
     order = {s: i for i, s in enumerate(summary.get("strategies", []))}
     for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
         removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"
-        lines.append(f"| {r['strategy']} | {removed} | {_count(r['n_noisy_removed'])} | {_pm(r['mean'], r['se'])} "
-                     f"| {r['delta_vs_full']:+.4f} |")
+        cells = [r["strategy"], removed, _count(r["n_noisy_removed"]), _pm(r["mean"], r["se"]),
+                 _signed(r.get("paired_delta", r["delta_vs_full"]), r.get("paired_se"))]
+        if worst:
+            has = "worst_group_mean" in r
+            cells += [_pm(r["worst_group_mean"], r["worst_group_se"]) if has else "—",
+                      _signed(r.get("worst_group_paired_delta"), r.get("worst_group_paired_se"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from ..methods import registry
 from ..methods.removal import removal_reason, select_removed
 from ..run_folder import RunFolder
+from .canaries import canary_mask
 from .detect import ground_truth, load_ranking, truth_columns
 from .table_files import FORMATS, write_rows
 
@@ -16,31 +18,49 @@ KEEP_COLUMNS = ["index", "source_id", "label", "label_name"]
 REMOVED_COLUMNS = [*KEEP_COLUMNS, "ground_truth", "true_label", "true_label_name", "noisy", "reason"]
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_lists` wrote: the two files, their row counts, and the canaries restored."""
+
+    keep_path: Path
+    removed_path: Path
+    n_keep: int
+    n_removed: int
+    n_canaries: int  # canaries in the keep-list with their true label (those the strategy selected included)
+    n_canaries_selected: int  # of them, how many the strategy would have removed
+
+
 def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
-                 out_dir: Path | None = None, fmt: str = "csv") -> tuple[Path, Path, int, int]:
-    """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``; return their paths and row counts.
+                 out_dir: Path | None = None, fmt: str = "csv") -> Exported:
+    """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``.
 
     Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset), ``label``
     and ``label_name``; the removed list adds ``ground_truth`` (``planted`` or ``unknown``), ``true_label`` and
     ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown) and ``reason``.
+
+    Canaries (``--canaries``) were flipped by trakscope, not by the data: every canary is in the keep-list with
+    its true label restored, even one the strategy selected (it is not the data's error).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     ranking = load_ranking(run)
     train, classes = run.table("train"), run.classes
     known = ground_truth(run) == "planted"
-    removed = select_removed(strategy, fraction, ranking, seed)
+    canary = canary_mask(run, len(train["index"]))
+    selected = select_removed(strategy, fraction, ranking, seed)
+    removed = selected[~canary[selected]]
     keep = np.setdiff1d(np.arange(len(train["index"])), removed)
     s = registry.strategy(strategy)
     name = s.name if s.threshold else f"{s.name}_{fraction:g}"
     keep_path, removed_path = run.export_paths(name, out_dir, fmt)
 
     def base(i: int) -> list:
-        label = int(train["label"][i])
+        label = int(train["true_label"][i] if canary[i] else train["label"][i])
         return [int(train["index"][i]), str(train["source_id"][i]), label, classes[label]]
 
     write_rows(keep_path, KEEP_COLUMNS, [base(i) for i in keep], fmt)
     write_rows(removed_path, REMOVED_COLUMNS,
                [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
                 for i in removed], fmt)
-    return keep_path, removed_path, len(keep), len(removed)
+    return Exported(keep_path, removed_path, len(keep), len(removed), int(canary.sum()),
+                    int(canary[selected].sum()))

@@ -21,26 +21,46 @@ from ..run_folder import RunFolder
 from .detect import load_ranking
 
 
-def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
-                  progress: bool = True) -> float:
-    """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
-    from ..train import predict_logits, train_final_model
+def test_correct(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
+                 progress: bool = True) -> np.ndarray:
+    """Train the run's architecture on ``keep`` with ``seed``; bool ``[n_test]``: is each test example right."""
+    from ..train import train_final_model
 
     cfg, dataset = run.config, run.dataset()
     model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
-    logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
-    return float((logits.argmax(axis=1) == dataset.test.labels).mean())
+    return _correct(run, model, device)
 
 
-def ensemble_member_accuracy(run: RunFolder, seed: int) -> dict | None:
-    """The test accuracy of the ensemble member trained with ``seed`` (same data and recipe as a full-data retrain).
+def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
+                  progress: bool = True) -> float:
+    """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
+    return float(test_correct(run, keep, seed, device, progress).mean())
+
+
+def _correct(run: RunFolder, model, device: str) -> np.ndarray:
+    from ..train import predict_logits
+
+    dataset = run.dataset()
+    logits = predict_logits(model, dataset.test.images, device=device, num_workers=run.config.train.num_workers)
+    return logits.argmax(axis=1) == dataset.test.labels
+
+
+def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> dict | None:
+    """Test accuracy and per-example correctness of the ensemble member trained with ``seed`` (same data and
+    recipe as a full-data retrain; its final checkpoint is evaluated, nothing is trained).
 
     None when no member has that seed, or when the members were not trained by trakscope from this config.
     """
+    from ..train import load_trained
+    from .run import final_checkpoints, load_checkpoint
+
     metrics = run.optional_result(run.metrics_path, "model_metrics")
     for m in (metrics or {}).get("models", []):
         if m.get("seed") == seed and m.get("test_acc") is not None and not run.config.model.checkpoints:
-            return {"test_acc": float(m["test_acc"]), "source": f"ensemble member {m['model']}"}
+            state = load_checkpoint(run, final_checkpoints(run)[m["model"]])
+            net = load_trained(run.config.model, len(run.dataset().classes), state, device)
+            correct = _correct(run, net, device)
+            return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {m['model']}"}
     return None
 
 
@@ -50,7 +70,7 @@ def cached_evaluate(run: RunFolder, device: str = "cpu"):
 
     def evaluate(job: Job, keep: np.ndarray, seed: int):
         if job.strategy == "full":
-            member = ensemble_member_accuracy(run, seed)
+            member = ensemble_member_accuracy(run, seed, device)
             if member is not None:
                 return member
         removed = np.setdiff1d(np.arange(n_train), keep)
@@ -58,27 +78,51 @@ def cached_evaluate(run: RunFolder, device: str = "cpu"):
         digest = indices_hash(removed)
         if path.exists():
             cached = read_json(path)
-            if cached.get("removed_sha256") == digest and cached.get("seed") == seed:
-                return {"test_acc": cached["test_acc"], "source": "retrained"}
+            if cached.get("removed_sha256") == digest and cached.get("seed") == seed and "test_correct" in cached:
+                correct = np.array([c == "1" for c in cached["test_correct"]], dtype=bool)
+                return {"test_acc": cached["test_acc"], "correct": correct, "source": "retrained"}
         t0 = time.perf_counter()
-        acc = test_accuracy(run, keep if len(removed) else None, seed, device, progress=False)
+        correct = test_correct(run, keep if len(removed) else None, seed, device, progress=False)
+        acc = float(correct.mean())
         write_json(path, {"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
                           "seed": seed, "removed_sha256": digest, "n_removed": int(len(removed)), "test_acc": acc,
+                          "test_correct": "".join("1" if c else "0" for c in correct),
                           "seconds": round(time.perf_counter() - t0, 2)})
-        return {"test_acc": acc, "source": "retrained"}
+        return {"test_acc": acc, "correct": correct, "source": "retrained"}
 
     return evaluate
 
 
+def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, str]:
+    """int64 ``[n_test]`` groups for worst-group accuracy and what they are: the test classes, or a groups file's.
+
+    Raises:
+        ValueError: a groups file that maps no test examples (worst-group accuracy needs them).
+    """
+    if groups in ("classes", "auto"):  # Auto-D3M's pseudo-groups exist for val only: worst class on test
+        return run.table("test")["label"], "classes"
+    from .groups import read_groups
+
+    test = read_groups(run, groups)[1]
+    if test is None:
+        raise ValueError(f"--groups {groups} maps no test examples; add rows for the test split (split=test or "
+                         "their source_id), or use --groups classes for worst-class accuracy")
+    return test, str(groups)
+
+
 def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
                 fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3,
-                device: str = "cpu", progress: bool = True) -> dict:
-    """Retrain every (strategy, fraction, seed), write ``removal/results.json`` and the plot; return the results."""
+                device: str = "cpu", progress: bool = True, groups: str = "classes") -> dict:
+    """Retrain every (strategy, fraction, seed), write ``removal/results.json`` and the plot; return the results.
+
+    ``groups`` (``classes`` or a groups CSV with test rows) gives the test groups of the worst-group accuracy.
+    """
     from ..methods.removal import plan_jobs
     from ..report.plots import removal_png
 
     t0 = time.perf_counter()
     ranking = load_ranking(run)
+    group_ids, group_source = test_groups(run, groups)
     bar = tqdm(total=len(plan_jobs(strategies, fractions, seeds)) + seeds, desc="remove and retrain",
                disable=not progress)
 
@@ -87,9 +131,11 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
         bar.update(1)
 
     summary = remove_and_retrain(ranking, cached_evaluate(run, device), strategies=strategies, fractions=fractions,
-                                 seeds=seeds, base_seed=run.config.train.seed, noisy=ranking["noisy"], on_job=on_job)
+                                 seeds=seeds, base_seed=run.config.train.seed, noisy=ranking["noisy"],
+                                 test_groups=group_ids, on_job=on_job)
     bar.close()
     summary.update({"strategies": list(strategies), "fractions": list(fractions), "seeds": seeds,
+                    "test_groups": group_source, "n_test_groups": int(len(np.unique(group_ids))),
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
     run.write_result(run.removal_results_path, "removal_results", summary)
     removal_png(summary, run.removal_plot_path)

@@ -27,10 +27,11 @@ from ..attribution.score import NonFiniteFeatures
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_tensors, read_json, save_npy, save_tensors, write_json
+from ..io import load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
 from ..models import build_model
 from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
-from ..train import architecture_only, load_trained, predict_logits, train_model
+from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
+from .canaries import write_canaries
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ def prepare_data(run: RunFolder) -> Dataset:
         thumbs = np.concatenate([split.images.thumbnails(np.arange(s, min(s + 256, len(split))), thumb)
                                  for s in range(0, len(split), 256)])
         save_npy(run.thumbs_path(name), thumbs)
-    run.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS))  # the tables seal themselves
+    write_canaries(run, dataset.train)
+    canaries = [run.canaries_path] if run.canaries_path.exists() else []
+    run.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS), *canaries)  # the tables seal themselves
     return dataset
 
 
@@ -122,13 +125,24 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
         if all(run.checkpoint_path(m, c).exists() for c in range(per_model)):
             continue
         seed = cfg.train.seed + m
-        states = train_model(cfg.model, cfg.train, dataset, seed=seed, device=rt.device, progress=rt.progress)
+        margins = MarginRecorder(len(dataset.train))
+        states = train_model(cfg.model, cfg.train, dataset, seed=seed, device=rt.device, progress=rt.progress,
+                             margins=margins)
+        save_npy(run.aum_path(m), margins.aum())  # before the checkpoints: a member with checkpoints has its AUM
         meta = {"fingerprint": fingerprint(cfg), "model": str(m), "seed": str(seed)}
         for c, state in enumerate(states):
             save_tensors(run.checkpoint_path(m, c), state, metadata={**meta, "checkpoint": str(c)})
     dist.barrier()
     if dist.rank() == 0:
         ensemble_metrics(run, rt)
+        ensemble_aum(run)
+
+
+def ensemble_aum(run: RunFolder) -> None:
+    """``models/aum.npy``: the mean of the members' AUM (skipped when a member's file is absent, e.g. older runs)."""
+    paths = [run.aum_path(m) for m in range(run.config.train.ensemble)]
+    if all(p.exists() for p in paths):
+        save_npy(run.aum_path(), np.mean([load_npy(p) for p in paths], axis=0))
 
 
 def import_checkpoints(run: RunFolder, rt: Runtime) -> None:

@@ -1,6 +1,7 @@
 """Training: one deterministic model on any subset of the training split, and its predictions."""
 
 from .trainer import (
+    MarginRecorder,
     architecture_only,
     checkpoint_epochs,
     load_trained,
@@ -11,6 +12,7 @@ from .trainer import (
 )
 
 __all__ = [
+    "MarginRecorder",
     "architecture_only",
     "checkpoint_epochs",
     "load_trained",

@@ -1,0 +1,175 @@
+"""Detection and remove-and-retrain across training regimes, with canaries. Not a test.
+
+Each case runs the CLI end to end in its own run folder under ``--work`` (everything is cached there, so a rerun
+resumes): ``trakscope run`` (with ``--canaries``), ``detect`` (every registered scorer, cleanlab on k-fold
+probabilities) and ``removal`` at 5% and 10% for negative, positive, random, loss, cleanlab and the detector with
+the best ROC-AUC **on the canaries** (chosen from the training split only, as a user without ground truth would).
+It prints Markdown tables: detection per scorer against planted noise and on canaries, and removal with the
+paired difference to the full-data model of the same seed and worst-class accuracy.
+
+Extra measurements (benchmark only): train accuracy on the given labels (does the ensemble memorise?), the raw
+``margin - scores[i, i]`` LOO variant without the Hessian-weight factor, and the slope of the k-fold margin drop
+(in-sample margin minus out-of-sample margin) on ``scores[i, i]``: TRAK's self-influence in measured units.
+
+    python benchmarks/regimes.py --work /tmp/regimes [--cases memorise,default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trakscope.cli import main as cli
+from trakscope.io import load_npy
+from trakscope.methods import registry, scorers
+from trakscope.methods.metrics import roc_auc
+from trakscope.report.tables import detection_table, removal_table
+from trakscope.run_folder import RunFolder
+
+# Shared by every case: small enough for 2 shared cores (16 px MNIST), seeded, with 3% canaries.
+BASE = ["--dataset", "mnist", "--image-size", "16", "--max-test", "500", "--canaries", "0.03",
+        "--proj-dim", "512", "--no-progress", "--device", "cpu"]
+# timm's 0.37M-parameter test ResNet (random init): tiny_cnn (3k parameters) underfits at this size (test accuracy
+# 0.24-0.32 in a first try) and cannot memorise; ResNet-18 costs ~30 s per epoch here.
+SMALL = ["--model", "timm:test_resnet", "--max-train", "300", "--epochs", "8", "--batch-size", "32", "--lr", "0.05",
+         "--ensemble", "3"]
+# Each case declares all its settings here: run flags, detect folds, and removal (strategies, fractions) or None.
+# Sizes come from timing on this machine's 2 cores shared with other engineers' jobs: one timm:test_resnet training
+# (300 x 8 epochs) took ~7 s with the machine quiet and up to 10x that under load; EfficientNet-Lite0 ~1 min.
+ALL = ("negative", "positive", "random", "loss", "cleanlab")  # + the best detector on the canaries
+CASES: dict[str, dict] = {
+    "memorise": {  # (b) long training without augmentation until the given (wrong) labels are fitted
+        "what": "(b) memorisation: timm:test_resnet (0.37M parameters, random init), 250 train, 10% symmetric "
+                "noise, 12 epochs, no augmentation",
+        "run": ["--model", "timm:test_resnet", "--max-train", "250", "--noise", "0.1", "--epochs", "12",
+                "--no-augment", "--batch-size", "32", "--lr", "0.05", "--ensemble", "3"],
+        "folds": 3, "removal": (ALL, "0.05,0.1")},
+    "default": {  # (a) today's recipe (augmented, few epochs), at this benchmark's size
+        "what": "(a) default recipe: timm:test_resnet, 300 train, 10% symmetric noise, 8 epochs, augmented",
+        "run": [*SMALL, "--noise", "0.1"], "folds": 3, "removal": (ALL, "0.05,0.1")},
+    "symmetric30": {  # (d) heavy uniform noise
+        "what": "(d) 30% symmetric noise: timm:test_resnet, 300 train, 8 epochs, augmented",
+        "run": [*SMALL, "--noise", "0.3"], "folds": 3, "removal": (ALL, "0.05,0.1")},
+    "confusable": {  # (d) class-conditional flips 4<->9, 3<->5, 7<->1 (15% of all labels = 1/4 of those classes)
+        "what": "(d) confusable-pair noise 4↔9, 3↔5, 7↔1 (15% of all labels): timm:test_resnet, 300 train, 8 epochs",
+        "run": [*SMALL, "--noise", "0.15", "--noise-kind", "confusable"], "folds": 3,
+        "removal": (ALL, "0.05,0.1")},
+    "pretrained": {  # (c) ImageNet EfficientNet-Lite0 fine-tuned; ~1 min per retrain here: detection only
+        "what": "(c) pretrained: efficientnet_lite0 (ImageNet weights), 32 px, 200 train, 10% symmetric noise, "
+                "3 epochs",
+        "run": ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "32", "--max-train", "200",
+                "--max-test", "200", "--val-fraction", "0.05", "--noise", "0.1", "--epochs", "3", "--batch-size",
+                "32", "--lr", "0.01", "--ensemble", "2", "--proj-dim", "256"],
+        "folds": 2, "removal": None},
+}
+SEEDS = 3  # seeds 0..2 = the ensemble members: the full-data reference of each seed costs nothing
+
+
+def strategy_for(scorer: str) -> list[str]:
+    """The removal strategy that drops the most suspicious examples by ``scorer`` (none for some scorers)."""
+    return [s.name for s in registry.STRATEGIES.values()
+            if s.scorer == scorer and s.most_suspicious and not s.threshold][:1]
+
+
+def extras(run: RunFolder) -> dict:
+    """Benchmark-only numbers: memorisation, the raw LOO variant, and the self-influence units check."""
+    train = run.table("train")
+    probs, labels = run.probs("train").astype(np.float64), train["label"]
+    noisy = train["noisy"].astype(bool)
+    self_scores = np.asarray(run.scores("self"), dtype=np.float64)
+    margin = scorers.train_margin(probs, labels)
+    out = {"train_acc_given": float((probs.argmax(1) == labels).mean()),
+           "noisy_fit": float((probs.argmax(1) == labels)[noisy].mean()) if noisy.any() else None,
+           "raw_loo_auc": roc_auc(-(margin - self_scores), noisy) if noisy.any() else None}
+    folds = sorted(run.crossval_dir.glob("fold*.npy"))
+    if run.fold_assignment_path.exists() and folds:
+        assign = load_npy(run.fold_assignment_path)
+        oos = np.zeros_like(probs)
+        for f in range(int(assign.max()) + 1):
+            oos[assign == f] = load_npy(run.fold_probs_path(f))
+        drop = margin - scorers.train_margin(oos, labels)  # what including the example did to its margin (k-fold)
+        out["loo_slope"] = float(np.polyfit(self_scores, drop, 1)[0])
+        out["loo_corr"] = float(np.corrcoef(self_scores, drop)[0, 1])
+        out["mean_drop"], out["mean_self"] = float(drop.mean()), float(self_scores.mean())
+        out["oos_margin_auc"] = roc_auc(-scorers.train_margin(oos, labels), noisy) if noisy.any() else None
+    return out
+
+
+def run_case(name: str, case: dict, work: Path) -> dict:
+    folder = work / name
+    t0 = time.perf_counter()
+    assert cli(["run", "--out", str(folder), *BASE, *case["run"]]) == 0
+    folds = ["--no-cleanlab"] if case["folds"] is None else ["--folds", str(case["folds"])]
+    assert cli(["detect", "--run", str(folder), *folds, "--no-progress"]) == 0
+    run = RunFolder(folder)
+    metrics = json.loads(run.detect_metrics_path.read_text())
+    best = metrics["primary"]
+    out = {"what": case["what"], "metrics": metrics, "extras": extras(run), "best": best,
+           "model_metrics": json.loads(run.metrics_path.read_text())}
+    if case["removal"] is not None:
+        baselines, fractions = case["removal"]
+        strategies = list(dict.fromkeys([*baselines, *strategy_for(best)]))
+        assert cli(["removal", "--run", str(folder), "--fractions", fractions, "--seeds", str(SEEDS),
+                    "--strategies", ",".join(strategies), "--no-progress"]) == 0
+        out["removal"] = json.loads(run.removal_results_path.read_text())
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def canary_vs_planted(metrics: dict, at: str = "recall@10%") -> str:
+    """One line per scorer: recall on canaries vs on planted noise at the same inspected share."""
+    lines = ["| scorer | canary AUC | planted AUC | canary R@10% | planted R@10% | gap |", "|---|---|---|---|---|---|"]
+    can = metrics["canaries"]["scorers"]
+    for n, m in metrics["scorers"].items():
+        c = can[n]
+        lines.append(f"| {n} | {c['roc_auc']:.3f} | {m['roc_auc']:.3f} | {c[at]:.3f} | {m[at]:.3f} | "
+                     f"{c[at] - m[at]:+.3f} |")
+    return "\n".join(lines)
+
+
+def render(name: str, r: dict) -> str:
+    m, x = r["metrics"], r["extras"]
+    ens = r["model_metrics"]["ensemble"]
+    parts = [f"### {name}: {r['what']}", "",
+             f"ensemble test accuracy {ens['test_acc']:.3f}; train accuracy on the given labels "
+             f"{x['train_acc_given']:.3f} (planted wrong labels fitted: {x['noisy_fit']:.3f}); "
+             f"{m['n_noisy']} planted wrong labels, {m['canaries']['n']} canaries among {m['n_train']}; "
+             f"case wall time {r['seconds'] / 60:.1f} min", "",
+             "Detection of the planted noise:", "", detection_table(m), "",
+             "Canaries vs planted noise (the canary estimate a user would see, and the truth):", "",
+             canary_vs_planted(m), "",
+             f"Best on canaries (the default suspects list, and the removal 'best detector'): **{r['best']}**. "
+             f"Raw `margin - scores[i,i]` (no Hessian-weight factor) AUC {x['raw_loo_auc']:.3f}."]
+    if "loo_slope" in x:
+        parts.append(f"Self-influence units: k-fold margin drop (in-sample − out-of-sample margin) regressed on "
+                     f"scores[i,i]: slope {x['loo_slope']:.1f}, correlation {x['loo_corr']:.3f} (mean drop "
+                     f"{x['mean_drop']:.3f} vs mean scores[i,i] {x['mean_self']:.4f}); k-fold out-of-sample margin "
+                     f"alone: AUC {x['oos_margin_auc']:.3f}.")
+    if "removal" in r:
+        parts += ["", "Remove and retrain (test accuracy; Δ paired = mean ± SE over seeds of acc(strategy, seed) − "
+                      "acc(full, seed); worst group = worst class):", "", removal_table(r["removal"])]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/trakscope-regimes"))
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names, in order")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    print(f"# regimes benchmark on {platform.processor() or platform.machine()}: {args.cases}\n", flush=True)
+    results = {}
+    for name in args.cases.split(","):
+        results[name] = run_case(name, CASES[name], args.work)
+        print(render(name, results[name]), flush=True)
+        (args.work / "regimes.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

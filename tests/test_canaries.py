@@ -1,0 +1,110 @@
+"""Canaries (known flips trakscope plants to measure detection) and confusable-pair noise: planting, detect, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trakscope.config import DataConfig
+from trakscope.data import load_dataset
+from trakscope.data.splits import plant_canaries, plant_noise
+from trakscope.io import read_csv
+from trakscope.methods.metrics import roc_auc
+from trakscope.methods.registry import SCORERS
+from trakscope.run_folder import RunFolder
+
+
+def test_canaries_are_seeded_exact_and_disjoint_from_the_noise():
+    labels = np.arange(400) % 10
+    noisy, flipped = plant_noise(labels, 10, 0.2, seed=0)
+    with_canaries, canary = plant_canaries(noisy, 10, 0.05, seed=1, exclude=flipped)
+    assert canary.sum() == 20 and not (canary & flipped).any()
+    assert (with_canaries[canary] != noisy[canary]).all()  # each canary is a real flip
+    np.testing.assert_array_equal(with_canaries[~canary], noisy[~canary])
+    again, canary2 = plant_canaries(noisy, 10, 0.05, seed=1, exclude=flipped)
+    np.testing.assert_array_equal(canary, canary2)
+    np.testing.assert_array_equal(again, with_canaries)
+    none, no_canary = plant_canaries(noisy, 10, 0.0, seed=1)
+    assert not no_canary.any() and np.array_equal(none, noisy)
+    with pytest.raises(ValueError):
+        plant_canaries(noisy, 10, 1.0, seed=1)
+
+
+def test_confusable_noise_flips_only_within_pairs():
+    labels = np.repeat(np.arange(10), 50)
+    noisy, flipped = plant_noise(labels, 10, 0.15, seed=0, kind="confusable", pairs=((4, 9), (3, 5), (7, 1)))
+    assert flipped.sum() == 75
+    partner = {4: 9, 9: 4, 3: 5, 5: 3, 7: 1, 1: 7}
+    assert all(noisy[i] == partner[labels[i]] for i in np.flatnonzero(flipped))
+    assert not flipped[np.isin(labels, [0, 2, 6, 8])].any()
+    with pytest.raises(ValueError, match="at most"):
+        plant_noise(labels, 10, 0.7, seed=0, kind="confusable", pairs=((4, 9),))
+    with pytest.raises(ValueError, match="noise kind"):
+        plant_noise(labels, 10, 0.1, seed=0, kind="pairs")
+
+
+def test_dataset_keeps_canaries_apart_from_its_noise():
+    ds = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.05))
+    train = ds.train
+    assert train.canary.sum() == 15 and train.noisy.sum() == 30
+    assert not (train.canary & train.noisy).any()
+    assert (train.labels[train.canary] != train.true_labels[train.canary]).all()
+    confusable = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, noise_kind="confusable"))
+    flipped = confusable.train.noisy
+    pairs = {(4, 9), (9, 4), (3, 5), (5, 3), (7, 1), (1, 7)}
+    assert flipped.sum() == 30
+    assert {(int(t), int(y)) for t, y in zip(confusable.train.true_labels[flipped],
+                                              confusable.train.labels[flipped])} <= pairs
+
+
+def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
+    """No planted noise: the canaries are the only ground truth; detect measures on them, export restores them."""
+    from trakscope.cli import main
+
+    run_dir = tmp_path / "run"
+    args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "200", "--max-test", "60", "--epochs", "6",
+            "--ensemble", "2", "--batch-size", "32", "--lr", "0.1", "--proj-dim", "64", "--projector", "dense",
+            "--canaries", "0.05", "--no-progress", "--device", "cpu"]
+    assert main(["run", "--out", str(run_dir), *args]) == 0
+    assert "canaries: 10 further labels" in capsys.readouterr().out
+    run = RunFolder(run_dir)
+    canaries = read_csv(run.canaries_path)
+    idx = sorted(int(r["index"]) for r in canaries)
+    train = run.table("train")
+    assert len(idx) == 10 and not train["noisy"].any()  # never counted as the data's own errors
+    assert all(int(r["label"]) != int(r["true_label"]) for r in canaries)
+
+    assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated on canaries: 10 labels" in out
+    metrics = json.loads(run.detect_metrics_path.read_text())
+    assert metrics["scorers"] == {} and metrics["n_noisy"] == 0
+    can = metrics["canaries"]["scorers"]
+    assert set(can) == set(SCORERS) - {"cleanlab"}
+    best = max(can, key=lambda n: can[n]["roc_auc"])
+    assert metrics["primary"] == best and can[best]["roc_auc"] > 0.7  # tiny run measures ~0.9
+    rows = read_csv(run.ranking_path)
+    assert rows[0][f"{best}_rank"] == "1"  # ranking.csv is ordered by the best scorer on the canaries
+    marked = sorted(int(r["index"]) for r in rows if r["canary"] == "1")
+    assert marked == idx
+    assert all(r["ground_truth"] == "canary" and r["true_label"] != "" for r in rows if r["canary"] == "1")
+    assert all(r["ground_truth"] == "unknown" for r in rows if r["canary"] == "0")
+    mask = np.zeros(len(rows), bool)
+    mask[idx] = True
+    ranking = run.ranking(tuple(SCORERS))
+    assert roc_auc(SCORERS[best].suspicion(ranking[best]), mask) == pytest.approx(can[best]["roc_auc"])
+
+    from trakscope.report.payload import read_ranking
+
+    assert read_ranking(run)["primary"] == best  # the report's suspects list defaults to it
+
+    assert main(["export", "--run", str(run_dir), "--strategy", "loss", "--fraction", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "true labels restored" in out
+    keep = {int(r["index"]): int(r["label"]) for r in read_csv(run.export_paths("loss_0.1")[0])}
+    removed = {int(r["index"]) for r in read_csv(run.export_paths("loss_0.1")[1])}
+    truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
+    assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label
+    assert not removed & set(idx) and len(keep) + len(removed) == 200
