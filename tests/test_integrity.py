@@ -208,7 +208,7 @@ def test_run_names_the_checkpoint_whose_gradients_are_not_finite(run_copy, capsy
     feats.flush()
     del feats
     run_copy.seal(path)  # as if featurization itself had produced the NaN (a diverged model), not later damage
-    for p in [*run_copy.features_dir.glob("ckpt*/xtx_inv.npy"), *run_copy.features_dir.glob("ckpt*/lambda.json")]:
+    for p in [*run_copy.features_dir.glob("ckpt*/xtx*.npy"), *run_copy.features_dir.glob("ckpt*/lambda.json")]:
         p.unlink()
     shutil.rmtree(run_copy.features_dir / "scores")
     shutil.rmtree(run_copy.path / "scores")
