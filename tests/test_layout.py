@@ -10,7 +10,7 @@ from trakscope.run_folder import layout_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "trakscope"
-OWNERS = {SRC / "run_folder.py", SRC / "attribution" / "store.py"}  # the run folder, and the TRAK store inside it
+OWNERS = {*(SRC / "run_folder").glob("*.py"), SRC / "attribution" / "store.py"}  # the run folder, its TRAK store
 NAMES = ("config.json", "timings.json", "classes.json", "thumbs_", "metrics.json", "probs_", "ranking.csv",
          "ranking.parquet", "folds.npy", "results.json", "accuracy_vs_fraction.png", "retrains/", "lds.json",
          "subsets/", "index.html", "_per_target.csv", "scores/", "models/", "detect/", "features/")
