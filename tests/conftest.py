@@ -13,6 +13,7 @@ TINY_RUN_ARGS = [
     "--dataset", "digits", "--model", "tiny_cnn", "--max-train", "200", "--max-test", "60",
     "--epochs", "6", "--ensemble", "2", "--batch-size", "32", "--lr", "0.1",
     "--proj-dim", "64", "--projector", "dense", "--noise", "0.1", "--no-progress", "--device", "cpu",
+    "--checkpoints-per-model", "1", "--ridge", "3",  # the fixture's calibrated setting: one final checkpoint each
 ]
 
 
