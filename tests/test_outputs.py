@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from trakscope.cli import main
-from trakscope.io import read_csv, write_csv
-from trakscope.run_folder import TABLE_COLUMNS, RunFolder
+from trakscope.io import read_csv
+from trakscope.run_folder import RunFolder
 
 DETECT = ["detect", "--no-cleanlab", "--no-progress", "--device", "cpu"]
 
@@ -81,9 +81,8 @@ def test_without_planted_noise_ground_truth_reads_unknown(tiny_run, tmp_path, ca
     (run_dir / "config.json").write_text(json.dumps(config))
     run = RunFolder(run_dir)
     table = run.table("train")  # as if no label had been flipped: the labels are the user's, unverified
-    write_csv(run.table_path("train"), TABLE_COLUMNS,
-              [(int(i), s, int(t), int(t), 0) for i, s, t in zip(table["index"], table["source_id"],
-                                                                   table["true_label"])])
+    run.write_table("train", [(int(i), s, int(t), int(t), 0)  # through the folder, so its manifest follows
+                              for i, s, t in zip(table["index"], table["source_id"], table["true_label"])])
     assert main([*DETECT, "--run", str(run_dir), "--format", "parquet"]) == 0
     assert "true labels are unknown" in capsys.readouterr().out
     rows = read_csv(run.ranking_path)

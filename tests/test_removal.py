@@ -232,7 +232,8 @@ def test_training_survives_a_last_batch_of_one_example():
 
     ds = load_dataset(DataConfig(dataset="digits", max_train=40, image_size=16))
     margins = MarginRecorder(len(ds.train))
-    states = train_model(ModelConfig(name="timm:test_resnet"), TrainConfig(epochs=2, batch_size=8, augment=False),
+    recipe = TrainConfig(epochs=2, batch_size=8, augment=False, checkpoints_per_model=1)
+    states = train_model(ModelConfig(name="timm:test_resnet"), recipe,
                          ds, seed=0, keep=np.arange(33), progress=False, margins=margins)
     assert len(states) == 1
     assert np.isfinite(margins.aum()[:33]).all() and np.isnan(margins.aum()[33:]).all()

@@ -85,17 +85,23 @@ class TrainConfig:
     """Fine-tuning of the checkpoint ensemble."""
 
     ensemble: int = _opt(2, "number of independently seeded models (2 x 4 checkpoints reaches the LDS plateau of "
-                            "the frontier in BENCHMARKS.md; a third model adds 50% training for +0.004)")
+                            "the frontier in BENCHMARKS.md; a third model adds half as much training again for +0.004)")
     epochs: int = _opt(8, "passes over the training split per model")
     batch_size: int = _opt(128, "training batch size")
     lr: float = _opt(0.05, "peak SGD learning rate (one-cycle schedule)")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
     weight_decay: float = _opt(5e-4, "L2 weight decay")
     augment: bool = _opt(True, "random crop (pad 2) during training; never during attribution")
-    checkpoints_per_model: int = _opt(4, "checkpoints kept per model for TRAK (evenly spaced, last one included; 4 "
-                                         "along one trajectory beat 10 independent models on validation LDS)")
+    checkpoints_per_model: int = _opt(4, "checkpoints kept per model for TRAK, at most one per epoch (evenly spaced, "
+                                         "last one included; 4 along one trajectory beat 10 independent models on "
+                                         "validation LDS)")
     seed: int = _opt(0, "base seed; model m uses seed + m")
     num_workers: int = _opt(0, "image decoding workers for file-backed datasets")
+
+    @property
+    def kept_checkpoints(self) -> int:
+        """Checkpoints each model keeps: ``checkpoints_per_model``, at most one per epoch."""
+        return min(self.checkpoints_per_model, self.epochs)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def checkpoint_damaged(run: RunFolder, path) -> bool:
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
     """Train the ensemble members that have no checkpoints yet, then write metrics and probabilities."""
     cfg, dataset = run.config, run.dataset()
-    per_model = cfg.train.checkpoints_per_model
+    per_model = cfg.train.kept_checkpoints
     for m in range(cfg.train.ensemble):
         if m % dist.world_size() != dist.rank():
             continue
@@ -387,5 +387,5 @@ def stage_costs(cfg, sizes: dict[str, int]) -> dict[str, float]:
     n = sum(sizes.values())
     members = len(cfg.model.checkpoints) if cfg.model.checkpoints else cfg.train.ensemble
     trained = 0 if cfg.model.checkpoints else members * cfg.train.epochs * sizes["train"]
-    checkpoints = members * (1 if cfg.model.checkpoints else cfg.train.checkpoints_per_model)
+    checkpoints = members * (1 if cfg.model.checkpoints else cfg.train.kept_checkpoints)
     return {"data": 0.05 * n, "train": trained + members * n / 3, "featurize": checkpoints * n, "score": 0.05 * n}

@@ -111,7 +111,7 @@ def train_model(
                           weight_decay=train_cfg.weight_decay)
     steps_per_epoch = math.ceil(len(keep) / train_cfg.batch_size)
     total, step = train_cfg.epochs * steps_per_epoch, 0
-    keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.checkpoints_per_model))
+    keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.kept_checkpoints))
     checkpoints = []
     bar = tqdm(range(1, train_cfg.epochs + 1), desc=f"train seed {seed}", disable=not progress, leave=False)
     for epoch in bar:
