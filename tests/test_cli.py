@@ -139,3 +139,24 @@ def test_sigterm_is_handled_like_ctrl_c():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert "interrupted; finished work is kept, rerun to resume" in proc.stderr.read().decode()
+
+
+def test_forked_workers_stop_quietly_on_sigterm():
+    """cleanlab's multiprocessing pool forks workers that inherit the handler; terminating them is no error."""
+    import os
+    import signal
+    import time
+
+    from trakscope.cli import _sigterm_as_interrupt
+
+    with _sigterm_as_interrupt():
+        pid = os.fork()
+        if pid == 0:  # the worker: wait to be told to stop
+            try:
+                time.sleep(30)
+            finally:
+                os._exit(3)  # reached only if SIGTERM became an exception in the worker
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

@@ -74,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_HANDLER_PID = [0]  # the process that installed the handler; forked workers (cleanlab's pool) inherit it
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _HANDLER_PID[0]:  # a forked worker told to stop: die as it would have, quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated
 
 
@@ -84,6 +91,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _HANDLER_PID[0] = os.getpid()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
