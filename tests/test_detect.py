@@ -214,3 +214,35 @@ def test_detect_uses_a_groups_file_for_d3m(tiny_run, tmp_path):
     expected = detect.d3m_scores(run.scores("val"), run.probs("val"), val["label"], val["label"] % 3)[0]
     np.testing.assert_allclose(det.scores["d3m"], expected)
     assert not np.allclose(det.scores["d3m"], compute_scores(run, "classes", None, progress=False).scores["d3m"])
+
+
+def test_more_folds_than_the_smallest_class_is_refused_before_training():
+    from trakscope.methods.folds import fold_assignment
+
+    labels = np.array([0] * 5 + [1] * 3)
+    assert np.bincount(fold_assignment(labels, 3, 0)).tolist() == [3, 3, 2]
+    with pytest.raises(ValueError, match="--folds 4 is more than the 3 training examples of the smallest class"):
+        fold_assignment(labels, 4, 0)
+
+
+def test_cross_validation_bars_name_their_fold(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from trakscope.run_folder import RunFolder
+    from trakscope.stages import crossval
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(*args, **kwargs):
+        seen.append(kwargs.get("desc"))
+        raise Stop
+
+    monkeypatch.setattr(crossval, "train_final_model", fake_train)
+    with pytest.raises(Stop):
+        crossval.out_of_sample_probs(RunFolder(run), k=2, progress=False)
+    assert seen == ["cross-validation fold 1/2"]

@@ -19,6 +19,10 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     labels = np.asarray(labels, dtype=np.int64)
+    smallest = int(np.bincount(labels)[np.unique(labels)].min()) if len(labels) else 0
+    if k > smallest:
+        raise ValueError(f"--folds {k} is more than the {smallest} training examples of the smallest class; "
+                         f"use at most --folds {max(smallest, 2)} (each fold must hold out every class)")
     rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
     offset = 0

@@ -14,6 +14,7 @@ import torch
 from ..io import load_npy, save_npy
 from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
+from ..train import predict_logits, train_final_model
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -25,8 +26,6 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
 
     Folds already cached under ``detect/crossval/`` with the same fold assignment are reused.
     """
-    from ..train import predict_logits, train_final_model
-
     cfg = run.config
     dataset = run.dataset()
     labels = dataset.train.labels
@@ -38,7 +37,8 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
         path = run.fold_probs_path(f)
         if not path.exists():
             model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed,
-                                      keep=np.flatnonzero(folds != f), device=device, progress=progress)
+                                      keep=np.flatnonzero(folds != f), device=device, progress=progress,
+                                      desc=f"cross-validation fold {f + 1}/{k}")
             logits = predict_logits(model, dataset.train.images, held, device=device,
                                     num_workers=cfg.train.num_workers)
             save_npy(path, _softmax(logits).astype(np.float32))

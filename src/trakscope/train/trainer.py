@@ -88,6 +88,7 @@ def train_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
     margins: MarginRecorder | None = None,
+    desc: str | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Train one model on ``dataset.train`` restricted to ``keep``.
 
@@ -113,7 +114,7 @@ def train_model(
     total, step = train_cfg.epochs * steps_per_epoch, 0
     keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.kept_checkpoints))
     checkpoints = []
-    bar = tqdm(range(1, train_cfg.epochs + 1), desc=f"train seed {seed}", disable=not progress, leave=False)
+    bar = tqdm(range(1, train_cfg.epochs + 1), desc=desc or f"train seed {seed}", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         order = keep[torch.randperm(len(keep), generator=gen).numpy()]
@@ -158,9 +159,10 @@ def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str,
 
 def train_final_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: Dataset, seed: int,
                       keep: np.ndarray | None = None, device: torch.device | str = "cpu",
-                      progress: bool = True) -> nn.Module:
+                      progress: bool = True, desc: str | None = None) -> nn.Module:
     """:func:`train_model`, then its final checkpoint as a network in eval mode (for retrain experiments)."""
-    states = train_model(model_cfg, train_cfg, dataset, seed=seed, keep=keep, device=device, progress=progress)
+    states = train_model(model_cfg, train_cfg, dataset, seed=seed, keep=keep, device=device, progress=progress,
+                         desc=desc)
     return load_trained(model_cfg, len(dataset.classes), states[-1], device=device)
 
 
