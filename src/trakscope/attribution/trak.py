@@ -222,11 +222,6 @@ class TRAK:
         dist.barrier()
         return load_npy(out, mmap=True)
 
-    @staticmethod
-    def score_record(path: Path | str) -> dict:
-        """The ``.json`` record beside a score matrix: checkpoints, ridge, lambdas, width, shape."""
-        return json.loads(_record_path(Path(path)).read_text())
-
     def _write_scores(self, ids: list[int], train: str, target: str, out: Path, record: dict) -> None:
         xs, qs, invs, lams = [], [], [], []
         for k in ids:
