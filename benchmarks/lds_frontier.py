@@ -26,7 +26,7 @@ import numpy as np
 
 from trakscope.io import write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
-from trakscope.run_folder import RunFolder
+from trakscope.run_folder import RunFolder, checkpoint_key
 from trakscope.stages.lds import subset_margins
 from trakscope.stages.run import Runtime, trak_engine
 
@@ -48,8 +48,7 @@ def checkpoint_ids(run: RunFolder) -> dict[tuple[int, int], int]:
     """(model, checkpoint) -> id in the run's TRAK store (``trakscope run`` numbers them in checkpoint-file order)."""
     out = {}
     for k, path in enumerate(run.checkpoint_paths()):
-        m, c = (int(part.lstrip("modelckpt")) for part in path.stem.split("_"))
-        out[(m, c)] = k
+        out[checkpoint_key(path)] = k
     return out
 
 

@@ -34,12 +34,12 @@ from .layout import (
     TABLE_COLUMNS,
     TARGET_SPLITS,
     Layout,
-    _ckpt_key,
+    checkpoint_key,
     layout_markdown,
 )
 
 __all__ = ["FORMAT", "LAYOUT", "OWNED", "SCHEMAS", "SPLITS", "TABLE_COLUMNS", "TARGET_SPLITS", "RunError", "RunFolder",
-           "fingerprint", "layout_markdown"]
+           "checkpoint_key", "fingerprint", "layout_markdown"]
 
 
 class RunError(Exception):
@@ -307,7 +307,7 @@ class RunFolder(Layout):
 
     def checkpoint_paths(self, required: bool = True) -> list[Path]:
         """``models/model{m}_ckpt{c}.safetensors`` in (model, checkpoint) order (none: a RunError if ``required``)."""
-        paths = sorted(self.path.glob("models/model*_ckpt*.safetensors"), key=_ckpt_key)
+        paths = sorted(self.path.glob("models/model*_ckpt*.safetensors"), key=checkpoint_key)
         if not paths and required:
             self.require(self.checkpoint_path(0, 0))
         return paths

@@ -227,8 +227,9 @@ class Layout:
         return str(Path(path).relative_to(self.path))
 
 
-def _ckpt_key(path: Path) -> tuple[int, int]:
-    model, ckpt = path.stem.removeprefix("model").split("_ckpt")
+def checkpoint_key(path: Path) -> tuple[int, int]:
+    """``(model m, checkpoint c)`` of ``models/model{m}_ckpt{c}.safetensors``: the reverse of ``checkpoint_path``."""
+    model, ckpt = Path(path).stem.removeprefix("model").split("_ckpt")
     return int(model), int(ckpt)
 
 

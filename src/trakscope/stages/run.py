@@ -29,7 +29,7 @@ from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
 from ..io import load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
 from ..models import build_model
-from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
+from ..run_folder import SPLITS, RunError, RunFolder, checkpoint_key, fingerprint
 from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
 from .canaries import write_canaries
 
@@ -171,7 +171,7 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
 
 
 def _member(path) -> int:
-    return int(path.stem.split("_ckpt")[0].removeprefix("model"))
+    return checkpoint_key(path)[0]
 
 
 def final_checkpoints(run: RunFolder) -> list:
