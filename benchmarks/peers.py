@@ -34,22 +34,39 @@ from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
 
 T_START = time.perf_counter()
-ALL_METHODS = ("baseline", "trakscope", "trakscope_dense", "traker", "dattri_trak", "dattri_tracin", "dattri_datainf",
-               "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast")
+ALL_METHODS = ("baseline", "trakscope", "trakscope_all_ckpts", "trakscope_dense", "traker", "dattri_trak",
+               "dattri_tracin", "dattri_datainf", "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast")
 DATAINF_REGS = (1e-3, 1e-2, 1e-1, 1.0)  # DataInf's default (0) divides by zero; chosen on val targets
 KRONFLUENCE_DAMPINGS = (1e-8, None)  # kronfluence's default, and its documented heuristic (0.1 x mean eigenvalue)
 
 
+# Each case's settings in one place. Case (i): everything fits. Case (ii): the default model (ResNet-18, 11.2M
+# parameters) with trakscope's default recipe and ensemble; peers whose per-example cost is a dense projection or a
+# full-gradient product of 11.2M numbers run on the first ``subset`` training examples and targets only: their
+# cost is extrapolated linearly and their LDS is not measured (an LDS needs every training example's score).
+CASES = {
+    "i": {"model": "tiny_cnn", "max_train": 1000, "max_test": 200, "ensemble": 10, "checkpoints_per_model": 4,
+          "recipe": "--epochs 8 --batch-size 32 --lr 0.1", "use_models": 3, "subset_methods": "", "subset": 0},
+    "ii": {"model": "resnet18", "max_train": 1000, "max_test": 200, "ensemble": 2, "checkpoints_per_model": 4,
+           "recipe": "", "use_models": 2, "subset": 32,
+           "subset_methods": "trakscope_dense,traker,dattri_trak,dattri_tracin,dattri_datainf"},
+}
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", choices=sorted(CASES), default="i", help="preset of the settings below")
+    p.add_argument("--recipe", help="training flags of `trakscope run` (empty: trakscope's defaults)")
+    p.add_argument("--subset", type=int, help="training examples and targets of a subset row")
+    p.add_argument("--subset-methods", help="methods run on --subset examples only (cost extrapolated, no LDS)")
     p.add_argument("--out", type=Path, required=True, help="run folder (built with `trakscope run` if absent)")
     p.add_argument("--work", type=Path, default=None, help="peers' stores and score matrices (default <out>_peers)")
-    p.add_argument("--model", default="tiny_cnn")
-    p.add_argument("--max-train", type=int, default=1000)
-    p.add_argument("--max-test", type=int, default=200)
-    p.add_argument("--ensemble", type=int, default=10, help="models trained in the run (the frontier uses all)")
-    p.add_argument("--checkpoints-per-model", type=int, default=4)
-    p.add_argument("--use-models", type=int, default=3, help="final checkpoints of models 0..N-1 given to every method")
+    p.add_argument("--model")
+    p.add_argument("--max-train", type=int)
+    p.add_argument("--max-test", type=int)
+    p.add_argument("--ensemble", type=int, help="models trained in the run (the frontier uses all)")
+    p.add_argument("--checkpoints-per-model", type=int)
+    p.add_argument("--use-models", type=int, help="final checkpoints of models 0..N-1 given to every method")
     p.add_argument("--trajectory", action="store_true",
                    help="give every method model 0's checkpoints along its trajectory instead of final checkpoints")
     p.add_argument("--models", type=int, default=50, help="LDS subset models")
@@ -58,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--redo", action="store_true", help="recompute rows whose scores are cached")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    case = p.parse_known_args()[0].case
+    p.set_defaults(**CASES[case])
     args = p.parse_args()
     args.work = args.work or args.out.parent / f"{args.out.name}_peers"
     return args
@@ -90,13 +109,14 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64):
 class Work:
     """What a worker needs: the model, the checkpoints' state dicts, train and target tensors (val then test)."""
 
-    def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False):
+    def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False, all_checkpoints: bool = False):
         from trakscope.models import build_model
         from trakscope.stages.run import load_checkpoint
         from trakscope.train import architecture_only
 
         ds = run.dataset()
-        self.paths, self.trajectory = final_checkpoints(run, n_models, trajectory), trajectory
+        self.paths = run.checkpoint_paths() if all_checkpoints else final_checkpoints(run, n_models, trajectory)
+        self.trajectory = trajectory
         self.states = [load_checkpoint(run, p) for p in self.paths]
         self.model = build_model(architecture_only(run.config.model), len(ds.classes))
         self.model.load_state_dict(self.states[0])
@@ -106,6 +126,17 @@ class Work:
         xt, yt = tensors(ds.test)
         self.n_val = len(yv)
         self.x_target, self.y_target = torch.cat([xv, xt]), torch.cat([yv, yt])
+
+    def restrict(self, n: int) -> dict:
+        """Keep the first ``n`` training examples and the first ``n`` val and test targets (a subset row)."""
+        full = {"full_train": len(self.y_train), "full_targets": len(self.y_target)}
+        self.x_train, self.y_train = self.x_train[:n], self.y_train[:n]
+        val = slice(0, min(n, self.n_val))
+        test = slice(self.n_val, self.n_val + n)
+        self.x_target = torch.cat([self.x_target[val], self.x_target[test]])
+        self.y_target = torch.cat([self.y_target[val], self.y_target[test]])
+        self.n_val = val.stop
+        return full
 
     def net(self, k: int) -> torch.nn.Module:
         import copy
@@ -126,10 +157,11 @@ def margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # --- methods: each returns (scores float32 [n_train, n_val + n_test], fit seconds, target seconds, notes) -----
 def m_trakscope(w: Work, store: Path, projector: str = "kronecker") -> tuple:
-    """trakscope's engine with its defaults (proj_dim 2048, kron_k 16, ridge 3)."""
+    """trakscope's engine with its defaults (``TrakConfig``: projector width, kron_k and ridge)."""
     from trakscope import TRAK
 
     trak = TRAK(w.model, store, projector=projector, progress=False)
+    notes = f"{projector}, proj_dim {trak.proj_dim}, kron_k {trak.kron_k}, ridge {trak.ridge:g} (defaults)"
     t0 = time.perf_counter()
     for k, state in enumerate(w.states):
         trak.featurize(loader(w.x_train, w.y_train), split="train", checkpoint=state, checkpoint_id=k)
@@ -138,13 +170,15 @@ def m_trakscope(w: Work, store: Path, projector: str = "kronecker") -> tuple:
     for k, state in enumerate(w.states):
         trak.featurize(loader(w.x_target, w.y_target), split="targets", checkpoint=state, checkpoint_id=k)
     scores = np.array(trak.scores("train", "targets"))
-    return scores, t1 - t0, time.perf_counter() - t1, f"{projector}, proj_dim 2048, ridge 3 (defaults)"
+    return scores, t1 - t0, time.perf_counter() - t1, notes
 
 
 def m_traker(w: Work, store: Path) -> tuple:
-    """traker 0.3.2 on the CPU, fp32 BasicProjector at its default proj_dim 2048; lambda as trakscope's ridge 3."""
+    """traker 0.3.2 on the CPU, fp32 BasicProjector at its default proj_dim 2048; lambda as trakscope's ridge."""
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
+
+    from trakscope.config import TrakConfig
 
     n_params = sum(p.numel() for p in w.model.parameters())
     proj = BasicProjector(grad_dim=n_params, proj_dim=2048, seed=0, proj_type=ProjectionType.rademacher, device="cpu")
@@ -156,7 +190,7 @@ def m_traker(w: Work, store: Path) -> tuple:
         for x, y in loader(w.x_train, w.y_train):
             tr.featurize(batch=(x, y), num_samples=len(y))
         g = np.asarray(tr.saver.current_store["grads"], dtype=np.float64)
-        tr.score_computer.lambda_reg = 3.0 * float((g**2).sum(0).mean())
+        tr.score_computer.lambda_reg = TrakConfig().ridge * float((g**2).sum(0).mean())
         tr.finalize_features(model_ids=[k])
     t1 = time.perf_counter()
     for k, state in enumerate(w.states):
@@ -164,7 +198,8 @@ def m_traker(w: Work, store: Path) -> tuple:
         for x, y in loader(w.x_target, w.y_target):
             tr.score(batch=(x, y), num_samples=len(y))
     scores = np.asarray(tr.finalize_scores(exp_name="peers"), dtype=np.float32)
-    return scores, t1 - t0, time.perf_counter() - t1, "BasicProjector 2048 fp32; lambda_reg = 3 x mean diag(X^T X)"
+    return scores, t1 - t0, time.perf_counter() - t1, (f"BasicProjector 2048 fp32; lambda_reg = {TrakConfig().ridge:g}"
+                                                       " x mean diag(X^T X) (trakscope's ridge)")
 
 
 def _dattri_task(w: Work, loss_kind: str):
@@ -330,13 +365,14 @@ def m_captum(w: Work, store: Path) -> tuple:
         files.append(str(store / f"ckpt{k}.pt"))
         torch.save(dict(state), files[-1])
     model = w.net(0)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]  # the classifier (tiny_cnn, ResNet)
     t0 = time.perf_counter()
-    tracin = TracInCPFast(model, model.head, torch.utils.data.TensorDataset(w.x_train, w.y_train), files,
+    tracin = TracInCPFast(model, head, torch.utils.data.TensorDataset(w.x_train, w.y_train), files,
                           loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"), batch_size=64)
     t1 = time.perf_counter()
     rows = [tracin.influence((x, y)) for x, y in loader(w.x_target, w.y_target, 64)]  # [b, n_train] each
     scores = torch.cat(rows).T.detach().numpy().astype(np.float32)
-    return scores, t1 - t0, time.perf_counter() - t1, "final_fc_layer = head, CE loss (sum), batch 64"
+    return scores, t1 - t0, time.perf_counter() - t1, "final_fc_layer = last Linear, CE loss (sum), batch 64"
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -346,10 +382,12 @@ def run_worker(args: argparse.Namespace) -> None:
     run = RunFolder(args.out)
     name = args.worker
     t0 = time.perf_counter()
-    w = Work(run, args.use_models, args.trajectory)
+    w = Work(run, args.use_models, args.trajectory, all_checkpoints=name == "trakscope_all_ckpts")
+    subset = w.restrict(args.subset) if name in args.subset_methods.split(",") else None
     load_s = time.perf_counter() - t0
     store = args.work / f"store_{name}"
-    fns = {"trakscope": lambda: m_trakscope(w, store), "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
+    fns = {"trakscope": lambda: m_trakscope(w, store), "trakscope_all_ckpts": lambda: m_trakscope(w, store),
+           "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
            "traker": lambda: m_traker(w, store), "dattri_trak": lambda: m_dattri_trak(w, store),
            "dattri_tracin": lambda: m_dattri_tracin(w, store),
            "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args),
@@ -368,7 +406,7 @@ def run_worker(args: argparse.Namespace) -> None:
     write_json(args.work / f"record_{name}.json", {
         "method": name, "variants": files, "fit_s": round(fit_s, 2), "targets_s": round(target_s, 2),
         "load_s": round(load_s, 2), "n_train": len(w.y_train), "n_targets": len(w.y_target), "n_val": w.n_val,
-        "checkpoints": [p.name for p in w.paths], "threads": args.threads, "notes": notes,
+        "checkpoints": [p.name for p in w.paths], "threads": args.threads, "notes": notes, "subset": subset,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "wall_s": round(time.perf_counter() - T_START, 1)})
 
@@ -378,8 +416,8 @@ def build_run(args: argparse.Namespace) -> RunFolder:
     from trakscope.cli import main as trakscope_main
 
     flags = ["--out", str(args.out), "--dataset", "mnist", "--model", args.model, "--max-train", str(args.max_train),
-             "--max-test", str(args.max_test), "--epochs", "8", "--ensemble", str(args.ensemble),
-             "--checkpoints-per-model", str(args.checkpoints_per_model), "--batch-size", "32", "--lr", "0.1",
+             "--max-test", str(args.max_test), "--ensemble", str(args.ensemble),
+             "--checkpoints-per-model", str(args.checkpoints_per_model), *args.recipe.split(),
              "--device", "cpu", "--no-progress"]
     if trakscope_main(["run", *flags]) != 0:
         raise SystemExit("trakscope run failed")
@@ -390,9 +428,10 @@ def spawn(args: argparse.Namespace, name: str) -> dict | None:
     record = args.work / f"record_{name}.json"
     if record.exists() and not args.redo:
         return json.loads(record.read_text())
-    cmd = [sys.executable, __file__, "--out", str(args.out), "--work", str(args.work), "--worker", name,
-           "--use-models", str(args.use_models), "--threads", str(args.threads), "--models", str(args.models),
-           "--alpha", str(args.alpha)] + (["--trajectory"] if args.trajectory else [])
+    cmd = [sys.executable, __file__, "--case", args.case, "--out", str(args.out), "--work", str(args.work),
+           "--worker", name, "--use-models", str(args.use_models), "--threads", str(args.threads),
+           "--models", str(args.models), "--alpha", str(args.alpha), "--subset", str(args.subset),
+           "--subset-methods", args.subset_methods] + (["--trajectory"] if args.trajectory else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     print(f"[{name}] ...", flush=True)
     t0 = time.perf_counter()
@@ -414,6 +453,9 @@ def score_rows(args: argparse.Namespace, records: list[dict], lds_data: dict) ->
     """LDS on val and test of every variant; a method with several variants keeps the one best on val."""
     rows = []
     for rec in records:
+        if rec.get("subset"):  # a subset row has no LDS (it scored only some training examples)
+            rows.append({**rec, "choice": "", "val": None, "test": None, "all": []})
+            continue
         n_val = rec["n_val"]
         cands = []
         for label, fname in rec["variants"].items():
@@ -434,11 +476,19 @@ def table(rows: list[dict]) -> str:
     out = ["| method | setting (chosen on val) | LDS test | 95% CI | LDS val | fit (s) | targets (s) | "
            "ms / train ex (fit) | ms / target | total wall (s) | peak RSS (MB) |", "|" + "---|" * 11]
     for r in rows:
+        per_train, per_target = 1000 * r["fit_s"] / r["n_train"], 1000 * r["targets_s"] / r["n_targets"]
+        if r.get("subset"):  # measured on a subset: per-example costs times the full sizes, marked as estimates
+            sub = r["subset"]
+            fit, tgt = per_train * sub["full_train"] / 1000, per_target * sub["full_targets"] / 1000
+            pairs = sub["full_train"] / r["n_train"] if r["method"] == "dattri_tracin" else 1.0  # pairwise cost
+            out.append(f"| {r['method']} | measured on {r['n_train']} train x {r['n_targets']} targets | not measured"
+                       f" | — | — | ~{fit:.0f} (est.) | ~{tgt * pairs:.0f} (est.) | {per_train:.0f} | "
+                       f"{per_target * pairs:.0f} (est.) | ~{fit + tgt * pairs:.0f} (est.) | {r['peak_rss_mb']:.0f} |")
+            continue
         lo, hi = r["test"][1]
         out.append(f"| {r['method']} | {r['choice'] or 'default'} | {r['test'][0]:.4f} | {lo:.4f} to {hi:.4f} | "
                    f"{r['val'][0]:.4f} | {r['fit_s']:.1f} | {r['targets_s']:.1f} | "
-                   f"{1000 * r['fit_s'] / r['n_train']:.2f} | {1000 * r['targets_s'] / r['n_targets']:.1f} | "
-                   f"{r.get('wall_s', 0):.0f} | {r['peak_rss_mb']:.0f} |")
+                   f"{per_train:.2f} | {per_target:.1f} | {r.get('wall_s', 0):.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(out)
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import dist
+from ..config import TrakConfig
 from ..io import load_npy, save_npy, write_json
 from ..models.calling import Inputs, inputs_to
 from ..models.weights import read_state_file
@@ -41,6 +42,9 @@ from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
 from .store import StoreError, TrakStore
 
 Checkpoint = Mapping[str, torch.Tensor] | str | Path | None
+
+
+_DEFAULTS = TrakConfig()  # the CLI's defaults are the Python API's: one place sets them
 
 
 class TRAK:
@@ -62,8 +66,9 @@ class TRAK:
         overwrite: discard a store made with other settings instead of refusing it.
     """
 
-    def __init__(self, model: nn.Module, store: Path | str, *, projector: str = "kronecker", proj_dim: int = 2048,
-                 kron_k: int = 16, proj_type: str = "rademacher", ridge: float = 3.0, seed: int = 0,
+    def __init__(self, model: nn.Module, store: Path | str, *, projector: str = _DEFAULTS.projector,
+                 proj_dim: int = _DEFAULTS.proj_dim, kron_k: int = _DEFAULTS.kron_k,
+                 proj_type: str = _DEFAULTS.proj_type, ridge: float = _DEFAULTS.ridge, seed: int = _DEFAULTS.seed,
                  output: ModelOutput | None = None, device: torch.device | str = "cpu", progress: bool = True,
                  overwrite: bool = False):
         if proj_dim < 0 or kron_k < 1 or (proj_dim == 0 and projector != "kronecker"):
