@@ -12,6 +12,7 @@ import pytest
 from trakscope.methods.removal import (
     mean_se,
     plan_jobs,
+    planned_evaluations,
     remove_and_retrain,
     select_removed,
     summarize,
@@ -132,6 +133,23 @@ def test_remove_and_retrain_accepts_floats_and_per_example_correctness():
     assert row["paired_delta"] == pytest.approx(0.0)
 
 
+def test_planned_evaluations_are_the_calls_remove_and_retrain_makes():
+    """What a caller may run ahead (e.g. shared out over torchrun ranks) is exactly what the loop asks for."""
+    calls = []
+
+    def record(job, keep, seed):
+        calls.append((job, seed, np.setdiff1d(np.arange(10), keep).tolist()))
+        return 0.5
+
+    strategies, fractions = ("random", "loss", "negative"), (0.1, 0.2)
+    kwargs = {"strategies": strategies, "fractions": fractions, "seeds": 2, "base_seed": 7}
+    remove_and_retrain(RANKING, record, **kwargs)
+    plan = [(job, seed, removed.tolist()) for job, seed, removed in planned_evaluations(RANKING, **kwargs)]
+    assert plan == calls
+    assert [(j.strategy, s) for j, s, _ in plan if j.strategy == "full"] == [("full", 7), ("full", 8)]
+    assert [j for j, _, _ in plan if j.strategy != "full"] == plan_jobs(strategies, fractions, 2)
+
+
 def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsys):
     from trakscope.cli import main
     from trakscope.io import read_csv
@@ -169,7 +187,7 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     def no_training(*a, **k):
         raise AssertionError("retrained a cached job")
 
-    monkeypatch.setattr(removal, "test_accuracy", no_training)
+    monkeypatch.setattr(removal, "test_correct", no_training)  # what every retrain calls
     assert main(args) == 0
     assert json.loads((run / "removal" / "results.json").read_text())["rows"] == results["rows"]
 

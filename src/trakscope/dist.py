@@ -6,14 +6,20 @@ A single process needs none of it: every helper here degrades to rank 0 of a wor
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch.distributed as tdist
+
+# How long a rank waits at a barrier. Ranks wait there while others finish their share of the trainings (an
+# ensemble member, a fold, a retrain, a subset model), which can take longer than torch's defaults (10 minutes
+# with nccl, 30 with gloo). A rank that fails does not leave the others waiting: torchrun then stops them all.
+BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 def init_from_env(device: str) -> None:
     """Join the process group named by torchrun's environment, if any (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
 
 
 def rank() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import dist
 from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--folds must be at least 2, got {folds}")
     det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress,
                                  fmt=args.fmt)
+    if dist.rank() != 0:  # under torchrun rank 0 speaks for all
+        return 0
     print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path} "
           f"(rows sorted by {primary_scorer(det)}_rank, most suspicious first: inspect_order)")
     if args.fmt == "parquet":

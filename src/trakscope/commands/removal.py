@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import dist
 from ..methods import registry
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             print("cleanlab strategy skipped: detect ran with --no-cleanlab")
     summary = run_removal(run_folder, strategies, args.fractions, args.seeds, device=rt.device,
                           progress=rt.progress, groups=args.groups)
+    if dist.rank() != 0:  # under torchrun rank 0 speaks for all
+        return 0
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))

@@ -169,6 +169,27 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
 Evaluate = Callable[[Job, np.ndarray, int], "float | Mapping"]
 
 
+def planned_evaluations(ranking: Mapping[str, np.ndarray], *,
+                        strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
+                        fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3,
+                        base_seed: int = 0) -> list[tuple[Job, int, np.ndarray]]:
+    """Every ``evaluate`` call of :func:`remove_and_retrain`, in its order, as ``(job, seed, removed)``.
+
+    Per seed offset: the full-data reference (``job.strategy == "full"``, nothing removed), then
+    :func:`plan_jobs`' jobs of that offset. ``removed`` is the sorted int64 selection of :func:`select_removed`;
+    the rows kept are the others. Lets a caller run the retrains ahead (e.g. shared out over processes).
+    """
+    plan = plan_jobs(strategies, fractions, seeds)
+    out = []
+    for offset in range(seeds):
+        seed = base_seed + offset
+        out.append((Job("full", math.nan, offset), seed, np.zeros(0, dtype=np.int64)))
+        for job in [j for j in plan if j.offset == offset]:
+            fraction = 0.0 if math.isnan(job.fraction) else job.fraction
+            out.append((job, seed, select_removed(job.strategy, fraction, ranking, seed)))
+    return out
+
+
 def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
                        strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
                        fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3, base_seed: int = 0,
@@ -180,9 +201,10 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
         ranking: ``index`` and per-scorer natural scores (see :func:`select_removed`).
         evaluate: ``(job, keep, seed) -> accuracy``: train with your recipe on the training rows ``keep``
             (int64, sorted) from initial weights fixed by ``seed``, return test accuracy. Called once per job and
-            once per seed with every row (the full-data reference, ``job.strategy == "full"``). It may instead
-            return ``{"test_acc": ..., "correct": bool [n_test], "source": ...}``: with ``correct`` and
-            ``test_groups``, worst-group accuracy is reported too; ``source`` says where a reference came from.
+            once per seed with every row (the full-data reference, ``job.strategy == "full"``), in the order of
+            :func:`planned_evaluations`. It may instead return ``{"test_acc": ..., "correct": bool [n_test],
+            "source": ...}``: with ``correct`` and ``test_groups``, worst-group accuracy is reported too; ``source``
+            says where a reference came from.
         noisy: bool ``[n_train]`` planted wrong labels, to count how many each selection removed.
         test_groups: int ``[n_test]`` group of each test example (e.g. its class) for worst-group accuracy.
         on_job: called before each job (a progress bar's hook).
@@ -194,21 +216,18 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
     noisy = np.zeros(n, dtype=bool) if noisy is None else np.asarray(noisy, dtype=bool)
     every = np.arange(n, dtype=np.int64)
     references, results = [], []
-    for offset in range(seeds):
-        seed = base_seed + offset
-        full = Job("full", math.nan, offset)
+    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
+    for job, seed, removed in plan:
         if on_job:
-            on_job(full)
-        references.append({"seed": seed, **_as_result(evaluate(full, every, seed), test_groups)})
-        for job in [j for j in plan_jobs(strategies, fractions, seeds) if j.offset == offset]:
-            if on_job:
-                on_job(job)
-            removed = select_removed(job.strategy, 0.0 if math.isnan(job.fraction) else job.fraction, ranking, seed)
-            got = _as_result(evaluate(job, np.setdiff1d(every, removed), seed), test_groups)
-            results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
-                            "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
-                            "removed_sha256": indices_hash(removed), "test_acc": got["test_acc"],
-                            "worst_group_acc": got.get("worst_group_acc")})
+            on_job(job)
+        got = _as_result(evaluate(job, np.setdiff1d(every, removed), seed), test_groups)
+        if job.strategy == "full":
+            references.append({"seed": seed, **got})
+            continue
+        results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
+                        "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
+                        "removed_sha256": indices_hash(removed), "test_acc": got["test_acc"],
+                        "worst_group_acc": got.get("worst_group_acc")})
     return summarize(results, references, n, int(noisy.sum()))
 
 

@@ -4,6 +4,8 @@ cleanlab's confident learning needs, for every training example, probabilities f
 not train on it. Each fold is trained through :func:`trakscope.train.train_model` with a ``keep`` mask
 (same architecture, same seed as ensemble member 0) and its held-out probabilities are cached as
 ``detect/crossval/fold{f}.npy``, so an interrupted run resumes at the next fold.
+
+Under torchrun, fold ``f`` is trained by rank ``f % world``; every rank then reads every fold from the cache.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import dist
 from ..io import load_npy, save_npy
 from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
@@ -24,26 +27,33 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progress: bool = True) -> np.ndarray:
     """float32 ``[n_train, C]`` probabilities of each training example from the fold model that held it out.
 
-    Folds already cached under ``detect/crossval/`` with the same fold assignment are reused.
+    Folds already cached under ``detect/crossval/`` with the same fold assignment are reused. Under torchrun
+    each rank trains its share of the missing folds (rank 0 alone drops stale ones first).
     """
-    cfg = run.config
     dataset = run.dataset()
     labels = dataset.train.labels
-    folds = fold_assignment(labels, k, cfg.train.seed)
-    _drop_stale(run, folds)
+    folds = fold_assignment(labels, k, run.config.train.seed)
+    if dist.rank() == 0:
+        _drop_stale(run, folds)
+    dist.barrier()  # no rank looks for cached folds before stale ones are gone
+    for f in range(dist.rank(), k, dist.world_size()):
+        if not run.fold_probs_path(f).exists():
+            _train_fold(run, folds, f, k, device, progress)
+    dist.barrier()  # every fold is on disk
     probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
     for f in range(k):
-        held = np.flatnonzero(folds == f)
-        path = run.fold_probs_path(f)
-        if not path.exists():
-            model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed,
-                                      keep=np.flatnonzero(folds != f), device=device, progress=progress,
-                                      desc=f"cross-validation fold {f + 1}/{k}")
-            logits = predict_logits(model, dataset.train.images, held, device=device,
-                                    num_workers=cfg.train.num_workers)
-            save_npy(path, _softmax(logits).astype(np.float32))
-        probs[held] = load_npy(path)
+        probs[folds == f] = load_npy(run.fold_probs_path(f))
     return probs
+
+
+def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, progress: bool) -> None:
+    """Train without fold ``f`` and cache its held-out probabilities as ``detect/crossval/fold{f}.npy``."""
+    cfg, dataset = run.config, run.dataset()
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed, keep=np.flatnonzero(folds != f),
+                              device=device, progress=progress, desc=f"cross-validation fold {f + 1}/{k}")
+    logits = predict_logits(model, dataset.train.images, np.flatnonzero(folds == f), device=device,
+                            num_workers=cfg.train.num_workers)
+    save_npy(run.fold_probs_path(f), _softmax(logits).astype(np.float32))
 
 
 def _drop_stale(run: RunFolder, folds: np.ndarray) -> None:

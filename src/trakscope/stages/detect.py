@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import dist
 from ..io import load_npy
 from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
@@ -49,7 +50,8 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
 
         t0 = time.perf_counter()
         oos = out_of_sample_probs(run, cleanlab_folds, device=device, progress=progress)
-        run.record_timing("detect_crossval", time.perf_counter() - t0)
+        if dist.rank() == 0:
+            run.record_timing("detect_crossval", time.perf_counter() - t0)
         issues = cleanlab_quality(oos, train["label"])[1]
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
@@ -176,20 +178,23 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise or canaries), time it.
 
     With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
-    other stages read, so it is always written).
+    other stages read, so it is always written). Under torchrun the folds are shared out (:mod:`.crossval`) and
+    rank 0 writes.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     det = compute_scores(run, groups, cleanlab_folds, device, progress)
-    header, rows = ranking_rows(run, det)
-    run.write_ranking(header, rows)
-    if fmt == "parquet":
-        write_parquet(run.ranking_parquet_path, header, rows)
     metrics = quality_metrics(run, det)
-    if metrics is not None:
-        run.write_result(run.detect_metrics_path, "detect_metrics", metrics)
-    run.record_timing("detect", time.perf_counter() - t0)
+    if dist.rank() == 0:  # under torchrun every rank has the same scores; one writes them
+        header, rows = ranking_rows(run, det)
+        run.write_ranking(header, rows)
+        if fmt == "parquet":
+            write_parquet(run.ranking_parquet_path, header, rows)
+        if metrics is not None:
+            run.write_result(run.detect_metrics_path, "detect_metrics", metrics)
+        run.record_timing("detect", time.perf_counter() - t0)
+    dist.barrier()
     return det, metrics
 
 

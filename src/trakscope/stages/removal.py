@@ -4,6 +4,9 @@ The loop and the summary are :func:`~trakscope.methods.removal.remove_and_retrai
 ``evaluate`` that trains the run's architecture with the run's recipe, caches each result as
 ``removal/retrains/<job>.json`` (with a hash of the removed indices, so a changed selection is retrained),
 and takes the full-data reference of a seed from the ensemble member trained with that same seed and recipe.
+
+The retrains are run ahead of the summary (:func:`share_retrains`): under torchrun each rank trains its share
+of those not yet cached, then every rank summarises from the cache and rank 0 writes the results.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..io import read_json, write_json
 from ..methods.registry import DEFAULT_STRATEGIES
-from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, remove_and_retrain
+from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, planned_evaluations, remove_and_retrain
 from ..run_folder import RunFolder
 from .detect import load_ranking
 
@@ -45,23 +49,64 @@ def _correct(run: RunFolder, model, device: str) -> np.ndarray:
     return logits.argmax(axis=1) == dataset.test.labels
 
 
-def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> dict | None:
-    """Test accuracy and per-example correctness of the ensemble member trained with ``seed`` (same data and
-    recipe as a full-data retrain; its final checkpoint is evaluated, nothing is trained).
+def ensemble_member(run: RunFolder, seed: int) -> int | None:
+    """The ensemble member trained with ``seed`` (same data and recipe as a full-data retrain), if any.
 
     None when no member has that seed, or when the members were not trained by trakscope from this config.
+    """
+    if run.config.model.checkpoints:
+        return None
+    metrics = run.optional_result(run.metrics_path, "model_metrics")
+    for m in (metrics or {}).get("models", []):
+        if m.get("seed") == seed and m.get("test_acc") is not None:
+            return int(m["model"])
+    return None
+
+
+def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> dict | None:
+    """Test accuracy and per-example correctness of :func:`ensemble_member` ``seed`` (its final checkpoint is
+    evaluated, nothing is trained); None where there is no such member.
     """
     from ..train import load_trained
     from .run import final_checkpoints, load_checkpoint
 
-    metrics = run.optional_result(run.metrics_path, "model_metrics")
-    for m in (metrics or {}).get("models", []):
-        if m.get("seed") == seed and m.get("test_acc") is not None and not run.config.model.checkpoints:
-            state = load_checkpoint(run, final_checkpoints(run)[m["model"]])
-            net = load_trained(run.config.model, len(run.dataset().classes), state, device)
-            correct = _correct(run, net, device)
-            return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {m['model']}"}
-    return None
+    member = ensemble_member(run, seed)
+    if member is None:
+        return None
+    state = load_checkpoint(run, final_checkpoints(run)[member])
+    net = load_trained(run.config.model, len(run.dataset().classes), state, device)
+    correct = _correct(run, net, device)
+    return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {member}"}
+
+
+def _retrain_path(run: RunFolder, job: Job):
+    return run.retrain_path(job.key if job.strategy != "full" else f"full_s{job.offset}")
+
+
+def cached_retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray) -> dict | None:
+    """The cached result of a retrain without ``removed`` (sorted int64) with ``seed``; None if not cached."""
+    path = _retrain_path(run, job)
+    if not path.exists():
+        return None
+    cached = read_json(path)
+    if cached.get("removed_sha256") != indices_hash(removed) or cached.get("seed") != seed or \
+            "test_correct" not in cached:
+        return None
+    correct = np.array([c == "1" for c in cached["test_correct"]], dtype=bool)
+    return {"test_acc": cached["test_acc"], "correct": correct, "source": "retrained"}
+
+
+def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: str) -> dict:
+    """Train without ``removed`` and cache the result as ``removal/retrains/<job>.json`` (one atomic write)."""
+    t0 = time.perf_counter()
+    keep = np.setdiff1d(np.arange(len(run.table("train")["index"])), removed) if len(removed) else None
+    correct = test_correct(run, keep, seed, device, progress=False)
+    acc = float(correct.mean())
+    write_json(_retrain_path(run, job), {
+        "strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction, "seed": seed,
+        "removed_sha256": indices_hash(removed), "n_removed": int(len(removed)), "test_acc": acc,
+        "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2)})
+    return {"test_acc": acc, "correct": correct, "source": "retrained"}
 
 
 def cached_evaluate(run: RunFolder, device: str = "cpu"):
@@ -74,23 +119,30 @@ def cached_evaluate(run: RunFolder, device: str = "cpu"):
             if member is not None:
                 return member
         removed = np.setdiff1d(np.arange(n_train), keep)
-        path = run.retrain_path(job.key if job.strategy != "full" else f"full_s{job.offset}")
-        digest = indices_hash(removed)
-        if path.exists():
-            cached = read_json(path)
-            if cached.get("removed_sha256") == digest and cached.get("seed") == seed and "test_correct" in cached:
-                correct = np.array([c == "1" for c in cached["test_correct"]], dtype=bool)
-                return {"test_acc": cached["test_acc"], "correct": correct, "source": "retrained"}
-        t0 = time.perf_counter()
-        correct = test_correct(run, keep if len(removed) else None, seed, device, progress=False)
-        acc = float(correct.mean())
-        write_json(path, {"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
-                          "seed": seed, "removed_sha256": digest, "n_removed": int(len(removed)), "test_acc": acc,
-                          "test_correct": "".join("1" if c else "0" for c in correct),
-                          "seconds": round(time.perf_counter() - t0, 2)})
-        return {"test_acc": acc, "correct": correct, "source": "retrained"}
+        cached = cached_retrain(run, job, seed, removed)
+        return cached if cached is not None else _retrain(run, job, seed, removed, device)
 
     return evaluate
+
+
+def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], device: str = "cpu",
+                   progress: bool = True) -> None:
+    """Train every retrain of ``plan`` (:func:`planned_evaluations`) that is neither cached nor an ensemble member.
+
+    Under torchrun the pending retrains are dealt out by rank (the ``i``-th to rank ``i % world``); every rank
+    returns once all of them are cached.
+    """
+    pending = [(job, seed, removed) for job, seed, removed in plan
+               if not (job.strategy == "full" and ensemble_member(run, seed) is not None)
+               and cached_retrain(run, job, seed, removed) is None]
+    dist.barrier()  # every rank has looked at the same cache before any rank adds to it
+    mine = pending[dist.rank()::dist.world_size()]
+    bar = tqdm(mine, desc="remove and retrain", disable=not progress)
+    for job, seed, removed in bar:
+        bar.set_postfix_str(job.key)
+        _retrain(run, job, seed, removed, device)
+    bar.close()
+    dist.barrier()
 
 
 def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, str]:
@@ -116,28 +168,25 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     """Retrain every (strategy, fraction, seed), write ``removal/results.json`` and the plot; return the results.
 
     ``groups`` (``classes`` or a groups CSV with test rows) gives the test groups of the worst-group accuracy.
+    The retrains are trained first (:func:`share_retrains`, shared out by rank under torchrun), then summarised
+    from the cache; rank 0 writes.
     """
-    from ..methods.removal import plan_jobs
     from ..report.plots import removal_png
 
     t0 = time.perf_counter()
     ranking = load_ranking(run)
     group_ids, group_source = test_groups(run, groups)
-    bar = tqdm(total=len(plan_jobs(strategies, fractions, seeds)) + seeds, desc="remove and retrain",
-               disable=not progress)
-
-    def on_job(job: Job) -> None:
-        bar.set_postfix_str(job.key)
-        bar.update(1)
-
+    base_seed = run.config.train.seed
+    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
+    share_retrains(run, plan, device, progress)
     summary = remove_and_retrain(ranking, cached_evaluate(run, device), strategies=strategies, fractions=fractions,
-                                 seeds=seeds, base_seed=run.config.train.seed, noisy=ranking["noisy"],
-                                 test_groups=group_ids, on_job=on_job)
-    bar.close()
+                                 seeds=seeds, base_seed=base_seed, noisy=ranking["noisy"], test_groups=group_ids)
     summary.update({"strategies": list(strategies), "fractions": list(fractions), "seeds": seeds,
                     "test_groups": group_source, "n_test_groups": int(len(np.unique(group_ids))),
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
-    run.write_result(run.removal_results_path, "removal_results", summary)
-    removal_png(summary, run.removal_plot_path)
-    run.record_timing("removal", time.perf_counter() - t0)
+    if dist.rank() == 0:
+        run.write_result(run.removal_results_path, "removal_results", summary)
+        removal_png(summary, run.removal_plot_path)
+        run.record_timing("removal", time.perf_counter() - t0)
+    dist.barrier()
     return summary
