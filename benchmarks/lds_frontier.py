@@ -8,7 +8,11 @@ cached ``X^T X``):
 - M = 1, 2, 3, 5, 10 independently trained models, final checkpoint each (training compute M);
 - checkpoints along one trajectory (model 0: the last 1, 2 or all 4, taken every 2 of 8 epochs; compute 1);
 - M models x 4 trajectory checkpoints (compute M);
-- each at several ridges.
+- each at several ridges;
+- with ``--branches B``, a cheaper ensemble (snapshot / cyclic learning rate, as in Huang et al. 2017): model 0's
+  final checkpoint trained on for ``--branch-epochs`` more epochs with a new seed (new data order, a fresh
+  one-cycle learning rate), B times; compute 1 + B x branch epochs / run epochs. Branches are featurized into
+  their own store under ``--work`` with model 0's checkpoints (the run folder is not written to).
 
 Training compute is in units of one model trained for the run's epochs on the full training split; featurizing
 a checkpoint costs about one forward+backward pass over train + targets, small beside training here.
@@ -39,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ridges", default="0.3,1,3,10")
     p.add_argument("--plot", type=Path, default=Path("docs/lds_frontier.png"))
     p.add_argument("--work", type=Path, default=None, help="score matrices and summary (default <run>_bench)")
+    p.add_argument("--branches", type=int, default=0, help="snapshot branches from model 0's final checkpoint")
+    p.add_argument("--branch-epochs", type=int, default=2)
     args = p.parse_args()
     args.work = args.work or args.run.parent / f"{args.run.name}_bench"
     return args
@@ -64,6 +70,61 @@ def configurations(n_models: int, per_model: int) -> list[dict]:
     return out
 
 
+def branch_rows(run: RunFolder, args: argparse.Namespace, ridges: list[float], lds_data: dict) -> list[dict]:
+    """Snapshot branches of model 0 (see the module docstring), scored like the other configurations."""
+    import dataclasses
+
+    from trakscope import TRAK
+    from trakscope.config import ModelConfig
+    from trakscope.io import load_tensors, save_tensors
+    from trakscope.models import build_model
+    from trakscope.stages.run import split_batches
+    from trakscope.train import architecture_only, train_model
+
+    cfg, ds, work = run.config, run.dataset(), args.work / "branches"
+    own = [p for p in run.checkpoint_paths() if checkpoint_key(p)[0] == 0]  # model 0's trajectory, in order
+    states = [load_tensors(p) for p in own]  # read as files: this run folder may predate newer config fields
+    train_cfg = dataclasses.replace(cfg.train, epochs=args.branch_epochs, checkpoints_per_model=1)
+    for b in range(args.branches):
+        path = work / f"branch{b}.safetensors"
+        if not path.exists():
+            start = work / "start.safetensors"
+            save_tensors(start, states[-1])
+            model_cfg = ModelConfig(**{**dataclasses.asdict(cfg.model), "weights_path": str(start)})
+            save_tensors(path, train_model(model_cfg, train_cfg, ds, seed=1000 + b, progress=False)[-1])
+        states.append(load_tensors(path))
+    t = cfg.trak
+    trak = TRAK(build_model(architecture_only(cfg.model), len(ds.classes)), work / "store", proj_dim=t.proj_dim,
+                kron_k=t.kron_k, seed=t.seed, progress=False)
+    for k, state in enumerate(states):
+        for name in ("train", "val", "test"):
+            split = ds.split(name)
+            rows_ = trak.pending(name, len(split), k)
+            if len(rows_):
+                trak.featurize_batches(split_batches(split, rows_, t.batch_size, 0), split=name, n=len(split),
+                                       checkpoint=state, checkpoint_id=k)
+    n_own, step = len(own), args.branch_epochs / cfg.train.epochs
+    configs = [(f"1 model + {b} branches (final ckpts)", "snapshot branches", [n_own - 1, *range(n_own, n_own + b)], b)
+               for b in sorted({1, 2, args.branches}) if b <= args.branches]
+    configs += [(f"1 trajectory ({n_own} ckpts) + {b} branches", "trajectory + branches",
+                 [*range(n_own), *range(n_own, n_own + b)], b)
+                for b in sorted({2, args.branches}) if b <= args.branches]
+    rows = []
+    for name, family, ks, b in configs:
+        row = {"name": name, "family": family, "compute": round(1 + b * step, 3), "checkpoints": len(ks),
+               "val": {}, "test": {}}
+        for ridge in ridges:
+            trak.ridge = ridge
+            for split in ("val", "test"):
+                masks, margins = lds_data[split]
+                scores = trak.scores("train", split, out=work / f"{family.replace(' ', '_')}_{b}_{ridge:g}_{split}.npy",
+                                     checkpoints=ks)
+                mean, per = lds(predicted_outputs(np.asarray(scores), masks), margins)
+                row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
+        rows.append(row)
+    return rows
+
+
 def plot(rows: list[dict], ridge: float, path: Path) -> None:
     import matplotlib
 
@@ -71,7 +132,8 @@ def plot(rows: list[dict], ridge: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for family, marker in (("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--")):
+    for family, marker in (("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--"),
+                           ("snapshot branches", "v:"), ("trajectory + branches", "D:")):
         pts = sorted((r["compute"], r["val"][str(ridge)][0], r["val"][str(ridge)][1]) for r in rows
                      if r["family"] == family)
         if not pts:
@@ -115,6 +177,8 @@ def main() -> None:
                 scores = trak.scores("train", split, out=out, checkpoints=ks)
                 mean, per = lds(predicted_outputs(np.asarray(scores), masks), margins)
                 row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
+    if args.branches:
+        rows += branch_rows(run, args, ridges, lds_data)
     for row in rows:
         print(row["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
     best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))

@@ -46,11 +46,11 @@ SMALL = ["--model", "timm:test_resnet", "--max-train", "600", "--epochs", "8", "
 ALL = ("negative", "positive", "random", "loss", "cleanlab")  # + the best detector on the canaries
 CASES: dict[str, dict] = {
     "memorise": {  # (b) long training without augmentation until the given (wrong) labels are fitted
-        "what": "(b) memorisation: timm:test_resnet (0.37M parameters, random init), 520 train, 10% symmetric "
+        "what": "(b) memorisation: timm:test_resnet (0.37M parameters, random init), 500 train, 10% symmetric "
                 "noise, 15 epochs, no augmentation",
-        # 520, not 500: 450 = 14 x 32 + 2 left a last batch of 2 whose BatchNorm statistics (1 x 1 features) wrecked
-        # every 10% retrain, random included (test accuracy 0.34 vs 0.81 with batch 30 on the same 450 examples)
-        "run": ["--model", "timm:test_resnet", "--max-train", "520", "--noise", "0.1", "--epochs", "15",
+        # 500: a 10% retrain keeps 450 = 14 x 32 + 2, whose last batch of 2 (BatchNorm on 1 x 1 features) once wrecked
+        # every 10% retrain (test accuracy 0.34 vs 0.81); the trainer now merges a short last batch into the one before
+        "run": ["--model", "timm:test_resnet", "--max-train", "500", "--noise", "0.1", "--epochs", "15",
                 "--no-augment", "--batch-size", "32", "--lr", "0.05", "--ensemble", "3"],
         "folds": 3, "removal": (ALL, "0.05,0.1")},
     "default": {  # (a) today's recipe (augmented, few epochs), at this benchmark's size
@@ -63,13 +63,17 @@ CASES: dict[str, dict] = {
         "what": "(d) confusable-pair noise 4↔9, 3↔5, 7↔1 (15% of all labels): timm:test_resnet, 600 train, 8 epochs",
         "run": [*SMALL, "--noise", "0.15", "--noise-kind", "confusable"], "folds": 3,
         "removal": (ALL, "0.05,0.1")},
-    "pretrained": {  # (c) ImageNet EfficientNet-Lite0 fine-tuned; ~1 min per retrain here: detection only
+    "pretrained": {  # (c) ImageNet EfficientNet-Lite0 fine-tuned until it fits most given labels (~1 min a training)
+        # lr 0.02 at batch 32 for 6 epochs stayed at test accuracy 0.17-0.38 and lr 0.1 diverged; batch 16 at lr 0.01
+        # for 12 epochs reaches 0.88 test / 0.96 train on the given labels (one model, seed 0, with
+        # this case's 10% noise)
         "what": "(c) pretrained: efficientnet_lite0 (ImageNet weights), 64 px, 300 train, 10% symmetric noise, "
-                "6 epochs",
+                "12 epochs, batch 16, lr 0.01",
         "run": ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--max-train", "300",
-                "--max-test", "300", "--val-fraction", "0.05", "--noise", "0.1", "--epochs", "6", "--batch-size",
-                "32", "--lr", "0.02", "--ensemble", "2", "--proj-dim", "256"],
-        "folds": 2, "removal": None},
+                "--max-test", "300", "--val-fraction", "0.05", "--noise", "0.1", "--epochs", "12", "--batch-size",
+                "16", "--lr", "0.01", "--ensemble", "2", "--proj-dim", "256"],
+        # removal at 10% only, without the positive control: 5 strategies x 5 seeds is ~30 trainings here
+        "folds": 2, "removal": (("negative", "random", "loss", "cleanlab"), "0.1")},
 }
 SEEDS = 5  # seeds 0..2 are the ensemble members (their full-data reference costs nothing); 3, 4 are retrained
 
