@@ -15,10 +15,17 @@ from typing import Any
 DEFAULT_IMAGE_SIZE = 32  # the built-in demo's side; kept whatever the model, so `make demo` does not change
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PRECISIONS = ("fp32", "bf16", "auto")  # see trakscope.precision
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with its help text in the metadata."""
+    """A dataclass field with its help text in the metadata.
+
+    Metadata keys: ``runtime`` (how to run, not what to compute: left out of :func:`defining_dict`), ``paths``,
+    ``choices``, ``prefixes`` (see ``commands/_config_args.py``) and ``legacy``: for a field added after run folders
+    existed, the value that a ``config.json`` without it means (what trakscope did before). A field at its legacy
+    value is left out of :func:`fingerprint_dict`, so that adding it keeps every existing folder's fingerprint.
+    """
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -97,6 +104,14 @@ class TrainConfig:
                                          "validation LDS)")
     seed: int = _opt(0, "base seed; model m uses seed + m")
     num_workers: int = _opt(0, "image decoding workers for file-backed datasets")
+    precision: str = _opt("fp32", "fp32 | bf16 (forward passes under bfloat16 autocast; weights, gradients and "
+                                  "optimizer stay float32) | auto (bf16 where the device does bf16 in hardware: "
+                                  "AMX or AVX512-BF16 CPU, CUDA compute capability >= 8.0; else fp32). auto is "
+                                  "resolved when the run folder is made and recorded; see BENCHMARKS.md, mixed "
+                                  "precision", choices=PRECISIONS, legacy="fp32")
+    channels_last: bool = _opt(False, "lay out images and convolution weights channels-last (NHWC) in training and "
+                                      "featurization: faster convolutions on some CPUs and GPUs, the same results "
+                                      "up to float rounding", runtime=True)
 
     @property
     def kept_checkpoints(self) -> int:
@@ -116,6 +131,9 @@ class TrakConfig:
                              "on validation targets)")
     batch_size: int = _opt(64, "examples per featurization batch")
     seed: int = _opt(0, "seed of the random projection (checkpoint c uses seed + c)")
+    precision: str = _opt("fp32", "fp32 | bf16 (the model's forward pass under bfloat16 autocast; the projection "
+                                  "accumulates in float32; kronecker projector only) | auto (as --precision)",
+                          choices=PRECISIONS, legacy="fp32")
 
 
 @dataclass(frozen=True)
@@ -133,12 +151,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        parts = {}
-        for f in dataclasses.fields(cls):
-            sub_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}[f.name]
-            parts[f.name] = _sub_from_dict(sub_cls, d.get(f.name, {}))
-        return cls(**parts)
+        """Inverse of :meth:`to_dict`; unknown keys are an error, a missing field takes its legacy value (else its
+        default)."""
+        return cls(**{name: _sub_from_dict(sub_cls, d.get(name, {})) for name, sub_cls in SECTIONS.items()})
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}
 
 
 def _sub_from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -150,6 +168,8 @@ def _sub_from_dict(cls: type, d: dict[str, Any]) -> Any:
     for f in dataclasses.fields(cls):  # JSON lists back to the tuples the dataclasses hold
         if isinstance(kw.get(f.name), list):
             kw[f.name] = tuple(kw[f.name])
+        if f.name not in kw and "legacy" in f.metadata:  # a config.json from before the field existed
+            kw[f.name] = f.metadata["legacy"]
     return cls(**kw)
 
 
@@ -160,14 +180,33 @@ def load_config(path: Path) -> RunConfig:
 
 def runtime_fields() -> set[tuple[str, str]]:
     """``(section, field)`` of settings that say how to run, not what to compute (e.g. ``model.download``)."""
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}
-    return {(s, f.name) for s, cls in sections.items() for f in dataclasses.fields(cls) if f.metadata.get("runtime")}
+    return {(s, f.name) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("runtime")}
+
+
+_ABSENT = object()
+
+
+def legacy_values() -> dict[tuple[str, str], Any]:
+    """``(section, field) -> value`` of the fields added later, at the value older run folders were made with."""
+    return {(s, f.name): f.metadata["legacy"] for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if "legacy" in f.metadata}
 
 
 def defining_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     """:meth:`RunConfig.to_dict` without the runtime fields: what a run folder's results depend on."""
     skip = runtime_fields()
     return {s: {k: v for k, v in part.items() if (s, k) not in skip} for s, part in cfg.to_dict().items()}
+
+
+def fingerprint_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """:func:`defining_dict` without the fields at their legacy value: what a run folder's fingerprint hashes.
+
+    A folder made before ``train.precision`` existed (fp32) keeps its fingerprint, so its checkpoints still load;
+    a bf16 run hashes ``precision: "bf16"`` and gets another one.
+    """
+    legacy = legacy_values()
+    return {s: {k: v for k, v in part.items() if legacy.get((s, k), _ABSENT) != v}
+            for s, part in defining_dict(cfg).items()}
 
 
 def config_diff(a: RunConfig, b: RunConfig) -> list[str]:

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 from torch.utils.hooks import RemovableHandle
 
 from ..models.calling import logits_of
+from ..precision import upcast
 from .tracked import CallState, TrackedLayer, add_root_if_first, gaussian
 
 
@@ -61,7 +62,7 @@ class _Call:
     @classmethod
     def of(cls, args: tuple, kwargs: dict) -> _Call:
         leaves, spec = tree_flatten((args, kwargs))
-        flat = [t.detach() if isinstance(t, torch.Tensor) else t for t in leaves]
+        flat = [upcast(t.detach()) if isinstance(t, torch.Tensor) else t for t in leaves]  # bf16 autocast: in fp32
         return cls(flat, spec, [t._version if isinstance(t, torch.Tensor) else None for t in flat])
 
     def check_unchanged(self, name: str) -> None:

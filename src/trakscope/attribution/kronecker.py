@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.calling import Inputs, call_model
+from ..precision import autocast
 from .fallback import AttentionFallback, FallbackLayer
 from .norms import BatchNormActLayer, BatchNormLayer, GroupNormLayer, LayerNormLayer
 from .output import ModelOutput
@@ -112,6 +113,9 @@ class KroneckerProjector(GradientProjector):
         k_out: default output-side rank per layer (likewise capped).
         layer_k: per-layer overrides ``{module name: (k_in, k_out)}``.
         output: the function whose gradient is projected (the margin if None).
+        precision: ``fp32``, or ``bf16``/``auto`` (:mod:`trakscope.precision`): the model's forward pass under
+            bf16 autocast, so activations and output gradients are bf16; every hook upcasts them and projects
+            and accumulates in float32.
 
     Attributes:
         layers: the tracked layers, in ``named_modules`` order.
@@ -129,8 +133,10 @@ class KroneckerProjector(GradientProjector):
         k_out: int = 16,
         layer_k: dict[str, tuple[int, int]] | None = None,
         output: ModelOutput | None = None,
+        precision: str = "fp32",
     ):
         super().__init__(model, proj_dim, seed, output)
+        self.precision = precision
         gen = torch.Generator().manual_seed(seed)
         self.layers = build_layers(model, k_in, k_out, layer_k or {}, gen)
         self._device = torch.device("cpu")  # where the layers' projection matrices are
@@ -157,10 +163,13 @@ class KroneckerProjector(GradientProjector):
         """Per-layer blocks ``P_out^T G P_in`` (row-major) concatenated: ``[b, natural_dim]``, and ``[b, C]`` logits."""
         if self.model.training:
             raise RuntimeError("KroneckerProjector needs the model in eval mode (BatchNorm on running statistics)")
-        self._to(self.layers[0].params[0].device)
+        device = self.layers[0].params[0].device
+        self._to(device)
         state = CallState()
         with torch.enable_grad(), self._hooked(state):
-            logits = call_model(self.model, _detached(inputs))
+            with autocast(self.precision, device):
+                logits = call_model(self.model, _detached(inputs))
+            logits = logits.float()  # the output function and TRAK's Q in float32 (no copy when already so)
             total = self.output(logits, labels).sum()
             state.feats = torch.zeros(logits.shape[0], self.natural_dim, device=logits.device)
             if not state.roots:

@@ -48,13 +48,17 @@ class GradientProjector(ABC):
 
 
 def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_type: str = "rademacher",
-                   kron_k: int = 16, output: ModelOutput | None = None) -> GradientProjector:
+                   kron_k: int = 16, output: ModelOutput | None = None, precision: str = "fp32") -> GradientProjector:
     """The projector called ``name`` (``dense`` or ``kronecker``) for ``model``.
 
     ``proj_type`` sets the dense projector's entries; ``kron_k`` the Kronecker projector's per-layer input and
     output widths (each layer contributes ``kron_k ** 2`` features before the final map to ``proj_dim``);
-    ``output`` the function whose gradient is projected (the margin if None).
+    ``output`` the function whose gradient is projected (the margin if None); ``precision`` ``fp32`` or ``bf16``
+    (the Kronecker projector's forward pass under bf16 autocast; the dense reference is fp32 only).
     """
+    if precision != "fp32" and name != "kronecker":
+        raise ValueError(f"the {name} projector computes in fp32 only; use the kronecker projector for "
+                         f"{precision} featurization")
     if name == "dense":
         from .dense import DenseProjector
 
@@ -62,5 +66,6 @@ def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_t
     if name == "kronecker":
         from .kronecker import KroneckerProjector
 
-        return KroneckerProjector(model, proj_dim, seed, k_in=kron_k, k_out=kron_k, output=output)
+        return KroneckerProjector(model, proj_dim, seed, k_in=kron_k, k_out=kron_k, output=output,
+                                  precision=precision)
     raise ValueError(f"unknown projector {name!r}; choose dense or kronecker")

@@ -26,6 +26,7 @@ import numpy as np
 from ..io import create_memmap, load_npy, read_json, save_npy, write_json
 
 STORE_FORMAT = 1
+LEGACY_SETTINGS = {"precision": "fp32"}  # what a meta.json written before a setting existed means
 
 
 class StoreError(Exception):
@@ -145,7 +146,7 @@ class TrakStore:
         """
         wanted = {"format": STORE_FORMAT, **settings}
         if self.meta_path.exists() and not overwrite:
-            old = read_json(self.meta_path)
+            old = {**LEGACY_SETTINGS, **read_json(self.meta_path)}
             diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in wanted.items() if old.get(k) != v]
             if diff:
                 raise StoreError(f"{self.root} holds TRAK features made with other settings ({'; '.join(diff)}); "

@@ -26,6 +26,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
+from ..precision import full_precision, upcast
 from .conv import conv_fn, conv_input, grouped_conv_grad, is_plain_conv
 
 
@@ -180,15 +181,15 @@ class FactoredLayer(TrackedLayer):
             raise RuntimeError(f"{self.name}: output does not require grad; is it run under no_grad?")
         add_root_if_first(state, [x], [out])
         x = x.detach()
-        with torch.no_grad():
-            saved = self.save(x)
+        with torch.no_grad(), full_precision(x.device):  # under bf16 autocast the projection is still float32
+            saved = self.save(upcast(x))
         version = x._version
 
         def grad_hook(g: torch.Tensor) -> None:
             if self.reads_input_later and x._version != version:
                 raise RuntimeError(f"{self.name}: its input was modified in place after the forward pass")
-            with torch.no_grad():
-                state.feats[:, self.block] += self.block_of(saved, g)
+            with torch.no_grad():  # the backward runs outside the projector's autocast
+                state.feats[:, self.block] += self.block_of(saved, upcast(g))
 
         out.register_hook(grad_hook)
 

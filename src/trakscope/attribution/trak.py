@@ -35,6 +35,7 @@ from ..config import TrakConfig
 from ..io import load_npy, save_npy, write_json
 from ..models.calling import Inputs, inputs_to
 from ..models.weights import read_state_file
+from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, featurize_into, numbered
 from .output import Margin, ModelOutput
 from .projector import GradientProjector, make_projector
@@ -63,6 +64,9 @@ class TRAK:
         output: the function attributed (a :class:`~trakscope.attribution.output.ModelOutput`); default the margin
             ``z_y - logsumexp_{k != y} z_k`` with out-to-loss weight ``1 - p_y``.
         device: where featurization runs.
+        precision: ``fp32``, ``bf16`` (the forward pass under bf16 autocast, the projection in float32; Kronecker
+            projector only) or ``auto`` (bf16 where ``device`` does it in hardware); recorded in the store.
+        channels_last: lay out the model and 4-d inputs channels-last (same features up to float rounding).
         overwrite: discard a store made with other settings instead of refusing it.
     """
 
@@ -70,19 +74,23 @@ class TRAK:
                  proj_dim: int = _DEFAULTS.proj_dim, kron_k: int = _DEFAULTS.kron_k,
                  proj_type: str = _DEFAULTS.proj_type, ridge: float = _DEFAULTS.ridge, seed: int = _DEFAULTS.seed,
                  output: ModelOutput | None = None, device: torch.device | str = "cpu", progress: bool = True,
-                 overwrite: bool = False):
+                 precision: str = "fp32", channels_last: bool = False, overwrite: bool = False):
         if proj_dim < 0 or kron_k < 1 or (proj_dim == 0 and projector != "kronecker"):
             raise ValueError(f"proj_dim must be positive (0 = the Kronecker projector's natural width) and kron_k "
                              f"positive, got {proj_dim} and {kron_k}")
         if ridge <= 0:
             raise ValueError(f"ridge must be positive (it keeps X^T X + lambda I invertible), got {ridge}")
+        self.memory_format = memory_format(channels_last)
         self.model = model.to(device).eval()
+        if channels_last:  # otherwise the model keeps the layout it came with
+            self.model.to(memory_format=self.memory_format)
         self.store = TrakStore(store)
         self.projector, self.proj_dim, self.kron_k, self.proj_type = projector, proj_dim, kron_k, proj_type
         self.output = Margin() if output is None else output
         self.ridge, self.seed, self.device, self.progress = ridge, seed, device, progress
+        self.precision = featurize_precision(precision, projector, device)
         settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "proj_type": proj_type,
-                    "seed": seed, "output": type(self.output).__name__}
+                    "seed": seed, "output": type(self.output).__name__, "precision": self.precision}
         if dist.rank() == 0:
             self.store.check_meta(settings, overwrite=overwrite)
         dist.barrier()
@@ -119,6 +127,7 @@ class TRAK:
             store.open()
             store.merge_ranks(world)
         dist.barrier()
+        batches = ((idx, to_memory_format(inputs, self.memory_format), labels) for idx, inputs, labels in batches)
         featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
                        self.progress and rank == 0, f"featurize ckpt {k} {split}")
         dist.barrier()
@@ -146,13 +155,14 @@ class TRAK:
 
     def _projector(self, k: int) -> GradientProjector:
         return make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
-                              self.kron_k, output=self.output)
+                              self.kron_k, output=self.output, precision=self.precision)
 
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
         """float32 ``[b, dim]`` features of one batch under a checkpoint (not stored), and the checkpoint's id."""
         k = self.load_checkpoint(checkpoint, checkpoint_id)
-        feats, _ = self._projector(k)(inputs_to(inputs, self.device), torch.as_tensor(labels).to(self.device))
+        inputs = inputs_to(to_memory_format(inputs, self.memory_format), self.device)
+        feats, _ = self._projector(k)(inputs, torch.as_tensor(labels).to(self.device))
         return feats.detach().float().cpu().numpy(), k
 
     # --- score ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig
 from ..data import DATASETS
 from ..models import MODELS, WEIGHTS
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}  # config.SECTIONS
 # Fields whose plain name would be ambiguous or unidiomatic on the command line.
 FLAG_NAMES = {
     ("model", "name"): "--model",
@@ -29,6 +29,7 @@ FLAG_NAMES = {
     ("train", "seed"): "--train-seed",
     ("trak", "seed"): "--proj-seed",
     ("trak", "batch_size"): "--trak-batch-size",
+    ("trak", "precision"): "--trak-precision",
 }
 
 

@@ -10,6 +10,7 @@ from .. import dist
 from ..config import RunConfig
 from ..data import load_dataset
 from ..models import build_model, resolve_config
+from ..precision import resolve_run_precision
 from ..run_folder import RunError, RunFolder
 from ..run_lock import hold
 from ..stages.canaries import canary_table
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = existing.config  # no settings given: resume the folder with the ones it was made with
         print(f"resuming {existing.path} with the settings in its config.json")
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
+    cfg = resolve_run_precision(cfg, rt.device)  # auto made concrete for this device; bf16 checked against it
     cfg = absolute_data_root(cfg, existing)
     # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
     dataset = load_dataset(cfg.data)

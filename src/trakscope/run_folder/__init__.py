@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import dist
-from ..config import RunConfig, config_diff, defining_dict
+from ..config import RunConfig, config_diff, fingerprint_dict
 from ..io import load_npy, read_csv, read_json, write_csv, write_json
 from ..manifest import Manifest, describe, path_patterns, problem
 from .layout import (
@@ -47,8 +47,12 @@ class RunError(Exception):
 
 
 def fingerprint(cfg: RunConfig) -> str:
-    """A short hash of the settings that determine the checkpoints (data, model, training)."""
-    d = defining_dict(cfg)
+    """A short hash of the settings that determine the checkpoints (data, model, training).
+
+    Fields added later are hashed only away from their legacy value (:func:`~trakscope.config.fingerprint_dict`),
+    so a folder made before they existed keeps its fingerprint and its checkpoints.
+    """
+    d = fingerprint_dict(cfg)
     blob = json.dumps({k: d[k] for k in ("data", "model", "train")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -78,9 +82,14 @@ class RunFolder(Layout):
                 if diff:
                     raise RunError(f"{self.path} holds a run with other settings ({'; '.join(diff)}). "
                                    "Use another --out, or --overwrite to discard it.")
+                if old.to_dict() != config.to_dict():  # only how to run changed (--channels-last): record it
+                    self._write_config(config)
                 return
             self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
+        self._write_config(config)
+
+    def _write_config(self, config: RunConfig) -> None:
         write_json(self.config_path, {"format": FORMAT, **config.to_dict()})
         self.seal(self.config_path)
         self.__dict__.pop("config", None)

@@ -233,7 +233,8 @@ def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
     model = build_model(architecture_only(cfg.model), len(run.dataset().classes))
     t = cfg.trak
     return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
-                proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress)
+                proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress,
+                precision=t.precision, channels_last=cfg.train.channels_last)
 
 
 def split_batches(split: ImageSplit, rows: np.ndarray, batch_size: int, num_workers: int

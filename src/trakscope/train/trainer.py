@@ -20,6 +20,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data import Dataset, ImageSource, batch_slices, iter_batches
 from ..models import build_model
 from ..models.calling import call_model
+from ..precision import autocast, memory_format, resolve_precision, to_memory_format
 
 
 def checkpoint_epochs(epochs: int, per_model: int) -> list[int]:
@@ -104,8 +105,9 @@ def train_model(
     keep = np.arange(len(train)) if keep is None else np.asarray(keep, dtype=np.int64)
     if len(keep) == 0:
         raise ValueError("cannot train on an empty set of examples")
+    precision, fmt = resolve_precision(train_cfg.precision, device), memory_format(train_cfg.channels_last)
     torch.manual_seed(seed)
-    model = build_model(model_cfg, len(dataset.classes), classes=dataset.classes).to(device)
+    model = build_model(model_cfg, len(dataset.classes), classes=dataset.classes).to(device, memory_format=fmt)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(train.labels)
     opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
@@ -124,11 +126,12 @@ def train_model(
         for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers, merge_short=True):
             if train_cfg.augment:
                 x = random_crop(x, 2, gen)
-            x, y = x.to(device), labels[idx].to(device)
+            x, y = to_memory_format(x.to(device), fmt), labels[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, train_cfg.lr)
-            logits = call_model(model, x)
-            loss = nn.functional.cross_entropy(logits, y)
+            with autocast(precision, device):  # bf16: the forward pass only; the loss and the weights stay fp32
+                logits = call_model(model, x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -139,7 +142,8 @@ def train_model(
             seen += len(idx)
         bar.set_postfix(loss=f"{loss.item():.3f}", train_acc=f"{correct / seen:.3f}")
         if epoch in keep_at:
-            checkpoints.append({k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()})
+            checkpoints.append({k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+                                for k, v in model.state_dict().items()})
     return checkpoints
 
 
