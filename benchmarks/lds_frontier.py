@@ -189,11 +189,11 @@ def main() -> None:
                                              "wall_s": round(time.perf_counter() - t0, 1)})
     print(f"ridge best on val (mean over configurations): {best_ridge:g}")
     head = "| configuration | training compute | checkpoints | " + " | ".join(f"val LDS, ridge {r:g}" for r in ridges)
-    print(head + " | test LDS at ridge 3 |\n|" + "---|" * (4 + len(ridges)))
+    print(head + f" | test LDS at ridge {best_ridge:g} |\n|" + "---|" * (4 + len(ridges)))
     for row in rows:
         vals = " | ".join(f"{row['val'][str(r)][0]:.4f}" for r in ridges)
-        t = row["test"].get("3.0", row["test"][str(ridges[0])])
-        print(f"| {row['name']} | {row['compute']} | {row['checkpoints']} | {vals} | {t[0]:.4f} |")
+        print(f"| {row['name']} | {row['compute']} | {row['checkpoints']} | {vals} | "
+              f"{row['test'][str(best_ridge)][0]:.4f} |")
 
 
 if __name__ == "__main__":

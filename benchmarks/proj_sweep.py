@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kron-ks", default="8,16,32")
     p.add_argument("--ridges", default="0.3,1,3")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layers", choices=("all", "last"), default="all",
+                   help="last: every parameter but the last Linear layer's is frozen (TRAK on the classifier only)")
     p.add_argument("--work", type=Path, default=None, help="stores and summary (default <run>_proj)")
     args = p.parse_args()
     args.work = args.work or args.run.parent / f"{args.run.name}_proj"
@@ -73,15 +75,20 @@ def main() -> None:
     for kron_k in (int(k) for k in args.kron_ks.split(",")):
         for proj_dim in (int(d) for d in args.proj_dims.split(",")):
             model = build_model(architecture_only(run.config.model), len(run.dataset().classes))
-            store = args.work / f"store_d{proj_dim}_k{kron_k}"
+            if args.layers == "last":
+                head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+                keep = {id(p) for p in head.parameters()}
+                for param in model.parameters():
+                    param.requires_grad_(id(param) in keep)
+            store = args.work / f"store_{args.layers}_d{proj_dim}_k{kron_k}"
             trak = TRAK(model, store, proj_dim=proj_dim, kron_k=kron_k, progress=False)
             timing = store / "featurize_seconds.json"
             if not timing.exists():
                 write_json(timing, {"seconds": round(featurize(run, trak), 2)})
             seconds = json.loads(timing.read_text())["seconds"]
             width = trak._projector(0).dim  # proj_dim 0: the natural width of the Kronecker blocks
-            row = {"proj_dim": proj_dim, "kron_k": kron_k, "width": width, "featurize_s": seconds, "val": {},
-                   "test": {}}
+            row = {"layers": args.layers, "proj_dim": proj_dim, "kron_k": kron_k, "width": width,
+                   "featurize_s": seconds, "val": {}, "test": {}}
             for ridge in ridges:
                 trak.ridge = ridge
                 for split in ("val", "test"):
@@ -92,7 +99,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     best = max(((r, ridge) for r in rows for ridge in ridges), key=lambda rr: rr[0]["val"][str(rr[1])][0])
-    write_json(args.work / "summary.json", {"rows": rows, "ridges": ridges, "run": str(args.run),
+    write_json(args.work / f"summary_{args.layers}.json", {"rows": rows, "ridges": ridges, "run": str(args.run),
                                             "best_on_val": {"proj_dim": best[0]["proj_dim"],
                                                             "kron_k": best[0]["kron_k"], "ridge": best[1]},
                                             "wall_s": round(time.perf_counter() - t_all, 1)})
