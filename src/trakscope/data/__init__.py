@@ -23,6 +23,7 @@ from .images import (
     ImageSplit,
     NormalizedImages,
     TensorImages,
+    batch_slices,
     iter_batches,
 )
 from .splits import CONFUSABLE_PAIRS, plant_canaries, plant_noise, stratified_split, stratified_subset
@@ -35,6 +36,7 @@ __all__ = [
     "ImageSplit",
     "NormalizedImages",
     "TensorImages",
+    "batch_slices",
     "dataset_fingerprint",
     "describe_change",
     "iter_batches",

@@ -245,12 +245,30 @@ class Dataset:
         return Dataset(self.name, self.classes, *splits)
 
 
+def batch_slices(n: int, batch_size: int, merge_short: bool = False) -> list[slice]:
+    """Consecutive batches over ``n`` items: ``batch_size`` each, the last one shorter where ``n`` is not a multiple.
+
+    With ``merge_short``, a last batch of at most half ``batch_size`` joins the batch before it instead (when there
+    is one): every item still comes once, no batch is smaller than about half ``batch_size`` (or ``n``), and none is
+    larger than 1.5 ``batch_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    starts = list(range(0, n, batch_size))
+    if merge_short and len(starts) > 1 and 2 * (n - starts[-1]) <= batch_size:
+        starts.pop()
+    return [slice(s, e) for s, e in zip(starts, [*starts[1:], n])]
+
+
 def iter_batches(
-    images: ImageSource, indices: np.ndarray, batch_size: int, num_workers: int = 0
+    images: ImageSource, indices: np.ndarray, batch_size: int, num_workers: int = 0, merge_short: bool = False
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield ``(batch_indices, float32 images)`` over ``indices`` in order, decoding in workers if asked."""
+    """Yield ``(batch_indices, float32 images)`` over ``indices`` in order, decoding in workers if asked.
+
+    The batches are :func:`batch_slices` of ``indices`` (``merge_short``: no short last batch).
+    """
     indices = np.asarray(indices, dtype=np.int64)
-    chunks = [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+    chunks = [indices[s] for s in batch_slices(len(indices), batch_size, merge_short)]
     if num_workers <= 0 or images.in_memory:
         for chunk in chunks:
             yield chunk, images.batch(chunk)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig
-from ..data import Dataset, ImageSource, iter_batches
+from ..data import Dataset, ImageSource, batch_slices, iter_batches
 from ..models import build_model
 from ..models.calling import call_model
 
@@ -110,7 +110,9 @@ def train_model(
     labels = torch.as_tensor(train.labels)
     opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
                           weight_decay=train_cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(keep) / train_cfg.batch_size)
+    # A short last batch joins the one before (batch_slices): a batch of 1 or 2 examples with BatchNorm on 1 x 1
+    # features (a 16 px image deep in a ResNet) wrecked whole retrains; every example is still seen once per epoch.
+    steps_per_epoch = len(batch_slices(len(keep), train_cfg.batch_size, merge_short=True))
     total, step = train_cfg.epochs * steps_per_epoch, 0
     keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.kept_checkpoints))
     checkpoints = []
@@ -119,11 +121,7 @@ def train_model(
         model.train()
         order = keep[torch.randperm(len(keep), generator=gen).numpy()]
         correct = seen = 0
-        for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers):
-            if len(idx) == 1 and len(keep) > 1:
-                # BatchNorm cannot train on one example whose features are 1 x 1 (a 16 px image deep in a ResNet);
-                # a removal that leaves batch_size * k + 1 examples skips this epoch's last one (another each epoch)
-                continue
+        for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers, merge_short=True):
             if train_cfg.augment:
                 x = random_crop(x, 2, gen)
             x, y = x.to(device), labels[idx].to(device)
