@@ -172,7 +172,11 @@ def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     from cleanlab.rank import get_label_quality_scores
 
     p, y = _normalized(oos_probs), np.asarray(labels, dtype=np.int64)
-    return np.asarray(get_label_quality_scores(y, p), dtype=np.float64), np.asarray(find_label_issues(y, p), bool)
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool and terminates it at once; a SIGTERM that reaches a
+    # worker between fork and Python's after-fork reset is dropped under the CLI's SIGTERM handler, and the parent
+    # then waits for that worker forever (reproduced: ~1 call in 130). The result does not depend on n_jobs.
+    issues = find_label_issues(y, p, n_jobs=1)
+    return np.asarray(get_label_quality_scores(y, p), dtype=np.float64), np.asarray(issues, bool)
 
 
 def _normalized(probs: np.ndarray) -> np.ndarray:
