@@ -118,6 +118,14 @@ def test_loo_margin_subtracts_self_influence_in_margin_units():
     np.testing.assert_allclose(detect.loo_margin(probs, labels, self_scores), expected)
 
 
+def test_without_canaries_the_suspects_follow_aum_else_self_influence():
+    from trakscope.methods.registry import default_primary
+
+    assert default_primary(["self_influence", "loss", "aum"]) == "aum"
+    assert default_primary(["self_influence", "loss"]) == "self_influence"  # imported checkpoints record no AUM
+    assert default_primary(["loss", "d3m"]) == "loss" and default_primary([]) is None
+
+
 def test_margin_recorder_averages_margins_over_passes():
     from trakscope.train import MarginRecorder
 

@@ -9,7 +9,7 @@ list from the page's data) and ``removal`` all read these tables: adding a score
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,10 +85,20 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     Scorer("trak_loo", lambda i: scorers.loo_margin(i.train_probs, i.train_labels, i.self_scores), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)"),
 )}
-# The order of ranking.csv and the report's default suspects when no canaries say better: TRAK's mislabel scorer
-# (as in dattri and TracIn). With canaries, the scorer with the best canary ROC-AUC is used instead.
-# D3M ranks *detrimental* examples (for removal), which need not be mislabeled ones.
-PRIMARY = "self_influence"
+# The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
+# ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
+# (memorisation, default, 30% symmetric, confusable pairs, pretrained); TRAK self-influence (the mislabel scorer of
+# dattri and TracIn) when there is no AUM (imported checkpoints, older run folders). With canaries, the scorer with
+# the best canary ROC-AUC is used instead. D3M ranks *detrimental* examples (for removal), which need not be
+# mislabeled ones.
+PRIMARY = ("aum", "self_influence")
+
+
+def default_primary(available: Iterable[str]) -> str | None:
+    """The scorer that orders the suspects without canaries: the first of :data:`PRIMARY` in ``available``, else
+    the first available (None when there is none)."""
+    names = list(available)
+    return next((n for n in PRIMARY if n in names), names[0] if names else None)
 
 
 @dataclass(frozen=True)

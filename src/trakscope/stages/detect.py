@@ -89,14 +89,14 @@ def truth_columns(run: RunFolder, i: int, train: dict[str, np.ndarray], known: b
 def primary_scorer(det: Detection) -> str:
     """The scorer whose rank orders ``ranking.csv`` and the report's suspects.
 
-    With canaries, the scorer of highest ROC-AUC on them (first registered on a tie); otherwise
-    :data:`~.registry.PRIMARY` when it ran.
+    With canaries, the scorer of highest ROC-AUC on them (first registered on a tie); otherwise the first of
+    :data:`~.registry.PRIMARY` that ran (AUM, else TRAK self-influence).
     """
     canary = det.info.get("canary")
     if canary is not None and canary.any() and not canary.all():
         auc = {n: roc_auc(registry.SCORERS[n].suspicion(s), canary) for n, s in det.scores.items()}
         return max(auc, key=lambda n: (auc[n], -list(auc).index(n)))
-    return registry.PRIMARY if registry.PRIMARY in det.scores else next(iter(det.scores))
+    return registry.default_primary(det.scores)
 
 
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
