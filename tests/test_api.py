@@ -114,3 +114,37 @@ def test_a_checkpoint_subset_and_a_new_ridge_reuse_the_features_and_the_gram(tmp
     trak.ridge = 10.0
     assert not np.allclose(trak.scores("train", "test", out=tmp_path / "r10.npy"), full)
     assert gram_file.stat().st_mtime_ns == before  # a new ridge costs an inverse, not another pass over X
+
+
+def test_self_influence_over_a_checkpoint_subset_is_the_exact_average_over_that_subset(tmp_path):
+    model, x, y = _tiny()
+    states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(3)]
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    for state in states:
+        trak.featurize([(x, y)], split="train", checkpoint=state, n=30)
+    full = np.asarray(trak.self_influence()).copy()
+    subset = [2, 0]
+    got = np.asarray(trak.self_influence(checkpoints=subset))
+    # the dense reference, in float64 from the stored features: mean_k diag(X_k (X_k^T X_k + lambda_k I)^-1 X_k^T)
+    # times mean_k Q_k, over the subset only (lambda_k = ridge * trace(X_k^T X_k) / d)
+    diags, qs = [], []
+    for k in sorted(subset):
+        feats, q = trak.store.features(k, "train", 0, 0).load()
+        xk = np.asarray(feats, dtype=np.float64)
+        xtx = xk.T @ xk
+        a = xtx + trak.ridge * np.trace(xtx) / xtx.shape[0] * np.eye(xtx.shape[0])
+        diags.append(np.einsum("id,id->i", xk, np.linalg.solve(a, xk.T).T))
+        qs.append(q)
+    np.testing.assert_allclose(got, np.mean(diags, axis=0) * np.mean(qs, axis=0), rtol=1e-4)
+    assert not np.allclose(got, full)
+    assert trak.store.self_path("train", [0, 2]).exists()  # its own file: the average over all is not replaced
+    np.testing.assert_array_equal(trak.self_influence(), full)
+    # Q of the margin is 1 - p[label] under each checkpoint: the subset's mean
+    given = []
+    for k in (0, 2):
+        model.load_state_dict(states[k])
+        given.append(torch.softmax(model(x), 1)[torch.arange(30), y].detach().numpy())
+    given = np.mean(given, axis=0)
+    np.testing.assert_allclose(1 - trak.out_to_loss(checkpoints=[0, 2]), given, rtol=1e-5, atol=1e-6)
+    with pytest.raises(StoreError, match="no featurized checkpoints \\[5\\]"):
+        trak.self_influence(checkpoints=[0, 5])

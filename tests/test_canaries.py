@@ -9,6 +9,7 @@ import pytest
 
 from trakscope.config import DataConfig
 from trakscope.data import load_dataset
+from trakscope.data.neighbours import nearest_confusion, nearest_other_labels, pixel_features
 from trakscope.data.splits import plant_canaries, plant_noise
 from trakscope.io import read_csv
 from trakscope.methods.metrics import roc_auc
@@ -30,6 +31,67 @@ def test_canaries_are_seeded_exact_and_disjoint_from_the_noise():
     assert not no_canary.any() and np.array_equal(none, noisy)
     with pytest.raises(ValueError):
         plant_canaries(noisy, 10, 1.0, seed=1)
+
+
+def _paired_classes(per_class: int = 50, seed: int = 0):
+    """6 classes of 16 px images in 3 look-alike pairs (0-1, 2-3, 4-5): a pair shares a pattern, and its two
+    classes differ by a small offset; uint8 ``[n, 3, 16, 16]`` and int labels."""
+    import torch
+
+    from trakscope.data import TensorImages
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(40, 215, size=(3, 3, 16, 16))
+    offset = rng.uniform(-15, 15, size=(6, 3, 16, 16))
+    labels = np.repeat(np.arange(6), per_class)
+    pixels = base[labels // 2] + offset[labels] + rng.normal(0, 8, size=(len(labels), 3, 16, 16))
+    return TensorImages(torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))), labels
+
+
+def test_nearest_canaries_flip_to_the_look_alike_class():
+    images, labels = _paired_classes()
+    partner = labels ^ 1  # 0<->1, 2<->3, 4<->5
+    nearest, canary = plant_canaries(labels, 6, 0.2, seed=3, confusion=nearest_confusion(images, labels, seed=0))
+    uniform, same = plant_canaries(labels, 6, 0.2, seed=3)
+    np.testing.assert_array_equal(canary, same)  # the same examples either way: only the wrong label differs
+    assert canary.sum() == 60 and (nearest[canary] != labels[canary]).all()
+    np.testing.assert_array_equal(nearest[~canary], labels[~canary])
+    assert (nearest[canary] == partner[canary]).mean() > 0.95  # chance (a uniform other class) is 1/5
+    assert (uniform[canary] == partner[canary]).mean() < 0.4
+    again, _ = plant_canaries(labels, 6, 0.2, seed=3, confusion=nearest_confusion(images, labels, seed=0))
+    np.testing.assert_array_equal(again, nearest)  # seeded and deterministic
+
+
+def test_nearest_other_label_votes_among_other_labels_only():
+    pool = np.array([[1, 0, 0, 0], [0.9, 0.436, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    pool_labels = np.array([5, 5, 7, 8, 9])
+    query = np.array([[0.6, 0.8, 0, 0], [0, 0, 0.8, 0.6]], dtype=np.float32)
+    vote = nearest_other_labels
+    assert vote(query[:1], np.array([1]), pool, pool_labels, k=3).tolist() == [5]  # 2 votes (0.89, 0.6) beat 1 (0.8)
+    assert vote(query[:1], np.array([5]), pool, pool_labels, k=1).tolist() == [7]  # its own label never votes
+    assert vote(query[1:], np.array([1]), pool, pool_labels, k=2).tolist() == [8]  # a 1-1 tie: the more similar
+    assert nearest_other_labels(query[:1], np.array([5]), pool[:2], pool_labels[:2]).tolist() == [-1]
+    # a value of -1 (no other label in sight) falls back to the uniform flip
+    labels = np.arange(40) % 4
+    flipped, canary = plant_canaries(labels, 4, 0.25, seed=1, confusion=lambda rows: np.full(len(rows), -1))
+    np.testing.assert_array_equal(flipped, plant_canaries(labels, 4, 0.25, seed=1)[0])
+    features = pixel_features(_paired_classes(per_class=2)[0], np.arange(12))
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(features.mean(axis=1), 0, atol=1e-6)
+
+
+def test_canary_kind_reaches_the_dataset():
+    random = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.1)).train
+    nearest = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.1,
+                                      canary_kind="nearest")).train
+    np.testing.assert_array_equal(random.canary, nearest.canary)
+    np.testing.assert_array_equal(random.true_labels, nearest.true_labels)
+    rows = np.flatnonzero(nearest.canary)
+    given = np.where(nearest.canary, random.true_labels, nearest.labels)  # the labels before the canaries
+    expected = nearest_confusion(nearest.images, given, seed=6)(rows)  # DataConfig.seed + 6
+    assert (nearest.labels[rows] == expected).all() and (nearest.labels[rows] != random.labels[rows]).any()
+    with pytest.raises(Exception, match="canary kind"):
+        load_dataset(DataConfig(dataset="digits", max_train=300, canaries=0.1, canary_kind="closest"))
 
 
 def test_confusable_noise_flips_only_within_pairs():

@@ -44,12 +44,12 @@ def _same(csv_rows, parquet_rows):
 
 def test_ranking_has_class_names_its_sort_column_and_a_parquet_twin(detected):
     detected, out = detected
-    assert "rows sorted by self_influence_rank" in out
+    assert "rows sorted by aum_rank" in out  # no canaries: AUM, the best detector across the regimes measured
     run = RunFolder(detected)
     rows = read_csv(run.ranking_path)
     assert list(rows[0])[:1] == ["inspect_order"]
     assert [int(r["inspect_order"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert [int(r["self_influence_rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert [int(r["aum_rank"]) for r in rows] == list(range(1, len(rows) + 1))
     classes = run.classes
     for r in rows:
         assert r["label_name"] == classes[int(r["label"])] and r["predicted_name"] == classes[int(r["predicted"])]

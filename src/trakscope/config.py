@@ -50,6 +50,10 @@ class DataConfig:
     canaries: float = _opt(0.0, "fraction of training labels flipped as canaries (disjoint from --noise, recorded "
                                 "in data/canaries.csv): known errors to measure detection on data without ground "
                                 "truth; export restores their labels")
+    canary_kind: str = _opt("random", "random (flip a canary to a uniformly chosen other class) | nearest (to the "
+                                      "class most common among its 10 nearest training images of another label, in "
+                                      "16 x 16 pixel space: a confusion the data suggests, as real errors are)",
+                            legacy="random")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split")
     max_test: int | None = _opt(None, "seeded stratified subset of the test split")
     val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split")

@@ -12,13 +12,15 @@ Layout (every name in this folder is written here and nowhere else)::
     ckpt{k}/xtx_inv.npy             float64 [dim, dim] (X^T X + lambda I)^-1 of the training split
     ckpt{k}/lambda.json             {"lambda": ..., "ridge": ..., "train": split}, written before the inverse
     scores/{train}__{target}.npy    float32 [n_train, n_target] scores, with {train}__{target}.json beside it
-    scores/self__{train}.npy        float32 [n_train] self-influence
+    scores/self__{train}.npy        float32 [n_train] self-influence, with self__{train}.json beside it
+    scores/self__{train}__ckpt{ids}.npy   the same over a subset of checkpoints (ids joined by "-")
 
 A run folder keeps its store at ``features/`` and asks for its score matrices at its own paths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +137,10 @@ class TrakStore:
     def scores_path(self, train: str, target: str) -> Path:
         return self.root / "scores" / f"{train}__{target}.npy"
 
-    def self_path(self, train: str) -> Path:
-        return self.root / "scores" / f"self__{train}.npy"
+    def self_path(self, train: str, checkpoints: Sequence[int] | None = None) -> Path:
+        """Self-influence over every checkpoint, or over the ``checkpoints`` subset (its own file)."""
+        subset = "" if checkpoints is None else "__ckpt" + "-".join(str(k) for k in sorted(checkpoints))
+        return self.root / "scores" / f"self__{train}{subset}.npy"
 
     def check_meta(self, settings: dict, overwrite: bool = False) -> None:
         """Write ``meta.json`` on first use; later, refuse other settings (unless ``overwrite`` clears the store).

@@ -224,18 +224,24 @@ class TRAK:
         restricts the average to those ids (e.g. to ask what fewer models would have given).
         """
         out = Path(out) if out is not None else self.store.scores_path(train, target)
-        ids = self._require(train, target)
-        if checkpoints is not None:
-            unknown = sorted(set(checkpoints) - set(ids))
-            if unknown:
-                raise StoreError(f"{self.store.root} has no featurized checkpoints {unknown}; it has {ids}")
-            ids = sorted(set(checkpoints))
+        ids = self._subset(self._require(train, target), checkpoints)
         record = {"train": train, "target": target, "checkpoints": ids, "ridge": self.ridge,
                   "score": "mean_k(X_k A_k^-1 Phi_k^T) * mean_k(Q_k)"}
         if dist.rank() == 0 and not _finished(out, record):
             self._write_scores(ids, train, target, out, record)
         dist.barrier()
         return load_npy(out, mmap=True)
+
+    def _subset(self, ids: list[int], checkpoints: Sequence[int] | None) -> list[int]:
+        """``checkpoints`` (sorted, deduplicated), checked against the featurized ``ids``; None = all of them."""
+        if checkpoints is None:
+            return ids
+        if len(checkpoints) == 0:
+            raise ValueError("checkpoints= names no checkpoint; pass None to average over all of them")
+        unknown = sorted(set(checkpoints) - set(ids))
+        if unknown:
+            raise StoreError(f"{self.store.root} has no featurized checkpoints {unknown}; it has {ids}")
+        return sorted(set(checkpoints))
 
     def _write_scores(self, ids: list[int], train: str, target: str, out: Path, record: dict) -> None:
         xs, qs, invs, lams = [], [], [], []
@@ -254,10 +260,16 @@ class TRAK:
         write_json(_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),
                                        "shape": [int(xs[0].shape[0]), int(targets[0].shape[0])]})
 
-    def self_influence(self, train: str = "train", *, out: Path | str | None = None) -> np.ndarray:
-        """float32 ``[n_train]`` ``scores[i, i]``: how much each training example raises its own output."""
-        ids = self._require(train)
-        path = self.store.self_path(train)
+    def self_influence(self, train: str = "train", *, out: Path | str | None = None,
+                       checkpoints: Sequence[int] | None = None) -> np.ndarray:
+        """float32 ``[n_train]`` ``scores[i, i]``: how much each training example raises its own output.
+
+        Cached in the store (a finished one with the same checkpoints and ridge is reused) and copied to ``out``
+        if given. ``checkpoints`` restricts the average, Q included, to those ids (e.g. each model's earliest
+        checkpoint, before it memorises); the subset is kept in its own file.
+        """
+        ids = self._subset(self._require(train), checkpoints)
+        path = self.store.self_path(train, None if checkpoints is None else ids)
         record = {"train": train, "checkpoints": ids, "ridge": self.ridge, "score": "self-influence"}
         if dist.rank() == 0 and not _finished(path, record):
             xs, qs, invs = zip(*[(*self._split_features(k, train), self.kernel(k, train)[0]) for k in ids])
@@ -269,6 +281,15 @@ class TRAK:
         if out is not None:
             save_npy(out, values)
         return values
+
+    def out_to_loss(self, split: str = "train", *, checkpoints: Sequence[int] | None = None) -> np.ndarray:
+        """float64 ``[n]`` the out-to-loss weights ``Q`` of ``split``, averaged over the checkpoints (or a subset).
+
+        For the default margin output ``Q = 1 - p[given label]`` under each checkpoint (in eval mode, as
+        featurized), so ``1 - out_to_loss()`` is the probability of the given label.
+        """
+        ids = self._subset(self._require(split), checkpoints)
+        return np.mean([np.asarray(self._split_features(k, split)[1], dtype=np.float64) for k in ids], axis=0)
 
     def score_inputs(self, inputs: Inputs, labels: torch.Tensor, checkpoints: Sequence[Checkpoint],
                      train: str = "train") -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig
-from ..data import DATASETS
+from ..data import CANARY_KINDS, DATASETS, NOISE_KINDS
 from ..models import MODELS, WEIGHTS
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}  # config.SECTIONS
@@ -36,7 +36,8 @@ FLAG_NAMES = {
 # Valid names of free-text fields whose config field carries no ``choices`` metadata (yet).
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dataset"): DATASETS,
-    ("data", "noise_kind"): ("symmetric", "confusable"),
+    ("data", "noise_kind"): NOISE_KINDS,
+    ("data", "canary_kind"): CANARY_KINDS,
     ("model", "name"): MODELS,
     ("model", "weights"): WEIGHTS,
     ("trak", "projector"): ("kronecker", "dense"),

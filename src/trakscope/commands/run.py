@@ -85,8 +85,9 @@ def _summary(run_folder: RunFolder) -> None:
               f"purpose (--noise {run_folder.config.data.noise:g}); data/train.csv marks them")
     canaries = canary_table(run_folder)["index"]
     if len(canaries):
-        print(f"canaries: {len(canaries)} further labels flipped as known errors (--canaries "
-              f"{run_folder.config.data.canaries:g}), listed in {run_folder.canaries_path}; `detect` measures each "
+        data = run_folder.config.data
+        print(f"canaries: {len(canaries)} further labels flipped as known errors (--canaries {data.canaries:g}, "
+              f"--canary-kind {data.canary_kind}), listed in {run_folder.canaries_path}; `detect` measures each "
               "scorer on them, `export` restores their labels")
     metrics = run_folder.read_result(run_folder.metrics_path, "model_metrics", "trakscope run")
     ens = metrics["ensemble"]

@@ -26,9 +26,20 @@ from .images import (
     batch_slices,
     iter_batches,
 )
-from .splits import CONFUSABLE_PAIRS, plant_canaries, plant_noise, stratified_split, stratified_subset
+from .neighbours import nearest_confusion
+from .splits import (
+    CANARY_KINDS,
+    CONFUSABLE_PAIRS,
+    NOISE_KINDS,
+    plant_canaries,
+    plant_noise,
+    stratified_split,
+    stratified_subset,
+)
 
 __all__ = [
+    "CANARY_KINDS",
+    "NOISE_KINDS",
     "DataError",
     "Dataset",
     "FileImages",
@@ -111,12 +122,20 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         test = test.subset(stratified_subset(test.labels, cfg.max_test, seed=cfg.seed + 3))
     noisy, flipped = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4, kind=cfg.noise_kind,
                                  pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else ())
-    labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped)
+    labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
+                                    confusion=_canary_confusion(cfg, train.images, noisy))
     train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
     return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)
+
+
+def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):
+    """``plant_canaries``' ``confusion`` for ``cfg.canary_kind``: None (uniform flips) or nearest neighbours."""
+    if cfg.canary_kind not in CANARY_KINDS:
+        raise DataError(f"unknown canary kind {cfg.canary_kind!r}; choose one of {', '.join(CANARY_KINDS)}")
+    return nearest_confusion(images, labels, seed=cfg.seed + 6) if cfg.canary_kind == "nearest" else None
 
 
 def _confusable_pairs(classes: list[str]) -> tuple[tuple[int, int], ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -103,12 +105,22 @@ def _plant_confusable(labels: np.ndarray, n_flip: int, pairs: tuple[tuple[int, i
     return noisy, flipped
 
 
+CANARY_KINDS = ("random", "nearest")
+
+
 def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   exclude: np.ndarray | None = None,
+                   confusion: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flip a seeded ``rate`` fraction of labels as canaries: known errors planted to measure detection.
 
-    Canaries are drawn among examples not in ``exclude`` (the planted-noise flips), and flipped uniformly to
-    another class, so they are disjoint from the noise and their true label is the one given.
+    Canaries are drawn among examples not in ``exclude`` (the planted-noise flips), so they are disjoint from the
+    noise and their true label is the one given. Each is flipped uniformly to another class, or, with
+    ``confusion``, to the class it returns for it (a class the example is easily confused with; the same
+    examples are chosen either way).
+
+    Args:
+        confusion: int ``[m]`` sorted canary rows -> int ``[m]`` their wrong labels; a value that is negative or
+            the example's own label falls back to the uniform flip.
 
     Returns:
         ``(labels_with_canaries, canary)``: int64 ``[n]`` and bool ``[n]`` (exactly ``round(rate * n)`` True).
@@ -126,4 +138,10 @@ def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
     canary = np.zeros(len(labels), dtype=bool)
     canary[rng.permutation(free)[:n]] = True
     shift = rng.integers(1, max(num_classes, 2), size=len(labels))
-    return np.where(canary, (labels + shift) % num_classes, labels).astype(np.int64), canary
+    flipped = (labels + shift) % num_classes
+    rows = np.flatnonzero(canary)
+    if confusion is not None and len(rows):
+        wrong = np.asarray(confusion(rows), dtype=np.int64)
+        usable = (wrong >= 0) & (wrong < num_classes) & (wrong != labels[rows])
+        flipped[rows[usable]] = wrong[usable]
+    return np.where(canary, flipped, labels).astype(np.int64), canary

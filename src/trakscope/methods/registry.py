@@ -9,7 +9,7 @@ list from the page's data) and ``removal`` all read these tables: adding a score
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,10 @@ class ScorerInputs:
         oos_probs: float ``[n_train, C]`` out-of-sample probabilities (k-fold), or None when not computed.
         aum: float ``[n_train]`` area under the margin recorded during training, or None (imported checkpoints,
             older run folders).
+        early_self_scores: float ``[n_train]`` TRAK self-influence from each member's earliest kept checkpoint only
+            (before the network memorises), or None when members keep one checkpoint each.
+        early_given_prob: float ``[n_train]`` probability of the given label at those checkpoints (mean over
+            members, in eval mode, as featurized), or None with ``early_self_scores``.
     """
 
     self_scores: np.ndarray
@@ -41,6 +45,8 @@ class ScorerInputs:
     group_ids: np.ndarray
     oos_probs: np.ndarray | None = None
     aum: np.ndarray | None = None
+    early_self_scores: np.ndarray | None = None
+    early_given_prob: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,13 @@ class Scorer:
     worse_is_high: bool
     description: str
     needs_crossval: bool = False
-    needs: str | None = None  # a ScorerInputs field that may be None; the scorer is skipped without it
+    needs: tuple[str, ...] = ()  # ScorerInputs fields that may be None; the scorer is skipped without them
 
     def available(self, inputs: ScorerInputs) -> bool:
         """Whether the inputs this scorer needs were computed."""
         if self.needs_crossval and inputs.oos_probs is None:
             return False
-        return self.needs is None or getattr(inputs, self.needs) is not None
+        return all(getattr(inputs, field) is not None for field in self.needs)
 
     def suspicion(self, score: np.ndarray) -> np.ndarray:
         """float64 ``[n]``, higher = more suspicious = inspected first."""
@@ -81,14 +87,31 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
            "cleanlab label quality on k-fold out-of-sample probabilities (low = suspicious)", needs_crossval=True),
     Scorer("aum", lambda i: scorers.area_under_margin(i.aum), False,
            "area under the margin during training, averaged over epochs and members (low = suspicious)",
-           needs="aum"),
+           needs=("aum",)),
     Scorer("trak_loo", lambda i: scorers.loo_margin(i.train_probs, i.train_labels, i.self_scores), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)"),
+    Scorer("self_influence_early", lambda i: scorers.self_influence(i.early_self_scores), True,
+           "TRAK self-influence from each member's earliest kept checkpoint, before memorisation (high = suspicious)",
+           needs=("early_self_scores",)),
+    Scorer("trak_loo_early",
+           lambda i: scorers.loo_margin_of(i.early_given_prob, i.early_self_scores), False,
+           "TRAK leave-one-out margin at the earliest kept checkpoints: their margin minus their scores[i, i] / "
+           "mean p(1-p) (low = suspicious)", needs=("early_given_prob", "early_self_scores")),
 )}
-# The order of ranking.csv and the report's default suspects when no canaries say better: TRAK's mislabel scorer
-# (as in dattri and TracIn). With canaries, the scorer with the best canary ROC-AUC is used instead.
-# D3M ranks *detrimental* examples (for removal), which need not be mislabeled ones.
-PRIMARY = "self_influence"
+# The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
+# ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
+# (memorisation, default, 30% symmetric, confusable pairs, pretrained); TRAK self-influence (the mislabel scorer of
+# dattri and TracIn) when there is no AUM (imported checkpoints, older run folders). With canaries, the scorer with
+# the best canary ROC-AUC is used instead. D3M ranks *detrimental* examples (for removal), which need not be
+# mislabeled ones.
+PRIMARY = ("aum", "self_influence")
+
+
+def default_primary(available: Iterable[str]) -> str | None:
+    """The scorer that orders the suspects without canaries: the first of :data:`PRIMARY` in ``available``, else
+    the first available (None when there is none)."""
+    names = list(available)
+    return next((n for n in PRIMARY if n in names), names[0] if names else None)
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,10 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("val-negative", "val_all", "most negatively influential on val (TRAK without D3M's loss weights)"),
     Strategy("aum", "aum", "lowest area under the margin"),
     Strategy("trak-loo", "trak_loo", "lowest TRAK leave-one-out margin", aliases=("trak_loo",)),
+    Strategy("self-influence-early", "self_influence_early", "highest TRAK self-influence at the earliest checkpoints",
+             aliases=("self_influence_early",)),
+    Strategy("trak-loo-early", "trak_loo_early", "lowest TRAK leave-one-out margin at the earliest checkpoints",
+             aliases=("trak_loo_early",)),
 )}
 DEFAULT_STRATEGIES = ("positive", "negative", "d3m-heuristic", "random", "loss", "cleanlab")
 

@@ -104,6 +104,12 @@ def training_loss(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarr
     return -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
 
 
+def given_prob(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarray:
+    """float64 ``[n_train]`` ``p[i, y_i]``: the probability of each example's given label (``[n_train, C]`` in)."""
+    p = np.asarray(train_probs, dtype=np.float64)
+    return p[np.arange(len(train_labels)), np.asarray(train_labels, dtype=np.int64)]
+
+
 def train_margin(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarray:
     """TRAK's output function on the ensemble's probabilities: ``log p[y] - log(1 - p[y])``.
 
@@ -112,8 +118,11 @@ def train_margin(train_probs: np.ndarray, train_labels: np.ndarray) -> np.ndarra
     Returns:
         float64 ``[n_train]``.
     """
-    p = np.asarray(train_probs, dtype=np.float64)
-    py = np.clip(p[np.arange(len(train_labels)), np.asarray(train_labels, dtype=np.int64)], 1e-12, 1 - 1e-12)
+    return _log_odds(given_prob(train_probs, train_labels))
+
+
+def _log_odds(py: np.ndarray) -> np.ndarray:
+    py = np.clip(np.asarray(py, dtype=np.float64), 1e-12, 1 - 1e-12)
     return np.log(py) - np.log1p(-py)
 
 
@@ -136,10 +145,15 @@ def loo_margin(train_probs: np.ndarray, train_labels: np.ndarray, self_scores: n
         float64 ``[n_train]`` ``margin_i - scores[i, i] / mean(w)``; **low = suspicious** (the label is not
         supported without the example itself).
     """
-    p = np.asarray(train_probs, dtype=np.float64)
-    py = np.clip(p[np.arange(len(train_labels)), np.asarray(train_labels, dtype=np.int64)], 1e-12, 1 - 1e-12)
+    return loo_margin_of(given_prob(train_probs, train_labels), self_scores)
+
+
+def loo_margin_of(given: np.ndarray, self_scores: np.ndarray) -> np.ndarray:
+    """:func:`loo_margin` from the probability of the given label, float ``[n_train]``, and the matching
+    self-influence (e.g. both at the earliest checkpoints). Float64 ``[n_train]``, **low = suspicious**."""
+    py = np.clip(np.asarray(given, dtype=np.float64), 1e-12, 1 - 1e-12)
     weight = float(np.mean(py * (1 - py)))
-    return train_margin(train_probs, train_labels) - np.asarray(self_scores, dtype=np.float64) / max(weight, 1e-12)
+    return _log_odds(py) - np.asarray(self_scores, dtype=np.float64) / max(weight, 1e-12)
 
 
 def area_under_margin(aum: np.ndarray) -> np.ndarray:
@@ -172,7 +186,11 @@ def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     from cleanlab.rank import get_label_quality_scores
 
     p, y = _normalized(oos_probs), np.asarray(labels, dtype=np.int64)
-    return np.asarray(get_label_quality_scores(y, p), dtype=np.float64), np.asarray(find_label_issues(y, p), bool)
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool and terminates it at once; a SIGTERM that reaches a
+    # worker between fork and Python's after-fork reset is dropped under the CLI's SIGTERM handler, and the parent
+    # then waits for that worker forever (reproduced: ~1 call in 130). The result does not depend on n_jobs.
+    issues = find_label_issues(y, p, n_jobs=1)
+    return np.asarray(get_label_quality_scores(y, p), dtype=np.float64), np.asarray(issues, bool)
 
 
 def _normalized(probs: np.ndarray) -> np.ndarray:

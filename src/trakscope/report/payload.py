@@ -54,8 +54,9 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
 
     Returns:
         ``scorers`` (registered names present, the primary first: ``detect/metrics.json``'s ``primary``, the best on
-        the canaries, else :data:`~trakscope.methods.registry.PRIMARY`), ``primary``, ``order`` {scorer: training
-        indices, most suspicious first}, ``score`` {scorer: ``[n_train]`` natural scores, 4 digits},
+        the canaries, else the first of :data:`~trakscope.methods.registry.PRIMARY` present), ``primary``,
+        ``order`` {scorer: training indices, most suspicious first}, ``score`` {scorer: ``[n_train]`` natural scores,
+        4 digits},
         ``predicted`` ``[n_train]``, ``descriptions`` {scorer: text}.
     """
     if not run.ranking_path.exists():
@@ -63,7 +64,7 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
     ranking = run.ranking(tuple(registry.SCORERS))
     scorers = [n for n in registry.SCORERS if n in ranking]
     metrics = run.optional_result(run.detect_metrics_path, "detect_metrics") or {}
-    primary = metrics.get("primary") if metrics.get("primary") in scorers else registry.PRIMARY
+    primary = metrics.get("primary") if metrics.get("primary") in scorers else registry.default_primary(scorers)
     scorers.sort(key=lambda n: n != primary)  # the best scorer on the canaries, when there are canaries
     order = {n: np.argsort(ranking[f"{n}_rank"], kind="stable").tolist() for n in scorers}
     score = {n: [float(f"{v:.4g}") for v in ranking[n]] for n in scorers}

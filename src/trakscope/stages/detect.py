@@ -20,6 +20,7 @@ from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
 from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
 from .canaries import canary_mask
+from .early import early_inputs
 from .groups import read_groups
 from .table_files import FORMATS, write_parquet
 
@@ -56,8 +57,9 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
     aum = load_npy(run.aum_path()) if run.aum_path().exists() else None
+    early = early_inputs(run, progress) or (None, None)
     inputs = registry.ScorerInputs(run.scores("self"), val_scores, train["label"], val["label"], run.probs("train"),
-                                   run.probs("val"), group_ids, oos, aum)
+                                   run.probs("val"), group_ids, oos, aum, *early)
     scores = {s.name: s.compute(inputs) for s in registry.SCORERS.values() if s.available(inputs)}
     return Detection(scores, inputs.train_probs.argmax(axis=1).astype(np.int64), info)
 
@@ -91,14 +93,14 @@ def truth_columns(run: RunFolder, i: int, train: dict[str, np.ndarray], known: b
 def primary_scorer(det: Detection) -> str:
     """The scorer whose rank orders ``ranking.csv`` and the report's suspects.
 
-    With canaries, the scorer of highest ROC-AUC on them (first registered on a tie); otherwise
-    :data:`~.registry.PRIMARY` when it ran.
+    With canaries, the scorer of highest ROC-AUC on them (first registered on a tie); otherwise the first of
+    :data:`~.registry.PRIMARY` that ran (AUM, else TRAK self-influence).
     """
     canary = det.info.get("canary")
     if canary is not None and canary.any() and not canary.all():
         auc = {n: roc_auc(registry.SCORERS[n].suspicion(s), canary) for n, s in det.scores.items()}
         return max(auc, key=lambda n: (auc[n], -list(auc).index(n)))
-    return registry.PRIMARY if registry.PRIMARY in det.scores else next(iter(det.scores))
+    return registry.default_primary(det.scores)
 
 
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:

@@ -230,7 +230,7 @@ def chance_warning(val_acc: float, val_labels: np.ndarray) -> str | None:
 def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
     """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
     cfg = run.config
-    model = build_model(architecture_only(cfg.model), len(run.dataset().classes))
+    model = build_model(architecture_only(cfg.model), len(run.classes))  # no need to rebuild the dataset
     t = cfg.trak
     return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
                 proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress,

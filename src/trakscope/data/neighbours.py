@@ -1,0 +1,78 @@
+"""Which other class an example looks like, without a trained model and without the test split.
+
+Real label errors are confusions between classes that look alike (a 4 labelled 9), not uniform flips. For
+``--canary-kind nearest`` the wrong label of a canary is the class most common among the example's nearest
+training neighbours *of another label*, in a small pixel space: each image average-pooled to at most 16 x 16,
+centred and scaled to unit norm (so brightness and contrast do not count), compared by cosine similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .images import ImageSource
+from .splits import stratified_subset
+
+FEATURE_SIDE = 16  # pooled side: MNIST digits keep their strokes; larger images keep their layout and colours
+NEIGHBOURS = 10  # other-label neighbours that vote
+POOL = 2000  # training examples compared against (a seeded stratified subset beyond this): bounded decoding cost
+
+
+def pixel_features(images: ImageSource, rows: np.ndarray, side: int = FEATURE_SIDE, batch: int = 256) -> np.ndarray:
+    """float64 ``[len(rows), 3 * s * s]``: images ``rows`` average-pooled to ``s = min(side, image side)``, each
+    centred and scaled to unit norm. Float64 throughout, so the neighbours (and the canaries they choose, which the
+    data fingerprint checks on every reload) do not depend on the number of threads."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = []
+    for s in range(0, len(rows), batch):
+        x = images.uint8(rows[s : s + batch]).double()
+        x = torch.nn.functional.adaptive_avg_pool2d(x, min(side, x.shape[-1])).flatten(1)
+        x = x - x.mean(dim=1, keepdim=True)
+        out.append(torch.nn.functional.normalize(x, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3 * side * side), dtype=np.float64)
+
+
+def nearest_other_labels(query: np.ndarray, query_labels: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray,
+                         k: int = NEIGHBOURS) -> np.ndarray:
+    """The label most common among each query's ``k`` most similar pool examples whose label is not its own.
+
+    Args:
+        query, pool: float ``[m, d]`` and ``[p, d]`` unit-norm features (similarity = dot product).
+        query_labels, pool_labels: int ``[m]`` and ``[p]``.
+
+    Returns:
+        int64 ``[m]``; equal similarities go to the lower pool row, a tied vote to the label of the more similar
+        neighbour; -1 where the pool holds no other label.
+    """
+    query_labels, pool_labels = np.asarray(query_labels, np.int64), np.asarray(pool_labels, np.int64)
+    sim = np.asarray(query, np.float64) @ np.asarray(pool, np.float64).T
+    out = np.full(len(query_labels), -1, dtype=np.int64)
+    for i in range(len(query_labels)):
+        other = np.flatnonzero(pool_labels != query_labels[i])
+        nearest = other[np.argsort(-sim[i, other], kind="stable")[:k]]
+        out[i] = _vote(pool_labels[nearest])
+    return out
+
+
+def _vote(labels: np.ndarray) -> int:
+    """The most frequent of ``labels`` (most similar first); ties to the one seen first; -1 when empty."""
+    if len(labels) == 0:
+        return -1
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    return int(values[np.lexsort((first, -counts))[0]])
+
+
+def nearest_confusion(images: ImageSource, labels: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from training rows to their nearest other label (:func:`nearest_other_labels`), comparing
+    against the whole training split (``labels`` as given) or a seeded stratified subset of :data:`POOL`."""
+    labels = np.asarray(labels, dtype=np.int64)
+
+    def confusion(rows: np.ndarray) -> np.ndarray:
+        pool = stratified_subset(labels, POOL, seed) if len(labels) > POOL else np.arange(len(labels))
+        return nearest_other_labels(pixel_features(images, rows), labels[rows], pixel_features(images, pool),
+                                    labels[pool])
+
+    return confusion
