@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +36,8 @@ from trakscope.run_folder import RunFolder
 
 T_START = time.perf_counter()
 ALL_METHODS = ("baseline", "trakscope", "trakscope_all_ckpts", "trakscope_dense", "traker", "dattri_trak",
-               "dattri_tracin", "dattri_datainf", "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast")
+               "dattri_tracin", "dattri_datainf", "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast",
+               "captum_tracincpfast_all_ckpts")
 DATAINF_REGS = (1e-3, 1e-2, 1e-1, 1.0)  # DataInf's default (0) divides by zero; chosen on val targets
 KRONFLUENCE_DAMPINGS = (1e-8, None)  # kronfluence's default, and its documented heuristic (0.1 x mean eigenvalue)
 
@@ -110,14 +112,14 @@ class Work:
     """What a worker needs: the model, the checkpoints' state dicts, train and target tensors (val then test)."""
 
     def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False, all_checkpoints: bool = False):
+        from trakscope.io import load_tensors
         from trakscope.models import build_model
-        from trakscope.stages.run import load_checkpoint
         from trakscope.train import architecture_only
 
         ds = run.dataset()
         self.paths = run.checkpoint_paths() if all_checkpoints else final_checkpoints(run, n_models, trajectory)
         self.trajectory = trajectory
-        self.states = [load_checkpoint(run, p) for p in self.paths]
+        self.states = [load_tensors(p) for p in self.paths]  # as files: the folder may predate newer config fields
         self.model = build_model(architecture_only(run.config.model), len(ds.classes))
         self.model.load_state_dict(self.states[0])
         self.model.eval()
@@ -382,11 +384,15 @@ def run_worker(args: argparse.Namespace) -> None:
     run = RunFolder(args.out)
     name = args.worker
     t0 = time.perf_counter()
-    w = Work(run, args.use_models, args.trajectory, all_checkpoints=name == "trakscope_all_ckpts")
+    # <method>_all_ckpts: the method given every checkpoint of the run (trakscope's default: members x trajectory)
+    all_ckpts = name.endswith("_all_ckpts")
+    w = Work(run, args.use_models, args.trajectory, all_checkpoints=all_ckpts)
     subset = w.restrict(args.subset) if name in args.subset_methods.split(",") else None
     load_s = time.perf_counter() - t0
     store = args.work / f"store_{name}"
-    fns = {"trakscope": lambda: m_trakscope(w, store), "trakscope_all_ckpts": lambda: m_trakscope(w, store),
+    if store.exists():  # a worker always computes from scratch (its times are the row's); records are the cache
+        shutil.rmtree(store)
+    fns = {"trakscope": lambda: m_trakscope(w, store),
            "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
            "traker": lambda: m_traker(w, store), "dattri_trak": lambda: m_dattri_trak(w, store),
            "dattri_tracin": lambda: m_dattri_tracin(w, store),
@@ -396,7 +402,7 @@ def run_worker(args: argparse.Namespace) -> None:
            "captum_tracincpfast": lambda: m_captum(w, store),
            "baseline": lambda: (np.zeros((len(w.y_train), len(w.y_target)), np.float32), 0.0, 0.0,
                                 "imports, data and checkpoints only: the memory every row starts from")}
-    scores, fit_s, target_s, notes = fns[name]()
+    scores, fit_s, target_s, notes = fns[name.removesuffix("_all_ckpts")]()
     variants = scores if isinstance(scores, dict) else {"": scores}
     files = {}
     for label, s in variants.items():
@@ -413,7 +419,11 @@ def run_worker(args: argparse.Namespace) -> None:
 
 # --- parent -----------------------------------------------------------------------------------------
 def build_run(args: argparse.Namespace) -> RunFolder:
+    """The run folder at ``--out``: an existing one is used as it is (its checkpoints are what every method gets)."""
     from trakscope.cli import main as trakscope_main
+
+    if RunFolder(args.out).checkpoint_paths(required=False):
+        return RunFolder(args.out)
 
     flags = ["--out", str(args.out), "--dataset", "mnist", "--model", args.model, "--max-train", str(args.max_train),
              "--max-test", str(args.max_test), "--ensemble", str(args.ensemble),

@@ -148,3 +148,28 @@ def test_self_influence_over_a_checkpoint_subset_is_the_exact_average_over_that_
     np.testing.assert_allclose(1 - trak.out_to_loss(checkpoints=[0, 2]), given, rtol=1e-5, atol=1e-6)
     with pytest.raises(StoreError, match="no featurized checkpoints \\[5\\]"):
         trak.self_influence(checkpoints=[0, 5])
+
+
+def test_kronecker_blocks_narrower_than_proj_dim_are_widened_and_a_store_records_it(tmp_path):
+    from trakscope.attribution.kronecker import natural_width, widened_k
+    from trakscope.io import read_json, write_json
+    from trakscope.models.builtin import TinyCNN
+
+    model = TinyCNN(10).eval()
+    assert natural_width(model, 16) == 560  # tiny_cnn's blocks at the default kron_k: narrower than 2048
+    k = widened_k(model, 16, 2048)
+    assert k > 16 and natural_width(model, k) > natural_width(model, k // 2)
+    assert natural_width(model, k) >= 2048 or natural_width(model, 2 * k) == natural_width(model, k)
+    assert widened_k(model, 16, 500) == 16 and widened_k(model, 16, 0) == 16  # wide enough / natural width asked
+    trak = TRAK(model, tmp_path / "wide", proj_dim=2048, progress=False)
+    assert trak.kron_k_used == k
+    assert trak.features(torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]))[0].shape == (3, 2048)
+    # a store written before kron_k_used was recorded: its blocks were built at kron_k itself
+    meta = tmp_path / "wide" / "meta.json"
+    write_json(meta, {key: value for key, value in read_json(meta).items() if key != "kron_k_used"})
+    with pytest.raises(StoreError, match=f"kron_k_used: 16 -> {k}"):
+        TRAK(model, tmp_path / "wide", proj_dim=2048)
+    TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False)  # 560 >= 256: kept at 16
+    meta = tmp_path / "narrow" / "meta.json"
+    write_json(meta, {key: value for key, value in read_json(meta).items() if key != "kron_k_used"})
+    assert TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False).kron_k_used == 16

@@ -130,7 +130,8 @@ class TrakConfig:
     projector: str = _opt("kronecker", "kronecker (fast, CPU default) | dense (reference: vmap gradients x JL)")
     proj_dim: int = _opt(2048, "dimension of the projected gradient features")
     proj_type: str = _opt("rademacher", "rademacher | normal (dense projector entries)")
-    kron_k: int = _opt(16, "Kronecker projector: per-layer input and output width (kron_k^2 features per layer)")
+    kron_k: int = _opt(16, "Kronecker projector: per-layer input and output width (kron_k^2 features per layer; "
+                           "doubled while a small network's blocks are narrower than --proj-dim)")
     ridge: float = _opt(1.0, "lambda of (X^T X + lambda I) relative to the mean diagonal of X^T X (chosen by LDS "
                              "on validation targets)")
     batch_size: int = _opt(64, "examples per featurization batch")

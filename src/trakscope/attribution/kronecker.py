@@ -102,6 +102,30 @@ def _check_ownership(model: nn.Module, layers: list[TrackedLayer]) -> None:
         raise RuntimeError(f"no tracked layer owns the trainable parameters {missing}")
 
 
+def natural_width(model: nn.Module, k: int) -> int:
+    """Width of the Kronecker blocks of ``model`` at ``k_in = k_out = k`` (before any map to ``proj_dim``)."""
+    return sum(layer.width for layer in build_layers(model, k, k, {}, torch.Generator().manual_seed(0)))
+
+
+def widened_k(model: nn.Module, k: int, proj_dim: int) -> int:
+    """``k``, doubled while the Kronecker blocks are narrower than ``proj_dim`` and doubling still widens them.
+
+    ``proj_dim`` features mixed from fewer natural ones hold no more than the natural width: on `tiny_cnn`
+    (560 natural features at k 16, proj_dim 2048) that cost 0.01 LDS against traker's dense projection, and
+    k 64 (1,896 features, every block nearly exact) closed it (BENCHMARKS.md). Networks whose blocks are already
+    at least ``proj_dim`` wide (ResNet-18: 5,920 at k 16) keep ``k``.
+    """
+    if proj_dim <= 0:
+        return k
+    width = natural_width(model, k)
+    while width < proj_dim:
+        wider = natural_width(model, 2 * k)
+        if wider == width:  # every block is exact already
+            break
+        k, width = 2 * k, wider
+    return k
+
+
 class KroneckerProjector(GradientProjector):
     """Per-layer Kronecker-factored projection of output gradients, then an optional dense JL map.
 

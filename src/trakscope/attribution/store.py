@@ -150,7 +150,9 @@ class TrakStore:
         """
         wanted = {"format": STORE_FORMAT, **settings}
         if self.meta_path.exists() and not overwrite:
-            old = {**LEGACY_SETTINGS, **read_json(self.meta_path)}
+            meta = read_json(self.meta_path)
+            # before kron_k_used was recorded, the blocks were built at kron_k itself
+            old = {**LEGACY_SETTINGS, "kron_k_used": meta.get("kron_k"), **meta}
             diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in wanted.items() if old.get(k) != v]
             if diff:
                 raise StoreError(f"{self.root} holds TRAK features made with other settings ({'; '.join(diff)}); "

@@ -37,6 +37,7 @@ from ..models.calling import Inputs, inputs_to
 from ..models.weights import read_state_file
 from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, featurize_into, numbered
+from .kronecker import widened_k
 from .output import Margin, ModelOutput
 from .projector import GradientProjector, make_projector
 from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
@@ -89,8 +90,11 @@ class TRAK:
         self.output = Margin() if output is None else output
         self.ridge, self.seed, self.device, self.progress = ridge, seed, device, progress
         self.precision = featurize_precision(precision, projector, device)
-        settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "proj_type": proj_type,
-                    "seed": seed, "output": type(self.output).__name__, "precision": self.precision}
+        # the Kronecker blocks are widened where they would be narrower than proj_dim (small networks)
+        self.kron_k_used = widened_k(self.model, kron_k, proj_dim) if projector == "kronecker" else kron_k
+        settings = {"projector": projector, "proj_dim": proj_dim, "kron_k": kron_k, "kron_k_used": self.kron_k_used,
+                    "proj_type": proj_type, "seed": seed, "output": type(self.output).__name__,
+                    "precision": self.precision}
         if dist.rank() == 0:
             self.store.check_meta(settings, overwrite=overwrite)
         dist.barrier()
@@ -155,7 +159,7 @@ class TRAK:
 
     def _projector(self, k: int) -> GradientProjector:
         return make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
-                              self.kron_k, output=self.output, precision=self.precision)
+                              self.kron_k_used, output=self.output, precision=self.precision)
 
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
