@@ -97,6 +97,7 @@ def extras(run: RunFolder) -> dict:
     out = {"train_acc_given": float((probs.argmax(1) == labels).mean()),
            "noisy_fit": float((probs.argmax(1) == labels)[noisy].mean()) if noisy.any() else None,
            "raw_loo_auc": roc_auc(-(margin - self_scores), noisy) if noisy.any() else None}
+    out.update(early_checkpoint_aucs(run, noisy))
     folds = sorted(run.crossval_dir.glob("fold*.npy"))
     if run.fold_assignment_path.exists() and folds:
         assign = load_npy(run.fold_assignment_path)
@@ -125,6 +126,25 @@ def canary_estimate(run: RunFolder, at: str = "recall@10%") -> dict:
     best = metrics["primary"]
     return {"best": best, "canary": metrics["canaries"]["scorers"][best][at], "planted": metrics["scorers"][best][at],
             "n_canaries": metrics["canaries"]["n"]}
+
+
+def early_checkpoint_aucs(run: RunFolder, noisy: np.ndarray) -> dict:
+    """TRAK self-influence and leave-one-out margin from each member's earliest kept checkpoint only (before the
+    network memorises), from the features the run stored: the issue's early-checkpoint detectors. They measured
+    below their final-checkpoint counterparts in every regime, so they are benchmark extras, not product scorers."""
+    from trakscope.run_folder import checkpoint_key
+    from trakscope.stages.run import Runtime, trak_engine
+
+    keys = [checkpoint_key(p) for p in run.checkpoint_paths()]
+    first = {m: min(c for mm, c in keys if mm == m) for m, _ in keys}
+    ids = [k for k, (m, c) in enumerate(keys) if c == first[m]]
+    if len(ids) == len(keys) or not noisy.any():  # one checkpoint per member: nothing earlier than the final one
+        return {}
+    trak = trak_engine(run, Runtime(progress=False))
+    early_self = np.asarray(trak.self_influence("train", checkpoints=ids), dtype=np.float64)
+    given = 1.0 - trak.out_to_loss("train", checkpoints=ids)
+    return {"early_self_influence_auc": roc_auc(early_self, noisy),
+            "early_loo_auc": roc_auc(-scorers.loo_margin_of(given, early_self), noisy)}
 
 
 def run_case(name: str, case: dict, work: Path) -> dict:
@@ -198,6 +218,9 @@ def render(name: str, r: dict) -> str:
              canary_kinds_table(r["canary_kinds"]), "",
              f"Best on canaries (the default suspects list, and the removal 'best detector'): **{r['best']}**. "
              f"Raw `margin - scores[i,i]` (no Hessian-weight factor) AUC {x['raw_loo_auc']:.3f}."]
+    if "early_self_influence_auc" in x:
+        parts.append(f"From each member's earliest kept checkpoint only: TRAK self-influence AUC "
+                     f"{x['early_self_influence_auc']:.3f}, TRAK leave-one-out margin AUC {x['early_loo_auc']:.3f}.")
     if "loo_slope" in x:
         parts.append(f"Self-influence units: k-fold margin drop (in-sample − out-of-sample margin) regressed on "
                      f"scores[i,i]: slope {x['loo_slope']:.1f}, correlation {x['loo_corr']:.3f} (mean drop "

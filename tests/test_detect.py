@@ -33,9 +33,7 @@ def test_training_loss_and_suspicion_direction():
     assert _suspicion("loss", loss)[1] > _suspicion("loss", loss)[0]
     assert _suspicion("d3m", np.array([1.0, -1.0]))[1] > 0  # negative A_i is suspicious
     assert set(SCORERS) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab", "aum",
-                            "trak_loo", "self_influence_early", "trak_loo_early"}
-    assert _suspicion("self_influence_early", np.array([2.0, -1.0]))[0] > 0  # high early self-influence: suspicious
-    assert _suspicion("trak_loo_early", np.array([2.0, -1.0]))[1] > 0
+                            "trak_loo"}
     assert _suspicion("aum", np.array([2.0, -1.0]))[1] > 0 and _suspicion("trak_loo", np.array([2.0, -1.0]))[1] > 0
 
 
@@ -264,37 +262,3 @@ def test_cross_validation_bars_name_their_fold(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(Stop):
         crossval.out_of_sample_probs(RunFolder(run), k=2, progress=False)
     assert seen == ["cross-validation fold 1/2"]
-
-
-def test_detect_reads_self_influence_and_margin_at_each_members_earliest_checkpoint(tiny_run, tmp_path):
-    import shutil
-
-    from trakscope.cli import main
-    from trakscope.io import load_npy
-    from trakscope.manifest import Manifest
-    from trakscope.run_folder import RunFolder
-    from trakscope.stages.detect import compute_scores
-    from trakscope.stages.early import early_checkpoint_ids
-    from trakscope.stages.run import Runtime, trak_engine
-
-    assert early_checkpoint_ids(RunFolder(tiny_run)) is None  # one checkpoint per member: the earliest is the final
-    run_dir = tmp_path / "run"
-    assert main(["run", "--out", str(run_dir), "--dataset", "digits", "--model", "tiny_cnn", "--max-train", "120",
-                 "--max-test", "30", "--epochs", "4", "--ensemble", "2", "--batch-size", "32", "--lr", "0.1",
-                 "--proj-dim", "32", "--projector", "dense", "--noise", "0.1", "--checkpoints-per-model", "2",
-                 "--no-progress", "--device", "cpu"]) == 0
-    run = RunFolder(run_dir)
-    assert early_checkpoint_ids(run) == [0, 2]  # model0_ckpt0 and model1_ckpt0, in the order of models/
-    det = compute_scores(run, cleanlab_folds=None, progress=False)
-    trak = trak_engine(run, Runtime(progress=False))
-    early = np.asarray(trak.self_influence(checkpoints=[0, 2]), dtype=np.float64)
-    np.testing.assert_allclose(det.scores["self_influence_early"], early)
-    np.testing.assert_allclose(load_npy(run.early_self_path), early)  # kept in the run folder, and sealed
-    assert run.relative(run.early_self_path) in Manifest(run.manifest_path).files()
-    assert not np.allclose(early, run.scores("self"))
-    given = 1.0 - trak.out_to_loss(checkpoints=[0, 2])
-    np.testing.assert_allclose(det.scores["trak_loo_early"], detect.loo_margin_of(given, early))
-    assert not np.allclose(given, detect.given_prob(run.probs("train"), run.table("train")["label"]))
-    shutil.rmtree(run.features_dir)  # features deleted to save space: the other scorers need only scores/
-    assert set(compute_scores(run, cleanlab_folds=None, progress=False).scores) == set(det.scores) - {
-        "self_influence_early", "trak_loo_early"}

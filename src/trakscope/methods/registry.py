@@ -30,10 +30,6 @@ class ScorerInputs:
         oos_probs: float ``[n_train, C]`` out-of-sample probabilities (k-fold), or None when not computed.
         aum: float ``[n_train]`` area under the margin recorded during training, or None (imported checkpoints,
             older run folders).
-        early_self_scores: float ``[n_train]`` TRAK self-influence from each member's earliest kept checkpoint only
-            (before the network memorises), or None when members keep one checkpoint each.
-        early_given_prob: float ``[n_train]`` probability of the given label at those checkpoints (mean over
-            members, in eval mode, as featurized), or None with ``early_self_scores``.
     """
 
     self_scores: np.ndarray
@@ -45,8 +41,6 @@ class ScorerInputs:
     group_ids: np.ndarray
     oos_probs: np.ndarray | None = None
     aum: np.ndarray | None = None
-    early_self_scores: np.ndarray | None = None
-    early_given_prob: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -90,13 +84,6 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
            needs=("aum",)),
     Scorer("trak_loo", lambda i: scorers.loo_margin(i.train_probs, i.train_labels, i.self_scores), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)"),
-    Scorer("self_influence_early", lambda i: scorers.self_influence(i.early_self_scores), True,
-           "TRAK self-influence from each member's earliest kept checkpoint, before memorisation (high = suspicious)",
-           needs=("early_self_scores",)),
-    Scorer("trak_loo_early",
-           lambda i: scorers.loo_margin_of(i.early_given_prob, i.early_self_scores), False,
-           "TRAK leave-one-out margin at the earliest kept checkpoints: their margin minus their scores[i, i] / "
-           "mean p(1-p) (low = suspicious)", needs=("early_given_prob", "early_self_scores")),
 )}
 # The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
 # ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
@@ -143,10 +130,6 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("val-negative", "val_all", "most negatively influential on val (TRAK without D3M's loss weights)"),
     Strategy("aum", "aum", "lowest area under the margin"),
     Strategy("trak-loo", "trak_loo", "lowest TRAK leave-one-out margin", aliases=("trak_loo",)),
-    Strategy("self-influence-early", "self_influence_early", "highest TRAK self-influence at the earliest checkpoints",
-             aliases=("self_influence_early",)),
-    Strategy("trak-loo-early", "trak_loo_early", "lowest TRAK leave-one-out margin at the earliest checkpoints",
-             aliases=("trak_loo_early",)),
 )}
 DEFAULT_STRATEGIES = ("positive", "negative", "d3m-heuristic", "random", "loss", "cleanlab")
 

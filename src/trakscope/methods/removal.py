@@ -55,10 +55,7 @@ def _removal_key(s: registry.Strategy, score: np.ndarray) -> np.ndarray:
 
 def _column(ranking: dict[str, np.ndarray], name: str) -> np.ndarray:
     if name not in ranking:
-        hints = {"cleanlab": " (detect ran with --no-cleanlab)",
-                 **dict.fromkeys(("self_influence_early", "trak_loo_early"),
-                                 " (the run keeps one checkpoint per member: `run --checkpoints-per-model 2` or more)")}
-        hint = hints.get(name, "")
+        hint = " (detect ran with --no-cleanlab)" if name == "cleanlab" else ""
         raise ValueError(f"detect/ranking.csv has no {name} scores{hint}; rerun `trakscope detect` "
                          "or drop that strategy")
     return np.asarray(ranking[name], dtype=np.float64)

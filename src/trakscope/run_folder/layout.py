@@ -51,9 +51,6 @@ LAYOUT: tuple[tuple[str, str], ...] = (
                            "(`planted`, or `unknown`: then `true_label` is empty and `noisy` 0 means unverified)"),
     ("detect/ranking.parquet", "the same table as Parquet, with `trakscope detect --format parquet`"),
     ("detect/metrics.json", "each scorer's quality against planted noise (`kind: detect_metrics`)"),
-    ("detect/self_influence_early.npy", "float32 `[n_train]` TRAK self-influence from each member's earliest kept "
-                                        "checkpoint only (scorer `self_influence_early`; absent when members keep "
-                                        "one checkpoint each)"),
     ("detect/crossval/folds.npy", "k-fold assignment of the training split (cleanlab's cross-validation)"),
     ("detect/crossval/fold{f}.npy", "out-of-sample probabilities of fold `f`, cached"),
     ("removal/results.json", "remove-and-retrain experiment (`kind: removal_results`)"),
@@ -165,11 +162,6 @@ class Layout:
     @property
     def detect_metrics_path(self) -> Path:
         return self.path / "detect" / "metrics.json"
-
-    @property
-    def early_self_path(self) -> Path:
-        """``detect/self_influence_early.npy``: self-influence from each member's earliest kept checkpoint."""
-        return self.path / "detect" / "self_influence_early.npy"
 
     @property
     def crossval_dir(self) -> Path:

@@ -20,7 +20,6 @@ from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
 from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
 from .canaries import canary_mask
-from .early import early_inputs
 from .groups import read_groups
 from .table_files import FORMATS, write_parquet
 
@@ -57,9 +56,8 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
     aum = load_npy(run.aum_path()) if run.aum_path().exists() else None
-    early = early_inputs(run, progress) or (None, None)
     inputs = registry.ScorerInputs(run.scores("self"), val_scores, train["label"], val["label"], run.probs("train"),
-                                   run.probs("val"), group_ids, oos, aum, *early)
+                                   run.probs("val"), group_ids, oos, aum)
     scores = {s.name: s.compute(inputs) for s in registry.SCORERS.values() if s.available(inputs)}
     return Detection(scores, inputs.train_probs.argmax(axis=1).astype(np.int64), info)
 
