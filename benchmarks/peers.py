@@ -50,7 +50,7 @@ CASES = {
     "i": {"model": "tiny_cnn", "max_train": 1000, "max_test": 200, "ensemble": 10, "checkpoints_per_model": 4,
           "recipe": "--epochs 8 --batch-size 32 --lr 0.1", "use_models": 3, "subset_methods": "", "subset": 0},
     "ii": {"model": "resnet18", "max_train": 1000, "max_test": 200, "ensemble": 2, "checkpoints_per_model": 4,
-           "recipe": "", "use_models": 2, "subset": 32,
+           "recipe": "", "use_models": 2, "subset": 64,
            "subset_methods": "trakscope_dense,traker,dattri_trak,dattri_tracin,dattri_datainf"},
 }
 
@@ -322,8 +322,12 @@ def _kron_task():
     return Classification()
 
 
-def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
-    """kronfluence pairwise scores per checkpoint, averaged over them; defaults except the strategy."""
+def m_kronfluence(w: Work, store: Path, strategy: str, n_checkpoints: int | None = None,
+                  dampings: tuple = KRONFLUENCE_DAMPINGS) -> tuple:
+    """kronfluence pairwise scores per checkpoint, averaged over them; defaults except the strategy.
+
+    ``n_checkpoints`` and ``dampings`` cut the work where the whole does not fit the time box (case (ii)).
+    """
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 
@@ -331,7 +335,7 @@ def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
     train_ds = torch.utils.data.TensorDataset(w.x_train, w.y_train)
     target_ds = torch.utils.data.TensorDataset(w.x_target, w.y_target)
     per_damp, fit, tgt = {}, 0.0, 0.0
-    for k in range(len(w.states)):
+    for k in range(len(w.states) if n_checkpoints is None else n_checkpoints):
         model = prepare_model(w.net(k), task)
         an = Analyzer(analysis_name=f"ckpt{k}", model=model, task=task, cpu=True, output_dir=str(store),
                       disable_tqdm=True)
@@ -339,7 +343,7 @@ def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
         an.fit_all_factors(factors_name=strategy, dataset=train_ds, per_device_batch_size=64,
                            factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
         fit += time.perf_counter() - t0
-        for damping in KRONFLUENCE_DAMPINGS:
+        for damping in dampings:
             t1 = time.perf_counter()
             name = f"{strategy}_{damping}"
             an.compute_pairwise_scores(scores_name=name, factors_name=strategy, query_dataset=target_ds,
@@ -353,8 +357,9 @@ def m_kronfluence(w: Work, store: Path, strategy: str) -> tuple:
     for damping, v in per_damp.items():
         label = "damping=1e-8 (default)" if damping is not None else "damping=heuristic"
         variants[label] = np.mean(v, axis=0).astype(np.float32)
-        variants[label + ", model 0's final ckpt only"] = v[-1 if w.trajectory else 0].astype(np.float32)
-    return variants, fit, tgt / len(KRONFLUENCE_DAMPINGS), "Linear + Conv2d tracked; time per damping value"
+        if len(v) > 1:
+            variants[label + ", model 0's final ckpt only"] = v[-1 if w.trajectory else 0].astype(np.float32)
+    return variants, fit, tgt / len(dampings), "Linear + Conv2d tracked; time per damping value"
 
 
 def m_captum(w: Work, store: Path) -> tuple:
@@ -398,6 +403,7 @@ def run_worker(args: argparse.Namespace) -> None:
            "dattri_tracin": lambda: m_dattri_tracin(w, store),
            "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args),
            "kronfluence_ekfac": lambda: m_kronfluence(w, store, "ekfac"),
+           "kronfluence_ekfac_ckpt0": lambda: m_kronfluence(w, store, "ekfac", 1, (1e-8,)),
            "kronfluence_kfac": lambda: m_kronfluence(w, store, "kfac"),
            "captum_tracincpfast": lambda: m_captum(w, store),
            "baseline": lambda: (np.zeros((len(w.y_train), len(w.y_target)), np.float32), 0.0, 0.0,
