@@ -113,13 +113,14 @@ def removal_png(results: Mapping, path) -> None:
 
     series, reference = removal_series(results)
     with matplotlib.rc_context(RC):
-        fig = _removal_figure(series, reference, str(results.get("metric", "test accuracy")))
+        fig = _removal_figure(series, reference, str(results.get("metric", "test accuracy")),
+                              int(results.get("seeds", 0)))
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=120)
 
 
 def _removal_figure(series: Mapping[str, Sequence[tuple[float, float, float]]],
-                    reference: tuple[float, float] | None, ylabel: str) -> Figure:
+                    reference: tuple[float, float] | None, ylabel: str, seeds: int = 0) -> Figure:
     fig = Figure(figsize=(7.4, 3.7))
     fig.subplots_adjust(left=0.1, right=0.77, bottom=0.14, top=0.91)
     ax = fig.subplots()
@@ -130,7 +131,11 @@ def _removal_figure(series: Mapping[str, Sequence[tuple[float, float, float]]],
         f, m, s = (np.asarray(c, dtype=float) for c in zip(*rows))
         style = {"marker": "*", "ms": 11, "ls": "none"} if len(f) == 1 else {"marker": "o", "ms": 3.5, "lw": 1.6}
         ax.errorbar(f * 100, m, yerr=s, color=color, capsize=3, label=name, **style)
-    ax.set(xlabel="training examples removed (%)", ylabel=ylabel, title="Remove and retrain (mean ± SE over seeds)")
+    fractions = [100 * f for rows in series.values() for f, _, _ in rows]
+    if fractions:  # from no removal (the full-data line) to a little past the largest fraction
+        ax.set_xlim(0, 1.15 * max(fractions))
+    over = "one seed" if seeds == 1 else "mean ± SE over seeds" if seeds == 0 else f"mean ± SE over {seeds} seeds"
+    ax.set(xlabel="training examples removed (%)", ylabel=ylabel, title=f"Remove and retrain ({over})")
     _style(ax)
     _legend(ax, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
