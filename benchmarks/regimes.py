@@ -72,8 +72,7 @@ CASES: dict[str, dict] = {
         "run": ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--max-train", "300",
                 "--max-test", "300", "--val-fraction", "0.05", "--noise", "0.1", "--epochs", "12", "--batch-size",
                 "16", "--lr", "0.01", "--ensemble", "2", "--proj-dim", "256"],
-        # removal at 10% only, without the positive control: 5 strategies x 5 seeds is ~30 trainings here
-        "folds": 2, "removal": (("negative", "random", "loss", "cleanlab"), "0.1")},
+        "folds": 2, "removal": (ALL, "0.05,0.1")},
 }
 # Every case runs once per canary kind (the first also gets removal): do canaries that mimic the data's own
 # confusions predict planted-noise recall better than uniform flips?
