@@ -82,19 +82,20 @@ def _detection_curves(orders: Mapping[str, Sequence[int]], noisy: np.ndarray) ->
 
 
 def removal_curves(series: Mapping[str, Sequence[tuple[float, float, float]]],
-                   reference: tuple[float, float] | None, ylabel: str) -> str:
+                   reference: tuple[float, float] | None, ylabel: str, seeds: int = 0) -> str:
     """Accuracy vs fraction removed, one line with error bars per strategy, the full-data accuracy as a band.
 
     Args:
         series: strategy -> rows ``(fraction removed, mean accuracy, standard error)`` sorted by fraction.
         reference: ``(mean, standard error)`` with all the training data, or None.
         ylabel: what the y values are (e.g. "test accuracy").
+        seeds: retrains per point, named in the title (0: not stated).
 
     Returns:
         An SVG data URI.
     """
     with matplotlib.rc_context(RC):
-        return svg_data_uri(_removal_figure(series, reference, ylabel))
+        return svg_data_uri(_removal_figure(series, reference, ylabel, seeds))
 
 
 def removal_series(results: Mapping) -> tuple[dict[str, list[tuple[float, float, float]]], tuple[float, float] | None]:

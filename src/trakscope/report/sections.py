@@ -157,7 +157,8 @@ def removal_section(results: Any, run_dir: str) -> str:
         return '<p class="missing">removal/results.json has no rows this report can read.</p>'
     series, ref_line = plots.removal_series({**results, "rows": rows})
     ref = results.get("reference") if isinstance(results.get("reference"), Mapping) else {}
-    uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")))
+    uri = plots.removal_curves(series, ref_line, str(results.get("metric", "test accuracy")),
+                               int(results.get("seeds", 0)))
     table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None,
                    None, ref.get("worst_group_mean"), None, None]]
     table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),
