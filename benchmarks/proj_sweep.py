@@ -25,10 +25,9 @@ from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.models import build_model
 from trakscope.run_folder import RunFolder
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import load_checkpoint, split_batches
+from trakscope.stages.run import Runtime
+from trakscope.stages.run import featurize as featurize_run
 from trakscope.train import architecture_only
-
-SPLITS = ("train", "val", "test")
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,15 +50,7 @@ def parse_args() -> argparse.Namespace:
 def featurize(run: RunFolder, trak: TRAK) -> float:
     """Featurize train, val and test under every checkpoint of the run (resumed); wall seconds spent."""
     t0 = time.perf_counter()
-    ds = run.dataset()
-    for k, path in enumerate(run.checkpoint_paths()):
-        state = load_checkpoint(run, path)
-        for name in SPLITS:
-            split = ds.split(name)
-            rows = trak.pending(name, len(split), k)
-            if len(rows):
-                trak.featurize_batches(split_batches(split, rows, 64, 0), split=name, n=len(split),
-                                       checkpoint=state, checkpoint_id=k)
+    featurize_run(run, Runtime(progress=False), trak)
     return time.perf_counter() - t0
 
 

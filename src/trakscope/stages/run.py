@@ -254,10 +254,15 @@ def rows_to_featurize(done: np.ndarray, batch_size: int, shard: tuple[int, int])
     return np.concatenate(todo) if todo else np.zeros(0, dtype=np.int64)
 
 
-def featurize(run: RunFolder, rt: Runtime) -> TRAK:
-    """Projected margin gradients of train, val and test under every checkpoint, resumable."""
+def featurize(run: RunFolder, rt: Runtime, trak: TRAK | None = None) -> TRAK:
+    """Projected margin gradients of train, val and test under every checkpoint, resumable.
+
+    ``trak``: another engine (other projector settings, its own store outside the run folder) to featurize the
+    run's checkpoints into; default the run's own, whose finished files are sealed in the run's manifest.
+    """
     cfg, dataset = run.config, run.dataset()
-    trak = trak_engine(run, rt)
+    own = trak is None
+    trak = trak_engine(run, rt) if own else trak
     shard = (dist.rank(), dist.world_size())
     for k, path in enumerate(run.checkpoint_paths()):
         state = load_checkpoint(run, path)
@@ -268,7 +273,7 @@ def featurize(run: RunFolder, rt: Runtime) -> TRAK:
             rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
             batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
             trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
-            if not done.all():  # this split is complete now: record its files once
+            if own and not done.all():  # this split is complete now: record its files once
                 run.seal(*trak.store.split_files(k, name))
     return trak
 
