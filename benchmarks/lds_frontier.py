@@ -11,8 +11,15 @@ cached ``X^T X``):
 - each at several ridges;
 - with ``--branches B``, a cheaper ensemble (snapshot / cyclic learning rate, as in Huang et al. 2017): model 0's
   final checkpoint trained on for ``--branch-epochs`` more epochs with a new seed (new data order, a fresh
-  one-cycle learning rate), B times; compute 1 + B x branch epochs / run epochs. Branches are featurized into
-  their own store under ``--work`` with model 0's checkpoints (the run folder is not written to).
+  one-cycle learning rate), B times; compute 1 + B x branch epochs / run epochs;
+- with ``--reinit R``, partially re-initialised members: the same, but the classifier (last Linear layer) is drawn
+  afresh before the extra epochs (compute as branches);
+- with ``--dropout D``, dropout-ensemble members in the spirit of Deng et al. 2024 ("Efficient Ensembles Improve
+  Training Data Attribution"), with no training at all: D seeded DropConnect masks (``--dropout-p`` of the conv /
+  linear weights zeroed, the rest rescaled) of model 0's final checkpoint (compute 1).
+
+Each family's members are featurized into their own store under ``--work`` with model 0's checkpoints (the run
+folder is not written to).
 
 Training compute is in units of one model trained for the run's epochs on the full training split; featurizing
 a checkpoint costs about one forward+backward pass over train + targets, small beside training here.
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trakscope.io import write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
@@ -44,7 +52,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=Path("docs/lds_frontier.png"))
     p.add_argument("--work", type=Path, default=None, help="score matrices and summary (default <run>_bench)")
     p.add_argument("--branches", type=int, default=0, help="snapshot branches from model 0's final checkpoint")
-    p.add_argument("--branch-epochs", type=int, default=2)
+    p.add_argument("--branch-epochs", type=int, default=2, help="training epochs of a branch or re-init member")
+    p.add_argument("--reinit", type=int, default=0,
+                   help="members from model 0's final checkpoint with a fresh classifier, trained --branch-epochs")
+    p.add_argument("--dropout", type=int, default=0, help="DropConnect-masked copies of model 0's final checkpoint")
+    p.add_argument("--dropout-p", type=float, default=0.1, help="fraction of conv / linear weights a mask drops")
     args = p.parse_args()
     args.work = args.work or args.run.parent / f"{args.run.name}_bench"
     return args
@@ -56,6 +68,44 @@ def checkpoint_ids(run: RunFolder) -> dict[tuple[int, int], int]:
     for k, path in enumerate(run.checkpoint_paths()):
         out[checkpoint_key(path)] = k
     return out
+
+
+def engine(run: RunFolder, args: argparse.Namespace):
+    """The run's own TRAK engine and features; if those were made by an older engine (settings differ, e.g. before
+    narrow Kronecker blocks were widened), the run's checkpoints featurized afresh into ``<work>/store_run``."""
+    from trakscope import TRAK
+    from trakscope.attribution.store import StoreError
+    from trakscope.io import load_tensors
+    from trakscope.models import build_model
+    from trakscope.train import architecture_only
+
+    try:
+        return trak_engine(run, Runtime(progress=False))
+    except StoreError as e:
+        print(f"re-featurizing into {args.work / 'store_run'}: {e}", flush=True)
+    cfg, ds = run.config, run.dataset()
+    t = cfg.trak
+    trak = TRAK(build_model(architecture_only(cfg.model), len(ds.classes)), args.work / "store_run",
+                proj_dim=t.proj_dim, kron_k=t.kron_k, seed=t.seed, progress=False)
+    paths = run.checkpoint_paths()  # read as files: the folder may predate newer config fields
+    featurize_into(trak, ds, t.batch_size, [lambda p=p: load_tensors(p) for p in paths])
+    return trak
+
+
+def featurize_into(trak, ds, batch_size: int, states: list) -> None:
+    """Featurize train, val and test under checkpoint id k = the k-th of ``states`` (callables giving a state
+    dict, called only if something is pending), resumed from the engine's store."""
+    from trakscope.stages.run import split_batches
+
+    for k, get_state in enumerate(states):
+        state = None
+        for name in ("train", "val", "test"):
+            split = ds.split(name)
+            rows = trak.pending(name, len(split), k)
+            if len(rows):
+                state = state or get_state()
+                trak.featurize_batches(split_batches(split, rows, batch_size, 0), split=name, n=len(split),
+                                       checkpoint=state, checkpoint_id=k)
 
 
 def configurations(n_models: int, per_model: int) -> list[dict]:
@@ -70,55 +120,91 @@ def configurations(n_models: int, per_model: int) -> list[dict]:
     return out
 
 
-def branch_rows(run: RunFolder, args: argparse.Namespace, ridges: list[float], lds_data: dict) -> list[dict]:
-    """Snapshot branches of model 0 (see the module docstring), scored like the other configurations."""
+# Cheap ensemble members made from model 0 (see the module docstring): family -> (row label, training epochs each)
+CHEAP = {"branches": ("snapshot branches", True), "reinit": ("re-initialised head", True),
+         "dropout": ("dropout masks", False)}
+
+
+def cheap_states(run: RunFolder, args: argparse.Namespace, family: str, final: dict, work: Path) -> list[dict]:
+    """The members of one cheap family, each a state dict derived from model 0's final checkpoint ``final``.
+
+    branches: trained on for ``--branch-epochs`` with a new seed; reinit: the last Linear layer (the classifier)
+    drawn afresh first, then trained like a branch; dropout: no training, a seeded DropConnect mask (each weight of
+    every conv / linear layer kept with probability 1 - p and rescaled by 1 / (1 - p)).
+    """
     import dataclasses
 
-    from trakscope import TRAK
+    from trakscope import dropconnect
     from trakscope.config import ModelConfig
     from trakscope.io import load_tensors, save_tensors
     from trakscope.models import build_model
-    from trakscope.stages.run import split_batches
     from trakscope.train import architecture_only, train_model
 
-    cfg, ds, work = run.config, run.dataset(), args.work / "branches"
+    cfg, ds = run.config, run.dataset()
+    count = {"branches": args.branches, "reinit": args.reinit, "dropout": args.dropout}[family]
+    if family == "dropout":  # the engine's own masks (``trakscope run --masks``), seeded here 3000 + d
+        return [dropconnect(final, args.dropout_p, seed=3000 + d) for d in range(count)]
+    head = [n for n, m in build_model(architecture_only(cfg.model), len(ds.classes)).named_modules()
+            if isinstance(m, torch.nn.Linear)][-1]
+    train_cfg = dataclasses.replace(cfg.train, epochs=args.branch_epochs, checkpoints_per_model=1)
+    out = []
+    for b in range(count):
+        path = work / f"{'branch' if family == 'branches' else family}{b}.safetensors"
+        if not path.exists():
+            start = dict(final)
+            if family == "reinit":  # a fresh classifier, seeded per member
+                torch.manual_seed(2000 + b)
+                fresh = build_model(architecture_only(cfg.model), len(ds.classes)).state_dict()
+                start.update({k: v for k, v in fresh.items() if k.startswith(head + ".")})
+            start_path = work / "start.safetensors"
+            save_tensors(start_path, start)
+            model_cfg = ModelConfig(**{**dataclasses.asdict(cfg.model), "weights_path": str(start_path)})
+            save_tensors(path, train_model(model_cfg, train_cfg, ds, seed=1000 + b, progress=False)[-1])
+        out.append(load_tensors(path))
+    return out
+
+
+def cheap_rows(run: RunFolder, args: argparse.Namespace, ridges: list[float], lds_data: dict, family: str) -> list:
+    """One cheap family's members next to model 0's own checkpoints, in their own store, scored like the rest."""
+    from trakscope import TRAK
+    from trakscope.io import load_tensors
+    from trakscope.models import build_model
+    from trakscope.train import architecture_only
+
+    cfg, ds = run.config, run.dataset()
+    work = args.work / "branches"  # every family's members and stores (the first family's names kept)
     own = [p for p in run.checkpoint_paths() if checkpoint_key(p)[0] == 0]  # model 0's trajectory, in order
     states = [load_tensors(p) for p in own]  # read as files: this run folder may predate newer config fields
-    train_cfg = dataclasses.replace(cfg.train, epochs=args.branch_epochs, checkpoints_per_model=1)
-    for b in range(args.branches):
-        path = work / f"branch{b}.safetensors"
-        if not path.exists():
-            start = work / "start.safetensors"
-            save_tensors(start, states[-1])
-            model_cfg = ModelConfig(**{**dataclasses.asdict(cfg.model), "weights_path": str(start)})
-            save_tensors(path, train_model(model_cfg, train_cfg, ds, seed=1000 + b, progress=False)[-1])
-        states.append(load_tensors(path))
+    members = cheap_states(run, args, family, states[-1], work)
+    states += members
     t = cfg.trak
-    trak = TRAK(build_model(architecture_only(cfg.model), len(ds.classes)), work / "store", proj_dim=t.proj_dim,
+    variant = f"_p{args.dropout_p:g}" if family == "dropout" else ""  # masks differ with p: their own store
+    store = work / ("store" if family == "branches" else f"store_{family}{variant}")
+    trak = TRAK(build_model(architecture_only(cfg.model), len(ds.classes)), store, proj_dim=t.proj_dim,
                 kron_k=t.kron_k, seed=t.seed, progress=False)
-    for k, state in enumerate(states):
-        for name in ("train", "val", "test"):
-            split = ds.split(name)
-            rows_ = trak.pending(name, len(split), k)
-            if len(rows_):
-                trak.featurize_batches(split_batches(split, rows_, t.batch_size, 0), split=name, n=len(split),
-                                       checkpoint=state, checkpoint_id=k)
-    n_own, step = len(own), args.branch_epochs / cfg.train.epochs
-    configs = [(f"1 model + {b} branches (final ckpts)", "snapshot branches", [n_own - 1, *range(n_own, n_own + b)], b)
-               for b in sorted({1, 2, args.branches}) if b <= args.branches]
-    configs += [(f"1 trajectory ({n_own} ckpts) + {b} branches", "trajectory + branches",
+    featurize_into(trak, ds, t.batch_size, [lambda st=st: st for st in states])
+    label, trained = CHEAP[family]
+    n_own, m_all = len(own), len(members)
+    step = args.branch_epochs / cfg.train.epochs if trained else 0.0
+    named = f"{label} (p {args.dropout_p:g})" if family == "dropout" else label
+    configs = [(f"1 model + {b} {named} (final ckpts)", label, [n_own - 1, *range(n_own, n_own + b)], b)
+               for b in sorted({1, 2, 4, m_all}) if b <= m_all]
+    configs += [(f"1 trajectory ({n_own} ckpts) + {b} {named}", f"trajectory + {label}",
                  [*range(n_own), *range(n_own, n_own + b)], b)
-                for b in sorted({2, args.branches}) if b <= args.branches]
+                for b in sorted({2, 4, m_all}) if b <= m_all]
+    if family == "dropout":  # the masked copies alone, as the paper's ensemble (no unmasked member)
+        configs += [(f"{b} {named} of the final ckpt only", f"{label} only", list(range(n_own, n_own + b)), b)
+                    for b in sorted({2, 4, m_all}) if b <= m_all]
     rows = []
-    for name, family, ks, b in configs:
-        row = {"name": name, "family": family, "compute": round(1 + b * step, 3), "checkpoints": len(ks),
+    for name, fam, ks, b in configs:
+        row = {"name": name, "family": fam, "compute": round(1 + b * step, 3), "checkpoints": len(ks),
                "val": {}, "test": {}}
         for ridge in ridges:
             trak.ridge = ridge
             for split in ("val", "test"):
                 masks, margins = lds_data[split]
-                scores = trak.scores("train", split, out=work / f"{family.replace(' ', '_')}_{b}_{ridge:g}_{split}.npy",
-                                     checkpoints=ks)
+                tag = fam.replace(" ", "_").replace("+", "and") + variant
+                scores = trak.scores("train", split, out=work / f"{tag}_{b}_{ridge:g}_{split}.npy", checkpoints=ks)
                 mean, per = lds(predicted_outputs(np.asarray(scores), masks), margins)
                 row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
         rows.append(row)
@@ -132,8 +218,10 @@ def plot(rows: list[dict], ridge: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for family, marker in (("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--"),
-                           ("snapshot branches", "v:"), ("trajectory + branches", "D:")):
+    styles = [("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--")]
+    for (label, _), (one, traj) in zip(CHEAP.values(), (("v:", "D:"), ("<:", ">:"), ("x", "+"))):
+        styles += [(label, one), (f"trajectory + {label}", traj)]
+    for family, marker in styles:
         pts = sorted((r["compute"], r["val"][str(ridge)][0], r["val"][str(ridge)][1]) for r in rows
                      if r["family"] == family)
         if not pts:
@@ -160,7 +248,7 @@ def main() -> None:
     ids = checkpoint_ids(run)
     n_models = 1 + max(m for m, _ in ids)
     per_model = 1 + max(c for _, c in ids)
-    trak = trak_engine(run, Runtime(progress=False))
+    trak = engine(run, args)
     ridges = [float(r) for r in args.ridges.split(",")]
     lds_data = {s: subset_margins(run, args.alpha, args.models, seed=0, split=s, progress=False)
                 for s in ("val", "test")}
@@ -177,8 +265,9 @@ def main() -> None:
                 scores = trak.scores("train", split, out=out, checkpoints=ks)
                 mean, per = lds(predicted_outputs(np.asarray(scores), masks), margins)
                 row[split][str(ridge)] = (round(mean, 4), [round(v, 4) for v in ci95(per)])
-    if args.branches:
-        rows += branch_rows(run, args, ridges, lds_data)
+    for family in CHEAP:
+        if getattr(args, family):
+            rows += cheap_rows(run, args, ridges, lds_data, family)
     for row in rows:
         print(row["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
     best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))

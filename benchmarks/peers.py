@@ -50,7 +50,7 @@ CASES = {
     "i": {"model": "tiny_cnn", "max_train": 1000, "max_test": 200, "ensemble": 10, "checkpoints_per_model": 4,
           "recipe": "--epochs 8 --batch-size 32 --lr 0.1", "use_models": 3, "subset_methods": "", "subset": 0},
     "ii": {"model": "resnet18", "max_train": 1000, "max_test": 200, "ensemble": 2, "checkpoints_per_model": 4,
-           "recipe": "", "use_models": 2, "subset": 64,
+           "recipe": "", "use_models": 2, "subset": 64, "dattri_batch": 16,
            "subset_methods": "trakscope_dense,traker,dattri_trak,dattri_tracin,dattri_datainf"},
 }
 
@@ -75,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dattri-batch", type=int, default=64,
+                   help="batch of dattri's vmapped per-example gradients (each batch holds batch x parameters floats)")
     p.add_argument("--redo", action="store_true", help="recompute rows whose scores are cached")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     case = p.parse_known_args()[0].case
@@ -235,9 +237,9 @@ def m_dattri_trak(w: Work, store: Path) -> tuple:
     att = TRAKAttributor(task=task, correct_probability_func=correct_p, device="cpu",
                          projector_kwargs={"device": "cpu"})
     t0 = time.perf_counter()
-    att.cache(loader(w.x_train, w.y_train))
+    att.cache(loader(w.x_train, w.y_train, w.dattri_batch))
     t1 = time.perf_counter()
-    scores = att.attribute(loader(w.x_target, w.y_target)).detach().numpy().astype(np.float32)
+    scores = att.attribute(loader(w.x_target, w.y_target, w.dattri_batch)).detach().numpy().astype(np.float32)
     return scores, t1 - t0, time.perf_counter() - t1, "proj_dim 512, regularization 0 (defaults)"
 
 
@@ -249,22 +251,22 @@ def m_dattri_tracin(w: Work, store: Path) -> tuple:
     att = TracInAttributor(task=task, weight_list=torch.ones(len(w.states)), normalized_grad=False, device="cpu")
     t0 = time.perf_counter()
     att.cache()
-    scores = att.attribute(loader(w.x_train, w.y_train), loader(w.x_target, w.y_target))
+    train, targets = loader(w.x_train, w.y_train, w.dattri_batch), loader(w.x_target, w.y_target, w.dattri_batch)
+    scores = att.attribute(train, targets)
     scores = scores.detach().numpy().astype(np.float32)
     # TracIn has no train-only precomputation: every pair is one train x target product
     return scores, 0.0, time.perf_counter() - t0, "default projector (dim 512), weights 1, CE loss"
 
 
-def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namespace) -> tuple:
+def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namespace, select: bool = True) -> tuple:
     """dattri's IFAttributorDataInf per checkpoint, averaged over the given checkpoints.
 
     Its default regularization (0) divides by zero, so one is chosen on the val targets under checkpoint 0
-    (LDS against the cached val subset models), then used for every checkpoint and every target.
+    (LDS against the cached val subset models), then used for every checkpoint and every target. A subset row
+    (``select=False``) has no LDS to choose by: it times the middle value (the cost does not depend on it).
     """
     from dattri.algorithm.influence_function import IFAttributorDataInf
     from dattri.task import AttributionTask
-
-    masks, margins = subset_margins_split(run, args, "val")
 
     def attributor(k: int, reg: float) -> tuple[IFAttributorDataInf, float]:
         model = w.net(k)
@@ -283,23 +285,27 @@ def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namesp
 
     t_select = time.perf_counter()
     val_lds = {}
-    for reg in DATAINF_REGS:
+    masks, margins = subset_margins_split(run, args, "val") if select else (None, None)
+    for reg in DATAINF_REGS if select else ():
         att, _ = attributor(0, reg)
-        s = att.attribute(loader(w.x_train, w.y_train), loader(w.x_target[: w.n_val], w.y_target[: w.n_val]))
+        val = loader(w.x_target[: w.n_val], w.y_target[: w.n_val], w.dattri_batch)
+        s = att.attribute(loader(w.x_train, w.y_train, w.dattri_batch), val)
         val_lds[reg] = lds(predicted_outputs(s.detach().numpy().astype(np.float32), masks), margins)[0]
-    reg = max(val_lds, key=val_lds.get)
+    reg = max(val_lds, key=val_lds.get) if select else DATAINF_REGS[len(DATAINF_REGS) // 2]
     t_select = time.perf_counter() - t_select
     parts, fit, tgt = [], 0.0, 0.0
     for k in range(len(w.states)):
         att, seconds = attributor(k, reg)
         fit += seconds
         t1 = time.perf_counter()
-        parts.append(att.attribute(loader(w.x_train, w.y_train), loader(w.x_target, w.y_target)).detach().numpy())
+        train, targets = loader(w.x_train, w.y_train, w.dattri_batch), loader(w.x_target, w.y_target, w.dattri_batch)
+        parts.append(att.attribute(train, targets).detach().numpy())
         tgt += time.perf_counter() - t1
     scores = {f"reg={reg:g}": np.mean(parts, axis=0).astype(np.float32),
               f"reg={reg:g}, ckpt 0 only": parts[0].astype(np.float32)}
     sel = ", ".join(f"{r:g}: {v:.3f}" for r, v in val_lds.items())
-    notes = f"CE loss; reg chosen on val under ckpt 0 (val LDS {sel}; selection {t_select:.0f} s, not in fit)"
+    notes = (f"CE loss; reg chosen on val under ckpt 0 (val LDS {sel}; selection {t_select:.0f} s, not in fit)"
+             if select else f"CE loss; reg {reg:g} (a subset row: no LDS to choose it by)")
     return scores, fit, tgt, notes
 
 
@@ -392,6 +398,7 @@ def run_worker(args: argparse.Namespace) -> None:
     # <method>_all_ckpts: the method given every checkpoint of the run (trakscope's default: members x trajectory)
     all_ckpts = name.endswith("_all_ckpts")
     w = Work(run, args.use_models, args.trajectory, all_checkpoints=all_ckpts)
+    w.dattri_batch = args.dattri_batch
     subset = w.restrict(args.subset) if name in args.subset_methods.split(",") else None
     load_s = time.perf_counter() - t0
     store = args.work / f"store_{name}"
@@ -401,10 +408,11 @@ def run_worker(args: argparse.Namespace) -> None:
            "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
            "traker": lambda: m_traker(w, store), "dattri_trak": lambda: m_dattri_trak(w, store),
            "dattri_tracin": lambda: m_dattri_tracin(w, store),
-           "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args),
+           "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args, select=subset is None),
            "kronfluence_ekfac": lambda: m_kronfluence(w, store, "ekfac"),
            "kronfluence_ekfac_ckpt0": lambda: m_kronfluence(w, store, "ekfac", 1, (1e-8,)),
            "kronfluence_kfac": lambda: m_kronfluence(w, store, "kfac"),
+           "kronfluence_kfac_ckpt0": lambda: m_kronfluence(w, store, "kfac", 1, (1e-8,)),
            "captum_tracincpfast": lambda: m_captum(w, store),
            "baseline": lambda: (np.zeros((len(w.y_train), len(w.y_target)), np.float32), 0.0, 0.0,
                                 "imports, data and checkpoints only: the memory every row starts from")}
@@ -447,6 +455,7 @@ def spawn(args: argparse.Namespace, name: str) -> dict | None:
     cmd = [sys.executable, __file__, "--case", args.case, "--out", str(args.out), "--work", str(args.work),
            "--worker", name, "--use-models", str(args.use_models), "--threads", str(args.threads),
            "--models", str(args.models), "--alpha", str(args.alpha), "--subset", str(args.subset),
+           "--dattri-batch", str(args.dattri_batch),
            "--subset-methods", args.subset_methods] + (["--trajectory"] if args.trajectory else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     print(f"[{name}] ...", flush=True)

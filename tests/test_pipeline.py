@@ -157,6 +157,60 @@ def test_checkpoints_trained_elsewhere_give_the_same_scores(tiny_run, tmp_path, 
     assert "does not fit --model resnet18" in capsys.readouterr().err
 
 
+def test_dropconnect_masks_each_weight_with_probability_p_and_leaves_the_rest():
+    import torch
+
+    from trakscope import dropconnect
+
+    state = {"conv.weight": torch.randn(64, 32, 3, 3), "fc.bias": torch.randn(10),
+             "bn.running_mean": torch.randn(64), "bn.num_batches_tracked": torch.tensor(7)}
+    out = dropconnect(state, 0.3, seed=5)
+    w, m = state["conv.weight"], out["conv.weight"]
+    kept = m != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01  # 18,432 weights: SE of the fraction ~0.003
+    assert torch.allclose(m[kept], w[kept] / 0.7)
+    for name in ("fc.bias", "bn.running_mean", "bn.num_batches_tracked"):
+        assert out[name] is state[name]
+    assert torch.equal(dropconnect(state, 0.3, seed=5)["conv.weight"], m)  # seeded
+    assert not torch.equal(dropconnect(state, 0.3, seed=6)["conv.weight"], m)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropconnect(state, 1.0, seed=0)
+
+
+def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny_run, tmp_path, capsys):
+    """--masks 2: each member's final checkpoint and 2 DropConnect copies of it, featurized as checkpoints; the
+    scores equal those of a run that imports the masked state dicts as files in the same order, and a damaged
+    masked copy's features are featurized again on a rerun."""
+    from trakscope import dropconnect
+    from trakscope.io import load_tensors, save_tensors
+    from trakscope.run_folder import RunFolder as Folder
+
+    files = [str(p) for p in Folder(tiny_run).checkpoint_paths()]
+    out = tmp_path / "masked"
+    assert main(["run", "--out", str(out), *TINY_RUN_ARGS, "--checkpoints", *files, "--masks", "2"]) == 0
+    run = Folder(out)
+    assert json.loads(run.scores_meta_path.read_text())["checkpoints"] == 6
+    masked = []
+    for m, f in enumerate(files):  # ids 2.. : member m's mask d is seeded trak.seed (0) + 1000 m + d
+        for d in range(2):
+            masked.append(str(tmp_path / f"m{m}_{d}.safetensors"))
+            save_tensors(masked[-1], dropconnect(load_tensors(f), 0.3, seed=1000 * m + d))
+    ref = tmp_path / "as_files"
+    assert main(["run", "--out", str(ref), *TINY_RUN_ARGS, "--checkpoints", *files, *masked]) == 0
+    for name in ("test", "val", "self"):
+        assert np.array_equal(run.scores(name), Folder(ref).scores(name))
+    assert not np.allclose(run.scores("test"), Folder(tiny_run).scores("test"))  # the masks changed the scores
+    from trakscope.attribution.store import TrakStore
+
+    damaged = TrakStore(run.features_dir).split_files(5, "train")[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert main(["run", "--out", str(out)]) == 0
+    assert "damaged; recomputing" in capsys.readouterr().out
+    assert np.array_equal(Folder(out).scores("test"), Folder(ref).scores("test"))
+    assert main(["run", "--out", str(tmp_path / "bad"), *TINY_RUN_ARGS, "--masks", "-1"]) == 2
+    assert "--masks must be 0 or more" in capsys.readouterr().err
+
+
 def test_a_model_at_chance_level_is_warned_about(tmp_path, capsys):
     from trakscope.stages.run import chance_warning
 

@@ -52,6 +52,7 @@ def test_fingerprints_of_existing_folders_are_unchanged(cfg):
 def test_a_config_json_without_a_field_means_its_legacy_value_not_its_default():
     old = SMALL.to_dict()
     del old["train"]["precision"], old["train"]["channels_last"], old["trak"]["precision"]
+    del old["trak"]["masks"], old["trak"]["mask_p"]
     assert RunConfig.from_dict(old) == SMALL
 
     @dataclasses.dataclass(frozen=True)

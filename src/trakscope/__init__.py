@@ -7,6 +7,7 @@ The command line (``trakscope --help``) runs the same engine over a run folder.
 
 __version__ = "0.2.0"
 
+from .attribution.masks import dropconnect
 from .attribution.output import Margin, ModelOutput
 from .attribution.trak import TRAK
 from .methods.d3m import alignment_scores, auto_groups, group_losses
@@ -30,6 +31,7 @@ __all__ = [
     "ci95",
     "cleanlab_quality",
     "d3m_scores",
+    "dropconnect",
     "detection_metrics",
     "group_losses",
     "lds",

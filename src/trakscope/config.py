@@ -139,6 +139,12 @@ class TrakConfig:
     precision: str = _opt("fp32", "fp32 | bf16 (the model's forward pass under bfloat16 autocast; the projection "
                                   "accumulates in float32; kronecker projector only) | auto (as --precision)",
                           choices=PRECISIONS, legacy="fp32")
+    masks: int = _opt(0, "DropConnect-masked copies of each model's final checkpoint, featurized as extra "
+                         "checkpoints: a free ensemble when a model has one checkpoint, e.g. imported; checkpoints "
+                         "along a trajectory gain nothing from it (BENCHMARKS.md, LDS versus training compute)",
+                      legacy=0)
+    mask_p: float = _opt(0.3, "fraction of the conv / linear weights each mask zeroes (the rest scaled by "
+                              "1 / (1 - p); chosen by val LDS)", legacy=0.3)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from .. import dist
+from ..attribution.masks import check_masks
 from ..config import RunConfig
 from ..data import load_dataset
 from ..models import build_model, resolve_config
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
     cfg = resolve_run_precision(cfg, rt.device)  # auto made concrete for this device; bf16 checked against it
     cfg = absolute_data_root(cfg, existing)
+    check_masks(cfg.trak.masks, cfg.trak.mask_p)
     # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
     dataset = load_dataset(cfg.data)
     build_model(cfg.model, len(dataset.classes), classes=dataset.classes)

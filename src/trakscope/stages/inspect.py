@@ -109,10 +109,10 @@ def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> n
     Args:
         x: float ``[b, 3, S, S]`` normalised like the run's batches; labels: int64 ``[b]``.
     """
-    from .run import Runtime, load_checkpoint, trak_engine
+    from .run import Runtime, engine_checkpoints, engine_state, trak_engine
 
     trak = trak_engine(run, Runtime(progress=False))
-    states = [load_checkpoint(run, p) for p in run.checkpoint_paths()]
+    states = [engine_state(run, p, mask) for p, mask in engine_checkpoints(run)]
     return trak.score_inputs(x, labels, states)
 
 

@@ -174,12 +174,39 @@ def _member(path) -> int:
     return checkpoint_key(path)[0]
 
 
-def final_checkpoints(run: RunFolder) -> list:
-    """The last checkpoint of every ensemble member, in member order."""
+def final_checkpoints(run: RunFolder, paths: list | None = None) -> list:
+    """The last checkpoint of every ensemble member, in member order (of ``paths``, default the run's)."""
     last: dict[int, object] = {}
-    for path in run.checkpoint_paths():
+    for path in run.checkpoint_paths() if paths is None else paths:
         last[_member(path)] = path
     return [last[m] for m in sorted(last)]
+
+
+def engine_checkpoints(run: RunFolder, paths: list | None = None) -> list[tuple]:
+    """``(checkpoint file, mask)`` for every checkpoint id of the run's TRAK engine, in id order: each file
+    (mask None), then ``trak.masks`` DropConnect copies (mask 0, 1, ...) of each member's final checkpoint.
+    ``paths``: the checkpoint files to use (default the run's, all required)."""
+    paths = run.checkpoint_paths() if paths is None else paths
+    masks = run.config.trak.masks
+    return [(p, None) for p in paths] + [(p, d) for p in final_checkpoints(run, paths) for d in range(masks)]
+
+
+def engine_state(run: RunFolder, path, mask: int | None) -> dict[str, torch.Tensor]:
+    """The state dict the engine featurizes under one checkpoint id (see :func:`engine_checkpoints`); mask ``d``
+    of member ``m`` is seeded ``trak.seed + 1000 * m + d``."""
+    from ..attribution.masks import dropconnect
+
+    state = load_checkpoint(run, path)
+    if mask is None:
+        return state
+    t = run.config.trak
+    return dropconnect(state, t.mask_p, seed=t.seed + 1000 * _member(path) + mask)
+
+
+def describe_checkpoint(run: RunFolder, k: int) -> str:
+    """A checkpoint id of the engine in words: the file, and the mask where it is a masked copy."""
+    path, mask = engine_checkpoints(run)[k]
+    return run.relative(path) + ("" if mask is None else f" (DropConnect mask {mask})")
 
 
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
@@ -264,8 +291,8 @@ def featurize(run: RunFolder, rt: Runtime, trak: TRAK | None = None) -> TRAK:
     own = trak is None
     trak = trak_engine(run, rt) if own else trak
     shard = (dist.rank(), dist.world_size())
-    for k, path in enumerate(run.checkpoint_paths()):
-        state = load_checkpoint(run, path)
+    for k, (path, mask) in enumerate(engine_checkpoints(run)):
+        state = engine_state(run, path, mask)
         for name in SPLITS:
             split = dataset.split(name)
             done = np.ones(len(split), dtype=bool)
@@ -300,7 +327,7 @@ def score(run: RunFolder, trak: TRAK) -> None:
             meta = read_json(run.scores_record_path(name))
         trak.self_influence("train", out=run.scores_path("self") if dist.rank() == 0 else None)
     except NonFiniteFeatures as e:
-        path = run.relative(run.checkpoint_paths()[e.checkpoint])
+        path = describe_checkpoint(run, e.checkpoint)
         raise RunError(f"{path}: {e}; check that model's training (a lower --lr), or remove that checkpoint") from e
     if dist.rank() == 0:
         write_json(run.scores_meta_path, {
@@ -326,9 +353,10 @@ def repair(run: RunFolder) -> list[str]:
         run.discard(*data_files(run))
     model_outputs = [run.metrics_path, *(run.probs_path(s) for s in SPLITS)]
     checkpoints = run.checkpoint_paths(required=False)
-    damaged += _repair_features(run, len(checkpoints))
+    engine = engine_checkpoints(run, checkpoints)  # a member's masked copies go with its final checkpoint
+    damaged += _repair_features(run, len(engine))
     retrain = {_member(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
-    for k, path in enumerate(checkpoints):
+    for k, (path, _) in enumerate(engine):
         if _member(path) in retrain:
             run.discard(path, *model_outputs, *score_files(run))
             TrakStore(run.features_dir).forget(k)
@@ -393,5 +421,5 @@ def stage_costs(cfg, sizes: dict[str, int]) -> dict[str, float]:
     n = sum(sizes.values())
     members = len(cfg.model.checkpoints) if cfg.model.checkpoints else cfg.train.ensemble
     trained = 0 if cfg.model.checkpoints else members * cfg.train.epochs * sizes["train"]
-    checkpoints = members * (1 if cfg.model.checkpoints else cfg.train.kept_checkpoints)
+    checkpoints = members * ((1 if cfg.model.checkpoints else cfg.train.kept_checkpoints) + cfg.trak.masks)
     return {"data": 0.05 * n, "train": trained + members * n / 3, "featurize": checkpoints * n, "score": 0.05 * n}
