@@ -211,31 +211,52 @@ def cheap_rows(run: RunFolder, args: argparse.Namespace, ridges: list[float], ld
     return rows
 
 
-def plot(rows: list[dict], ridge: float, path: Path) -> None:
+def plot(rows: list[dict], ridge: float, path: Path, what: str) -> None:
+    """Left: LDS vs training compute (independent models, trajectories, trained cheap members). Right: at the
+    training of one model, LDS vs checkpoints featurized (trajectory and DropConnect masks, which train nothing),
+    with independent models (one checkpoint per model trained) for reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = [("independent", "o-"), ("trajectory", "s"), ("models x trajectory", "^--")]
-    for (label, _), (one, traj) in zip(CHEAP.values(), (("v:", "D:"), ("<:", ">:"), ("x", "+"))):
-        styles += [(label, one), (f"trajectory + {label}", traj)]
-    for family, marker in styles:
-        pts = sorted((r["compute"], r["val"][str(ridge)][0], r["val"][str(ridge)][1]) for r in rows
-                     if r["family"] == family)
-        if not pts:
-            continue
-        xs, ys, cis = zip(*pts)
-        err = np.array([[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]])
-        ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=3, label=family)
-    ax.set_xscale("log")
-    ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
-    ax.set_xlabel("training compute (models trained, 8 epochs each)")
-    ax.set_ylabel("LDS on val targets (mean Spearman, 95% CI)")
-    ax.set_title(f"TRAK (Kronecker 2048) LDS vs training compute, tiny_cnn, ridge {ridge:g}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    full_trajectory = max((r for r in rows if r["family"] == "trajectory"), key=lambda r: r["checkpoints"])
+    also = {"trajectory": lambda r: r["name"].startswith("1 independent"),  # its first checkpoint count: 1
+            "models x trajectory": lambda r: r is full_trajectory}  # 1 model x all its checkpoints
+
+    def series(ax, family: str, marker: str, x: str, label: str | None = None) -> None:
+        pts = sorted((r[x], r["val"][str(ridge)][0], r["val"][str(ridge)][1]) for r in rows
+                     if r["family"] == family or also.get(family, lambda r: False)(r))
+        if pts:
+            xs, ys, cis = zip(*pts)
+            err = np.array([[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]])
+            ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=3, label=label or family)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    trained = [("independent", "o-"), ("models x trajectory", "^--")]
+    for (label, is_trained), (one, traj) in zip(CHEAP.values(), (("v:", "D:"), ("<:", ">:"), ("x", "+"))):
+        if is_trained:
+            trained += [(label, one), (f"trajectory + {label}", traj)]
+    for family, marker in trained:
+        series(left, family, marker, "compute")
+    left.set_xscale("log")
+    left.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
+    left.set_xlabel("training compute (models trained)")
+    left.set_ylabel("LDS on val targets (mean Spearman, 95% CI)")
+    left.set_title("what training more buys")
+    mask = CHEAP["dropout"][0]
+    for family, marker, label in (("independent", "o-", "independent (x models trained)"),
+                                  ("trajectory", "s-", "1 model: trajectory checkpoints"),
+                                  (mask, "x-", f"1 model: final ckpt + {mask}"),
+                                  (f"{mask} only", "+:", f"1 model: {mask} only"),
+                                  (f"trajectory + {mask}", "D-", f"1 model: trajectory + {mask}")):
+        series(right, family, marker, "checkpoints", label)
+    right.set_xlabel("checkpoints featurized")
+    right.set_title("what featurizing more buys (no training beyond the x = 1 model)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"TRAK LDS vs compute: {what}, ridge {ridge:g}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -271,7 +292,8 @@ def main() -> None:
     for row in rows:
         print(row["name"], {r: row["val"][str(r)][0] for r in ridges}, flush=True)
     best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))
-    plot(rows, best_ridge, args.plot)
+    c = run.config
+    plot(rows, best_ridge, args.plot, f"{c.model.name}, {c.train.epochs} epochs, {c.trak.projector} {c.trak.proj_dim}")
     timings = run.timings()
     write_json(args.work / "frontier.json", {"rows": rows, "ridges": ridges, "best_ridge_on_val": best_ridge,
                                              "run_timings": timings, "models_trained": n_models,

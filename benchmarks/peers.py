@@ -50,7 +50,7 @@ CASES = {
     "i": {"model": "tiny_cnn", "max_train": 1000, "max_test": 200, "ensemble": 10, "checkpoints_per_model": 4,
           "recipe": "--epochs 8 --batch-size 32 --lr 0.1", "use_models": 3, "subset_methods": "", "subset": 0},
     "ii": {"model": "resnet18", "max_train": 1000, "max_test": 200, "ensemble": 2, "checkpoints_per_model": 4,
-           "recipe": "", "use_models": 2, "subset": 64, "dattri_batch": 16,
+           "recipe": "--epochs 8", "use_models": 2, "subset": 64, "dattri_batch": 16,  # the default before 6
            "subset_methods": "trakscope_dense,traker,dattri_trak,dattri_tracin,dattri_datainf"},
 }
 
