@@ -96,7 +96,7 @@ class TrainConfig:
     """Fine-tuning of the checkpoint ensemble."""
 
     ensemble: int = _opt(2, "number of independently seeded models (2 x 4 checkpoints reaches the LDS plateau of "
-                            "the frontier in BENCHMARKS.md; a third model adds half as much training again for +0.004)")
+                            "the frontier in BENCHMARKS.md; a third model adds half as much training again for +0.003)")
     epochs: int = _opt(6, "passes over the training split per model (chosen on val accuracy and planted-noise "
                           "detection: benchmarks/epochs.py)")
     batch_size: int = _opt(128, "training batch size")
@@ -142,7 +142,7 @@ class TrakConfig:
                           choices=PRECISIONS, legacy="fp32")
     masks: int = _opt(0, "DropConnect-masked copies of each model's final checkpoint, featurized as extra "
                          "checkpoints: a free ensemble when a model has one checkpoint, e.g. imported; checkpoints "
-                         "along a trajectory gain nothing from it (BENCHMARKS.md, LDS versus training compute)",
+                         "along a trajectory gain little from it (BENCHMARKS.md, LDS versus training compute)",
                       legacy=0)
     mask_p: float = _opt(0.3, "fraction of the conv / linear weights each mask zeroes (the rest scaled by "
                               "1 / (1 - p); chosen by val LDS)", legacy=0.3)
