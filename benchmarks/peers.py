@@ -35,10 +35,10 @@ from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
 
 T_START = time.perf_counter()
-ALL_METHODS = ("baseline", "trakscope", "trakscope_all_ckpts", "trakscope_dense", "traker", "dattri_trak",
-               "dattri_tracin", "dattri_datainf", "kronfluence_ekfac", "kronfluence_kfac", "captum_tracincpfast",
-               "captum_tracincpfast_all_ckpts")
-DATAINF_REGS = (1e-3, 1e-2, 1e-1, 1.0)  # DataInf's default (0) divides by zero; chosen on val targets
+ALL_METHODS = ("baseline", "trakscope", "trakscope_all_ckpts", "trakscope_masks2", "trakscope_dense", "traker",
+               "dattri_trak", "dattri_tracin", "dattri_datainf", "dattri_if_explicit", "kronfluence_ekfac",
+               "kronfluence_kfac", "captum_tracincpfast", "captum_tracincpfast_all_ckpts")
+DATAINF_REGS = (1e-3, 1e-2, 1e-1, 1.0)  # dattri IF attributors' default (0) is singular; chosen on val targets
 KRONFLUENCE_DAMPINGS = (1e-8, None)  # kronfluence's default, and its documented heuristic (0.1 x mean eigenvalue)
 
 
@@ -160,18 +160,25 @@ def margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # --- methods: each returns (scores float32 [n_train, n_val + n_test], fit seconds, target seconds, notes) -----
-def m_trakscope(w: Work, store: Path, projector: str = "kronecker") -> tuple:
-    """trakscope's engine with its defaults (``TrakConfig``: projector width, kron_k and ridge)."""
-    from trakscope import TRAK
+def m_trakscope(w: Work, store: Path, projector: str = "kronecker", masks: int = 0) -> tuple:
+    """trakscope's engine with its defaults (``TrakConfig``: projector width, kron_k and ridge); ``masks``: as
+    ``trakscope run --masks``, that many DropConnect copies of each given checkpoint (seeded 1000 k + d, at the
+    default ``mask_p``) featurized as extra checkpoints after them (their masking is in the fit time)."""
+    from trakscope import TRAK, dropconnect
+    from trakscope.config import TrakConfig
 
     trak = TRAK(w.model, store, projector=projector, progress=False)
     notes = f"{projector}, proj_dim {trak.proj_dim}, kron_k {trak.kron_k}, ridge {trak.ridge:g} (defaults)"
     t0 = time.perf_counter()
-    for k, state in enumerate(w.states):
+    p = TrakConfig().mask_p
+    states = [*w.states, *(dropconnect(st, p, seed=1000 * k + d) for k, st in enumerate(w.states)
+                           for d in range(masks))]
+    notes += f"; {masks} DropConnect masks (p {p:g}) of each checkpoint" if masks else ""
+    for k, state in enumerate(states):
         trak.featurize(loader(w.x_train, w.y_train), split="train", checkpoint=state, checkpoint_id=k)
         trak.kernel(k, "train")
     t1 = time.perf_counter()
-    for k, state in enumerate(w.states):
+    for k, state in enumerate(states):
         trak.featurize(loader(w.x_target, w.y_target), split="targets", checkpoint=state, checkpoint_id=k)
     scores = np.array(trak.scores("train", "targets"))
     return scores, t1 - t0, time.perf_counter() - t1, notes
@@ -258,29 +265,43 @@ def m_dattri_tracin(w: Work, store: Path) -> tuple:
     return scores, 0.0, time.perf_counter() - t0, "default projector (dim 512), weights 1, CE loss"
 
 
-def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namespace, select: bool = True) -> tuple:
-    """dattri's IFAttributorDataInf per checkpoint, averaged over the given checkpoints.
+def m_dattri_if(w: Work, store: Path, run: RunFolder, args: argparse.Namespace, kind: str,
+                select: bool = True) -> tuple:
+    """One of dattri's influence-function attributors per checkpoint, averaged over the given checkpoints.
 
-    Its default regularization (0) divides by zero, so one is chosen on the val targets under checkpoint 0
-    (LDS against the cached val subset models), then used for every checkpoint and every target. A subset row
-    (``select=False``) has no LDS to choose by: it times the middle value (the cost does not depend on it).
+    ``datainf``: IFAttributorDataInf (its cache is over per-example gradients, batch 1). ``explicit``:
+    IFAttributorExplicit, the exact inverse Hessian of the mean training loss, on the classifier (the last Linear
+    layer's parameters, dattri's ``layer_name``). With the whole training split as one batch, as dattri advises,
+    its forward-mode Hessian asked for 93 GB on all of tiny_cnn's 2,850 parameters and 47.5 GB on the classifier
+    alone, so the cache takes ``--dattri-batch`` examples at a time (dattri then sums the batches' inverse
+    Hessian-vector products) and the targets are one batch (each Hessian built once per checkpoint).
+
+    Their default regularization (0) divides by zero or inverts a singular Hessian, so one is chosen on the val
+    targets under checkpoint 0 (LDS against the cached val subset models), then used for every checkpoint and
+    every target. A subset row (``select=False``) has no LDS to choose by: it times the middle value (the cost
+    does not depend on it).
     """
-    from dattri.algorithm.influence_function import IFAttributorDataInf
+    from dattri.algorithm.influence_function import IFAttributorDataInf, IFAttributorExplicit
     from dattri.task import AttributionTask
 
-    def attributor(k: int, reg: float) -> tuple[IFAttributorDataInf, float]:
+    cls, cache_batch = {"datainf": (IFAttributorDataInf, 1), "explicit": (IFAttributorExplicit, w.dattri_batch)}[kind]
+    target_batch = len(w.y_target) if kind == "explicit" else w.dattri_batch
+
+    def attributor(k: int, reg: float) -> tuple:
         model = w.net(k)
 
-        def loss_ce(params, data):  # one example, or (DataInf's cache) one batch
+        def loss_ce(params, data):  # one example, or (the attributors' caches) one batch
             image, label = data
             if image.dim() == 3:
                 image, label = image.unsqueeze(0), label.unsqueeze(0)
             return F.cross_entropy(torch.func.functional_call(model, params, image), label)
 
         task = AttributionTask(loss_func=loss_ce, model=model, checkpoints=w.states[k])
-        att = IFAttributorDataInf(task=task, device="cpu", regularization=reg)
+        head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+        layers = [n for n, _ in model.named_parameters() if n.startswith(head + ".")] if kind == "explicit" else None
+        att = cls(task=task, layer_name=layers, device="cpu", regularization=reg)
         t0 = time.perf_counter()
-        att.cache(loader(w.x_train, w.y_train, 1))  # batch 1: DataInf's Fisher is over per-example gradients
+        att.cache(loader(w.x_train, w.y_train, cache_batch))
         return att, time.perf_counter() - t0
 
     t_select = time.perf_counter()
@@ -288,7 +309,7 @@ def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namesp
     masks, margins = subset_margins_split(run, args, "val") if select else (None, None)
     for reg in DATAINF_REGS if select else ():
         att, _ = attributor(0, reg)
-        val = loader(w.x_target[: w.n_val], w.y_target[: w.n_val], w.dattri_batch)
+        val = loader(w.x_target[: w.n_val], w.y_target[: w.n_val], target_batch)
         s = att.attribute(loader(w.x_train, w.y_train, w.dattri_batch), val)
         val_lds[reg] = lds(predicted_outputs(s.detach().numpy().astype(np.float32), masks), margins)[0]
     reg = max(val_lds, key=val_lds.get) if select else DATAINF_REGS[len(DATAINF_REGS) // 2]
@@ -298,7 +319,7 @@ def m_dattri_datainf(w: Work, store: Path, run: RunFolder, args: argparse.Namesp
         att, seconds = attributor(k, reg)
         fit += seconds
         t1 = time.perf_counter()
-        train, targets = loader(w.x_train, w.y_train, w.dattri_batch), loader(w.x_target, w.y_target, w.dattri_batch)
+        train, targets = loader(w.x_train, w.y_train, w.dattri_batch), loader(w.x_target, w.y_target, target_batch)
         parts.append(att.attribute(train, targets).detach().numpy())
         tgt += time.perf_counter() - t1
     scores = {f"reg={reg:g}": np.mean(parts, axis=0).astype(np.float32),
@@ -406,9 +427,11 @@ def run_worker(args: argparse.Namespace) -> None:
         shutil.rmtree(store)
     fns = {"trakscope": lambda: m_trakscope(w, store),
            "trakscope_dense": lambda: m_trakscope(w, store, "dense"),
+           "trakscope_masks2": lambda: m_trakscope(w, store, masks=2),
            "traker": lambda: m_traker(w, store), "dattri_trak": lambda: m_dattri_trak(w, store),
            "dattri_tracin": lambda: m_dattri_tracin(w, store),
-           "dattri_datainf": lambda: m_dattri_datainf(w, store, run, args, select=subset is None),
+           "dattri_datainf": lambda: m_dattri_if(w, store, run, args, "datainf", select=subset is None),
+           "dattri_if_explicit": lambda: m_dattri_if(w, store, run, args, "explicit", select=subset is None),
            "kronfluence_ekfac": lambda: m_kronfluence(w, store, "ekfac"),
            "kronfluence_ekfac_ckpt0": lambda: m_kronfluence(w, store, "ekfac", 1, (1e-8,)),
            "kronfluence_kfac": lambda: m_kronfluence(w, store, "kfac"),
