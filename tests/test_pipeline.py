@@ -182,6 +182,7 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     scores equal those of a run that imports the masked state dicts as files in the same order, and a damaged
     masked copy's features are featurized again on a rerun."""
     from trakscope import dropconnect
+    from trakscope.attribution.store import TrakStore
     from trakscope.io import load_tensors, save_tensors
     from trakscope.run_folder import RunFolder as Folder
 
@@ -200,8 +201,6 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     for name in ("test", "val", "self"):
         assert np.array_equal(run.scores(name), Folder(ref).scores(name))
     assert not np.allclose(run.scores("test"), Folder(tiny_run).scores("test"))  # the masks changed the scores
-    from trakscope.attribution.store import TrakStore
-
     damaged = TrakStore(run.features_dir).split_files(5, "train")[0]
     damaged.write_bytes(damaged.read_bytes()[:100])
     assert main(["run", "--out", str(out)]) == 0
