@@ -6,6 +6,8 @@ Everything is read with ``local_files_only=True`` (a local folder, or the Huggin
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +16,47 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
+from ..progress import on_terminal
 from .base import ModelFamily, Preprocessing, WeightsError, wants_pretrained
 from .weights import one_line
+
+# The logger transformers' from_pretrained writes its "LOAD REPORT" to (the head re-initialised for our classes).
+REPORT_LOGGER = "transformers.modeling_utils"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class LoadReportOnce(logging.Filter):
+    """Lets each distinct transformers load report through once per process (``run`` builds the model once per
+    ensemble member), as plain text where stderr is not a terminal (the report's title is bold-faced with ANSI)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        if not on_terminal():
+            record.msg, record.args = _ANSI.sub("", message), ()
+        return True
+
+
+_REPORT_FILTER = LoadReportOnce()
+
+
+def quiet_transformers() -> None:
+    """Print transformers' load report once per process, and no progress bars of its own into a log file."""
+    logger = logging.getLogger(REPORT_LOGGER)
+    if _REPORT_FILTER not in logger.filters:
+        logger.addFilter(_REPORT_FILTER)
+    if not on_terminal():
+        from transformers.utils import logging as hf_logging  # lazy: transformers is heavy and optional
+
+        hf_logging.disable_progress_bar()
 
 
 class HFModels(ModelFamily):
@@ -25,6 +66,7 @@ class HFModels(ModelFamily):
         from transformers import AutoConfig, AutoModelForImageClassification
 
         labels = label_maps(num_classes, classes)
+        quiet_transformers()
         with hf_errors(spec, cfg, "the model"):
             if wants_pretrained(cfg):
                 model = AutoModelForImageClassification.from_pretrained(
@@ -39,6 +81,7 @@ class HFModels(ModelFamily):
     def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
         from transformers import AutoImageProcessor
 
+        quiet_transformers()
         with hf_errors(spec, cfg, "preprocessor_config.json"):
             processor = AutoImageProcessor.from_pretrained(spec, local_files_only=not cfg.download)
         return Preprocessing(

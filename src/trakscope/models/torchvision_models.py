@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..progress import on_terminal
 from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained
 from .weights import load_fitting
 
@@ -68,7 +69,7 @@ def pretrained_state(spec: str, weights: Any, download: bool) -> dict[str, torch
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     if download:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=on_terminal(), check_hash=True)  # no bar garbling a log
     raise WeightsError(
         f"torchvision:{spec}: pretrained weights {weights} not found at {path}. Copy {path.name} there, or add "
         "--download to let torchvision fetch it, or pass --weights-path FILE, or use --weights random"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..io import load_npy, read_json, save_npy, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
+from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
 
@@ -91,7 +91,7 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     masks = subset_masks(len(run.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
-    for i in tqdm(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
+    for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
         subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)
     dist.barrier()
     rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split] for i in range(k)]

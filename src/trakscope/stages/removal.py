@@ -15,12 +15,12 @@ import math
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..io import read_json, write_json
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, planned_evaluations, remove_and_retrain
+from ..progress import progress_bar
 from ..run_folder import RunFolder
 from .detect import load_ranking
 
@@ -137,7 +137,7 @@ def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], devi
                and cached_retrain(run, job, seed, removed) is None]
     dist.barrier()  # every rank has looked at the same cache before any rank adds to it
     mine = pending[dist.rank()::dist.world_size()]
-    bar = tqdm(mine, desc="remove and retrain", disable=not progress)
+    bar = progress_bar(mine, desc="remove and retrain", disable=not progress)
     for job, seed, removed in bar:
         bar.set_postfix_str(job.key)
         _retrain(run, job, seed, removed, device)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..attribution.score import NonFiniteFeatures
@@ -29,6 +28,7 @@ from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
 from ..io import load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
 from ..models import build_model
+from ..progress import progress_bar
 from ..run_folder import SPLITS, RunError, RunFolder, checkpoint_key, fingerprint
 from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
 from .canaries import write_canaries
@@ -391,7 +391,7 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
         dataset = prepare_data(run)
     dist.barrier()
     cost = stage_costs(run.config, {s: len(dataset.split(s)) for s in SPLITS})
-    bar = tqdm(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
+    bar = progress_bar(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     bar.update(cost["data"])
     if not run.metrics_path.exists() or not all(run.probs_path(s).exists() for s in SPLITS):
