@@ -44,6 +44,12 @@ def missing(command: str, run_dir: str, what: str) -> str:
             f"</code>, then rerun <code>{esc(folder.command('report'))}</code>.</p>")
 
 
+def gap_note(gap: Any) -> str:
+    """A note where an input of the section is missing or damaged (a :class:`~trakscope.report.inputs.Gap`)."""
+    return (f'<p class="missing gap"><b>{esc(gap.file)} is {esc(gap.problem)}.</b> Remake it with '
+            f"<code>{esc(gap.command)}</code>, then rerun <code>{esc(gap.report)}</code>.</p>")
+
+
 def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
     """An HTML table; header cells and cells are escaped (cells through :func:`fmt`)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
