@@ -20,6 +20,8 @@ from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
 
 def _subset_train_config(run: RunFolder, epochs: int | None):
     """The run's training settings with one kept checkpoint (the final model), and ``epochs`` if overridden."""
@@ -106,8 +108,29 @@ def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tupl
         return run.scores(split), {"scores_path": run.relative(run.scores_path(split)),
                                    "projector": meta.get("projector"), "proj_dim": meta.get("proj_dim"),
                                    "checkpoints": meta.get("checkpoints")}
-    scores = load_npy(scores_path, mmap=True)
+    scores = read_score_matrix(Path(scores_path), split)
     return scores, {"scores_path": str(scores_path), "projector": None, "proj_dim": None, "checkpoints": None}
+
+
+def read_score_matrix(path: Path, split: str) -> np.ndarray:
+    """A user's ``--scores`` file: a numeric ``.npy`` array (memory-mapped), or a ValueError that names the file.
+
+    numpy reads a file without the ``.npy`` header (a CSV or text file) as pickled data; trakscope never unpickles.
+    """
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise ValueError(f"--scores {path} is not a .npy score matrix (no .npy header: a text or other file); "
+                                 f"save a float array [n_train, n_{split}] with numpy.save(FILE.npy, scores)")
+    try:
+        scores = load_npy(path, mmap=True)
+    except (ValueError, EOFError) as e:
+        raise ValueError(f"--scores {path} is not a readable .npy score matrix ({e}); save a float array "
+                         f"[n_train, n_{split}] with numpy.save(FILE.npy, scores)") from e
+    if not np.issubdtype(scores.dtype, np.number):
+        raise ValueError(f"--scores {path} holds {scores.dtype} values, not numbers; save a float array "
+                         f"[n_train, n_{split}] with numpy.save(FILE.npy, scores)")
+    return scores
 
 
 def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
