@@ -124,16 +124,17 @@ def disk_write_error(e: OSError, path: Path | str, written: int | None = None) -
         return e
     named = e.filename is not None and not _TEMP_NAME.match(Path(os.fsdecode(e.filename)).name)
     reason = e.strerror if e.errno is not None and e.strerror else os.strerror(code)
-    if code in (errno.ENOSPC, errno.EDQUOT) and "free" not in reason:
-        reason += f" ({_free_mb(path.parent)} free on {_mount_point(path.parent)})"
+    if code == errno.ENOSPC and "free" not in reason:  # a quota (EDQUOT) is not what the disk has free
+        reason += _free_space(path.parent)
     return DiskWriteError(code, reason, e.filename if named else str(path))
 
 
-def _free_mb(folder: Path) -> str:
+def _free_space(folder: Path) -> str:
+    """`` (0.3 MB free on /mnt/data)``, or nothing where the folder cannot be looked at."""
     try:
-        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MB"
+        return f" ({shutil.disk_usage(folder).free / 2**20:.1f} MB free on {_mount_point(folder)})"
     except OSError:
-        return "unknown space"
+        return ""
 
 
 def _umask() -> int:
