@@ -1,4 +1,9 @@
-"""``trakscope report --run DIR``: write the self-contained HTML report ``DIR/report/index.html``."""
+"""``trakscope report --run DIR``: write the self-contained HTML report ``DIR/report/index.html``.
+
+An input the run folder once held that is now missing or damaged is named in the report's section it would fill
+and in one warning line each on stderr, with the command that remakes it; the report is still written, and the
+exit status is then :data:`EXIT_GAPS`.
+"""
 
 from __future__ import annotations
 
