@@ -152,12 +152,12 @@ def _targets(node: ast.Import | ast.ImportFrom, source: str, package: str) -> li
     return [[f"{module}.{a.name}", module] for a in node.names]
 
 
-def imports(root: Path, source: str) -> tuple[list[Edge], list[str]]:
+def imports(root: Path, source: str, present: set[str]) -> tuple[list[Edge], list[str]]:
     """Every import of ``source`` from its own package (any depth, any form), and those that resolve to nothing.
 
-    An edge to the module itself is dropped.
+    ``present`` is the set of :func:`modules` of ``root``. An edge to the module itself is dropped.
     """
-    package, present = root.name, set(modules(root))
+    package = root.name
     edges: list[Edge] = []
     unresolved: list[str] = []
     for node in ast.walk(ast.parse((root / source).read_text(), filename=source)):
@@ -176,8 +176,9 @@ def all_imports(root: Path) -> tuple[list[Edge], list[str]]:
     """:func:`imports` of every module of the package at ``root``."""
     edges: list[Edge] = []
     unresolved: list[str] = []
-    for source in modules(root):
-        e, u = imports(root, source)
+    present = set(modules(root))
+    for source in sorted(present):
+        e, u = imports(root, source, present)
         edges, unresolved = edges + e, unresolved + u
     return edges, unresolved
 
