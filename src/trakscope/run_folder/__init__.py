@@ -1,7 +1,8 @@
 """The run folder: the one owner of where every stage's inputs and outputs live, and of how they are read.
 
-Every path of a run folder is named in this module and nowhere else (:data:`LAYOUT` lists them, and
-``docs/run-folder.md`` is generated from it). Stages, the report and the benchmarks ask a :class:`RunFolder`
+Every path of a run folder is named in :mod:`.layout` (:data:`LAYOUT` lists them, and ``docs/run-folder.md`` is
+generated from it), except the files inside the TRAK store (``features/``), which :mod:`trakscope.attribution.store`
+names; no other module names them. Stages, the report and the benchmarks ask a :class:`RunFolder`
 for paths and typed records; JSON results carry ``format`` (:data:`FORMAT`) and ``kind``, so a folder written
 by another version of trakscope gets one clear message instead of a guess.
 """
