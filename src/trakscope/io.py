@@ -359,7 +359,10 @@ def create_memmap(path: Path | str, shape: tuple[int, ...], dtype: np.dtype | ty
     except OSError as e:
         written = _size(path)
         array = None  # unmap before removing the file
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder we may not write to: the error below says so
         _reraise(e, path, written)
     return array
 
