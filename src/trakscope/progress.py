@@ -58,7 +58,7 @@ class LogLines:
         self.start = time.monotonic()
 
     def __iter__(self) -> Iterator:
-        for item in self.iterable or ():
+        for item in () if self.iterable is None else self.iterable:
             yield item
             self.update(1)
 
