@@ -80,6 +80,23 @@ def bounded(kind: type, bound: Bound) -> Callable[[str], typing.Any]:
     return parse
 
 
+def bounded_list(kind: type, bound: Bound) -> Callable[[str], tuple]:
+    """An argparse ``type`` for comma-separated numbers (``0.05,0.1``), each converted with ``kind`` and within
+    ``bound``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        try:
+            return tuple(check_number("", v, bound, whole=kind is int) for v in values)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(f"each {e.rule}") from None
+
+    return parse
+
+
 def setting_parser(section: str, name: str, kind: type) -> Callable[[str], typing.Any]:
     """An argparse ``type`` converting with ``kind``, then :func:`~trakscope.config.check_setting`."""
 
