@@ -79,7 +79,7 @@ def check_checkpoint_sources(cfg: RunConfig, model: nn.Module, num_classes: int,
         try:
             check_state_file(model, source, f"--model {cfg.model.name} with {num_classes} classes")
         except WeightsError as e:
-            raise WeightsError(f"--checkpoints {e}") from e
+            raise WeightsError(f"--checkpoints: {e}") from e
 
 
 def absolute_data_root(cfg: RunConfig, run_folder: RunFolder) -> RunConfig:

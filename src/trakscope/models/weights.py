@@ -31,13 +31,24 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a file that is not a plain state dict
-        raise WeightsError(f"cannot read {path} as a state dict (weights_only): {one_line(e)}") from e
+        raise WeightsError(f"cannot read {path} as a state dict (weights_only): {_torch_reason(e)}; save weights "
+                           "with safetensors or torch.save(model.state_dict())") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
     return state
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` found wrong, without its advice to load unsafely: the part after
+    ``WeightsUnpickler error:`` where there is one (``Unsupported operand 109`` for a text file)."""
+    text = str(error)
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    if not found:
+        return one_line(text)
+    return one_line(reason.strip().split("\n\n")[0].split(". ")[0])
 
 
 def state_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
