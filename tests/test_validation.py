@@ -44,6 +44,23 @@ BAD = {
 }
 
 
+# Tiny data and model, so that a check that fails to refuse costs seconds, not an MNIST training.
+SMALL = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "60", "--max-test", "30", "--no-progress",
+         "--device", "cpu"]
+
+
+@pytest.fixture
+def no_training(monkeypatch) -> None:
+    """Training or importing a model fails the test: every refusal here must come before it."""
+    import trakscope.stages.run as stages
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a model was trained or imported before the settings were checked")
+
+    monkeypatch.setattr(stages, "train_ensemble", trained)
+    monkeypatch.setattr(stages, "import_checkpoints", trained)
+
+
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
     """Exit status and stderr of the CLI, whether argparse or the command refused."""
     try:
@@ -68,16 +85,18 @@ def _api(sections: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_a_bad_value_is_refused_with_the_same_line_by_the_cli_config_json_and_the_api(case, tmp_path, capsys):
+def test_a_bad_value_is_refused_with_the_same_line_by_the_cli_config_json_and_the_api(case, tmp_path, capsys,
+                                                                                      no_training):
     flags, sections, line = BAD[case]
-    code, err = _cli(["run", "--out", str(tmp_path / "cli"), *flags], capsys)
+    code, err = _cli(["run", "--out", str(tmp_path / "cli"), *SMALL, *flags], capsys)
     last = err.strip().splitlines()[-1]  # argparse prints its usage above
     assert code == 2 and last.startswith("trakscope run: error: ") and last.endswith(line)
     assert not (tmp_path / "cli").exists()
 
     folder = tmp_path / "from_json"
     folder.mkdir()
-    raw = RunConfig().to_dict()
+    raw = RunConfig.from_dict({"data": {"dataset": "digits", "max_train": 60, "max_test": 30},
+                               "model": {"name": "tiny_cnn"}}).to_dict()
     for section, values in sections.items():
         raw[section].update(values)
     (folder / "config.json").write_text(json.dumps({"format": FORMAT, **raw}))
@@ -111,15 +130,8 @@ def test_the_same_edge_values_are_accepted_everywhere(tmp_path):
 
 
 @pytest.fixture
-def overwritable(tiny_run, tmp_path, monkeypatch) -> Path:
+def overwritable(tiny_run, tmp_path, no_training) -> Path:
     """A copy of the finished tiny run; training or importing into it fails the test."""
-    import trakscope.stages.run as stages
-
-    def trained(*args, **kwargs):
-        raise AssertionError("a model was trained or imported before the settings were checked")
-
-    monkeypatch.setattr(stages, "train_ensemble", trained)
-    monkeypatch.setattr(stages, "import_checkpoints", trained)
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     return out
