@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trakscope import TRAK
+from trakscope import TRAK, SettingError
 from trakscope.attribution.score import regularized_inverse
 from trakscope.cli import build_parser, main
 from trakscope.commands._config_args import config_from_args
 from trakscope.commands.run import check_checkpoint_sources
-from trakscope.config import DataConfig, RunConfig, SettingError
+from trakscope.config import DataConfig, RunConfig
 from trakscope.models import TinyCNN, WeightsError
 from trakscope.models.weights import check_state_file
 from trakscope.run_folder import FORMAT, RunFolder
