@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from ..config import PROJECTORS
 from ..models.calling import Inputs
 from .output import Margin, ModelOutput
 
@@ -68,4 +69,4 @@ def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_t
 
         return KroneckerProjector(model, proj_dim, seed, k_in=kron_k, k_out=kron_k, output=output,
                                   precision=precision)
-    raise ValueError(f"unknown projector {name!r}; choose dense or kronecker")
+    raise ValueError(f"unknown projector {name!r}; choose {' or '.join(PROJECTORS)}")
