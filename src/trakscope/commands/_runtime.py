@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from .. import dist
-from ..stages.run import Runtime
+from ..stages.ensemble import Runtime
 from ._config_args import POSITIVE, bounded
 
 
