@@ -12,7 +12,7 @@ import torch
 
 from trakscope import precision
 from trakscope.attribution.kronecker import KroneckerProjector
-from trakscope.attribution.projector import make_projector
+from trakscope.attribution.projectors import make_projector
 from trakscope.attribution.store import StoreError
 from trakscope.attribution.trak import TRAK
 from trakscope.cli import main
