@@ -19,9 +19,9 @@ from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
 from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
+from ..table_files import FORMATS, write_parquet
 from .canaries import canary_mask
 from .groups import read_groups
-from .table_files import FORMATS, write_parquet
 
 RECALL_FRACTIONS = (0.05, 0.10, 0.20)
 
