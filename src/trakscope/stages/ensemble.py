@@ -23,6 +23,7 @@ from ..attribution.trak import TRAK
 from ..data import ImageSource
 from ..io import load_tensors
 from ..models import build_model
+from ..models.calling import call_model
 from ..run_folder import RunError, RunFolder, checkpoint_key, fingerprint
 from ..train import architecture_only, load_trained, predict_logits
 
@@ -125,15 +126,26 @@ def load_member(run: RunFolder, path: Path, device: str = "cpu") -> nn.Module:
     return load_trained(run.config.model, len(run.classes), load_checkpoint(run, path), device)
 
 
-def member_logits(run: RunFolder, sources: Mapping[str, ImageSource], device: str = "cpu",
+Source = ImageSource | torch.Tensor  # a split's images, or a batch already normalised (float [b, 3, S, S])
+
+
+def _logits(net: nn.Module, source: Source, device: str, num_workers: int) -> np.ndarray:
+    """float32 ``[n, C]`` logits of ``net`` on a source: an image source in batches, or a prepared batch as it is
+    (its memory layout kept, which can change the last bits of a convolution)."""
+    if isinstance(source, torch.Tensor):
+        with torch.no_grad():
+            return call_model(net, source.to(device)).float().cpu().numpy()
+    return predict_logits(net, source, device=device, num_workers=num_workers)
+
+
+def member_logits(run: RunFolder, sources: Mapping[str, Source], device: str = "cpu",
                   members: Sequence[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """``(m, {name: float32 [n_name, C] logits})`` of the final checkpoint of each member ``m`` (default all, in
     member order) on each of ``sources``; each network is loaded once and dropped before the next."""
     finals = final_checkpoints(run)
     for m in range(len(finals)) if members is None else members:
         net = load_member(run, finals[m], device)
-        yield m, {name: predict_logits(net, images, device=device, num_workers=run.config.train.num_workers)
-                  for name, images in sources.items()}
+        yield m, {name: _logits(net, source, device, run.config.train.num_workers) for name, source in sources.items()}
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,7 @@ class EnsemblePrediction:
     member_predicted: list[dict[str, np.ndarray]]
 
 
-def ensemble_predict(run: RunFolder, sources: Mapping[str, ImageSource], device: str = "cpu") -> EnsemblePrediction:
+def ensemble_predict(run: RunFolder, sources: Mapping[str, Source], device: str = "cpu") -> EnsemblePrediction:
     """The mean softmax of the final model of every ensemble member on each source (``models/probs_*`` on the
     splits), summed member by member in member order."""
     n = len(final_checkpoints(run))

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from ..data import NormalizedImages, TensorImages
-from ..data.images import decode_image
+from ..data import TensorImages
+from ..data.images import decode_image, normalize_uint8
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
 from .detect import ground_truth
@@ -139,9 +139,8 @@ def inspect_image(run: RunFolder, path: Path | str, margin_class: str | None = N
     """
     data = run.config.data.with_defaults()
     raw = decode_image(path, data.image_size)[None]
-    image = NormalizedImages(TensorImages(raw), data.mean, data.std)
-    x = image.batch(np.array([0]))
-    predicted = int(ensemble_predict(run, {"image": image}).probs["image"][0].argmax())
+    x = normalize_uint8(raw, data.mean, data.std)
+    predicted = int(ensemble_predict(run, {"image": x}).probs["image"][0].argmax())
     c = predicted if margin_class is None else resolve_class(run.classes, margin_class)
     column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)
     thumb = TensorImages(raw).thumbnails(np.array([0]), min(data.image_size, 64))[0]
