@@ -20,6 +20,7 @@ A run folder keeps its store at ``features/`` and asks for its score matrices at
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -164,8 +165,6 @@ class TrakStore:
 
     def clear(self) -> None:
         """Remove what a store writes (meta, checkpoint records, ``ckpt*`` and ``scores``), nothing else."""
-        import shutil
-
         for p in [*self.root.glob("ckpt*"), self.root / "scores"]:
             if p.is_dir():
                 shutil.rmtree(p)
@@ -175,8 +174,6 @@ class TrakStore:
     def forget(self, k: int) -> None:
         """Drop checkpoint ``k`` (its record, features and kernel) and the store's score matrices, which averaged
         over it: the checkpoint is being remade, and will be featurized again."""
-        import shutil
-
         shutil.rmtree(self.ckpt_dir(k), ignore_errors=True)
         shutil.rmtree(self.root / "scores", ignore_errors=True)
         records = self.checkpoint_records()
@@ -191,8 +188,6 @@ class TrakStore:
     def forget_split(self, k: int, split: str) -> None:
         """Drop one split's features under checkpoint ``k`` and what was computed from them (the checkpoint's
         kernel, the store's score matrices), so that featurizing it again starts afresh."""
-        import shutil
-
         for p in [*self.split_files(k, split), self.gram_path(k), self.inverse_path(k), self.lambda_path(k)]:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.root / "scores", ignore_errors=True)

@@ -39,7 +39,8 @@ from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, featurize_into, numbered
 from .kronecker import widened_k
 from .output import Margin, ModelOutput
-from .projector import GradientProjector, make_projector
+from .projector import GradientProjector
+from .projectors import make_projector
 from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
 from .store import StoreError, TrakStore
 
@@ -309,7 +310,7 @@ class TRAK:
             raise ValueError(f"{len(ids)} checkpoints were featurized, {len(checkpoints)} given")
         xs, qs, invs, phis = [], [], [], []
         for k, state in zip(ids, checkpoints):
-            phi, got = self.features(inputs, labels, state, k)
+            phi, _ = self.features(inputs, labels, state, k)
             x, q = self._split_features(k, train)
             xs.append(x)
             qs.append(q)

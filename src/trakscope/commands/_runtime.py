@@ -8,7 +8,7 @@ import torch
 
 from .. import dist
 from ..config import POSITIVE
-from ..stages.run import Runtime
+from ..stages.ensemble import Runtime
 from ._config_args import bounded
 
 

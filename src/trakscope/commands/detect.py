@@ -10,7 +10,7 @@ from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
-from ..stages.table_files import FORMATS
+from ..table_files import FORMATS
 from ._config_args import bounded
 from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 

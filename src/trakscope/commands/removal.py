@@ -9,6 +9,7 @@ from ..config import FRACTION, POSITIVE
 from ..methods import registry
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS
+from ..report.plots import removal_png
 from ..report.tables import removal_table
 from ..run_folder import RunFolder
 from ..stages.detect import load_ranking
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=rt.progress, groups=args.groups)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all
         return 0
+    removal_png(summary, run_folder.removal_plot_path)
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))

@@ -63,7 +63,7 @@ class HFModels(ModelFamily):
     """Hugging Face image classifiers: ``from_pretrained`` for pretrained weights, ``from_config`` otherwise."""
 
     def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoConfig, AutoModelForImageClassification  # lazy: optional (hf extra), slow import
 
         labels = label_maps(num_classes, classes)
         quiet_transformers()
@@ -79,7 +79,7 @@ class HFModels(ModelFamily):
         return model.float().train()
 
     def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
-        from transformers import AutoImageProcessor
+        from transformers import AutoImageProcessor  # lazy: transformers is optional (the hf extra), slow to import
 
         quiet_transformers()
         with hf_errors(spec, cfg, "preprocessor_config.json"):
@@ -133,7 +133,7 @@ def _not_found_message(spec: str, cfg: ModelConfig, what: str, error: BaseExcept
         return f"hf:{spec}: no such folder; pass --model hf:<{folder}>, or hf:<hub id> with --download"
     if cfg.download:
         return f"hf:{spec}: cannot load {what}, even with --download ({reason})"
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: huggingface_hub is optional (the hf extra)
 
     return (
         f"hf:{spec}: {what} is not on this machine ({reason}). Pass --model hf:<{folder}>, or add --download "

@@ -24,7 +24,7 @@ class TorchvisionModels(ModelFamily):
     """torchvision classification (and other) model builders, by the name ``torchvision.models`` lists."""
 
     def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
-        from torchvision import models
+        from torchvision import models  # lazy: the model zoo is slow to import; only torchvision:<name> needs it
 
         try:
             builder = models.get_model_builder(spec)
@@ -51,7 +51,7 @@ class TorchvisionModels(ModelFamily):
 
 def default_weights(spec: str) -> Any | None:
     """The builder's ``DEFAULT`` weights enum member, or None where it has no weights."""
-    from torchvision import models
+    from torchvision import models  # lazy: the model zoo is slow to import; only torchvision:<name> needs it
 
     try:
         return models.get_model_weights(spec).DEFAULT

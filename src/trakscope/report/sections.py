@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..run_folder import RunFolder
 from . import plots
 
 
@@ -37,8 +38,6 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def missing(command: str, run_dir: str, what: str) -> str:
     """A note saying which command (``"trakscope detect"``) produces a missing section, as a complete command line."""
-    from ..run_folder import RunFolder
-
     folder = RunFolder(run_dir)
     return (f'<p class="missing">No {esc(what)} in this run yet. Produce it with <code>{esc(folder.command(command))}'
             f"</code>, then rerun <code>{esc(folder.command('report'))}</code>.</p>")

@@ -7,6 +7,7 @@ matrices. The maths (masks, predictions, Spearman, LDS) is in :mod:`trakscope.me
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..io import load_npy, read_json, save_npy, write_json
+from ..attribution.output import margin
+from ..io import load_npy, read_json, save_npy, write_csv, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
 from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
@@ -25,8 +27,6 @@ NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format
 
 def _subset_train_config(run: RunFolder, epochs: int | None):
     """The run's training settings with one kept checkpoint (the final model), and ``epochs`` if overridden."""
-    import dataclasses
-
     cfg = run.config.train
     return dataclasses.replace(cfg, epochs=cfg.epochs if epochs is None else epochs, checkpoints_per_model=1)
 
@@ -57,8 +57,6 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`. The cache is
     written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
     """
-    from ..attribution.output import margin
-
     cfg, dataset = run.config, run.dataset()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
@@ -148,8 +146,6 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
         the dictionary written to ``out``; per-target correlations go to ``lds/<out stem>_per_target.csv``.
         Under torchrun the subset models are shared out by rank; rank 0 writes the results.
     """
-    from ..io import write_csv
-
     t0 = time.perf_counter()
     scores, source = _scores_source(run, split, scores_path)
     n_train, n_split = len(run.dataset().train), len(run.dataset().split(split))
