@@ -382,3 +382,56 @@ def test_the_checker_catches_an_import_cycle(tmp_path: Path):
 def test_the_checker_reports_an_import_of_nothing(tmp_path: Path):
     root = toy_tree(tmp_path, {**TOY, "cli.py": "from .gone import x\n"})
     assert all_imports(root)[1] == ["cli.py:1: toypkg.gone is not a module of toypkg"]
+
+
+# ------------------------------------------------------------------------------ imports inside functions
+
+
+def hidden_imports(source_text: str, name: str, package: str = "trakscope") -> list[str]:
+    """Imports inside a function that hide an edge or give no reason, as ``name:line: why``.
+
+    An import of the package's own modules belongs at the top of the module (it hides an edge of the graph).
+    A lazy import of a third-party library is allowed when a comment says why: on its line, on the line above, or
+    on either of those for the import block it ends.
+    """
+    lines = source_text.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(source_text, filename=name)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            own = isinstance(node, ast.ImportFrom) and node.level > 0 or any(
+                (a.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] == package
+                for a in node.names)
+            reason = _explained(lines, node.lineno - 1)
+            if own:
+                found.append(f"{name}:{node.lineno}: imports the package's own module inside {fn.name}()")
+            elif not reason:
+                found.append(f"{name}:{node.lineno}: lazy import in {fn.name}() without a comment saying why")
+    return found
+
+
+def _explained(lines: list[str], i: int) -> bool:
+    """Whether the import on line index ``i`` (or the import block it ends) carries or follows a comment."""
+    while True:
+        if "#" in lines[i] or lines[i - 1].strip().startswith("#"):
+            return True
+        if not lines[i - 1].strip().startswith(("import ", "from ")):
+            return False
+        i -= 1
+
+
+def test_imports_inside_functions_are_lazy_on_purpose():
+    found = [p for source in sorted(modules(SRC)) for p in hidden_imports((SRC / source).read_text(), source)]
+    assert not found, "\n".join(found)
+
+
+def test_the_checker_catches_hidden_imports():
+    text = ("def f():\n    from .io import save_npy\n\n"
+            "def g():\n    import cleanlab\n\n"
+            "def h():\n    # heavy and optional\n    import timm\n    import timm.data\n")
+    found = hidden_imports(text, "m.py")
+    assert found == ["m.py:2: imports the package's own module inside f()",
+                     "m.py:5: lazy import in g() without a comment saying why"]
