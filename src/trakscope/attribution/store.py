@@ -328,12 +328,14 @@ class TrakStore:
             if not self.meta_path.exists():
                 self.write_json(self.meta_path, {**wanted, "architecture": architecture})
                 return
-            legacy = "architecture" not in read_store_json(self.meta_path, RESTART)
+            verified = self.record.recorded(self.meta_path)
+            meta = self.read_json(self.meta_path, RESTART) if verified else read_store_json(self.meta_path, RESTART)
+            legacy = isinstance(meta, dict) and "architecture" not in meta
             if legacy:  # a store from before records and architectures: adopt what it holds as it is
                 self._adopt()
-            elif not self.record.exists():
-                raise StoreError(f"{self.record.path} is missing, so nothing in {self.root} can be verified; {RESTART}")
-            meta = self.read_json(self.meta_path, RESTART)
+            elif not verified:
+                raise StoreError(f"{self.record.path} is missing (or does not record meta.json), so nothing in "
+                                 f"{self.root} can be verified; {RESTART}")
             _refuse_other(self.root, wanted, meta, architecture)
             if legacy:
                 self.write_json(self.meta_path, {**meta, "architecture": architecture})
