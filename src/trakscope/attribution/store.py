@@ -372,6 +372,8 @@ class TrakStore:
     def forget(self, k: int) -> None:
         """Drop checkpoint ``k`` (its record, features and kernel) and the store's score matrices, which averaged
         over it: the checkpoint is being remade, and will be featurized again."""
+        if not self.root.is_dir():
+            return
         with self.writing():
             gone = [p for p in self.record.files() if p.startswith((f"ckpt{k}/", "scores/"))]
             shutil.rmtree(self.ckpt_dir(k), ignore_errors=True)
@@ -388,6 +390,8 @@ class TrakStore:
     def forget_split(self, k: int, split: str) -> None:
         """Drop one split's features under checkpoint ``k`` and what was computed from them (the checkpoint's
         kernel, the store's score matrices), so that featurizing it again starts afresh."""
+        if not self.root.is_dir():
+            return
         with self.writing():
             files = [*self.split_files(k, split), self.gram_path(k), self.inverse_path(k), self.lambda_path(k)]
             scores = [self.root / p for p in self.record.files() if p.startswith("scores/")]

@@ -141,16 +141,15 @@ class TRAK:
         """Featurize under the store's lock, with the user's model put back afterwards; ``count`` (plain batches):
         the rows must add up to ``n``."""
         with self.store.writing(), restored(self.model):
-            rows = self.store.rows(split, n)
+            rows, rank, world = self.store.rows(split, n), dist.rank(), dist.world_size()
+            if rank == 0:  # first: a split of another size is refused before anything is written
+                rows.open()
             k = self.load_checkpoint(checkpoint, checkpoint_id)
             projector = self._projector(k)
             store = self.store.features(k, split, n, projector.dim)
-            rank, world = dist.rank(), dist.world_size()
-            if rank == 0:  # create the shared files, and fold in an interrupted job's per-rank flags
-                rows.open()
-                if world > 1:
-                    store.open()
-                    store.merge_ranks(world)
+            if rank == 0 and world > 1:  # create the shared files, and fold in an interrupted job's per-rank flags
+                store.open()
+                store.merge_ranks(world)
             dist.barrier()
             if rank > 0:
                 rows.open()
