@@ -187,3 +187,15 @@ def test_temporary_files_of_a_killed_writer_are_removed_when_the_lock_is_taken(t
     mine.write_text("kept")
     trak.featurize([(x, y)], split="train", n=30)
     assert not any(p.exists() for p in left) and mine.read_text() == "kept"
+
+
+@pytest.mark.parametrize("name,data", [("train_done.npy", b"\x93NUMPY\x01\x00"), ("train_q.npy", b"")])
+def test_damaged_flags_of_a_split_being_written_are_named(tmp_path, name, data):
+    model, x, y = _tiny()
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    trak.featurize_batches([(np.arange(10), x[:10], y[:10])], split="train", n=30)  # unrecorded until complete
+    path = tmp_path / "s" / "ckpt0" / name
+    path.write_bytes(data)
+    with pytest.raises(StoreError, match=f"{path} is damaged \\(not a valid .npy header") as e:
+        trak.featurize([(x, y)], split="train", n=30)
+    assert "\n" not in str(e.value)
