@@ -39,8 +39,8 @@ import torch
 from trakscope.io import write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder, checkpoint_key
+from trakscope.stages.ensemble import Runtime, trak_engine
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import Runtime, trak_engine
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,8 +30,9 @@ from trakscope.io import load_npy, save_npy, write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.models import build_model
 from trakscope.run_folder import RunFolder
+from trakscope.stages.ensemble import load_checkpoint
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import load_checkpoint, split_batches
+from trakscope.stages.run import split_batches
 from trakscope.train import architecture_only, load_trained
 
 

@@ -24,8 +24,8 @@ from trakscope.io import write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.models import build_model
 from trakscope.run_folder import RunFolder
+from trakscope.stages.ensemble import Runtime
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import Runtime
 from trakscope.stages.run import featurize as featurize_run
 from trakscope.train import architecture_only
 

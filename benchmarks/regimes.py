@@ -132,7 +132,7 @@ def early_checkpoint_aucs(run: RunFolder, noisy: np.ndarray) -> dict:
     network memorises), from the features the run stored: the issue's early-checkpoint detectors. They measured
     below their final-checkpoint counterparts in every regime, so they are benchmark extras, not product scorers."""
     from trakscope.run_folder import checkpoint_key
-    from trakscope.stages.run import Runtime, trak_engine
+    from trakscope.stages.ensemble import Runtime, trak_engine
 
     keys = [checkpoint_key(p) for p in run.checkpoint_paths()]
     first = {m: min(c for mm, c in keys if mm == m) for m, _ in keys}

@@ -20,8 +20,8 @@ import numpy as np
 
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
+from trakscope.stages.ensemble import Runtime, trak_engine
 from trakscope.stages.lds import subset_margins
-from trakscope.stages.run import Runtime, trak_engine
 
 
 def main() -> None:

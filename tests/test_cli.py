@@ -78,19 +78,27 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(os, "fsync", fsync_on_full_disk)
     assert main(FAKE_ARGS) == 1
     path = tmp_path / "run" / "config.json"
-    assert capsys.readouterr().err == f"trakscope inspect: error: cannot write {path}: No space left on device\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"trakscope inspect: error: cannot write {path}: No space left on device (")
+    assert err.endswith("; free space on that disk (or choose a folder on another disk), then rerun the same command; "
+                        "finished work is kept\n") and err.count("\n") == 1
     assert not list((tmp_path / "run").iterdir())  # no temporary file left
 
 
-@pytest.mark.parametrize("code", [errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM])
-def test_other_write_failures_are_one_line(monkeypatch, capsys, code):
+@pytest.mark.parametrize("code, advice", [(errno.EDQUOT, "free space within your quota"),
+                                         (errno.EFBIG, "raise the limit (ulimit -f unlimited)"),
+                                         (errno.EROFS, "the filesystem is mounted read-only"),
+                                         (errno.EACCES, "make /data/run writable (chmod u+w)"),
+                                         (errno.EPERM, "make /data/run writable (chmod u+w)")])
+def test_other_write_failures_are_one_line_saying_what_to_do(monkeypatch, capsys, code, advice):
     def fail(args):
         raise OSError(code, os.strerror(code), "/data/run/scores.npy")
 
     _fake_command(monkeypatch, fail)
     assert main(FAKE_ARGS) == 1
     err = capsys.readouterr().err
-    assert err == f"trakscope inspect: error: cannot write /data/run/scores.npy: {os.strerror(code)}\n"
+    assert err.startswith(f"trakscope inspect: error: cannot write /data/run/scores.npy: {os.strerror(code)}; ")
+    assert advice in err and err.count("\n") == 1
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):

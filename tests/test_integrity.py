@@ -17,7 +17,7 @@ from trakscope.cli import build_parser, main
 from trakscope.io import load_tensors, save_tensors
 from trakscope.manifest import Manifest, describe
 from trakscope.run_folder import RunError, RunFolder
-from trakscope.stages.run import checkpoint_damaged, load_checkpoint
+from trakscope.stages.ensemble import checkpoint_damaged, load_checkpoint
 
 from .conftest import TINY_RUN_ARGS
 

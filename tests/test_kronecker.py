@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trakscope.attribution.kronecker import KroneckerProjector
-from trakscope.attribution.projector import make_projector
+from trakscope.attribution.projectors import make_projector
 
 from .kron_reference import assert_blocks_match, reference_features
 

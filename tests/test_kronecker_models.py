@@ -19,7 +19,7 @@ from trakscope.attribution.fallback import FallbackLayer
 from trakscope.attribution.kronecker import KroneckerProjector
 from trakscope.attribution.norms import BatchNormActLayer
 from trakscope.attribution.output import Margin, margin
-from trakscope.attribution.projector import make_projector
+from trakscope.attribution.projectors import make_projector
 
 from .kron_reference import check_against_reference, loop_grads, reference_features
 

@@ -12,14 +12,14 @@ import torch
 
 from trakscope import precision
 from trakscope.attribution.kronecker import KroneckerProjector
-from trakscope.attribution.projector import make_projector
+from trakscope.attribution.projectors import make_projector
 from trakscope.attribution.store import StoreError
 from trakscope.attribution.trak import TRAK
 from trakscope.cli import main
 from trakscope.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig, _opt, _sub_from_dict
 from trakscope.data import load_dataset
 from trakscope.run_folder import RunFolder, fingerprint
-from trakscope.stages.run import load_checkpoint
+from trakscope.stages.ensemble import load_checkpoint
 from trakscope.train import load_trained, predict_logits, train_model
 
 from .test_kronecker import LAYERS, OneLayer, _inputs, _resnet

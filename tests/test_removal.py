@@ -179,7 +179,7 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert results["reference"]["worst_group_mean"] <= results["reference"]["mean"]
     # the full-data reference is ensemble member 0 (same seed, data and recipe), not a second identical training
     assert results["reference"]["source"] == ["ensemble member 0"]
-    assert removal.test_accuracy(RunFolder(run), None, results["reference"]["seeds"][0], progress=False) == \
+    assert removal.accuracy_on_test(RunFolder(run), None, results["reference"]["seeds"][0], progress=False) == \
         results["reference"]["test_acc"][0]
     assert (run / "removal" / "accuracy_vs_fraction.png").stat().st_size > 1000
 
@@ -187,7 +187,7 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     def no_training(*a, **k):
         raise AssertionError("retrained a cached job")
 
-    monkeypatch.setattr(removal, "test_correct", no_training)  # what every retrain calls
+    monkeypatch.setattr(removal, "correct_on_test", no_training)  # what every retrain calls
     assert main(args) == 0
     assert json.loads((run / "removal" / "results.json").read_text())["rows"] == results["rows"]
 
@@ -218,6 +218,7 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
 
     monkeypatch.setattr(removal_cmd, "run_removal", fake_run_removal)
     monkeypatch.setattr(removal_cmd, "removal_table", lambda summary: "")
+    monkeypatch.setattr(removal_cmd, "removal_png", lambda summary, path: None)
     assert main(["removal", "--run", str(run), "--no-progress", "--device", "cpu"]) == 0
     assert "cleanlab" not in seen["strategies"] and "negative" in seen["strategies"]
     assert "cleanlab strategy skipped" in capsys.readouterr().out

@@ -246,3 +246,62 @@ def test_report_of_a_real_tiny_run(tiny_run, tmp_path):
     pos = np.frombuffer(base64.b64decode(data["explorer"]["pos_idx"]), "<i4").reshape(scores.shape[1], 6)
     assert pos[0].tolist() == np.argsort(-scores[:, 0], kind="stable")[:6].tolist()
     assert len(data["splits"]["train"]["label"]) == scores.shape[0]
+
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}">')
+    return html[start:html.index("</section>", start)]
+
+
+def _report(run_dir: Path, capsys) -> tuple[int, str, list[str]]:
+    """``trakscope report`` on ``run_dir``: exit status, the page, and the lines written to stderr."""
+    from trakscope.cli import main
+
+    code = main(["report", "--run", str(run_dir)])
+    return code, (run_dir / "report/index.html").read_text(), capsys.readouterr().err.splitlines()
+
+
+def test_a_truncated_removal_result_is_named_in_its_section_with_the_command(synth_run, capsys):
+    results = synth_run / "removal/results.json"
+    results.write_bytes(results.read_bytes()[:200])
+    code, html, err = _report(synth_run, capsys)
+    sec = _section(html, "removal")
+    assert "removal/results.json is damaged" in sec and "No remove-and-retrain results" not in sec
+    assert f"<code>trakscope removal --run {synth_run}</code>" in sec
+    assert code != 0 and len(err) == 1
+    assert err[0].startswith("trakscope report: warning: removal/results.json is damaged (")
+    assert err[0].endswith(f"; remake it with `trakscope removal --run {synth_run}`, then rerun "
+                           f"`trakscope report --run {synth_run}`")
+    assert all('class="missing gap"' not in _section(html, s) for s in ("summary", "detection", "lds"))
+
+
+def test_a_deleted_detect_metrics_file_is_named_in_the_detection_section(synth_run, capsys):
+    (synth_run / "detect/metrics.json").unlink()
+    code, html, err = _report(synth_run, capsys)
+    sec = _section(html, "detection")
+    assert "detect/metrics.json is missing" in sec and f"<code>trakscope detect --run {synth_run}</code>" in sec
+    assert 'alt="detection curves"' in sec  # what ranking.csv still gives is shown
+    assert code != 0 and err == [f"trakscope report: warning: detect/metrics.json is missing; remake it with "
+                                 f"`trakscope detect --run {synth_run}`, then rerun "
+                                 f"`trakscope report --run {synth_run}`"]
+
+
+def test_deleted_thumbnails_are_named_where_the_images_were(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    for split in ("train", "test"):
+        (run_dir / f"data/thumbs_{split}.npy").unlink()
+    code, html, err = _report(run_dir, capsys)
+    assert page_data(html)["thumbs"] == {}
+    for split, sections_named in (("train", ("explorer", "suspects")), ("test", ("explorer",))):
+        for anchor in sections_named:
+            assert f"data/thumbs_{split}.npy is missing" in _section(html, anchor)
+        assert f"trakscope report: warning: data/thumbs_{split}.npy is missing; remake it with " \
+               f"`trakscope run --out {run_dir}`, then rerun `trakscope report --run {run_dir}`" in err
+    assert code != 0 and len(err) == 2
+    whole = tmp_path / "whole"  # the undamaged run: no warning, status 0
+    shutil.copytree(tiny_run, whole)
+    code, html, err = _report(whole, capsys)
+    assert code == 0 and err == [] and 'class="missing gap"' not in html and page_data(html)["thumbs"]

@@ -10,6 +10,7 @@ __version__ = "0.2.0"
 from .attribution.masks import dropconnect
 from .attribution.output import Margin, ModelOutput
 from .attribution.trak import TRAK
+from .config import SettingError
 from .methods.d3m import alignment_scores, auto_groups, group_losses
 from .methods.lds import ci95, lds, predicted_outputs, spearman_columns, subset_masks
 from .methods.metrics import average_precision, detection_metrics, recall_at_fraction, roc_auc
@@ -22,6 +23,7 @@ __all__ = [
     "SCORERS",
     "STRATEGIES",
     "TRAK",
+    "SettingError",
     "Margin",
     "ModelOutput",
     "ScorerInputs",

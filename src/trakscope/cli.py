@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__
 from .attribution.store import StoreError
 from .data import DataError
+from .io import WRITE_ERRNOS, DiskWriteError, disk_write_error
 from .models import WeightsError
 from .run_folder import RunError
 from .run_lock import command_lock
@@ -34,8 +35,6 @@ COMMANDS = ("run", "inspect", "detect", "removal", "export", "report", "lds")
 
 EXPECTED_ERRORS = (DataError, RunError, StoreError, WeightsError, ValueError, FileNotFoundError,
                    np.linalg.LinAlgError)
-# OSErrors that mean "this file cannot be written here": the user must free space or pick another place.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM})
 EXIT_INTERRUPT, EXIT_TERMINATED, EXIT_BROKEN_PIPE = 130, 128 + signal.SIGTERM, 128 + 13  # 13: SIGPIPE
 
 
@@ -100,14 +99,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _write_error(e: OSError) -> str:
-    """One line for an OSError of WRITE_ERRNOS, e.g. ``cannot write run/scores.npy: No space left on device``."""
+    """One line for an OSError of WRITE_ERRNOS: a :class:`~trakscope.io.DiskWriteError`'s own line (``cannot write
+    run/scores.npy: No space left on device (...); free space on that disk ...``), or ``cannot read FILE`` where
+    an unreadable file was being read."""
+    if isinstance(e, DiskWriteError):
+        return str(e)
     name = e.filename if e.filename is not None else e.filename2
-    reason = e.strerror or os.strerror(e.errno)
+    if name is not None and e.errno in (errno.EACCES, errno.EPERM) and os.path.isfile(name) and not os.access(
+            name, os.R_OK):
+        return f"cannot read {os.fsdecode(name)}: {e.strerror or os.strerror(e.errno)}; make it readable (chmod u+r)"
     if name is None:
-        return f"cannot write: {reason}"
-    verb = "read" if e.errno in (errno.EACCES, errno.EPERM) and os.path.isfile(name) and not os.access(
-        name, os.R_OK) else "write"
-    return f"cannot {verb} {os.fsdecode(name)}: {reason}"
+        return str(DiskWriteError(e.errno, e.strerror))
+    return str(disk_write_error(e, os.fsdecode(name)))
 
 
 def _quiet_stdout() -> None:

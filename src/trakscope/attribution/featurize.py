@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils import data as tud
-from tqdm.auto import tqdm
 
 from ..models.calling import Inputs, batch_size_of, inputs_to, split_batch
+from ..progress import progress_bar
 from .projector import GradientProjector
 from .store import SplitFeatures, SplitRows, StoreError
 
@@ -132,7 +132,7 @@ def featurize_into(
     """
     feats, done, q = store.open()
     written = np.zeros(store.n, dtype=bool)
-    bar = tqdm(total=int((~done).sum()), desc=desc, unit="ex", disable=not progress, leave=False)
+    bar = progress_bar(total=int((~done).sum()), desc=desc, unit="ex", disable=not progress, leave=False)
     for idx, inputs, labels in batches:
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from ..config import check_setting
+
 
 def check_masks(masks: int, p: float) -> None:
-    """Raise ValueError for a negative mask count or a drop fraction outside (0, 1)."""
-    if masks < 0:
-        raise ValueError(f"--masks must be 0 or more, got {masks}")
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"--mask-p must be between 0 and 1 (exclusive), got {p}")
+    """Raise SettingError for a negative mask count or a drop fraction outside (0, 1) (``--masks``' and
+    ``--mask-p``'s bounds)."""
+    check_setting("trak", "masks", masks)
+    check_setting("trak", "mask_p", p)
 
 
 def dropconnect(state: dict[str, torch.Tensor], p: float, seed: int) -> dict[str, torch.Tensor]:

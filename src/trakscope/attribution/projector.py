@@ -45,27 +45,3 @@ class GradientProjector(ABC):
     def __call__(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (a ``[b, ...]`` tensor, or a dict of them passed as ``model(**inputs)``), ``[b]`` labels
         -> (float32 ``[b, dim]`` features, ``[b, C]`` logits)."""
-
-
-def make_projector(name: str, model: nn.Module, proj_dim: int, seed: int, proj_type: str = "rademacher",
-                   kron_k: int = 16, output: ModelOutput | None = None, precision: str = "fp32") -> GradientProjector:
-    """The projector called ``name`` (``dense`` or ``kronecker``) for ``model``.
-
-    ``proj_type`` sets the dense projector's entries; ``kron_k`` the Kronecker projector's per-layer input and
-    output widths (each layer contributes ``kron_k ** 2`` features before the final map to ``proj_dim``);
-    ``output`` the function whose gradient is projected (the margin if None); ``precision`` ``fp32`` or ``bf16``
-    (the Kronecker projector's forward pass under bf16 autocast; the dense reference is fp32 only).
-    """
-    if precision != "fp32" and name != "kronecker":
-        raise ValueError(f"the {name} projector computes in fp32 only; use the kronecker projector for "
-                         f"{precision} featurization")
-    if name == "dense":
-        from .dense import DenseProjector
-
-        return DenseProjector(model, proj_dim, seed, proj_type=proj_type, output=output)
-    if name == "kronecker":
-        from .kronecker import KroneckerProjector
-
-        return KroneckerProjector(model, proj_dim, seed, k_in=kron_k, k_out=kron_k, output=output,
-                                  precision=precision)
-    raise ValueError(f"unknown projector {name!r}; choose dense or kronecker")

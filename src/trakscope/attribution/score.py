@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import check_setting
 from ..io import atomic_path, create_memmap
 
 
@@ -48,11 +49,11 @@ def regularized_inverse(xtx: np.ndarray, ridge: float) -> tuple[np.ndarray, floa
     """``((X^T X + lambda I)^-1, lambda)`` with ``lambda = ridge * mean(diag(X^T X))``, via Cholesky in float64.
 
     Raises:
+        SettingError: ``ridge`` is not > 0 (the bound of ``--ridge``).
         NonFiniteFeatures: ``xtx`` holds NaN or inf (the features do).
         numpy.linalg.LinAlgError: ``X^T X + lambda I`` is not positive definite (increase the ridge).
     """
-    if ridge < 0:
-        raise ValueError(f"ridge must be non-negative, got {ridge}")
+    check_setting("trak", "ridge", ridge)
     if not np.isfinite(xtx).all():
         raise NonFiniteFeatures()
     d = xtx.shape[0]

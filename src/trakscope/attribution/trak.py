@@ -39,7 +39,8 @@ from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, RowCount, check_fixed_order, featurize_into, numbered
 from .kronecker import widened_k
 from .output import Margin, ModelOutput
-from .projector import GradientProjector, make_projector
+from .projector import GradientProjector
+from .projectors import make_projector
 from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
 from .store import SplitFeatures, StoreError, TrakStore, score_record_path
 
@@ -71,6 +72,10 @@ class TRAK:
             projector only) or ``auto`` (bf16 where ``device`` does it in hardware); recorded in the store.
         channels_last: lay out the model and 4-d inputs channels-last (same features up to float rounding).
         overwrite: discard a store made with other settings, model or data instead of refusing it.
+
+    Raises:
+        SettingError: a setting outside the bounds of its :class:`~trakscope.config.TrakConfig` field (the same
+            as the command line's; e.g. ``ridge`` must be > 0).
     """
 
     def __init__(self, model: nn.Module, store: Path | str, *, projector: str = _DEFAULTS.projector,
@@ -78,11 +83,9 @@ class TRAK:
                  proj_type: str = _DEFAULTS.proj_type, ridge: float = _DEFAULTS.ridge, seed: int = _DEFAULTS.seed,
                  output: ModelOutput | None = None, device: torch.device | str = "cpu", progress: bool = True,
                  precision: str = "fp32", channels_last: bool = False, overwrite: bool = False):
-        if proj_dim < 0 or kron_k < 1 or (proj_dim == 0 and projector != "kronecker"):
-            raise ValueError(f"proj_dim must be positive (0 = the Kronecker projector's natural width) and kron_k "
-                             f"positive, got {proj_dim} and {kron_k}")
-        if ridge <= 0:
-            raise ValueError(f"ridge must be positive (it keeps X^T X + lambda I invertible), got {ridge}")
+        # the command line's own check and bounds (a SettingError naming the flag), before anything is made
+        TrakConfig(projector=projector, proj_dim=proj_dim, kron_k=kron_k, proj_type=proj_type, ridge=ridge, seed=seed,
+                   precision=precision)
         self.memory_format = memory_format(channels_last)
         self.model = model.to(device)
         if channels_last:  # otherwise the model keeps the layout it came with

@@ -2,8 +2,10 @@
 
 Names and numbers are checked while the command line is parsed, so a typo or a zero batch size is an
 argparse error naming the flag, before any data is prepared. A field's valid names come from its
-metadata (``_opt(..., choices=(...), prefixes=(...))``) or else from :data:`CHOICES`; its bounds from
-:data:`BOUNDS`.
+metadata (``_opt(..., choices=(...), prefixes=(...))``) or else from :data:`CHOICES`; its bounds from its
+``bound`` metadata, through :func:`trakscope.config.check_setting`: the one check that ``config.json`` and the
+``TRAK`` engine make too. Rules joining fields (``--noise`` with ``--canaries``) are checked when
+:func:`config_from_args` makes the sections.
 """
 
 from __future__ import annotations
@@ -11,59 +13,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig
+from ..config import SECTIONS, Bound, RunConfig, SettingError, check_number, check_setting, flag_name
 from ..data import CANARY_KINDS, DATASETS, NOISE_KINDS
 from ..models import MODELS, WEIGHTS
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "trak": TrakConfig}  # config.SECTIONS
-# Fields whose plain name would be ambiguous or unidiomatic on the command line.
-FLAG_NAMES = {
-    ("model", "name"): "--model",
-    ("data", "seed"): "--data-seed",
-    ("train", "seed"): "--train-seed",
-    ("trak", "seed"): "--proj-seed",
-    ("trak", "batch_size"): "--trak-batch-size",
-    ("trak", "precision"): "--trak-precision",
-}
-
-
-# Valid names of free-text fields whose config field carries no ``choices`` metadata (yet).
+# Valid names of free-text fields whose config field carries no ``choices`` metadata: their lists live in the
+# layers above the configuration (the data sources, the model families).
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dataset"): DATASETS,
     ("data", "noise_kind"): NOISE_KINDS,
     ("data", "canary_kind"): CANARY_KINDS,
     ("model", "name"): MODELS,
     ("model", "weights"): WEIGHTS,
-    ("trak", "projector"): ("kronecker", "dense"),
-    ("trak", "proj_type"): ("rademacher", "normal"),
 }
 # Prefixes that pass any name through to another model zoo (``--model timm:convnext_nano``).
 PREFIXES: dict[tuple[str, str], tuple[str, ...]] = {("model", "name"): ("hf:", "timm:", "torchvision:")}
-
-POSITIVE = (0, None, False)  # (lower bound, upper bound or None, lower bound allowed)
-NON_NEGATIVE = (0, None, True)
-FRACTION = (0, 1, True)  # [0, 1)
-OPEN_FRACTION = (0, 1, False)  # (0, 1)
-BOUNDS: dict[tuple[str, str], tuple[float, float | None, bool]] = {
-    **{("data", n): POSITIVE for n in ("num_classes", "image_size", "max_train", "max_test")},
-    **{("data", n): FRACTION for n in ("noise", "canaries", "val_fraction", "test_fraction")},
-    **{("train", n): POSITIVE for n in ("ensemble", "epochs", "batch_size", "checkpoints_per_model")},
-    **{("train", n): NON_NEGATIVE for n in ("lr", "weight_decay", "num_workers")},
-    ("train", "momentum"): OPEN_FRACTION,  # Nesterov SGD refuses momentum 0
-    **{("trak", n): POSITIVE for n in ("proj_dim", "kron_k", "batch_size")},
-    ("trak", "ridge"): NON_NEGATIVE,
-    **{(section, "seed"): NON_NEGATIVE for section in ("data", "train", "trak")},  # numpy refuses negative seeds
-}
-
-
-def _flag(section: str, name: str) -> str:
-    return FLAG_NAMES.get((section, name), "--" + name.replace("_", "-"))
 
 
 def _dest(section: str, name: str) -> str:
@@ -96,23 +65,49 @@ def name_parser(choices: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> Cal
     return parse
 
 
-def bounded(kind: type, bounds: tuple[float, float | None, bool]) -> Callable[[str], typing.Any]:
-    """An argparse ``type`` converting with ``kind`` and refusing values outside ``bounds`` (see BOUNDS)."""
-    low, high, low_ok = bounds
+def bounded(kind: type, bound: Bound) -> Callable[[str], typing.Any]:
+    """An argparse ``type`` converting with ``kind`` and refusing values outside ``bound``, for a flag that is not
+    a configuration field (``--threads``, ``--folds``); argparse names the flag."""
 
     def parse(text: str) -> typing.Any:
         value = kind(text)  # a ValueError becomes argparse's own "invalid int value: ..."
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if value < low or (value == low and not low_ok) or (high is not None and value >= high):
-            if high is not None:
-                rule = f"in {'[' if low_ok else '('}{low}, {high})"
-            else:
-                rule = f"{'>=' if low_ok else '>'} {low}"
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return value
+        try:
+            return check_number("", value, bound, whole=kind is int)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(e.rule) from None
 
     parse.__name__ = kind.__name__  # argparse names the type in its conversion error
+    return parse
+
+
+def bounded_list(kind: type, bound: Bound) -> Callable[[str], tuple]:
+    """An argparse ``type`` for comma-separated numbers (``0.05,0.1``), each converted with ``kind`` and within
+    ``bound``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        try:
+            return tuple(check_number("", v, bound, whole=kind is int) for v in values)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(f"each {e.rule}") from None
+
+    return parse
+
+
+def setting_parser(section: str, name: str, kind: type) -> Callable[[str], typing.Any]:
+    """An argparse ``type`` converting with ``kind``, then :func:`~trakscope.config.check_setting`."""
+
+    def parse(text: str) -> typing.Any:
+        value = kind(text)
+        try:
+            return check_setting(section, name, value)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(e.rule) from None
+
+    parse.__name__ = kind.__name__
     return parse
 
 
@@ -121,8 +116,8 @@ def _value_parser(section: str, f: dataclasses.Field, kind: type) -> Callable[[s
     choices = f.metadata.get("choices", CHOICES.get(key))
     if choices is not None:
         return name_parser(tuple(choices), tuple(f.metadata.get("prefixes", PREFIXES.get(key, ()))))
-    if key in BOUNDS:
-        return bounded(kind, BOUNDS[key])
+    if "bound" in f.metadata:
+        return setting_parser(section, f.name, kind)
     return kind
 
 
@@ -138,20 +133,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             kind, kw = _base_type(hints[f.name]), {"help": f.metadata["help"], "dest": _dest(section, f.name)}
             if kind is bool:
-                group.add_argument(_flag(section, f.name), action=argparse.BooleanOptionalAction, default=f.default,
+                group.add_argument(flag_name(section, f.name), action=argparse.BooleanOptionalAction, default=f.default,
                                    **kw)
             elif kind is tuple and f.metadata.get("paths"):  # files: space-separated, stored absolute
-                group.add_argument(_flag(section, f.name), default=f.default, metavar="FILE", nargs="+",
+                group.add_argument(flag_name(section, f.name), default=f.default, metavar="FILE", nargs="+",
                                    type=lambda s: str(Path(s).expanduser().resolve()), **kw)
             elif kind is tuple:
-                group.add_argument(_flag(section, f.name), default=f.default, metavar="A,B,...", type=_names, **kw)
+                group.add_argument(flag_name(section, f.name), default=f.default, metavar="A,B,...", type=_names, **kw)
             else:
-                group.add_argument(_flag(section, f.name), type=_value_parser(section, f, kind), default=f.default,
+                group.add_argument(flag_name(section, f.name), type=_value_parser(section, f, kind), default=f.default,
                                    metavar=f.name.upper(), **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig the flags describe."""
+    """The RunConfig the flags describe.
+
+    Raises:
+        SettingError: the flags break a rule joining two fields (each field alone was checked while parsing).
+    """
     parts = {}
     for section, cls in SECTIONS.items():
         values = {f.name: getattr(args, _dest(section, f.name)) for f in dataclasses.fields(cls)}

@@ -7,8 +7,9 @@ import argparse
 import torch
 
 from .. import dist
-from ..stages.run import Runtime
-from ._config_args import POSITIVE, bounded
+from ..config import POSITIVE
+from ..stages.ensemble import Runtime
+from ._config_args import bounded
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

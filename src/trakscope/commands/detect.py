@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 from .. import dist
+from ..config import Bound
 from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
-from ..stages.table_files import FORMATS
+from ..table_files import FORMATS
+from ._config_args import bounded
 from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
 HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="D3M validation groups: one per class, Auto-D3M (2 PCA pseudo-groups per class), or a "
                              "CSV with a `group` column and `source_id` or `index` (val rows; test rows too, with "
                              "`split`=test or by source_id, for worst-group accuracy in `removal --groups`)")
-    parser.add_argument("--folds", type=int, default=3,
+    parser.add_argument("--folds", type=bounded(int, Bound(2)), default=3,  # k-fold needs two folds at least
                         help="k of the k-fold cross-validated training that feeds cleanlab")
     parser.add_argument("--no-cleanlab", action="store_true",
                         help="skip the cleanlab baseline (it retrains k models)")
@@ -36,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
     folds = None if args.no_cleanlab else args.folds
-    if folds is not None and folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {folds}")
     det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress,
                                  fmt=args.fmt)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all

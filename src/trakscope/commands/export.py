@@ -8,7 +8,7 @@ from pathlib import Path
 from ..methods import registry
 from ..run_folder import RunFolder
 from ..stages.export import export_lists
-from ..stages.table_files import FORMATS
+from ..table_files import FORMATS
 
 HELP = "write the keep-list and the removed list (with reasons) of a removal strategy as CSV or Parquet"
 LOCK = "shared"  # reads stage outputs, writes only its own file: beside other readers (trakscope.run_lock)

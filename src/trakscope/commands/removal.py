@@ -5,24 +5,20 @@ from __future__ import annotations
 import argparse
 
 from .. import dist
+from ..config import FRACTION, POSITIVE
 from ..methods import registry
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS
+from ..report.plots import removal_png
 from ..report.tables import removal_table
 from ..run_folder import RunFolder
 from ..stages.detect import load_ranking
 from ..stages.removal import run_removal
+from ._config_args import bounded, bounded_list
 from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
 HELP = "remove-and-retrain: test accuracy after removing each strategy's top examples (needs `trakscope detect`)"
 LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_lock)
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -31,11 +27,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run folder with detect/ranking.csv")
-    parser.add_argument("--fractions", type=_floats, default=DEFAULT_FRACTIONS,
+    parser.add_argument("--fractions", type=bounded_list(float, FRACTION), default=DEFAULT_FRACTIONS,
                         help="comma-separated fractions of the training split to remove")
     parser.add_argument("--strategies", type=_names, default=DEFAULT_STRATEGIES,
                         help=f"comma-separated strategies; {registry.strategy_help()}")
-    parser.add_argument("--seeds", type=int, default=3, help="retrains per (strategy, fraction), seeds train.seed + s")
+    parser.add_argument("--seeds", type=bounded(int, POSITIVE), default=3,
+                        help="retrains per (strategy, fraction), seeds train.seed + s")
     parser.add_argument("--groups", default="classes", metavar="classes|FILE",
                         help="test groups of the worst-group accuracy: the classes (worst-class accuracy), or the "
                              "groups CSV given to `detect --groups` with rows for the test examples too")
@@ -45,10 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     strategies = tuple(registry.strategy(s).name for s in args.strategies)  # unknown names fail first
-    if any(not 0.0 <= f < 1.0 for f in args.fractions):
-        raise ValueError(f"--fractions must each be in [0, 1), got {args.fractions}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
     if "cleanlab" in strategies and args.strategies is DEFAULT_STRATEGIES:
@@ -60,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=rt.progress, groups=args.groups)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all
         return 0
+    removal_png(summary, run_folder.removal_plot_path)
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))

@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from torch import nn
+
 from .. import dist
-from ..attribution.masks import check_masks
 from ..config import RunConfig
 from ..data import load_dataset
-from ..models import build_model, resolve_config
+from ..models import WeightsError, build_model, resolve_config
+from ..models.weights import check_state_file
 from ..precision import resolve_run_precision
 from ..run_folder import RunError, RunFolder
 from ..run_lock import hold
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # every setting within its bounds (trakscope.config), before anything is touched
     existing = RunFolder(args.out)
     if cfg == RunConfig() and existing.config_path.is_file() and not args.overwrite:
         cfg = existing.config  # no settings given: resume the folder with the ones it was made with
@@ -40,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
     cfg = resolve_run_precision(cfg, rt.device)  # auto made concrete for this device; bf16 checked against it
     cfg = absolute_data_root(cfg, existing)
-    check_masks(cfg.trak.masks, cfg.trak.mask_p)
-    # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
+    # A typo (class name, model, weights) or a checkpoint that is not of --model fails here, before the run folder
+    # is made, cleared by --overwrite, or anything trains.
     dataset = load_dataset(cfg.data)
-    build_model(cfg.model, len(dataset.classes), classes=dataset.classes)
+    model = build_model(cfg.model, len(dataset.classes), classes=dataset.classes)
+    check_checkpoint_sources(cfg, model, len(dataset.classes), existing, args.overwrite)
     run_folder = RunFolder(args.out)
     if dist.rank() == 0:
         run_folder.path.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,25 @@ def run(args: argparse.Namespace) -> int:
         if dist.rank() == 0:
             _summary(run_folder)
     return 0
+
+
+def check_checkpoint_sources(cfg: RunConfig, model: nn.Module, num_classes: int, run_folder: RunFolder,
+                             overwrite: bool) -> None:
+    """Open every ``--checkpoints`` file this run will import and match its names and shapes to ``model`` (built from
+    ``--model`` for ``num_classes``): all of them for a new or overwritten folder, else those whose member was not
+    imported yet. Only safetensors headers are read (a torch file is loaded with ``weights_only``).
+
+    Raises:
+        WeightsError: naming the file: absent, not a state-dict file, or of another architecture.
+    """
+    sources = cfg.model.checkpoints or ()
+    if not overwrite and run_folder.config_path.is_file():  # a resumed folder reads only what it lacks
+        sources = [s for m, s in enumerate(sources) if not run_folder.checkpoint_path(m, 0).exists()]
+    for source in sources:
+        try:
+            check_state_file(model, source, f"--model {cfg.model.name} with {num_classes} classes")
+        except WeightsError as e:
+            raise WeightsError(f"--checkpoints: {e}") from e
 
 
 def absolute_data_root(cfg: RunConfig, run_folder: RunFolder) -> RunConfig:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
+from .builtin import load_digits, load_mnist
+from .files import load_food101, load_hf_parquet, load_imagefolder
 from .images import (
     DataError,
     Dataset,
@@ -63,21 +65,13 @@ DATASETS = ("mnist", "digits", "food101", "imagefolder", "hf-parquet")
 def _load_source(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit | None]:
     """``(classes, train_pool, test_pool or None)`` from the named source."""
     if cfg.dataset in ("mnist", "digits"):
-        from .builtin import load_digits, load_mnist
-
         classes, pool = (load_mnist if cfg.dataset == "mnist" else load_digits)(cfg.image_size)
         return (*_select_builtin_classes(classes, pool, cfg), None)
     if cfg.dataset == "food101":
-        from .files import load_food101
-
         return load_food101(cfg)
     if cfg.dataset == "imagefolder":
-        from .files import load_imagefolder
-
         return load_imagefolder(cfg)
     if cfg.dataset == "hf-parquet":
-        from .files import load_hf_parquet
-
         return load_hf_parquet(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
 

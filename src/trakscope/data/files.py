@@ -324,7 +324,7 @@ def load_hf_parquet(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit 
     (about 50 kB per Food-101 image) and decoded on demand. ``source_id`` is ``<file>#<row>``.
     """
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: pyarrow is optional (the hf extra), only for hf-parquet
     except ImportError:
         raise DataError("hf-parquet needs pyarrow: pip install 'trakscope[hf]'") from None
     root = _data_root(cfg, HF_PARQUET_LAYOUT)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..config import check_setting
+
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into ``(rest, held_out)`` with ``fraction`` of every class held out.
@@ -125,8 +127,7 @@ def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
     Returns:
         ``(labels_with_canaries, canary)``: int64 ``[n]`` and bool ``[n]`` (exactly ``round(rate * n)`` True).
     """
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"canary rate must be in [0, 1), got {rate}")
+    check_setting("data", "canaries", rate)  # --canaries' bound
     labels = np.asarray(labels, dtype=np.int64)
     free = np.flatnonzero(~np.asarray(exclude, dtype=bool)) if exclude is not None else np.arange(len(labels))
     n = int(round(rate * len(labels)))

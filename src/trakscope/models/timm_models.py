@@ -20,7 +20,7 @@ class TimmModels(ModelFamily):
     """timm models; timm itself replaces the classifier of pretrained weights for ``num_classes``."""
 
     def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
-        import timm
+        import timm  # lazy: timm is optional (the hf extra) and slow to import
 
         if not timm.is_model(spec):
             raise ValueError(f"unknown timm model {spec!r} (see timm.list_models())")
@@ -30,7 +30,7 @@ class TimmModels(ModelFamily):
         return timm.create_model(spec, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
 
     def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
-        from timm.models import get_pretrained_cfg
+        from timm.models import get_pretrained_cfg  # lazy: timm is optional (the hf extra)
 
         pretrained = get_pretrained_cfg(spec)
         if pretrained is None:
@@ -44,7 +44,7 @@ def local_weights_file(spec: str) -> Path:
     Raises:
         WeightsError: neither cache has them; the message names both places and ``--download``.
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, hf_hub_download  # lazy: optional (the hf extra), only for weights
     from huggingface_hub.utils import LocalEntryNotFoundError  # also where older huggingface_hub versions have it
     from timm.models import get_pretrained_cfg
 

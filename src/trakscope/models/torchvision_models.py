@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..progress import on_terminal
 from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained
 from .weights import load_fitting
 
@@ -23,7 +24,7 @@ class TorchvisionModels(ModelFamily):
     """torchvision classification (and other) model builders, by the name ``torchvision.models`` lists."""
 
     def network(self, spec: str, cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None) -> nn.Module:
-        from torchvision import models
+        from torchvision import models  # lazy: the model zoo is slow to import; only torchvision:<name> needs it
 
         try:
             builder = models.get_model_builder(spec)
@@ -50,7 +51,7 @@ class TorchvisionModels(ModelFamily):
 
 def default_weights(spec: str) -> Any | None:
     """The builder's ``DEFAULT`` weights enum member, or None where it has no weights."""
-    from torchvision import models
+    from torchvision import models  # lazy: the model zoo is slow to import; only torchvision:<name> needs it
 
     try:
         return models.get_model_weights(spec).DEFAULT
@@ -68,7 +69,7 @@ def pretrained_state(spec: str, weights: Any, download: bool) -> dict[str, torch
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     if download:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=on_terminal(), check_hash=True)  # no bar garbling a log
     raise WeightsError(
         f"torchvision:{spec}: pretrained weights {weights} not found at {path}. Copy {path.name} there, or add "
         "--download to let torchvision fetch it, or pass --weights-path FILE, or use --weights random"

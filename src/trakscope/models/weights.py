@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -24,19 +26,67 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a file that is not a plain state dict
-        raise WeightsError(f"cannot read {path} as a state dict (weights_only): {one_line(e)}") from e
+        raise WeightsError(f"cannot read {path} as a state dict (weights_only): {_torch_reason(e)}; save weights "
+                           "with safetensors or torch.save(model.state_dict())") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
     return state
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` found wrong, without its advice to load unsafely: the part after
+    ``WeightsUnpickler error:`` where there is one (``Unsupported operand 109`` for a text file)."""
+    text = str(error)
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    if not found:
+        return one_line(text)
+    return one_line(reason.strip().split("\n\n")[0].split(". ")[0])
+
+
+def state_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a state-dict file: from a ``.safetensors`` header alone (no tensor is read;
+    the header is checked to cover the whole file), or from a torch file read with ``weights_only``.
+
+    Raises:
+        WeightsError: the file is absent, is not a whole safetensors file (text, cut short), or holds no state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in read_state_file(path).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({one_line(e)})") from e
+
+
+def check_state_file(model: nn.Module, path: str | Path, described: str) -> None:
+    """Refuse a state-dict file that would not load strictly into ``model``: the same names (a missing BatchNorm
+    ``num_batches_tracked`` aside, as ``load_state_dict`` allows) and shapes, read from the file's header.
+
+    Args:
+        described: the model in words for the message, e.g. ``--model tiny_cnn with 10 classes``.
+
+    Raises:
+        WeightsError: one line naming the file and the first names that differ.
+    """
+    theirs = state_shapes(path)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in theirs and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in theirs if k not in own]
+    reshaped = [f"{k} {list(theirs[k])} (model {list(own[k])})" for k in theirs if k in own and theirs[k] != own[k]]
+    if missing or unexpected or reshaped:
+        raise WeightsError(f"{path} does not fit {described}: missing {_few(missing)}, unexpected {_few(unexpected)}, "
+                           f"other shape {_few(reshaped)}; give checkpoints of that architecture")
 
 
 def head_prefix(model: nn.Module) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from ..io import atomic_path, read_json
 from ..run_folder import RunFolder
 from . import payload, sections
+from .inputs import Gap, ReportInputs
 from .sections import esc
 from .sprites import sprite_sheets
 
@@ -30,28 +31,36 @@ def _static(name: str) -> str:
     return resources.files("trakscope.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def build_data(run: RunFolder, k: int = DEFAULT_K) -> dict[str, Any]:
-    """Everything the page's script needs: classes, labels, thumbnails, top-k attributions, suspects."""
+def build_data(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None = None) -> dict[str, Any]:
+    """Everything the page's script needs: classes, labels, thumbnails, top-k attributions, suspects.
+
+    A missing or damaged thumbnail, probability, score or ranking file is left out and noted in ``inputs``.
+    """
+    inputs = inputs if inputs is not None else ReportInputs(run)
     data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {}}
     for split in ("train", "test"):
-        data["splits"][split] = payload.split_table(run, split)
-        if run.thumbs_path(split).exists():
-            data["thumbs"][split] = sprite_sheets(run.thumbs(split))
-    data["explorer"] = payload.explorer_payload(run, k)
-    data["suspects"] = payload.read_ranking(run)
+        shown_in = ("explorer", "suspects") if split == "train" else ("explorer",)
+        probs = inputs.read(shown_in, run.probs_path(split), lambda s=split: run.probs(s))
+        data["splits"][split] = payload.split_table(run, split, probs)
+        sheets = inputs.read(shown_in, run.thumbs_path(split), lambda s=split: sprite_sheets(run.thumbs(s)))
+        if sheets is not None:
+            data["thumbs"][split] = sheets
+    data["explorer"] = inputs.read("explorer", run.scores_path("test"), lambda: payload.explorer_payload(run, k))
+    data["suspects"] = inputs.read(("suspects", "detection"), run.ranking_path, lambda: payload.read_ranking(run))
     return data
 
 
-def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
+def summary_section(run: RunFolder, data: dict[str, Any], inputs: ReportInputs) -> str:
     """Cards with dataset, classes, sizes, planted noise, model, ensemble accuracy, TRAK settings, timings."""
     cfg = run.config
     sizes = {s: data["splits"][s]["n"] for s in ("train", "test")}
     if run.table_path("val").exists():
         sizes["val"] = len(run.table("val")["index"])
     noisy = int(np.sum(data["splits"]["train"]["noisy"]))
-    metrics = run.optional_result(run.metrics_path, "model_metrics")
+    metrics = inputs.result("summary", run.metrics_path, "model_metrics")
     acc = metrics["ensemble"] if metrics else {}
-    n_ckpt = read_json(run.scores_meta_path).get("checkpoints") if run.scores_meta_path.exists() else None
+    meta = inputs.read("summary", run.scores_meta_path, lambda: dict(read_json(run.scores_meta_path)))
+    n_ckpt = meta.get("checkpoints") if meta else None
     timings = run.timings()
     cards = [
         ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
@@ -71,7 +80,7 @@ def summary_section(run: RunFolder, data: dict[str, Any]) -> str:
     html_cards = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div>'
                          f'<div class="s">{esc(s)}</div></div>' for k, v, s in cards)
     detail = sections.table(["stage", "seconds"], timings.items(), "kv") if timings else ""
-    return (f'<section id="summary"><div class="cards">{html_cards}</div>'
+    return (f'<section id="summary">{inputs.notes("summary")}<div class="cards">{html_cards}</div>'
             f'<details><summary>all settings and timings</summary>{sections.key_value_table(cfg.to_dict())}{detail}'
             "</details></section>")
 
@@ -89,31 +98,43 @@ def _class_list(classes: list[str], n: int = 12) -> str:
     return ", ".join(classes[:n]) + (" …" if len(classes) > n else "")
 
 
-def render(run: RunFolder, k: int = DEFAULT_K) -> str:
-    """The whole page as a string."""
-    data = build_data(run, k)
+def render(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None = None) -> str:
+    """The whole page as a string; every missing or damaged input is noted in ``inputs`` and on the page."""
+    inputs = inputs if inputs is not None else ReportInputs(run)
+    data = build_data(run, k, inputs)
     run_dir = str(run.path)
     noisy = np.asarray(data["splits"]["train"]["noisy"], dtype=bool)
     ranking = data["suspects"]
+    detect_metrics = inputs.result("detection", run.detect_metrics_path, "detect_metrics")
+    removal = inputs.result("removal", run.removal_results_path, "removal_results")
+    lds = payload.lds_results(run, inputs)
+    summary = summary_section(run, data, inputs)
     body = [
-        summary_section(run, data),
-        sections.section("explorer", "Explorer", _explorer_shell(data, run_dir),
-                         "Pick a test example: beside it are the training examples with the highest and lowest "
-                         "TRAK scores, i.e. those that most raise (positive) or lower (negative) the model's margin "
-                         "for the example's label."),
-        sections.section("suspects", "Suspects", _suspects_shell(data, run_dir),
-                         "Training examples most likely mislabeled, most suspicious first."),
-        sections.section("detection", "Detection quality",
-                         sections.detection_section(
-                             run.optional_result(run.detect_metrics_path, "detect_metrics"), ranking, noisy, run_dir),
-                         "How quickly each scorer's order finds the labels flipped on purpose."),
-        sections.section("removal", "Removal", sections.removal_section(
-            run.optional_result(run.removal_results_path, "removal_results"), run_dir),
-            "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?"),
-        sections.section("lds", "Linear datamodeling score", sections.lds_section(*payload.lds_results(run), run_dir),
-                         "How well the scores predict the margins of models retrained on random half-size subsets."),
+        summary,
+        _section(inputs, "explorer", "Explorer", _explorer_shell(data, run_dir),
+                 "Pick a test example: beside it are the training examples with the highest and lowest TRAK scores, "
+                 "i.e. those that most raise (positive) or lower (negative) the model's margin for the example's "
+                 "label.", (run.scores_path("test"),)),
+        _section(inputs, "suspects", "Suspects", _suspects_shell(data, run_dir),
+                 "Training examples most likely mislabeled, most suspicious first.", (run.ranking_path,)),
+        _section(inputs, "detection", "Detection quality",
+                 sections.detection_section(detect_metrics, ranking, noisy, run_dir),
+                 "How quickly each scorer's order finds the labels flipped on purpose.",
+                 (run.ranking_path, run.detect_metrics_path)),
+        _section(inputs, "removal", "Removal", sections.removal_section(removal, run_dir),
+                 "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?",
+                 (run.removal_results_path,)),
+        _section(inputs, "lds", "Linear datamodeling score", sections.lds_section(*lds, run_dir),
+                 "How well the scores predict the margins of models retrained on random half-size subsets.",
+                 tuple(run.lds_results())),
     ]
     return _page(run, "".join(body), payload.embed_json(data))
+
+
+def _section(inputs: ReportInputs, anchor: str, title: str, body: str, lead: str, primary: tuple[Path, ...]) -> str:
+    """A section with its gaps first; without its "not produced yet" note where its main inputs were lost."""
+    return sections.section(anchor, title, inputs.notes(anchor) + ("" if inputs.lost(anchor, primary) else body),
+                            lead)
 
 
 def _explorer_shell(data: dict[str, Any], run_dir: str) -> str:
@@ -152,13 +173,23 @@ def _page(run: RunFolder, body: str, data_json: str) -> str:
 
 
 def write_report(run_dir: Path | str, k: int = DEFAULT_K) -> Path:
-    """Build ``<run_dir>/report/index.html`` (atomically) and return its path."""
+    """Build ``<run_dir>/report/index.html`` (atomically) and return its path (:func:`build_report` without gaps)."""
+    return build_report(run_dir, k)[0]
+
+
+def build_report(run_dir: Path | str, k: int = DEFAULT_K) -> tuple[Path, list[Gap]]:
+    """Build ``<run_dir>/report/index.html`` (atomically).
+
+    Returns:
+        Its path, and every input that is missing or damaged (each named on the page in its section).
+    """
     run = RunFolder(run_dir)
-    page = render(run, k)
+    inputs = ReportInputs(run)
+    page = render(run, k, inputs)
     out = run.report_path
     with atomic_path(out, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
-    return out
+    return out, inputs.all_gaps()
 
 
-__all__ = ["DEFAULT_K", "build_data", "render", "write_report"]
+__all__ = ["DEFAULT_K", "build_data", "build_report", "render", "write_report"]

@@ -16,6 +16,7 @@ from ..io import read_csv
 from ..methods import registry
 from ..methods.topk import top_k
 from ..run_folder import RunFolder
+from .inputs import ReportInputs
 
 
 def b64(array: np.ndarray) -> str:
@@ -24,8 +25,9 @@ def b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=kind).tobytes()).decode("ascii")
 
 
-def split_table(run: RunFolder, split: str) -> dict[str, Any]:
-    """Labels of one split, plus the ensemble's prediction and confidence when ``models/probs_<split>.npy`` exists."""
+def split_table(run: RunFolder, split: str, probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Labels of one split, plus the ensemble's prediction and confidence from ``probs`` float ``[n, C]``
+    (``models/probs_<split>.npy``) when given."""
     t = run.table(split)
     out: dict[str, Any] = {
         "n": int(len(t["index"])),
@@ -34,8 +36,7 @@ def split_table(run: RunFolder, split: str) -> dict[str, Any]:
         "noisy": t["noisy"].tolist(),
         "source_id": [str(s) for s in t["source_id"]],
     }
-    if run.probs_path(split).exists():
-        probs = run.probs(split)
+    if probs is not None:
         out["pred"] = probs.argmax(axis=1).tolist()
         out["conf"] = [round(float(p), 3) for p in probs.max(axis=1)]
     return out
@@ -73,17 +74,19 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
             "predicted": predicted, "descriptions": {n: registry.SCORERS[n].description for n in scorers}}
 
 
-def lds_results(run: RunFolder) -> tuple[list[tuple[str, Any]], np.ndarray | None]:
-    """Every LDS result as ``(file name, result)`` (``lds.json`` first), and the per-target Spearman of ``lds.json``.
+def lds_results(run: RunFolder, inputs: ReportInputs) -> tuple[list[tuple[str, Any]], np.ndarray | None]:
+    """Every LDS result as ``(file name, result)`` (``lds.json`` first), and the per-target Spearman of ``lds.json``;
+    a missing or damaged one is a gap of the ``lds`` section in ``inputs``.
 
     Returns:
         The results and float ``[n_targets]`` correlations (NaN = undefined), or None without ``lds.json``.
     """
-    results = [(run.relative(p), run.optional_result(p, "lds")) for p in run.lds_results()]
+    results = [(run.relative(p), inputs.result("lds", p, "lds")) for p in run.lds_results()]
     per_target = None
     csv_path = run.lds_per_target_path(run.lds_path)
-    if results[0][1] is not None and csv_path.exists():
-        per_target = np.array([float(r["spearman"]) if r["spearman"] else np.nan for r in read_csv(csv_path)])
+    if results[0][1] is not None:
+        per_target = inputs.read("lds", csv_path, lambda: np.array(
+            [float(r["spearman"]) if r["spearman"] else np.nan for r in read_csv(csv_path)]))
     return [(n, r) for n, r in results if r is not None], per_target
 
 

@@ -13,6 +13,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..io import atomic_path
+
 RC = {"svg.fonttype": "none", "svg.hashsalt": "trakscope", "font.family": "sans-serif", "font.size": 9}
 MAX_POINTS = 400  # per curve
 PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
@@ -110,8 +112,6 @@ def removal_series(results: Mapping) -> tuple[dict[str, list[tuple[float, float,
 
 def removal_png(results: Mapping, path) -> None:
     """``removal/accuracy_vs_fraction.png``: the report's removal chart, as a PNG file (atomically)."""
-    from ..io import atomic_path
-
     series, reference = removal_series(results)
     with matplotlib.rc_context(RC):
         fig = _removal_figure(series, reference, str(results.get("metric", "test accuracy")),

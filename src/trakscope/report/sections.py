@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..run_folder import RunFolder
 from . import plots
 
 
@@ -37,11 +38,15 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def missing(command: str, run_dir: str, what: str) -> str:
     """A note saying which command (``"trakscope detect"``) produces a missing section, as a complete command line."""
-    from ..run_folder import RunFolder
-
     folder = RunFolder(run_dir)
     return (f'<p class="missing">No {esc(what)} in this run yet. Produce it with <code>{esc(folder.command(command))}'
             f"</code>, then rerun <code>{esc(folder.command('report'))}</code>.</p>")
+
+
+def gap_note(gap: Any) -> str:
+    """A note where an input of the section is missing or damaged (a :class:`~trakscope.report.inputs.Gap`)."""
+    return (f'<p class="missing gap"><b>{esc(gap.file)} is {esc(gap.problem)}.</b> Remake it with '
+            f"<code>{esc(gap.command)}</code>, then rerun <code>{esc(gap.report)}</code>.</p>")
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:

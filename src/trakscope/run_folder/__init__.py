@@ -1,7 +1,8 @@
 """The run folder: the one owner of where every stage's inputs and outputs live, and of how they are read.
 
-Every path of a run folder is named in this module and nowhere else (:data:`LAYOUT` lists them, and
-``docs/run-folder.md`` is generated from it). Stages, the report and the benchmarks ask a :class:`RunFolder`
+Every path of a run folder is named in :mod:`.layout` (:data:`LAYOUT` lists them, and ``docs/run-folder.md`` is
+generated from it), except the files inside the TRAK store (``features/``), which :mod:`trakscope.attribution.store`
+names; no other module names them. Stages, the report and the benchmarks ask a :class:`RunFolder`
 for paths and typed records; JSON results carry ``format`` (:data:`FORMAT`) and ``kind``, so a folder written
 by another version of trakscope gets one clear message instead of a guess.
 """
@@ -21,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from .. import dist
+from ..attribution.store import TrakStore
 from ..config import RunConfig, config_diff, fingerprint_dict
+from ..data import dataset_fingerprint, describe_change, load_dataset
 from ..io import load_npy, read_csv, read_json, write_csv, write_json
 from ..manifest import Manifest, describe, path_patterns, problem
 from .layout import (
@@ -101,8 +104,6 @@ class RunFolder(Layout):
         own files, then the folders this leaves empty; a user's ``data/important.csv`` stays. In a folder from
         before manifests: everything under :data:`OWNED`.
         """
-        from ..attribution.store import TrakStore
-
         manifest = Manifest(self.manifest_path)
         if not manifest.exists():
             for name in OWNED:
@@ -274,8 +275,6 @@ class RunFolder(Layout):
             RunError: the rebuilt data differs from what ``trakscope run`` recorded (``data/fingerprint.json``).
         """
         if self._dataset is None:
-            from ..data import load_dataset
-
             dataset = load_dataset(self.data_config)
             self.check_data(dataset)
             self._dataset = dataset
@@ -283,8 +282,6 @@ class RunFolder(Layout):
 
     def record_data(self, dataset) -> None:
         """Write ``data/fingerprint.json`` of ``dataset`` (once), or check it against the recorded one; cache it."""
-        from ..data import dataset_fingerprint
-
         if self.data_fingerprint_path.exists():
             self.check_data(dataset)
         else:
@@ -298,8 +295,6 @@ class RunFolder(Layout):
         Raises:
             RunError: one line naming the split that changed, how, and the command to rerun.
         """
-        from ..data import dataset_fingerprint, describe_change
-
         if not self.data_fingerprint_path.exists():
             return
         recorded = self._json(self.data_fingerprint_path).get("splits", {})

@@ -19,9 +19,10 @@ from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
 from ..methods.scorers import cleanlab_quality, resolve_groups
 from ..run_folder import RunFolder
+from ..table_files import FORMATS, write_parquet
 from .canaries import canary_mask
+from .crossval import out_of_sample_probs
 from .groups import read_groups
-from .table_files import FORMATS, write_parquet
 
 RECALL_FRACTIONS = (0.05, 0.10, 0.20)
 
@@ -46,8 +47,6 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
                   "canary": canary_mask(run, len(train["index"]))}
     oos = None
     if cleanlab_folds is not None:
-        from .crossval import out_of_sample_probs
-
         t0 = time.perf_counter()
         oos = out_of_sample_probs(run, cleanlab_folds, device=device, progress=progress)
         if dist.rank() == 0:

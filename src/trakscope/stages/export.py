@@ -10,9 +10,9 @@ import numpy as np
 from ..methods import registry
 from ..methods.removal import removal_reason, select_removed
 from ..run_folder import RunFolder
+from ..table_files import FORMATS, write_rows
 from .canaries import canary_mask
 from .detect import ground_truth, load_ranking, truth_columns
-from .table_files import FORMATS, write_rows
 
 KEEP_COLUMNS = ["index", "source_id", "label", "label_name"]
 REMOVED_COLUMNS = [*KEEP_COLUMNS, "ground_truth", "true_label", "true_label_name", "noisy", "reason"]

@@ -8,6 +8,7 @@ test rows are optional, and when every test example has one, removal reports wor
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,11 @@ def read_groups(run: RunFolder, path: Path | str) -> tuple[np.ndarray, np.ndarra
     path = Path(path)
     if not path.is_file():
         raise GroupsError(f"--groups {path}: no such file (give classes, auto, or a CSV with a group column)")
-    rows = read_csv(path)
+    try:
+        rows = read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as e:  # a binary file, or not CSV at all
+        raise GroupsError(f"--groups {path} is not a text CSV file ({type(e).__name__}: {e}); give a CSV with a "
+                          "group column and an index or source_id column") from e
     if not rows or "group" not in rows[0] or not ({"index", "source_id"} & set(rows[0])):
         raise GroupsError(f"{path} needs a `group` column and an `index` or `source_id` column")
     found = {split: _row_positions(run, split, rows, path) for split in SPLITS}

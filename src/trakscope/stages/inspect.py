@@ -19,6 +19,7 @@ from ..data.images import decode_image, normalize_uint8
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
 from .detect import ground_truth
+from .ensemble import Runtime, engine_checkpoints, engine_state, ensemble_predict, trak_engine
 
 
 @dataclass
@@ -109,27 +110,9 @@ def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> n
     Args:
         x: float ``[b, 3, S, S]`` normalised like the run's batches; labels: int64 ``[b]``.
     """
-    from .run import Runtime, engine_checkpoints, engine_state, trak_engine
-
     trak = trak_engine(run, Runtime(progress=False))
     states = [engine_state(run, p, mask) for p, mask in engine_checkpoints(run)]
     return trak.score_inputs(x, labels, states)
-
-
-def ensemble_predict(run: RunFolder, x: torch.Tensor) -> np.ndarray:
-    """float64 ``[b, C]`` mean softmax of the final model of every ensemble member (like ``models/probs_*``)."""
-    from ..models.calling import call_model
-    from ..train import load_trained
-    from .run import final_checkpoints, load_checkpoint
-
-    probs = 0.0
-    finals = final_checkpoints(run)
-    for path in finals:
-        net = load_trained(run.config.model, len(run.classes), load_checkpoint(run, path))
-        with torch.no_grad():
-            logits = call_model(net, x).double()
-        probs = probs + torch.softmax(logits, 1).numpy() / len(finals)
-    return probs
 
 
 def inspect_target(run: RunFolder, split: str, target: str, margin_class: str | None = None,
@@ -157,7 +140,7 @@ def inspect_image(run: RunFolder, path: Path | str, margin_class: str | None = N
     data = run.config.data.with_defaults()
     raw = decode_image(path, data.image_size)[None]
     x = normalize_uint8(raw, data.mean, data.std)
-    predicted = int(ensemble_predict(run, x)[0].argmax())
+    predicted = int(ensemble_predict(run, {"image": x}).probs["image"][0].argmax())
     c = predicted if margin_class is None else resolve_class(run.classes, margin_class)
     column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)
     thumb = TensorImages(raw).thumbnails(np.array([0]), min(data.image_size, 64))[0]

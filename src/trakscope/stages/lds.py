@@ -7,24 +7,26 @@ matrices. The maths (masks, predictions, Spearman, LDS) is in :mod:`trakscope.me
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
-from ..io import load_npy, read_json, save_npy, write_json
+from ..attribution.output import margin
+from ..io import load_npy, read_json, save_npy, write_csv, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
+from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
+
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
 
 def _subset_train_config(run: RunFolder, epochs: int | None):
     """The run's training settings with one kept checkpoint (the final model), and ``epochs`` if overridden."""
-    import dataclasses
-
     cfg = run.config.train
     return dataclasses.replace(cfg, epochs=cfg.epochs if epochs is None else epochs, checkpoints_per_model=1)
 
@@ -55,8 +57,6 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`. The cache is
     written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
     """
-    from ..attribution.output import margin
-
     cfg, dataset = run.config, run.dataset()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
@@ -91,7 +91,7 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     masks = subset_masks(len(run.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
-    for i in tqdm(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
+    for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
         subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)
     dist.barrier()
     rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split] for i in range(k)]
@@ -106,8 +106,29 @@ def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tupl
         return run.scores(split), {"scores_path": run.relative(run.scores_path(split)),
                                    "projector": meta.get("projector"), "proj_dim": meta.get("proj_dim"),
                                    "checkpoints": meta.get("checkpoints")}
-    scores = load_npy(scores_path, mmap=True)
+    scores = read_score_matrix(Path(scores_path), split)
     return scores, {"scores_path": str(scores_path), "projector": None, "proj_dim": None, "checkpoints": None}
+
+
+def read_score_matrix(path: Path, split: str) -> np.ndarray:
+    """A user's ``--scores`` file: a numeric ``.npy`` array (memory-mapped), or a ValueError that names the file.
+
+    numpy reads a file without the ``.npy`` header (a CSV or text file) as pickled data; trakscope never unpickles.
+    """
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise ValueError(f"--scores {path} is not a .npy score matrix (no .npy header: a text or other file); "
+                                 f"save a float array [n_train, n_{split}] with numpy.save(FILE.npy, scores)")
+    try:
+        scores = load_npy(path, mmap=True)
+    except (ValueError, EOFError) as e:
+        raise ValueError(f"--scores {path} is not a readable .npy score matrix ({e}); save a float array "
+                         f"[n_train, n_{split}] with numpy.save(FILE.npy, scores)") from e
+    if not np.issubdtype(scores.dtype, np.number):
+        raise ValueError(f"--scores {path} holds {scores.dtype} values, not numbers; save a float array "
+                         f"[n_train, n_{split}] with numpy.save(FILE.npy, scores)")
+    return scores
 
 
 def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
@@ -125,8 +146,6 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
         the dictionary written to ``out``; per-target correlations go to ``lds/<out stem>_per_target.csv``.
         Under torchrun the subset models are shared out by rank; rank 0 writes the results.
     """
-    from ..io import write_csv
-
     t0 = time.perf_counter()
     scores, source = _scores_source(run, split, scores_path)
     n_train, n_split = len(run.dataset().train), len(run.dataset().split(split))

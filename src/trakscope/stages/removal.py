@@ -15,38 +15,37 @@ import math
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..io import read_json, write_json
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, planned_evaluations, remove_and_retrain
+from ..progress import progress_bar
 from ..run_folder import RunFolder
+from ..train import predict_logits, train_final_model
 from .detect import load_ranking
+from .ensemble import member_logits
+from .groups import read_groups
 
 
-def test_correct(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
-                 progress: bool = True) -> np.ndarray:
+def correct_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
+                    progress: bool = True) -> np.ndarray:
     """Train the run's architecture on ``keep`` with ``seed``; bool ``[n_test]``: is each test example right."""
-    from ..train import train_final_model
-
     cfg, dataset = run.config, run.dataset()
     model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
-    return _correct(run, model, device)
+    logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
+    return _correct(run, logits)
 
 
-def test_accuracy(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
-                  progress: bool = True) -> float:
+def accuracy_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
+                     progress: bool = True) -> float:
     """Train the run's architecture on ``keep`` with ``seed`` and return its accuracy on the test split."""
-    return float(test_correct(run, keep, seed, device, progress).mean())
+    return float(correct_on_test(run, keep, seed, device, progress).mean())
 
 
-def _correct(run: RunFolder, model, device: str) -> np.ndarray:
-    from ..train import predict_logits
-
-    dataset = run.dataset()
-    logits = predict_logits(model, dataset.test.images, device=device, num_workers=run.config.train.num_workers)
-    return logits.argmax(axis=1) == dataset.test.labels
+def _correct(run: RunFolder, logits: np.ndarray) -> np.ndarray:
+    """bool ``[n_test]``: is the argmax of float ``[n_test, C]`` test logits each example's label."""
+    return logits.argmax(axis=1) == run.dataset().test.labels
 
 
 def ensemble_member(run: RunFolder, seed: int) -> int | None:
@@ -67,15 +66,11 @@ def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> 
     """Test accuracy and per-example correctness of :func:`ensemble_member` ``seed`` (its final checkpoint is
     evaluated, nothing is trained); None where there is no such member.
     """
-    from ..train import load_trained
-    from .run import final_checkpoints, load_checkpoint
-
     member = ensemble_member(run, seed)
     if member is None:
         return None
-    state = load_checkpoint(run, final_checkpoints(run)[member])
-    net = load_trained(run.config.model, len(run.dataset().classes), state, device)
-    correct = _correct(run, net, device)
+    [(_, logits)] = member_logits(run, {"test": run.dataset().test.images}, device, members=[member])
+    correct = _correct(run, logits["test"])
     return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {member}"}
 
 
@@ -100,7 +95,7 @@ def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: s
     """Train without ``removed`` and cache the result as ``removal/retrains/<job>.json`` (one atomic write)."""
     t0 = time.perf_counter()
     keep = np.setdiff1d(np.arange(len(run.table("train")["index"])), removed) if len(removed) else None
-    correct = test_correct(run, keep, seed, device, progress=False)
+    correct = correct_on_test(run, keep, seed, device, progress=False)
     acc = float(correct.mean())
     write_json(_retrain_path(run, job), {
         "strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction, "seed": seed,
@@ -137,7 +132,7 @@ def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], devi
                and cached_retrain(run, job, seed, removed) is None]
     dist.barrier()  # every rank has looked at the same cache before any rank adds to it
     mine = pending[dist.rank()::dist.world_size()]
-    bar = tqdm(mine, desc="remove and retrain", disable=not progress)
+    bar = progress_bar(mine, desc="remove and retrain", disable=not progress)
     for job, seed, removed in bar:
         bar.set_postfix_str(job.key)
         _retrain(run, job, seed, removed, device)
@@ -153,8 +148,6 @@ def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, st
     """
     if groups in ("classes", "auto"):  # Auto-D3M's pseudo-groups exist for val only: worst class on test
         return run.table("test")["label"], "classes"
-    from .groups import read_groups
-
     test = read_groups(run, groups)[1]
     if test is None:
         raise ValueError(f"--groups {groups} maps no test examples; add rows for the test split (split=test or "
@@ -165,14 +158,14 @@ def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, st
 def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
                 fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3,
                 device: str = "cpu", progress: bool = True, groups: str = "classes") -> dict:
-    """Retrain every (strategy, fraction, seed), write ``removal/results.json`` and the plot; return the results.
+    """Retrain every (strategy, fraction, seed), write ``removal/results.json``; return the results.
+
+    The command draws the plot (presentation sits above the stages).
 
     ``groups`` (``classes`` or a groups CSV with test rows) gives the test groups of the worst-group accuracy.
     The retrains are trained first (:func:`share_retrains`, shared out by rank under torchrun), then summarised
     from the cache; rank 0 writes.
     """
-    from ..report.plots import removal_png
-
     t0 = time.perf_counter()
     ranking = load_ranking(run)
     group_ids, group_source = test_groups(run, groups)
@@ -186,7 +179,6 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
     if dist.rank() == 0:
         run.write_result(run.removal_results_path, "removal_results", summary)
-        removal_png(summary, run.removal_plot_path)
         run.record_timing("removal", time.perf_counter() - t0)
     dist.barrier()
     return summary

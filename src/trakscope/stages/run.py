@@ -16,30 +16,32 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..attribution.score import NonFiniteFeatures
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
-from ..models import build_model
-from ..run_folder import SPLITS, RunError, RunFolder, checkpoint_key, fingerprint
-from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
+from ..io import load_npy, read_json, save_npy, save_tensors, write_json
+from ..models.weights import read_state_file
+from ..progress import progress_bar
+from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
+from ..train import MarginRecorder, load_trained, train_model
 from .canaries import write_canaries
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How to run (not what to compute): none of this is part of the configuration."""
-
-    device: str = "cpu"
-    progress: bool = True
+from .ensemble import (
+    Runtime,
+    checkpoint_damaged,
+    describe_checkpoint,
+    engine_checkpoints,
+    engine_state,
+    ensemble_predict,
+    final_checkpoints,
+    member_of,
+    trak_engine,
+)
 
 
 @contextmanager
@@ -74,45 +76,6 @@ def prepare_data(run: RunFolder) -> Dataset:
     canaries = [run.canaries_path] if run.canaries_path.exists() else []
     run.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS), *canaries)  # the tables seal themselves
     return dataset
-
-
-def _checkpoint_meta(path) -> dict[str, str]:
-    """A checkpoint's safetensors metadata (raises SafetensorError or OSError where it cannot be read)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return fh.metadata() or {}
-
-
-def load_checkpoint(run: RunFolder, path) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict, refused when it is cut short, was written by a run with other settings, or is
-    not what this run wrote."""
-    from safetensors import SafetensorError
-
-    try:
-        meta = _checkpoint_meta(path)
-        state = load_tensors(path)
-    except (SafetensorError, OSError) as e:
-        run.verify(path, checksum=False)  # a checkpoint cut short is named by its size
-        raise RunError(f"{run.relative(path)} is damaged ({e}); rerun `{run.command()}` to retrain that model") from e
-    if meta.get("fingerprint") != fingerprint(run.config):
-        raise RunError(f"{path} was written by a run with other settings (fingerprint "
-                       f"{meta.get('fingerprint')!r}, this run {fingerprint(run.config)!r}); rerun with --overwrite")
-    run.verify(path)  # the checksum, where the manifest has one and the file is small
-    return state
-
-
-def checkpoint_damaged(run: RunFolder, path) -> bool:
-    """Not what was written and either unreadable (cut short) or under this run's fingerprint: not a whole file
-    from another run, which :func:`load_checkpoint` refuses rather than have `run` retrain over it."""
-    from safetensors import SafetensorError
-
-    if not path.exists() or run.damage(path) is None:
-        return False
-    try:
-        return _checkpoint_meta(path).get("fingerprint") == fingerprint(run.config)
-    except (SafetensorError, OSError):
-        return True
 
 
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
@@ -151,8 +114,6 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
     Each file (safetensors, or a torch file read with ``weights_only``) must load strictly into the configured
     architecture; it is stored as ``model{m}_ckpt0`` with the run's fingerprint and its source path.
     """
-    from ..models.weights import read_state_file
-
     cfg = run.config
     if dist.rank() == 0:
         for m, source in enumerate(cfg.model.checkpoints):
@@ -170,63 +131,18 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
     dist.barrier()
 
 
-def _member(path) -> int:
-    return checkpoint_key(path)[0]
-
-
-def final_checkpoints(run: RunFolder, paths: list | None = None) -> list:
-    """The last checkpoint of every ensemble member, in member order (of ``paths``, default the run's)."""
-    last: dict[int, object] = {}
-    for path in run.checkpoint_paths() if paths is None else paths:
-        last[_member(path)] = path
-    return [last[m] for m in sorted(last)]
-
-
-def engine_checkpoints(run: RunFolder, paths: list | None = None) -> list[tuple]:
-    """``(checkpoint file, mask)`` for every checkpoint id of the run's TRAK engine, in id order: each file
-    (mask None), then ``trak.masks`` DropConnect copies (mask 0, 1, ...) of each member's final checkpoint.
-    ``paths``: the checkpoint files to use (default the run's, all required)."""
-    paths = run.checkpoint_paths() if paths is None else paths
-    masks = run.config.trak.masks
-    return [(p, None) for p in paths] + [(p, d) for p in final_checkpoints(run, paths) for d in range(masks)]
-
-
-def engine_state(run: RunFolder, path, mask: int | None) -> dict[str, torch.Tensor]:
-    """The state dict the engine featurizes under one checkpoint id (see :func:`engine_checkpoints`); mask ``d``
-    of member ``m`` is seeded ``trak.seed + 1000 * m + d``."""
-    from ..attribution.masks import dropconnect
-
-    state = load_checkpoint(run, path)
-    if mask is None:
-        return state
-    t = run.config.trak
-    return dropconnect(state, t.mask_p, seed=t.seed + 1000 * _member(path) + mask)
-
-
-def describe_checkpoint(run: RunFolder, k: int) -> str:
-    """A checkpoint id of the engine in words: the file, and the mask where it is a masked copy."""
-    path, mask = engine_checkpoints(run)[k]
-    return run.relative(path) + ("" if mask is None else f" (DropConnect mask {mask})")
-
-
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
     cfg, dataset = run.config, run.dataset()
     run.seal(*run.checkpoint_paths())  # every rank's checkpoints are on disk now (after the barrier)
-    finals = final_checkpoints(run)
-    models, probs = [], {name: 0.0 for name in SPLITS}
-    for m, path in enumerate(finals):
-        net = load_trained(cfg.model, len(dataset.classes), load_checkpoint(run, path), rt.device)
+    predicted = ensemble_predict(run, {name: dataset.split(name).images for name in SPLITS}, rt.device)
+    probs, models = predicted.probs, []
+    for m, path in enumerate(final_checkpoints(run)):
         imported = cfg.model.checkpoints is not None
         row = {"model": m, "seed": None if imported else cfg.train.seed + m, "checkpoint": run.relative(path),
                "source": cfg.model.checkpoints[m] if imported else "trained by trakscope"}
-        for name in SPLITS:
-            logits = predict_logits(net, dataset.split(name).images, device=rt.device,
-                                    num_workers=cfg.train.num_workers)
-            p = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
-            probs[name] = probs[name] + p / len(finals)
-            if name != "train":
-                row[f"{name}_acc"] = float((p.argmax(1) == dataset.split(name).true_labels).mean())
+        for name in SPLITS[1:]:  # val and test
+            row[f"{name}_acc"] = float((predicted.member_predicted[m][name] == dataset.split(name).true_labels).mean())
         models.append(row)
     ensemble = {f"{n}_acc": float((probs[n].argmax(1) == dataset.split(n).true_labels).mean()) for n in ("val", "test")}
     for name in SPLITS:
@@ -252,16 +168,6 @@ def chance_warning(val_acc: float, val_labels: np.ndarray) -> str | None:
     return (f"the ensemble is at chance level (val accuracy {val_acc:.3f}, majority class {p:.3f} of {n}); "
             "attributions and removal results of such a model say little: train longer (--epochs), check --lr, "
             "or check the data and labels")
-
-
-def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
-    """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
-    cfg = run.config
-    model = build_model(architecture_only(cfg.model), len(run.classes))  # no need to rebuild the dataset
-    t = cfg.trak
-    return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
-                proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, device=rt.device, progress=rt.progress,
-                precision=t.precision, channels_last=cfg.train.channels_last)
 
 
 def split_batches(split: ImageSplit, rows: np.ndarray, batch_size: int, num_workers: int
@@ -355,9 +261,9 @@ def repair(run: RunFolder) -> list[str]:
     checkpoints = run.checkpoint_paths(required=False)
     engine = engine_checkpoints(run, checkpoints)  # a member's masked copies go with its final checkpoint
     damaged += _repair_features(run, len(engine))
-    retrain = {_member(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
+    retrain = {member_of(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
     for k, (path, _) in enumerate(engine):
-        if _member(path) in retrain:
+        if member_of(path) in retrain:
             run.discard(path, *model_outputs, *score_files(run))
             TrakStore(run.features_dir).forget(k)
     if any(p in damaged for p in model_outputs):
@@ -391,7 +297,7 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
         dataset = prepare_data(run)
     dist.barrier()
     cost = stage_costs(run.config, {s: len(dataset.split(s)) for s in SPLITS})
-    bar = tqdm(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
+    bar = progress_bar(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     bar.update(cost["data"])
     if not run.metrics_path.exists() or not all(run.probs_path(s).exists() for s in SPLITS):

@@ -14,13 +14,13 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig
 from ..data import Dataset, ImageSource, batch_slices, iter_batches
 from ..models import build_model
 from ..models.calling import call_model
 from ..precision import autocast, memory_format, resolve_precision, to_memory_format
+from ..progress import progress_bar
 
 
 def checkpoint_epochs(epochs: int, per_model: int) -> list[int]:
@@ -118,7 +118,8 @@ def train_model(
     total, step = train_cfg.epochs * steps_per_epoch, 0
     keep_at = set(checkpoint_epochs(train_cfg.epochs, train_cfg.kept_checkpoints))
     checkpoints = []
-    bar = tqdm(range(1, train_cfg.epochs + 1), desc=desc or f"train seed {seed}", disable=not progress, leave=False)
+    bar = progress_bar(range(1, train_cfg.epochs + 1), desc=desc or f"train seed {seed}", disable=not progress,
+                       leave=False)
     for epoch in bar:
         model.train()
         order = keep[torch.randperm(len(keep), generator=gen).numpy()]

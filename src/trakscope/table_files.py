@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path, write_csv
+from .io import atomic_path, write_csv
 
 FORMATS = ("csv", "parquet")
 
@@ -17,7 +17,7 @@ def write_parquet(path: Path | str, header: Sequence[str], rows: Sequence[Sequen
 
     A column of ints (None allowed) becomes int64 with nulls, floats float64, anything else strings.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow is optional (the hf extra), needed only for --format parquet
     import pyarrow.parquet as pq
 
     columns = {name: [r[j] for r in rows] for j, name in enumerate(header)}
@@ -27,7 +27,7 @@ def write_parquet(path: Path | str, header: Sequence[str], rows: Sequence[Sequen
 
 
 def _arrow_column(values: list[Any]):
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow is optional (the hf extra), needed only for --format parquet
 
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in present):
