@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from ..manifest import describe, npy_header, problem
 
 RECORD_FORMAT = 1
 NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-_VERIFIED: set[tuple[str, int, int, int, str]] = set()  # (path, inode, size, mtime_ns, sha256) checked here
+_VERIFIED: set[tuple[str, int, int, int, str]] = set()  # (path, inode, size, mtime_ns, entry) checked here
 _HELD: dict[Path, int] = {}  # store root -> lock descriptor, while this process holds it
 
 
@@ -109,9 +110,8 @@ class StoreRecord:
         gone = {self.relative(p) for p in drop}
         files = {k: v for k, v in self.files().items() if k not in gone}
         for p in add:
-            entry = files[self.relative(p)] = describe(p)
-            st = p.stat()  # just described: no need to check it again in this process
-            _VERIFIED.add((str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, entry["sha256"]))
+            files[self.relative(p)] = describe(p)
+            _VERIFIED.add(_key(p, files[self.relative(p)]))  # just described: not checked again in this process
         write_json(self.path, {"format": RECORD_FORMAT, "kind": "trak-store", "files": dict(sorted(files.items()))})
 
     def recorded(self, path: Path) -> bool:
@@ -127,14 +127,19 @@ class StoreRecord:
         if entry is None:
             raise StoreError(f"{path} is not in the store's record {self.path.name} (written by an interrupted run or "
                              f"by another program); {remedy}")
-        st = path.stat()
-        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, str(entry.get("sha256")))
+        key = _key(path, entry)
         if key in _VERIFIED:
             return
         found = problem(path, entry, checksum=True)
         if found:
             raise StoreError(f"{path} is damaged ({found}); {remedy}")
         _VERIFIED.add(key)
+
+
+def _key(path: Path, entry: dict[str, Any]) -> tuple[str, int, int, int, str]:
+    """What a verification holds for: the file as it is now (inode, size, mtime) against this entry."""
+    st = path.stat()
+    return str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, json.dumps(entry, sort_keys=True)
 
 
 def _holder(fd: int) -> str:
