@@ -164,12 +164,16 @@ def test_kronecker_blocks_narrower_than_proj_dim_are_widened_and_a_store_records
     trak = TRAK(model, tmp_path / "wide", proj_dim=2048, progress=False)
     assert trak.kron_k_used == k
     assert trak.features(torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]))[0].shape == (3, 2048)
-    # a store written before kron_k_used was recorded: its blocks were built at kron_k itself
-    meta = tmp_path / "wide" / "meta.json"
-    write_json(meta, {key: value for key, value in read_json(meta).items() if key != "kron_k_used"})
+    # a store written before kron_k_used was recorded (and before stores kept a record and the architecture):
+    # its blocks were built at kron_k itself
+    def make_old(store):
+        meta = store / "meta.json"
+        write_json(meta, {key: v for key, v in read_json(meta).items() if key not in ("kron_k_used", "architecture")})
+        (store / "record.json").unlink()
+
+    make_old(tmp_path / "wide")
     with pytest.raises(StoreError, match=f"kron_k_used: 16 -> {k}"):
         TRAK(model, tmp_path / "wide", proj_dim=2048)
     TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False)  # 560 >= 256: kept at 16
-    meta = tmp_path / "narrow" / "meta.json"
-    write_json(meta, {key: value for key, value in read_json(meta).items() if key != "kron_k_used"})
+    make_old(tmp_path / "narrow")
     assert TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False).kron_k_used == 16

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from trakscope.attribution.store import TrakStore
 from trakscope.cli import build_parser, main
 from trakscope.io import load_tensors, save_tensors
 from trakscope.manifest import Manifest, describe
@@ -208,6 +209,7 @@ def test_run_names_the_checkpoint_whose_gradients_are_not_finite(run_copy, capsy
     feats.flush()
     del feats
     run_copy.seal(path)  # as if featurization itself had produced the NaN (a diverged model), not later damage
+    TrakStore(run_copy.features_dir).recorded(path)  # in the store's own record too
     for p in [*run_copy.features_dir.glob("ckpt*/xtx*.npy"), *run_copy.features_dir.glob("ckpt*/lambda.json")]:
         p.unlink()
     shutil.rmtree(run_copy.features_dir / "scores")

@@ -21,8 +21,8 @@ methods; batches are shared out by rank and rank 0 computes the scores.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,17 @@ from torch import nn
 
 from .. import dist
 from ..config import TrakConfig
-from ..io import load_npy, save_npy, write_json
+from ..io import read_json, save_npy
 from ..models.calling import Inputs, inputs_to
 from ..models.weights import read_state_file
 from ..precision import featurize_precision, memory_format, to_memory_format
-from .featurize import IndexedBatch, featurize_into, numbered
+from .featurize import IndexedBatch, RowCount, check_fixed_order, featurize_into, numbered
 from .kronecker import widened_k
 from .output import Margin, ModelOutput
 from .projector import GradientProjector
 from .projectors import make_projector
 from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
-from .store import StoreError, TrakStore
+from .store import SplitFeatures, StoreError, TrakStore, score_record_path
 
 Checkpoint = Mapping[str, torch.Tensor] | str | Path | None
 
@@ -54,8 +54,10 @@ class TRAK:
     """TRAK scores of a model's training examples on any targets, averaged over checkpoints.
 
     Args:
-        model: the network (any ``nn.Module``); checkpoints are loaded into it in place, and it is put in eval mode.
-        store: folder for features, kernels and scores (created; an existing one is resumed).
+        model: the network (any ``nn.Module``), moved to ``device``; checkpoints are loaded into it in eval mode
+            while a method runs, and its weights and train/eval mode are put back when it returns.
+        store: folder for features, kernels and scores (created; an existing one is resumed). It records the
+            settings, the model's architecture and each split's rows, and refuses other ones.
         projector: ``kronecker`` (per-layer Kronecker-factored projection, about one backward pass) or
             ``dense`` (exact per-example gradients times a dense JL matrix: the slow reference).
         proj_dim: width of the projected features (0: the Kronecker projector's per-layer blocks, unmixed).
@@ -69,7 +71,7 @@ class TRAK:
         precision: ``fp32``, ``bf16`` (the forward pass under bf16 autocast, the projection in float32; Kronecker
             projector only) or ``auto`` (bf16 where ``device`` does it in hardware); recorded in the store.
         channels_last: lay out the model and 4-d inputs channels-last (same features up to float rounding).
-        overwrite: discard a store made with other settings instead of refusing it.
+        overwrite: discard a store made with other settings, model or data instead of refusing it.
 
     Raises:
         SettingError: a setting outside the bounds of its :class:`~trakscope.config.TrakConfig` field (the same
@@ -85,7 +87,7 @@ class TRAK:
         TrakConfig(projector=projector, proj_dim=proj_dim, kron_k=kron_k, proj_type=proj_type, ridge=ridge, seed=seed,
                    precision=precision)
         self.memory_format = memory_format(channels_last)
-        self.model = model.to(device).eval()
+        self.model = model.to(device)
         if channels_last:  # otherwise the model keeps the layout it came with
             self.model.to(memory_format=self.memory_format)
         self.store = TrakStore(store)
@@ -99,7 +101,7 @@ class TRAK:
                     "proj_type": proj_type, "seed": seed, "output": type(self.output).__name__,
                     "precision": self.precision}
         if dist.rank() == 0:
-            self.store.check_meta(settings, overwrite=overwrite)
+            self.store.check_meta(settings, architecture(self.model), overwrite=overwrite)
         dist.barrier()
 
     # --- featurize ------------------------------------------------------------------------------
@@ -108,17 +110,26 @@ class TRAK:
         """Project the output gradients of every example of ``data`` under one checkpoint.
 
         Args:
-            data: batches in a fixed order (a ``DataLoader`` without shuffling): ``(inputs, labels)`` or dicts.
-            split: the name the examples are stored under (``train`` for the examples being attributed).
-            checkpoint: a state dict, or a ``.safetensors`` / ``.pt`` file, loaded into the model; None = the
-                model's current weights. The same weights get the same checkpoint id.
+            data: batches in a fixed order, every example once: ``(inputs, labels)`` or dicts. A ``DataLoader``
+                that shuffles or drops its last batch is refused.
+            split: the name the examples are stored under (``train`` for the examples being attributed). Every
+                checkpoint must see the same examples, in the same order, with the same labels.
+            checkpoint: a state dict, or a ``.safetensors`` / ``.pt`` file, loaded into the model while this runs;
+                None = the model's current weights. The same weights get the same checkpoint id.
             checkpoint_id: the checkpoint's id (default: found by the weights' digest, else the next free id).
             n: number of examples (default ``len(data.dataset)``).
+
+        Raises:
+            ValueError: the loader does not give every example once, in a fixed order.
+            StoreError: the store holds this split with other examples, labels or another number of rows, the
+                batches hold another number of rows than ``n``, or another process is writing the store.
         """
+        check_fixed_order(data)
         if n is None:
             n = _dataset_len(data)
-        self.featurize_batches(numbered(data, (dist.rank(), dist.world_size())), split=split, n=n,
-                               checkpoint=checkpoint, checkpoint_id=checkpoint_id)
+        count = RowCount()
+        self._featurize(numbered(data, (dist.rank(), dist.world_size()), count), split, n, checkpoint,
+                        checkpoint_id, count)
 
     def featurize_batches(self, batches: Iterable[IndexedBatch], *, split: str, n: int,
                           checkpoint: Checkpoint = None, checkpoint_id: int | None = None) -> int:
@@ -126,29 +137,51 @@ class TRAK:
 
         Under torchrun each rank passes its own share of the rows; every rank must call this together.
         """
-        k = self.load_checkpoint(checkpoint, checkpoint_id)
-        projector = self._projector(k)
-        store = self.store.features(k, split, n, projector.dim)
-        rank, world = dist.rank(), dist.world_size()
-        if rank == 0 and world > 1:  # create the shared files, and fold in an interrupted job's per-rank flags
-            store.open()
-            store.merge_ranks(world)
-        dist.barrier()
-        batches = ((idx, to_memory_format(inputs, self.memory_format), labels) for idx, inputs, labels in batches)
-        featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
-                       self.progress and rank == 0, f"featurize ckpt {k} {split}")
-        dist.barrier()
-        if rank == 0 and world > 1:
-            store.merge_ranks(world)
-        dist.barrier()
+        return self._featurize(batches, split, n, checkpoint, checkpoint_id, None)
+
+    def _featurize(self, batches: Iterable[IndexedBatch], split: str, n: int, checkpoint: Checkpoint,
+                   checkpoint_id: int | None, count: RowCount | None) -> int:
+        """Featurize under the store's lock, with the user's model put back afterwards; ``count`` (plain batches):
+        the rows must add up to ``n``."""
+        with self.store.writing(), restored(self.model):
+            rows, rank, world = self.store.rows(split, n), dist.rank(), dist.world_size()
+            if rank == 0:  # first: a split of another size is refused before anything is written
+                rows.open()
+            k = self.load_checkpoint(checkpoint, checkpoint_id)
+            projector = self._projector(k)
+            store = self.store.features(k, split, n, projector.dim)
+            if rank == 0 and world > 1:  # create the shared files, and fold in an interrupted job's per-rank flags
+                store.open()
+                store.merge_ranks(world)
+            dist.barrier()
+            if rank > 0:
+                rows.open()
+            batches = ((idx, to_memory_format(x, self.memory_format), y) for idx, x, y in batches)
+            featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
+                           self.progress and rank == 0, f"featurize ckpt {k} {split}", rows)
+            if count is not None and count.rows != n:
+                raise StoreError(f"the batches for split {split!r} held {count.rows} examples, but n={n}; pass "
+                                 "every example once (or n= the number the batches hold)")
+            self._finish(store, rows, rank, world)
         return k
+
+    def _finish(self, store: SplitFeatures, rows: Any, rank: int, world: int) -> None:
+        """Merge the ranks' flags and record the split's files once complete (rank 0; every rank waits)."""
+        dist.barrier()
+        if rank == 0:
+            if world > 1:
+                store.merge_ranks(world)
+            rows.seal()
+            store.seal()
+        dist.barrier()
 
     def pending(self, split: str, n: int, checkpoint_id: int) -> np.ndarray:
         """int64 rows of ``split`` not yet featurized under checkpoint ``checkpoint_id``."""
         return np.flatnonzero(~self.store.features(checkpoint_id, split, n, 0).done()).astype(np.int64)
 
     def load_checkpoint(self, checkpoint: Checkpoint = None, checkpoint_id: int | None = None) -> int:
-        """Load ``checkpoint`` into the model (None: keep its weights) and return its id in the store."""
+        """Load ``checkpoint`` into the model (None: keep its weights), put it in eval mode, and return its id in
+        the store. The model stays so: :meth:`featurize` and :meth:`features` put the user's model back."""
         if checkpoint is not None:
             state = read_state_file(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
             self.model.load_state_dict(state, strict=True)
@@ -167,9 +200,10 @@ class TRAK:
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:
         """float32 ``[b, dim]`` features of one batch under a checkpoint (not stored), and the checkpoint's id."""
-        k = self.load_checkpoint(checkpoint, checkpoint_id)
-        inputs = inputs_to(to_memory_format(inputs, self.memory_format), self.device)
-        feats, _ = self._projector(k)(inputs, torch.as_tensor(labels).to(self.device))
+        with restored(self.model):
+            k = self.load_checkpoint(checkpoint, checkpoint_id)
+            inputs = inputs_to(to_memory_format(inputs, self.memory_format), self.device)
+            feats, _ = self._projector(k)(inputs, torch.as_tensor(labels).to(self.device))
         return feats.detach().float().cpu().numpy(), k
 
     # --- score ----------------------------------------------------------------------------------
@@ -182,8 +216,7 @@ class TRAK:
         return self.store.features(k, split, 0, 0).is_complete()
 
     def _split_features(self, k: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-        f = self.store.features(k, split, 0, 0)
-        return f.load()
+        return self.store.features(k, split, 0, 0).load()
 
     def _require(self, *splits: str) -> list[int]:
         ids = self.store.checkpoint_ids()
@@ -200,11 +233,12 @@ class TRAK:
         """float64 ``[dim, dim]`` ``X_k^T X_k`` of the training features (cached: a new ridge costs one inverse)."""
         path = self.store.gram_path(k)
         if path.exists():  # dropped with its checkpoint's features whenever those are redone (TrakStore.forget*)
-            return load_npy(path)
+            return self.store.read_npy(path)
         xtx = gram(self._split_features(k, train)[0])
         if not np.isfinite(xtx).all():
             raise NonFiniteFeatures(k, train)
-        save_npy(path, xtx)
+        with self.store.writing():
+            self.store.save_npy(path, xtx)
         return xtx
 
     def kernel(self, k: int, train: str = "train") -> tuple[np.ndarray, float]:
@@ -212,13 +246,14 @@ class TRAK:
         inv_path, lam_path = self.store.inverse_path(k), self.store.lambda_path(k)
         wanted = {"ridge": self.ridge, "train": train}
         if inv_path.exists() and lam_path.exists():
-            record = json.loads(lam_path.read_text())
-            if all(record.get(key) == v for key, v in wanted.items()):
-                return load_npy(inv_path), float(record["lambda"])
+            record = self.store.read_json(lam_path)
+            if isinstance(record, dict) and all(record.get(key) == v for key, v in wanted.items()):
+                return self.store.read_npy(inv_path), float(record["lambda"])
         xtx = self.gram(k, train)
         inv, lam = regularized_inverse(xtx, self.ridge)
-        write_json(lam_path, {"lambda": lam, **wanted})  # first: an inverse on disk always has its lambda beside it
-        save_npy(inv_path, inv)
+        with self.store.writing():
+            self.store.write_json(lam_path, {"lambda": lam, **wanted})  # first: an inverse always has its lambda
+            self.store.save_npy(inv_path, inv)
         return inv, lam
 
     def scores(self, train: str = "train", target: str = "test", *, out: Path | str | None = None,
@@ -234,10 +269,11 @@ class TRAK:
         ids = self._subset(self._require(train, target), checkpoints)
         record = {"train": train, "target": target, "checkpoints": ids, "ridge": self.ridge,
                   "score": "mean_k(X_k A_k^-1 Phi_k^T) * mean_k(Q_k)"}
-        if dist.rank() == 0 and not _finished(out, record):
-            self._write_scores(ids, train, target, out, record)
+        if dist.rank() == 0 and not self._finished(out, record):
+            with self.store.writing():
+                self._write_scores(ids, train, target, out, record)
         dist.barrier()
-        return load_npy(out, mmap=True)
+        return self.store.read_npy(out, mmap=True)
 
     def _subset(self, ids: list[int], checkpoints: Sequence[int] | None) -> list[int]:
         """``checkpoints`` (sorted, deduplicated), checked against the featurized ``ids``; None = all of them."""
@@ -249,6 +285,25 @@ class TRAK:
         if unknown:
             raise StoreError(f"{self.store.root} has no featurized checkpoints {unknown}; it has {ids}")
         return sorted(set(checkpoints))
+
+    def _finished(self, path: Path, record: dict) -> bool:
+        """The matrix at ``path`` exists and its record says it was made from the same checkpoints and ridge.
+
+        Inside the store both are verified against the store's record (a damaged one is an error naming it);
+        outside it (a run folder's ``scores/``), an unreadable record means the matrix is made again.
+        """
+        rec_path = score_record_path(path)
+        if not (Path(path).exists() and rec_path.exists()):
+            return False
+        if self.store.inside(path):
+            old = self.store.read_json(rec_path)
+            self.store.read_npy(path, mmap=True)
+        else:
+            try:
+                old = read_json(rec_path)
+            except ValueError:  # a damaged record (JSONDecodeError, UnicodeDecodeError): not trusted, remade
+                return False
+        return isinstance(old, dict) and all(old.get(k) == v for k, v in record.items())
 
     def _write_scores(self, ids: list[int], train: str, target: str, out: Path, record: dict) -> None:
         xs, qs, invs, lams = [], [], [], []
@@ -264,8 +319,9 @@ class TRAK:
             if not np.isfinite(t).all():
                 raise NonFiniteFeatures(k, target)
         trak_scores(xs, invs, targets, np.mean(qs, axis=0), out_path=out)
-        write_json(_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),
-                                       "shape": [int(xs[0].shape[0]), int(targets[0].shape[0])]})
+        self.store.recorded(out)
+        self.store.write_json(score_record_path(out), {**record, "lambda": lams, "proj_dim": int(xs[0].shape[1]),
+                                                       "shape": [int(xs[0].shape[0]), int(targets[0].shape[0])]})
 
     def self_influence(self, train: str = "train", *, out: Path | str | None = None,
                        checkpoints: Sequence[int] | None = None) -> np.ndarray:
@@ -278,13 +334,14 @@ class TRAK:
         ids = self._subset(self._require(train), checkpoints)
         path = self.store.self_path(train, None if checkpoints is None else ids)
         record = {"train": train, "checkpoints": ids, "ridge": self.ridge, "score": "self-influence"}
-        if dist.rank() == 0 and not _finished(path, record):
-            xs, qs, invs = zip(*[(*self._split_features(k, train), self.kernel(k, train)[0]) for k in ids])
-            _, self_inf = trak_scores(list(xs), list(invs), None, np.mean(qs, axis=0))
-            save_npy(path, self_inf)
-            write_json(_record_path(path), record)
+        if dist.rank() == 0 and not self._finished(path, record):
+            with self.store.writing():
+                xs, qs, invs = zip(*[(*self._split_features(k, train), self.kernel(k, train)[0]) for k in ids])
+                _, self_inf = trak_scores(list(xs), list(invs), None, np.mean(qs, axis=0))
+                self.store.save_npy(path, self_inf)
+                self.store.write_json(score_record_path(path), record)
         dist.barrier()
-        values = load_npy(path)
+        values = self.store.read_npy(path)
         if out is not None:
             save_npy(out, values)
         return values
@@ -337,14 +394,20 @@ def _dataset_len(data: Any) -> int:
     raise ValueError("cannot tell how many examples the batches hold; pass n=")
 
 
-def _record_path(path: Path) -> Path:
-    return Path(path).with_suffix(".json")
+def architecture(model: nn.Module) -> list[list]:
+    """``[[name, shape], ...]`` of the model's state dict: what a store's features were made with."""
+    return [[name, list(t.shape)] for name, t in model.state_dict().items()]
 
 
-def _finished(path: Path, record: dict) -> bool:
-    """The matrix at ``path`` exists and its record says it was made from the same checkpoints and ridge."""
-    rec_path = _record_path(path)
-    if not (Path(path).exists() and rec_path.exists()):
-        return False
-    old = json.loads(rec_path.read_text())
-    return all(old.get(k) == v for k, v in record.items())
+@contextmanager
+def restored(model: nn.Module) -> Iterator[None]:
+    """Put the model's weights (a CPU copy of its state dict) and each module's train/eval mode back after the
+    block, so that featurizing under checkpoints leaves the user's model as it was."""
+    state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        model.load_state_dict(state, strict=True)
+        for m, training in modes:
+            m.training = training
