@@ -136,18 +136,12 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     None computes none. A scorer is left out when an input it needs is None (see :class:`~.registry.Skip`).
     """
     inputs = LazyInputs(Source(run, groups, cleanlab_folds, device, progress))
-    det = Detection({}, np.zeros(0, dtype=np.int64))
-    for s in selected_scorers(scorers):
-        scored = s.run(inputs)
-        if scored is None:
-            continue
-        det.scores[s.name] = scored.score
-        if scored.flagged is not None:
-            det.flags[s.name], det.facts[s.name] = scored.flagged, scored.facts
-    det.predicted = inputs["train_probs"].argmax(axis=1).astype(np.int64)
-    det.info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
-                "canary": canary_mask(run, len(inputs["train_labels"]))}
-    return det
+    ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
+    info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
+            "canary": canary_mask(run, len(inputs["train_labels"]))}
+    return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
+                     info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
+                     facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
 
 
 def ground_truth(run: RunFolder) -> str:
