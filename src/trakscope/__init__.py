@@ -14,7 +14,7 @@ from .config import SettingError
 from .methods.d3m import alignment_scores, auto_groups, group_losses
 from .methods.lds import ci95, lds, predicted_outputs, spearman_columns, subset_masks
 from .methods.metrics import average_precision, detection_metrics, recall_at_fraction, roc_auc
-from .methods.registry import SCORERS, STRATEGIES, ScorerInputs
+from .methods.registry import SCORERS, STRATEGIES
 from .methods.removal import remove_and_retrain, select_removed
 from .methods.scorers import cleanlab_quality, d3m_scores, training_loss, val_influence
 from .methods.topk import top_and_bottom, top_k
@@ -26,7 +26,6 @@ __all__ = [
     "SettingError",
     "Margin",
     "ModelOutput",
-    "ScorerInputs",
     "alignment_scores",
     "auto_groups",
     "average_precision",

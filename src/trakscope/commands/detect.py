@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .. import dist
 from ..config import Bound
+from ..methods import registry
 from ..methods.registry import SCORERS
 from ..report.tables import detection_table
 from ..run_folder import RunFolder
@@ -14,7 +16,7 @@ from ..table_files import FORMATS
 from ._config_args import bounded
 from ._runtime import add_data_root_argument, add_runtime_arguments, runtime_from_args
 
-HELP = "rank training examples by suspicion (TRAK self-influence, val influence, D3M, loss, cleanlab)"
+HELP = f"rank training examples by suspicion ({', '.join(SCORERS)})"
 LOCK = "exclusive"  # writes stage outputs: alone on the folder (trakscope.run_lock)
 
 
@@ -25,21 +27,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CSV with a `group` column and `source_id` or `index` (val rows; test rows too, with "
                              "`split`=test or by source_id, for worst-group accuracy in `removal --groups`)")
     parser.add_argument("--folds", type=bounded(int, Bound(2)), default=3,  # k-fold needs two folds at least
-                        help="k of the k-fold cross-validated training that feeds cleanlab")
-    parser.add_argument("--no-cleanlab", action="store_true",
-                        help="skip the cleanlab baseline (it retrains k models)")
+                        help="k of the k-fold cross-validated training that feeds "
+                             f"{', '.join(registry.needing('oos_probs'))}")
+    for s in SCORERS.values():
+        if s.skip is not None and s.skip.option:
+            parser.add_argument(s.skip.option, action="store_true", help=s.skip.why)
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv",
                         help="also write detect/ranking.parquet (pyarrow); ranking.csv is always written")
     add_runtime_arguments(parser)
     add_data_root_argument(parser)
+    parser.epilog = f"scorers (ranking.csv columns <scorer>_score and <scorer>_rank): {registry.scorer_help()}"
+
+
+def _number(value: Any) -> str:
+    """A fact of a flag summary as printed: floats to 3 decimals."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
-    folds = None if args.no_cleanlab else args.folds
-    det, metrics = run_detection(run_folder, args.groups, folds, device=rt.device, progress=rt.progress,
-                                 fmt=args.fmt)
+    scorers = [n for n, s in SCORERS.items() if not (s.skip and s.skip.dest and getattr(args, s.skip.dest))]
+    det, metrics = run_detection(run_folder, args.groups, args.folds, device=rt.device, progress=rt.progress,
+                                 fmt=args.fmt, scorers=scorers)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all
         return 0
     print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path} "
@@ -50,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print("no planted noise: true labels are unknown (ground_truth=unknown; noisy=0 means unverified)")
     for name in det.scores:
         print(f"  {name}: {SCORERS[name].description}")
-    cl = det.info.get("cleanlab")
-    if cl is not None:
-        print(f"cleanlab find_label_issues flags {cl['n_issues']} examples "
-              f"({cl['folds']}-fold out-of-sample accuracy {cl['oos_acc']:.3f})")
+    for name, facts in det.facts.items():
+        print(SCORERS[name].flag.sentence(name, facts, _number))
     if metrics is None:
         print("no planted noise and no canaries in this run: no detection metrics (rankings only; "
               "`trakscope run --canaries 0.01` plants known errors to measure on)")
@@ -66,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         can = metrics["canaries"]
         print(f"\nestimated on canaries: {can['n']} labels trakscope flipped itself among {metrics['n_train']} "
               f"(recall = share of them in the top k% of the whole ranking):")
-        print(detection_table({"scorers": can["scorers"], "chance": can["chance"], "cleanlab": None}))
+        print(detection_table({"scorers": can["scorers"], "chance": can["chance"]}))
         print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
     return 0

@@ -40,15 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_root_argument(parser)
 
 
+def _without_left_out(strategies: tuple[str, ...], run_folder: RunFolder) -> tuple[str, ...]:
+    """``strategies`` less those whose scorer detect may leave out (:class:`~.registry.Skip`) and did, said on
+    stdout."""
+    scorer = {n: registry.STRATEGIES[n].scorer for n in strategies}
+    skips = {n: registry.SCORERS[c].skip for n, c in scorer.items() if c is not None and registry.SCORERS[c].skip}
+    if not skips:
+        return strategies
+    ranking = load_ranking(run_folder)
+    gone = [n for n in strategies if n in skips and scorer[n] not in ranking]
+    for name in gone:
+        print(f"{name} strategy skipped: {skips[name].reason}")
+    return tuple(n for n in strategies if n not in gone)
+
+
 def run(args: argparse.Namespace) -> int:
     strategies = tuple(registry.strategy(s).name for s in args.strategies)  # unknown names fail first
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
-    if "cleanlab" in strategies and args.strategies is DEFAULT_STRATEGIES:
-        # the default list drops cleanlab quietly when detect skipped it; an explicit request errors instead
-        if "cleanlab" not in load_ranking(run_folder):
-            strategies = tuple(s for s in strategies if s != "cleanlab")
-            print("cleanlab strategy skipped: detect ran with --no-cleanlab")
+    if args.strategies is DEFAULT_STRATEGIES:  # an explicit request for a strategy detect left out errors instead
+        strategies = _without_left_out(strategies, run_folder)
     summary = run_removal(run_folder, strategies, args.fractions, args.seeds, device=rt.device,
                           progress=rt.progress, groups=args.groups)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all

@@ -12,6 +12,13 @@ import math
 import numpy as np
 from scipy.stats import rankdata
 
+RECALL_FRACTIONS = (0.05, 0.10, 0.20)  # the inspected fractions every detection table and metrics file reports
+
+
+def recall_key(fraction: float) -> str:
+    """The metric's name at an inspected fraction: ``recall@5%`` for 0.05."""
+    return f"recall@{fraction * 100:g}%"
+
 
 def _check(suspicion: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert the two inputs (one helper, as in cleanlab)."""
@@ -95,7 +102,7 @@ def recall_at_fraction(suspicion: np.ndarray, truth: np.ndarray, fraction: float
 
 
 def detection_metrics(
-    suspicion: np.ndarray, truth: np.ndarray, fractions: tuple[float, ...] = (0.05, 0.10, 0.20)
+    suspicion: np.ndarray, truth: np.ndarray, fractions: tuple[float, ...] = RECALL_FRACTIONS
 ) -> dict[str, float]:
     """ROC-AUC, average precision and recall at each inspected fraction, as one JSON-ready dict.
 
@@ -103,5 +110,5 @@ def detection_metrics(
     """
     out = {"roc_auc": roc_auc(suspicion, truth), "average_precision": average_precision(suspicion, truth)}
     for f in fractions:
-        out[f"recall@{f * 100:g}%"] = recall_at_fraction(suspicion, truth, f)
+        out[recall_key(f)] = recall_at_fraction(suspicion, truth, f)
     return out

@@ -55,7 +55,8 @@ def _removal_key(s: registry.Strategy, score: np.ndarray) -> np.ndarray:
 
 def _column(ranking: dict[str, np.ndarray], name: str) -> np.ndarray:
     if name not in ranking:
-        hint = " (detect ran with --no-cleanlab)" if name == "cleanlab" else ""
+        skip = registry.SCORERS[name].skip
+        hint = f" ({skip.reason})" if skip else ""
         raise ValueError(f"detect/ranking.csv has no {name} scores{hint}; rerun `trakscope detect` "
                          "or drop that strategy")
     return np.asarray(ranking[name], dtype=np.float64)

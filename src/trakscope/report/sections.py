@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..methods import registry
 from ..run_folder import RunFolder
 from . import plots
 
@@ -103,12 +104,16 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
                          "ROC-AUC on the canaries.</p>")
             parts.append(table(["scorer", *cols], [[name, *(r.get(c) for c in cols)] for name, r in can_rows],
                                "metrics"))
-    if isinstance(metrics, Mapping) and isinstance(metrics.get("cleanlab"), Mapping):
-        cl = metrics["cleanlab"]
-        parts.append(f'<p class="muted">cleanlab find_label_issues flags {fmt(cl.get("n_issues"))} examples '
-                     f'(precision {fmt(cl.get("issues_precision"))}, recall {fmt(cl.get("issues_recall"))}, '
-                     f'{fmt(cl.get("folds"))}-fold out-of-sample accuracy {fmt(cl.get("oos_acc"))}).</p>')
+    parts += flag_notes(metrics)
     return "".join(parts)
+
+
+def flag_notes(metrics: Any) -> list[str]:
+    """One line per flagging scorer summarised in ``detect/metrics.json`` (numbers through :func:`fmt`)."""
+    if not isinstance(metrics, Mapping):
+        return []
+    return [f'<p class="muted">{s.flag.sentence(esc(name), metrics[name], fmt, quality=True)}.</p>'
+            for name, s in registry.SCORERS.items() if s.flag is not None and isinstance(metrics.get(name), Mapping)]
 
 
 def _metric_key(name: str) -> tuple[int, float, str]:

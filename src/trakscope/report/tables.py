@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..methods import registry
+from ..methods.metrics import RECALL_FRACTIONS, recall_key
 
 
 def _count(n: float) -> str:
@@ -45,9 +50,10 @@ def removal_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def detection_table(metrics: dict, recall_fractions=(0.05, 0.10, 0.20)) -> str:
-    """The comparison table printed by ``trakscope detect`` (and pasted in the README)."""
-    cols = ["roc_auc", "average_precision"] + [f"recall@{f * 100:g}%" for f in recall_fractions]
+def detection_table(metrics: Mapping[str, Any], recall_fractions: tuple[float, ...] = RECALL_FRACTIONS) -> str:
+    """The comparison table printed by ``trakscope detect`` (and pasted in the README), then a line per flagging
+    scorer that ``metrics`` says was skipped."""
+    cols = ["roc_auc", "average_precision"] + [recall_key(f) for f in recall_fractions]
     heads = ["scorer", "ROC-AUC", "AP"] + [f"R@{f * 100:g}%" for f in recall_fractions]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     rows = list(metrics["scorers"].items()) + [("chance", metrics["chance"])]
@@ -55,6 +61,6 @@ def detection_table(metrics: dict, recall_fractions=(0.05, 0.10, 0.20)) -> str:
         vals = [("n/a" if m[c] is None or (isinstance(m[c], float) and math.isnan(m[c])) else f"{m[c]:.3f}")
                 for c in cols]
         lines.append("| " + " | ".join([name, *vals]) + " |")
-    if isinstance(metrics["cleanlab"], str):
-        lines.append(f"cleanlab: {metrics['cleanlab']}")
+    lines += [f"{name}: {metrics[name]}" for name, s in registry.SCORERS.items()
+              if s.flag is not None and isinstance(metrics.get(name), str)]
     return "\n".join(lines)

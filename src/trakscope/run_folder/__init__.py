@@ -361,11 +361,11 @@ class RunFolder(Layout):
         write_csv(self.ranking_path, header, rows)
         self.seal(self.ranking_path)
 
-    def ranking(self, scorers: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def ranking(self, scorers: tuple[str, ...], flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """``detect/ranking.csv`` in example-index order: ``<scorer>`` -> float64 natural scores ``[n_train]``.
 
-        Also ``index``, ``noisy`` (bool), ``predicted`` and, when present, ``cleanlab_issue`` (bool) and
-        ``<scorer>_rank`` (int64, 1 = inspect first).
+        Also ``index``, ``noisy`` (bool), ``predicted`` and, when present, ``<scorer>_rank`` (int64, 1 = inspect
+        first) and the flag columns named in ``flags`` (bool, e.g. ``cleanlab_issue``).
 
         Raises:
             RunError: absent, truncated, or not matching ``data/train.csv``.
@@ -385,8 +385,8 @@ class RunFolder(Layout):
                 if f"{n}_score" in rows[0]:
                     out[n] = _column(rows, f"{n}_score", float)[order]
                     out[f"{n}_rank"] = _column(rows, f"{n}_rank", int)[order]
-            if "cleanlab_issue" in rows[0]:
-                out["cleanlab_issue"] = _column(rows, "cleanlab_issue", int)[order].astype(bool)
+            for flag in (f for f in flags if f in rows[0]):
+                out[flag] = _column(rows, flag, int)[order].astype(bool)
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{path} is damaged or does not match data/train.csv ({e}); "
                            f"rerun `{self.command('detect')}`") from e

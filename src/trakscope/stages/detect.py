@@ -1,64 +1,147 @@
 """The ``detect`` stage: every registered scorer on a run folder -> ``detect/ranking.csv`` and ``detect/metrics.json``.
 
-Inputs (train and val only, never test): the val and self scores, the ensemble's train and val
-probabilities and the split tables; for scorers that need it, k-fold cross-validated retraining
-(:mod:`.crossval`).
+Inputs (train and val only, never test): the val and self scores, the ensemble's train and val probabilities, the
+split tables, the training-time AUM and, for scorers that need them, k-fold cross-validated retraining
+(:mod:`.crossval`). Each input has one provider in :data:`PROVIDERS`, run once and only when a scorer that runs
+needs it (:class:`LazyInputs`).
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .. import dist
 from ..io import load_npy
 from ..methods import registry
-from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
-from ..methods.scorers import cleanlab_quality, resolve_groups
+from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_rank, recall_key, roc_auc
+from ..methods.scorers import resolve_groups
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
 from .canaries import canary_mask
 from .crossval import out_of_sample_probs
 from .groups import read_groups
 
-RECALL_FRACTIONS = (0.05, 0.10, 0.20)
-
 
 @dataclass
 class Detection:
-    """Scores of every scorer (natural units, float64 ``[n_train]``) and what is known about them."""
+    """Scores of every scorer that ran (natural units, float64 ``[n_train]``) and what is known about them.
+
+    ``info`` holds ``groups``, ``n_groups`` and ``canary`` (bool ``[n_train]``); ``flags`` the bool ``[n_train]``
+    flags of each flagging scorer that ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
+    """
 
     scores: dict[str, np.ndarray]
     predicted: np.ndarray  # int64 [n_train] argmax of the ensemble's train probabilities
     info: dict = field(default_factory=dict)
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
+    facts: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where detect's inputs come from: the run folder and the options that shape them (see :func:`compute_scores`)."""
+
+    run: RunFolder
+    groups: str = "classes"
+    folds: int | None = 3
+    device: str = "cpu"
+    progress: bool = True
+
+
+Provider = Callable[[Source, Mapping[str, Any]], Any]
+
+
+def _group_ids(src: Source, inputs: Mapping[str, Any]) -> np.ndarray:
+    """int64 ``[n_val]`` D3M validation groups: per class, Auto-D3M, or a groups file."""
+    given = src.groups if src.groups in ("classes", "auto") else read_groups(src.run, src.groups)[0]
+    return resolve_groups(given, inputs["val_scores"], inputs["val_labels"])
+
+
+def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
+    """float ``[n_train, C]`` k-fold out-of-sample probabilities (timed), or None without folds."""
+    if src.folds is None:
+        return None
+    t0 = time.perf_counter()
+    oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress)
+    if dist.rank() == 0:
+        src.run.record_timing("detect_crossval", time.perf_counter() - t0)
+    return oos
+
+
+def _aum(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
+    """float ``[n_train]`` AUM recorded during training, or None (imported checkpoints, older run folders)."""
+    return load_npy(src.run.aum_path()) if src.run.aum_path().exists() else None
+
+
+# One provider per input a scorer may read (the names of registry.Inputs).
+PROVIDERS: dict[str, Provider] = {
+    "self_scores": lambda src, _: src.run.scores("self"),
+    "val_scores": lambda src, _: src.run.scores("val"),
+    "train_labels": lambda src, _: src.run.table("train")["label"],
+    "val_labels": lambda src, _: src.run.table("val")["label"],
+    "train_probs": lambda src, _: src.run.probs("train"),
+    "val_probs": lambda src, _: src.run.probs("val"),
+    "group_ids": _group_ids,
+    "folds": lambda src, _: src.folds,
+    "oos_probs": _oos_probs,
+    "aum": _aum,
+}
+
+
+class LazyInputs(Mapping[str, Any]):
+    """The scorers' inputs by name: each computed by its provider on first use, then kept."""
+
+    def __init__(self, source: Source, providers: Mapping[str, Provider] = PROVIDERS) -> None:
+        self._source, self._providers, self._values = source, providers, {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._values:
+            if name not in self._providers:
+                raise KeyError(f"no provider for the scorer input {name!r}: add one to PROVIDERS in stages/detect.py")
+            self._values[name] = self._providers[name](self._source, self)
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._providers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+
+def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scorer]:
+    """The registered scorers named in ``names`` (None: all), in registry order.
+
+    Raises:
+        ValueError: a name that is not registered.
+    """
+    unknown = sorted(set(names or ()) - set(registry.SCORERS))
+    if unknown:
+        raise ValueError(f"unknown scorer {', '.join(unknown)}; choose from {', '.join(registry.SCORERS)}")
+    return [s for n, s in registry.SCORERS.items() if names is None or n in names]
 
 
 def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
-                   device: str = "cpu", progress: bool = True) -> Detection:
-    """Run every registered scorer on the run folder (those needing cross-validation only with ``cleanlab_folds``)."""
-    train, val = run.table("train"), run.table("val")
-    val_scores = run.scores("val")
-    given = groups if groups in ("classes", "auto") else read_groups(run, groups)[0]
-    group_ids = resolve_groups(given, val_scores, val["label"])
-    info: dict = {"groups": str(groups), "n_groups": int(group_ids.max()) + 1, "cleanlab": None,
-                  "canary": canary_mask(run, len(train["index"]))}
-    oos = None
-    if cleanlab_folds is not None:
-        t0 = time.perf_counter()
-        oos = out_of_sample_probs(run, cleanlab_folds, device=device, progress=progress)
-        if dist.rank() == 0:
-            run.record_timing("detect_crossval", time.perf_counter() - t0)
-        issues = cleanlab_quality(oos, train["label"])[1]
-        info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
-                            "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
-    aum = load_npy(run.aum_path()) if run.aum_path().exists() else None
-    inputs = registry.ScorerInputs(run.scores("self"), val_scores, train["label"], val["label"], run.probs("train"),
-                                   run.probs("val"), group_ids, oos, aum)
-    scores = {s.name: s.compute(inputs) for s in registry.SCORERS.values() if s.available(inputs)}
-    return Detection(scores, inputs.train_probs.argmax(axis=1).astype(np.int64), info)
+                   device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None) -> Detection:
+    """Run the registered scorers (``scorers``: their names; None: all) on the run folder.
+
+    ``cleanlab_folds`` is the k of the cross-validation that gives out-of-sample probabilities (cleanlab's input);
+    None computes none. A scorer is left out when an input it needs is None (see :class:`~.registry.Skip`).
+    """
+    inputs = LazyInputs(Source(run, groups, cleanlab_folds, device, progress))
+    ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
+    info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
+            "canary": canary_mask(run, len(inputs["train_labels"]))}
+    return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
+                     info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
+                     facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
 
 
 def ground_truth(run: RunFolder) -> str:
@@ -106,7 +189,8 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     ``inspect_order`` is 1..n in that order; ``<scorer>_score`` is the natural score (float, 9 significant
     digits), ``<scorer>_rank`` 1 = inspected first (most suspicious). Class names stand beside every label;
     ``true_label`` and ``true_label_name`` are None (empty) unless noise was planted (:func:`ground_truth`) or
-    the example is a canary (``canary`` 1, ``ground_truth=canary``).
+    the example is a canary (``canary`` 1, ``ground_truth=canary``). Each flag a scorer set (``cleanlab_issue``) is a
+    last column, 1 = flagged.
     """
     train, classes = run.table("train"), run.classes
     known = ground_truth(run) == "planted"
@@ -116,9 +200,8 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     header = ["inspect_order", "index", "source_id", "label", "label_name", "predicted", "predicted_name",
               "ground_truth", "true_label", "true_label_name", "noisy", "canary"]
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
-    issues = (det.info.get("cleanlab") or {}).get("issues")
-    if issues is not None:
-        header.append("cleanlab_issue")
+    flagged = [n for n in names if n in det.flags]
+    header += [registry.SCORERS[n].flag.column for n in flagged]
     rows = []
     for order, i in enumerate(np.argsort(ranks[primary_scorer(det)], kind="stable"), start=1):
         label, pred = int(train["label"][i]), int(det.predicted[i])
@@ -126,8 +209,7 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
                *truth_columns(run, i, train, known, canary), int(canary is not None and canary[i])]
         for n in names:
             row += [float(f"{det.scores[n][i]:.9g}"), int(ranks[n][i])]
-        if issues is not None:
-            row.append(int(issues[i]))
+        row += [int(det.flags[n][i]) for n in flagged]
         rows.append(row)
     return header, rows
 
@@ -145,7 +227,7 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     has_canaries = canary is not None and canary.any()
     if not noisy.any() and not has_canaries:
         return None
-    per = {n: detection_metrics(registry.SCORERS[n].suspicion(s), noisy, RECALL_FRACTIONS)
+    per = {n: detection_metrics(registry.SCORERS[n].suspicion(s), noisy)
            for n, s in det.scores.items()} if noisy.any() else {}
     out = {"n_train": int(len(noisy)), "n_noisy": int(noisy.sum()), "noise_rate": float(noisy.mean()),
            "groups": det.info["groups"], "n_groups": det.info["n_groups"], "scorers": per,
@@ -153,37 +235,45 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
            "primary": primary_scorer(det)}
     if has_canaries:
         out["canaries"] = {"n": int(canary.sum()), "chance": _chance(canary),
-                           "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary, RECALL_FRACTIONS)
+                           "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
                                        for n, s in det.scores.items()}}
-    cl = det.info.get("cleanlab")
-    if cl is None:
-        out["cleanlab"] = "skipped (--no-cleanlab)"
-    else:
-        issues = cl["issues"]
-        out["cleanlab"] = {"folds": cl["folds"], "n_issues": cl["n_issues"], "oos_acc": cl["oos_acc"],
-                           "issues_precision": float(noisy[issues].mean()) if issues.any() else math.nan,
-                           "issues_recall": float(issues[noisy].mean()) if noisy.any() else math.nan}
+    out.update(flag_summaries(det, noisy))
+    return out
+
+
+def flag_summaries(det: Detection, noisy: np.ndarray) -> dict[str, dict | str]:
+    """Per flagging scorer: its facts with the flags' precision and recall on ``noisy`` (bool ``[n_train]``), or
+    ``skipped (...)`` when it did not run."""
+    out: dict[str, dict | str] = {}
+    for name, s in registry.SCORERS.items():
+        if s.flag is None:
+            continue
+        if name in det.facts:
+            out[name] = {**det.facts[name], **s.flag.quality(det.flags[name], noisy)}
+        else:
+            out[name] = f"skipped ({s.skip.option or s.skip.why})" if s.skip else "skipped"
     return out
 
 
 def _chance(truth: np.ndarray) -> dict:
     chance = {"roc_auc": 0.5, "average_precision": float(truth.mean())}
-    chance.update({f"recall@{f * 100:g}%": f for f in RECALL_FRACTIONS})
+    chance.update({recall_key(f): f for f in RECALL_FRACTIONS})
     return chance
 
 
-def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
-                  device: str = "cpu", progress: bool = True, fmt: str = "csv") -> tuple[Detection, dict | None]:
+def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3, device: str = "cpu",
+                  progress: bool = True, fmt: str = "csv",
+                  scorers: Collection[str] | None = None) -> tuple[Detection, dict | None]:
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise or canaries), time it.
 
     With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
-    other stages read, so it is always written). Under torchrun the folds are shared out (:mod:`.crossval`) and
-    rank 0 writes.
+    other stages read, so it is always written). ``scorers``: the names to run (None: all, see
+    :func:`compute_scores`). Under torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
-    det = compute_scores(run, groups, cleanlab_folds, device, progress)
+    det = compute_scores(run, groups, cleanlab_folds, device, progress, scorers)
     metrics = quality_metrics(run, det)
     if dist.rank() == 0:  # under torchrun every rank has the same scores; one writes them
         header, rows = ranking_rows(run, det)
@@ -199,4 +289,5 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
 
 def load_ranking(run: RunFolder) -> dict[str, np.ndarray]:
     """``detect/ranking.csv`` as columns in example-index order (:meth:`RunFolder.ranking` over every scorer)."""
-    return run.ranking(tuple(registry.SCORERS))
+    flags = tuple(s.flag.column for s in registry.SCORERS.values() if s.flag is not None)
+    return run.ranking(tuple(registry.SCORERS), flags)
