@@ -79,20 +79,25 @@ def test_planted_noise_is_found_by_every_scorer_but_same_label_influence():
         "loss": detect.training_loss(d["probs_tr"], d["y_tr"]),
         "cleanlab": detect.cleanlab_quality(d["oos"], d["y_tr"])[0],
     }
+    # measured ROC-AUC on this seed; each threshold is 0.03 below. D3M with its loss weights inverted (the
+    # low-loss groups weighted most) measures 0.797.
+    measured = {"self_influence": 0.953, "val_all": 0.969, "d3m": 0.939, "loss": 0.990, "cleanlab": 0.978}
     for name, score in found.items():
         auc = roc_auc(_suspicion(name, score), d["flipped"])
-        assert auc > 0.75, f"{name}: AUC {auc:.3f}"
+        assert auc > measured[name] - 0.03, f"{name}: AUC {auc:.3f}"
 
 
 def test_d3m_auto_groups_and_heuristic_flag_flipped_labels():
     d = _linear_trak(seed=1)
+    # Measured: 4 groups, ROC-AUC 0.990, the heuristic's removals 6.5 times as often flipped as the base rate,
+    # cleanlab's issues precision 0.81 and recall 0.92. The authors' uncentred PCA gives 3 groups, 0.732 and 2.3.
     a, groups = detect.d3m_scores(d["scores"], d["probs_val"], d["y_val"], "auto")
-    assert groups.max() + 1 <= 4 and len(groups) == len(d["y_val"])
-    assert roc_auc(_suspicion("d3m", a), d["flipped"]) > 0.75
+    assert groups.max() + 1 == 4 and len(groups) == len(d["y_val"])  # two pseudo-groups in each of 2 classes
+    assert roc_auc(_suspicion("d3m", a), d["flipped"]) > 0.96
     removed = a < 0  # D3M's heuristic
-    assert d["flipped"][removed].mean() > 3 * d["flipped"].mean()
+    assert d["flipped"][removed].mean() > 5 * d["flipped"].mean()
     _, issues = detect.cleanlab_quality(d["oos"], d["y_tr"])
-    assert issues.dtype == bool and d["flipped"][issues].mean() > 0.5
+    assert issues.dtype == bool and d["flipped"][issues].mean() > 0.7 and d["flipped"][issues].sum() > 0.8 * d["flipped"].sum()
 
 
 def test_bad_groups_rejected():
@@ -169,7 +174,7 @@ def test_aum_is_recorded_by_training_and_finds_planted_noise(tiny_run):
     np.testing.assert_allclose(aum, np.mean(members, axis=0))
     noisy = run.table("train")["noisy"].astype(bool)
     assert aum.shape == noisy.shape and np.isfinite(aum).all()
-    assert roc_auc(_suspicion("aum", aum), noisy) > 0.75  # measured 0.92 on this tiny run
+    assert roc_auc(_suspicion("aum", aum), noisy) > 0.9  # measured 0.959 on this tiny run
 
 
 def _groups_csv(path, header, rows):
