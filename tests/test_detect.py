@@ -210,7 +210,8 @@ def test_aum_is_recorded_by_training_and_finds_planted_noise(tiny_run):
     np.testing.assert_allclose(aum, np.mean(members, axis=0))
     noisy = run.table("train")["noisy"].astype(bool)
     assert aum.shape == noisy.shape and np.isfinite(aum).all()
-    assert roc_auc(_suspicion("aum", aum), noisy) > 0.9  # measured 0.959 on this tiny run
+    # measured 0.959 on this tiny run; AUM recorded over the first 3 of the 6 epochs only measures 0.842
+    assert roc_auc(_suspicion("aum", aum), noisy) > 0.9
 
 
 def _groups_csv(path, header, rows):
