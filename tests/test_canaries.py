@@ -146,7 +146,8 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     can = metrics["canaries"]["scorers"]
     assert set(can) == set(SCORERS) - {"cleanlab"}
     best = max(can, key=lambda n: can[n]["roc_auc"])
-    assert metrics["primary"] == best and can[best]["roc_auc"] > 0.7  # tiny run measures ~0.9
+    # measured: val_all best at 0.997 (loss 0.990, trak_loo 0.989, d3m 0.983, aum 0.977, self_influence 0.944)
+    assert metrics["primary"] == best and can[best]["roc_auc"] > 0.95
     rows = read_csv(run.ranking_path)
     assert rows[0][f"{best}_rank"] == "1"  # ranking.csv is ordered by the best scorer on the canaries
     marked = sorted(int(r["index"]) for r in rows if r["canary"] == "1")

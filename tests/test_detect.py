@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
+from trakscope.attribution.score import gram, regularized_inverse, trak_scores
 from trakscope.methods import scorers as detect
 from trakscope.methods.metrics import roc_auc
 from trakscope.methods.registry import SCORERS
@@ -79,20 +80,26 @@ def test_planted_noise_is_found_by_every_scorer_but_same_label_influence():
         "loss": detect.training_loss(d["probs_tr"], d["y_tr"]),
         "cleanlab": detect.cleanlab_quality(d["oos"], d["y_tr"])[0],
     }
+    # measured ROC-AUC on this seed; each threshold is 0.03 below. D3M with its loss weights inverted (the
+    # low-loss groups weighted most) measures 0.797.
+    measured = {"self_influence": 0.953, "val_all": 0.969, "d3m": 0.939, "loss": 0.990, "cleanlab": 0.978}
     for name, score in found.items():
         auc = roc_auc(_suspicion(name, score), d["flipped"])
-        assert auc > 0.75, f"{name}: AUC {auc:.3f}"
+        assert auc > measured[name] - 0.03, f"{name}: AUC {auc:.3f}"
 
 
 def test_d3m_auto_groups_and_heuristic_flag_flipped_labels():
     d = _linear_trak(seed=1)
+    # Measured: 4 groups, ROC-AUC 0.990, the heuristic's removals 6.5 times as often flipped as the base rate,
+    # cleanlab's issues precision 0.81 and recall 0.92. The authors' uncentred PCA gives 3 groups, 0.732 and 2.3.
     a, groups = detect.d3m_scores(d["scores"], d["probs_val"], d["y_val"], "auto")
-    assert groups.max() + 1 <= 4 and len(groups) == len(d["y_val"])
-    assert roc_auc(_suspicion("d3m", a), d["flipped"]) > 0.75
+    assert groups.max() + 1 == 4 and len(groups) == len(d["y_val"])  # two pseudo-groups in each of 2 classes
+    assert roc_auc(_suspicion("d3m", a), d["flipped"]) > 0.96
     removed = a < 0  # D3M's heuristic
-    assert d["flipped"][removed].mean() > 3 * d["flipped"].mean()
+    assert d["flipped"][removed].mean() > 5 * d["flipped"].mean()
     _, issues = detect.cleanlab_quality(d["oos"], d["y_tr"])
-    assert issues.dtype == bool and d["flipped"][issues].mean() > 0.5
+    assert issues.dtype == bool and d["flipped"][issues].mean() > 0.7
+    assert d["flipped"][issues].sum() > 0.8 * d["flipped"].sum()
 
 
 def test_bad_groups_rejected():
@@ -109,13 +116,47 @@ def test_train_margin_is_the_logit_margin():
     np.testing.assert_allclose(detect.train_margin(probs, labels), logits[[0, 1], labels] - others)
 
 
-def test_loo_margin_subtracts_self_influence_in_margin_units():
-    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
-    labels = np.array([0, 0, 1])
-    self_scores = np.array([0.01, 0.2, 0.03])
-    weight = np.mean([0.9 * 0.1, 0.25, 0.8 * 0.2])  # the Hessian weights p(1-p) of the margin's logistic loss
-    expected = detect.train_margin(probs, labels) - self_scores / weight
-    np.testing.assert_allclose(detect.loo_margin(probs, labels, self_scores), expected)
+def _fit_margin_logistic(x: np.ndarray, s: np.ndarray, lam: float, w: np.ndarray | None = None) -> np.ndarray:
+    """``[d]`` weights minimising ``sum_i log(1 + exp(-f_i)) + lam/2 |w|^2``, margins ``f_i = s_i w.x_i``
+    (``x`` ``[n, d]``, ``s`` ``[n]`` +-1 labels), by Newton's method to machine precision."""
+    w = np.zeros(x.shape[1]) if w is None else w.copy()
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-s * (x @ w)))
+        grad = lam * w - x.T @ (s * (1 - p))
+        step = np.linalg.solve((x * (p * (1 - p))[:, None]).T @ x + lam * np.eye(x.shape[1]), grad)
+        w -= step
+        if np.abs(step).max() < 1e-12:
+            break
+    return w
+
+
+def test_trak_loo_estimates_the_exact_leave_one_out_margin():
+    """Binary logistic regression, where leaving one example out is computed exactly by refitting without it.
+
+    The real chain: TRAK self-influence (exact margin gradients ``phi_i = s_i x_i``, no projection) from
+    :func:`trak_scores`, then the trak_loo scorer. Measured: the estimated drop of the margin, in-sample minus
+    leave-one-out, correlates 0.987 with the exact drop, slope 0.80 (no leverage correction), and the estimate is
+    7 times closer to the exact leave-one-out margin than the in-sample margin is (mean error ratio 0.144).
+    Without the 1 / mean p(1-p) factor: slope 0.13, ratio 0.85; with the sign of the correction flipped: 1.86.
+    """
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    x = np.c_[rng.normal(size=(80, 2)) + (2 * y[:, None] - 1), np.ones(80)]
+    y = np.where(rng.random(80) < 0.1, 1 - y, y)  # 9 flipped labels
+    s = 2.0 * y - 1
+    w = _fit_margin_logistic(x, s, lam=1.0)
+    margin = s * (x @ w)
+    exact = np.array([s[i] * x[i] @ _fit_margin_logistic(np.delete(x, i, 0), np.delete(s, i), 1.0, w)
+                      for i in range(80)])
+    p_given = 1 / (1 + np.exp(-margin))
+    probs = np.where(y[:, None] == 1, np.c_[1 - p_given, p_given], np.c_[p_given, 1 - p_given])
+    phi = s[:, None] * x
+    _, self_scores = trak_scores([phi], [regularized_inverse(gram(phi), 1e-3)[0]], [phi], 1 - p_given)
+    estimate = detect.loo_margin(probs, y, self_scores)  # what the registry's trak_loo computes
+    true_drop, est_drop = margin - exact, margin - estimate
+    assert np.corrcoef(true_drop, est_drop)[0, 1] > 0.95
+    assert 0.65 < est_drop @ true_drop / (true_drop @ true_drop) < 1.2
+    assert np.abs(estimate - exact).mean() < 0.3 * np.abs(margin - exact).mean()
 
 
 def test_loo_margin_from_the_given_label_probability_is_the_same_scorer():
@@ -169,7 +210,8 @@ def test_aum_is_recorded_by_training_and_finds_planted_noise(tiny_run):
     np.testing.assert_allclose(aum, np.mean(members, axis=0))
     noisy = run.table("train")["noisy"].astype(bool)
     assert aum.shape == noisy.shape and np.isfinite(aum).all()
-    assert roc_auc(_suspicion("aum", aum), noisy) > 0.75  # measured 0.92 on this tiny run
+    # measured 0.959 on this tiny run; AUM recorded over the first 3 of the 6 epochs only measures 0.842
+    assert roc_auc(_suspicion("aum", aum), noisy) > 0.9
 
 
 def _groups_csv(path, header, rows):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 
+import matplotlib
+import matplotlib.pyplot
 import numpy as np
-from PIL import Image
 
-from trakscope.report import plots
-from trakscope.report.grid import influence_grid
+from trakscope.report import grid, plots
 
 NAMES = (r"$\foo$", "$x^2$", "50$ each")
 
@@ -17,12 +18,28 @@ def _svg(uri: str) -> str:
     return base64.b64decode(uri.split(",", 1)[1]).decode()
 
 
-def test_influence_grid_draws_dollar_titles_as_text(tmp_path):
+def test_influence_grid_draws_dollar_titles_as_text(tmp_path, monkeypatch):
+    """Every title is on its tile as typed, and drawn so: the figure saved as SVG text holds the literal strings
+    (mathtext would draw ``$x^2$`` as an x and a raised 2, and refuse ``$\\foo$``)."""
+    figures = []
+    monkeypatch.setattr(grid.plt, "close", figures.append)  # keep the figure influence_grid made, to read it
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     tiles = [{"image": image, "title": name, "noisy": i == 0} for i, name in enumerate(NAMES)]
-    influence_grid({"image": image, "title": NAMES[0]}, {"highest": tiles, "lowest": tiles[::-1]}, tmp_path / "g.png")
-    with Image.open(tmp_path / "g.png") as im:
-        assert im.size[0] > 100
+    grid.influence_grid({"image": image, "title": NAMES[0]}, {"highest": tiles, "lowest": tiles[::-1]},
+                        tmp_path / "g.png")
+    (fig,) = figures
+    try:
+        titles = [ax.title for ax in fig.axes]
+        assert [t.get_text() for t in titles] == [NAMES[0], *NAMES, *NAMES[::-1]]
+        assert not any(t.get_parse_math() or t.get_usetex() for t in titles)
+        buf = io.StringIO()
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as <text> elements, not glyph paths
+            fig.savefig(buf, format="svg")
+    finally:
+        matplotlib.pyplot.close(fig)
+    svg = buf.getvalue()
+    # each name once per row, and NAMES[0] above the target too
+    assert [svg.count(f">{name}<") for name in NAMES] == [3, 2, 2], [svg.count(name) for name in NAMES]
 
 
 def test_plot_legends_and_labels_keep_dollar_names_literal():

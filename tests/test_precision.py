@@ -133,10 +133,41 @@ def test_bf16_where_the_device_has_none_is_refused_in_one_line_before_anything_i
     assert main(["run", "--out", str(tmp_path / "run"), *ARGS, "--trak-precision", "bf16"]) == 2
 
 
-def test_the_real_support_check_names_the_hardware():
-    level, why = precision.bf16_support("cpu")
-    assert level in ("native", "emulated") and "CPU" in why
-    assert precision.bf16_support("meta")[0] == "none"
+PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch's CPU feature checks
+
+
+@pytest.mark.parametrize("has, expected", [
+    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported"}, ("native", "this CPU has AMX")),
+    ({"_is_avx512_bf16_supported"}, ("native", "this CPU has AVX512-BF16")),
+    (set(), ("emulated", "this CPU has neither AMX nor AVX512-BF16")),
+    (None, ("emulated", "this CPU has neither AMX nor AVX512-BF16")),  # a torch without the checks
+], ids=["amx", "avx512-bf16", "neither", "no-probe"])
+def test_the_real_support_check_names_the_hardware(monkeypatch, has, expected):
+    """Every branch of the CPU check on any machine: torch's feature probes are replaced by this CPU's answers."""
+    for probe in PROBES:
+        if has is None:
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda probe=probe: probe in has, raising=False)
+    assert precision.bf16_support("cpu") == expected
+    assert precision.resolve_precision("auto", "cpu") == ("bf16" if expected[0] == "native" else "fp32")
+    assert precision.bf16_support("meta") == ("none", "trakscope runs bf16 autocast on cpu and cuda only, not meta")
+
+
+@pytest.mark.parametrize("available, capability, emulated, expected", [
+    (False, None, None, ("none", "torch sees no CUDA device")),
+    (True, (8, 0), True, ("native", "GPU-X has bf16 tensor cores")),  # Ampere, the first with them
+    (True, (7, 5), True, ("emulated", "GPU-X predates bf16 tensor cores (compute capability < 8.0)")),
+    (True, (6, 0), False, ("none", "GPU-X cannot run bf16")),
+], ids=["no-cuda", "ampere-or-later", "before-ampere", "no-bf16"])
+def test_the_cuda_support_check_reads_the_device(monkeypatch, available, capability, emulated, expected):
+    """Every branch of the CUDA check on any machine (with or without a GPU): torch.cuda's answers are replaced."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU-{'X' if index == 0 else '?'}")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=False: emulated)
+    assert precision.bf16_support("cuda") == expected
 
 
 def test_dense_featurization_stays_fp32(tmp_path):

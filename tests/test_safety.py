@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +84,34 @@ def test_writer_removes_temp_files_of_a_killed_writer(tmp_path):
         assert not orphan.exists()
 
 
-def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch):
-    import trakscope.run_folder as rf
+def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch, capsys):
+    """A refused write of timings.json (read-only mount, another user's folder) raises nothing and prints nothing;
+    any other failure to write still raises."""
+    run = RunFolder(tmp_path)
+    run.record_timing("train", 2.0)
+    before = run.timings_path.read_bytes()
+    owner = sys.modules[RunFolder.record_timing.__module__]  # the module whose write_json record_timing calls
+    refused = []
 
     def refuse(path, obj):
+        refused.append(Path(path))
         raise PermissionError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(rf, "write_json", refuse)
-    RunFolder(tmp_path).record_timing("report", 1.0)  # no exception
+    monkeypatch.setattr(owner, "write_json", refuse)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would not be quiet either
+        run.record_timing("report", 1.0)
+    assert refused == [run.timings_path]
+    assert capsys.readouterr() == ("", "")
+    assert run.timings_path.read_bytes() == before
+
+    def disk_full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(owner, "write_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run.record_timing("report", 1.0)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -145,10 +166,15 @@ def test_folder_with_a_relative_root_still_resumes(folder_run, monkeypatch):
     cfg = json.loads(saved)
     cfg["data"]["data_root"] = "imgs"  # as written before roots were stored absolute
     config.write_text(json.dumps(cfg))
+    relative = config.read_bytes()
     monkeypatch.chdir(folder_run)
+    every_call = {folder_run / "run" / name for name in (".trakscope.lock", "timings.json")}  # run touches these
+    stamps = {p: p.stat().st_mtime_ns for p in folder_run.glob("run/**/*") if p.is_file() and p not in every_call}
     try:
         assert main(["run", "--out", "run", "--dataset", "imagefolder", "--data-root", "imgs",
                      "--image-size", "16", "--noise", "0", *FAST]) == 0
+        assert config.read_bytes() == relative  # the folder keeps its own (relative) root
+        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained, featurized or scored again
     finally:
         config.write_bytes(saved)
 
