@@ -6,6 +6,7 @@ The only module besides the TRAK store (:mod:`trakscope.attribution.store`) that
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 FORMAT = 2
@@ -81,7 +82,8 @@ SCHEMAS = {  # kind -> keys a reader relies on
 
 
 class Layout:
-    """Every path of one run folder (no I/O). :class:`~trakscope.run_folder.RunFolder` derives from it."""
+    """Every path of one run folder, and the command that makes each (no I/O). :class:`~trakscope.run_folder.RunFolder`
+    derives from it; its parts (:mod:`.integrity`, :mod:`.dataset`, :mod:`.results`) are handed one."""
 
     path: Path
 
@@ -225,6 +227,20 @@ class Layout:
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder, for messages and records."""
         return str(Path(path).relative_to(self.path))
+
+    # --- commands -----------------------------------------------------------------------------
+    def command(self, producer: str = "run") -> str:
+        """The complete command line that (re)makes a stage's outputs here: ``trakscope detect --run DIR``.
+
+        ``producer`` is a command name, or ``"trakscope <name>"`` as older callers pass it.
+        """
+        name = (producer.removeprefix("trakscope ").split() or ["run"])[0]
+        folder = shlex.quote(str(self.path))
+        return f"trakscope run --out {folder}" if name == "run" else f"trakscope {name} --run {folder}"
+
+    def producer(self, path: Path) -> str:
+        """The command that writes ``path`` (from its top-level folder, :data:`PRODUCERS`)."""
+        return PRODUCERS.get(self.relative(path).split("/")[0], "run")
 
 
 def checkpoint_key(path: Path) -> tuple[int, int]:
