@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 from collections.abc import Callable
 
 import numpy as np
 
+from .. import dist
 from ..config import DataConfig, RunConfig
 from ..data import Dataset, dataset_fingerprint, describe_change, load_dataset
-from ..io import read_csv, write_csv, write_json
-from .integrity import Integrity, RunError
+from ..io import read_csv, read_json, write_csv, write_json
+from ..manifest import sha256
+from .integrity import UNRECORDED, Integrity, RunError
 from .layout import FORMAT, SPLITS, TABLE_COLUMNS, Layout
 
 
@@ -53,32 +57,45 @@ class RunData:
     def record(self, dataset: Dataset) -> None:
         """Write ``data/fingerprint.json`` of ``dataset`` (once), or check it against the recorded one; cache it."""
         path = self.layout.data_fingerprint_path
+        what = self.integrity.damage(path) if path.exists() else None
+        if what and what.startswith(UNRECORDED):
+            self.integrity.discard(path)  # nothing to check it against: made again from the data (all else is too)
         if path.exists():
             self.check(dataset)
         else:
-            write_json(path, {"format": FORMAT, "splits": dataset_fingerprint(dataset)})
+            digests = FileDigests(self.layout, self.integrity)
+            write_json(path, {"format": FORMAT, "splits": dataset_fingerprint(dataset, digests)})
+            digests.save()
             self.integrity.seal(path)
         self._dataset = dataset
 
     def check(self, dataset: Dataset) -> None:
-        """Compare ``dataset`` with ``data/fingerprint.json`` (absent in older folders: nothing to check).
+        """Compare ``dataset`` (its ids, labels and images' content) with ``data/fingerprint.json``.
 
         Raises:
-            RunError: one line naming the split that changed, how, and the command to rerun.
+            RunError: one line naming the split that changed, how (the files whose content changed), and the
+                command to rerun.
         """
-        if not self.layout.data_fingerprint_path.exists():
-            return
-        recorded = self.integrity.json(self.layout.data_fingerprint_path).get("splits", {})
-        now = dataset_fingerprint(dataset)
+        path = self.layout.data_fingerprint_path
+        if not path.exists() and "data/fingerprint.json" not in self.integrity.record().files:
+            return  # a folder from before fingerprints: nothing to check against
+        recorded = self.integrity.json(path).get("splits", {})
+        digests = FileDigests(self.layout, self.integrity)
+        now = dataset_fingerprint(dataset, digests)
         for split in SPLITS:
             change = describe_change(recorded.get(split), now[split])
             if change:
+                changed = digests.changed()
+                if changed:
+                    change += f": {', '.join(changed[:5])}" + (f" and {len(changed) - 5} more" if len(changed) > 5
+                                                                 else "")
                 data = self.config
                 where = f" at {data.data_root}" if data.data_root else ""
                 name = "training" if split == "train" else ("validation" if split == "val" else "test")
                 raise RunError(f"the {name} split of {data.dataset}{where} changed since `trakscope run` ({change}); "
                                f"point --data-root at the original data, or rerun "
                                f"`trakscope run --out {self.layout.path} --overwrite`")
+        digests.save()
 
     def classes(self) -> list[str]:
         """Class names, index = class id."""
@@ -105,3 +122,60 @@ class RunData:
     def thumbs(self, split: str) -> np.ndarray:
         """uint8 ``[n, T, T, 3]`` thumbnails of a split."""
         return self.integrity.array(self.layout.thumbs_path(split), mmap=True)
+
+
+class FileDigests:
+    """sha256 of image files, cached in ``data/digests.json`` by path with the size, inode, mtime and ctime they had,
+    so that a check reads only files that changed (a swap by ``mv`` changes the inode and ctime, a copy the mtime).
+
+    Call it with paths; :meth:`changed` names the files whose digest differs from the cached one, and :meth:`save`
+    records the new digests (after a check that passed, so the cache keeps naming what changed until then).
+    """
+
+    def __init__(self, layout: Layout, integrity: Integrity):
+        self.layout, self.integrity = layout, integrity
+        self.cache = self._load()
+        self.new: dict[str, dict] = {}
+        self._changed: list[str] = []
+
+    def _load(self) -> dict[str, dict]:
+        path = self.layout.data_digests_path
+        if not path.exists() or self.integrity.damaged(path):
+            return {}  # an unverified cache is not used: every file is hashed again
+        raw = read_json(path)
+        return raw.get("files", {}) if isinstance(raw, dict) else {}
+
+    def __call__(self, paths: list[str]) -> list[str]:
+        return [self._digest(p) for p in paths]
+
+    def _digest(self, path: str) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "missing"
+        key = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+        cached = self.cache.get(path)
+        if cached is not None and cached.get("stat") == key:
+            found = cached["sha256"]
+        else:
+            found = sha256(path)
+            if cached is not None and cached.get("sha256") != found:
+                self._changed.append(path)
+        self.new[path] = {"stat": key, "sha256": found}
+        return found
+
+    def changed(self) -> list[str]:
+        """Files whose content differs from what the cache recorded."""
+        return list(self._changed)
+
+    def save(self) -> None:
+        """Write ``data/digests.json`` if a digest was computed or changed (rank 0; skipped on a read-only folder)."""
+        merged = {**self.cache, **self.new}
+        if merged == self.cache or dist.rank() != 0:
+            return
+        try:
+            write_json(self.layout.data_digests_path, {"format": FORMAT, "files": dict(sorted(merged.items()))})
+            self.integrity.seal(self.layout.data_digests_path)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise

@@ -19,14 +19,21 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("config.json", "every setting (`RunConfig`) with `format`; another configuration in the same folder is "
                     "refused unless `--overwrite`"),
     ("timings.json", "seconds per stage"),
-    ("manifest.json", "every file trakscope wrote, recorded when it was final: size, sha256, and shape and dtype of "
-                      "`.npy`; each read checks size and header (and the sha256 of files up to 16 MiB), `run` "
-                      "recomputes a damaged file, `--overwrite` removes only what trakscope wrote"),
+    ("manifest.json", "the integrity record: every file trakscope wrote (`pending` while a matrix is being filled), "
+                      "recorded when it was final: size, sha256 (chunked over 64 MiB), shape and dtype of `.npy`, "
+                      "and the content of `config.json`; it carries the sha256 of its own body. Every read verifies "
+                      "the file against it (once per process), and an unrecorded file is never trusted; `run` "
+                      "recomputes what is damaged or unrecorded from verified inputs, `--overwrite` removes only "
+                      "what it records"),
+    ("manifest.copy.json", "a second copy of `manifest.json`, which restores it when it is damaged"),
     (".trakscope.lock", "held (`flock`) by the command at work on the folder, with its pid, command and start time; "
                         "a second writer is refused (`trakscope.run_lock`)"),
     ("data/classes.json", "class names, index = class id"),
-    ("data/fingerprint.json", "per split: count and sha256 of the ordered source ids and labels, and of the image "
-                              "files' sizes; later commands refuse data that no longer matches"),
+    ("data/fingerprint.json", "per split: count and sha256 of the ordered source ids and labels, of the image "
+                              "files' sizes, and of the images' content; later commands refuse data that no longer "
+                              "matches, naming the files that changed"),
+    ("data/digests.json", "cache of the image files' sha256 by path, size, inode, mtime and ctime, so that checking "
+                          "the fingerprint reads only files that changed"),
     ("data/{split}.csv", "`index` (row/column in the score arrays), `source_id` (stable id in the source dataset), "
                          "`label` (as trained), `true_label`, `noisy` (0/1)"),
     ("data/canaries.csv", "`index`, `source_id`, `label` (the canary's flipped label, as trained), `true_label` "
@@ -68,7 +75,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("report/index.html", "the self-contained report"),
 )
 OWNED = ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export",
-         "config.json", "timings.json", "lds.json", "manifest.json")
+         "config.json", "timings.json", "lds.json", "manifest.json", "manifest.copy.json")
 # The command that writes each top-level entry (default: run); messages name it as a complete command line.
 PRODUCERS = {"detect": "detect", "removal": "removal", "lds": "lds", "lds.json": "lds", "report": "report"}
 SCHEMAS = {  # kind -> keys a reader relies on
@@ -99,6 +106,14 @@ class Layout:
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
+
+    @property
+    def manifest_copy_path(self) -> Path:
+        return self.path / "manifest.copy.json"
+
+    @property
+    def data_digests_path(self) -> Path:
+        return self.path / "data" / "digests.json"
 
     @property
     def lock_path(self) -> Path:

@@ -40,6 +40,15 @@ class Results:
         """float32 ``[n_train, n_split]`` TRAK scores (``split`` = test or val), or ``[n_train]`` for ``self``."""
         return self.integrity.array(self.layout.scores_path(split), mmap=mmap)
 
+    def aum(self, trained: bool) -> np.ndarray | None:
+        """float64 ``[n_train]`` ``models/aum.npy``, verified; None where the run imported its checkpoints
+        (``trained`` false: no training, no AUM).
+
+        Raises:
+            RunError: a trained run's AUM is missing or damaged (naming the command that rebuilds it).
+        """
+        return self.integrity.array(self.layout.aum_path()) if trained else None
+
     # --- typed JSON results -------------------------------------------------------------------
     def write(self, path: Path, kind: str, payload: dict[str, Any]) -> None:
         """Write a stage's JSON result with ``format`` and ``kind``."""
@@ -99,12 +108,16 @@ class Results:
 
     # --- timings ------------------------------------------------------------------------------
     def timings(self) -> dict[str, float]:
-        """Seconds per stage recorded so far."""
+        """Seconds per stage recorded so far ({} where ``timings.json`` is absent, damaged or unrecorded: timings are
+        only reported, so one that cannot be verified is left out and rewritten by the next stage)."""
         path = self.layout.timings_path
+        if not path.exists() or self.integrity.damaged(path):
+            return {}
         try:
-            return read_json(path) if path.exists() else {}
+            raw = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {}
+        return raw if isinstance(raw, dict) else {}
 
     def record_timing(self, stage: str, seconds: float) -> None:
         """Add or replace the time of one stage in ``timings.json``.
@@ -116,6 +129,7 @@ class Results:
         timings[stage] = round(float(seconds), 3)
         try:
             write_json(self.layout.timings_path, timings)
+            self.integrity.seal(self.layout.timings_path)
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise

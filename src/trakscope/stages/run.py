@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,9 +28,9 @@ from ..attribution.score import NonFiniteFeatures
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
+from ..io import load_tensors, read_json, save_npy, save_tensors, write_json
 from ..models import build_model
-from ..run_folder import SPLITS, RunError, RunFolder, checkpoint_key, fingerprint
+from ..run_folder import SPLITS, UNRECORDED, RunError, RunFolder, checkpoint_key, fingerprint
 from ..train import MarginRecorder, architecture_only, load_trained, predict_logits, train_model
 from .canaries import write_canaries
 
@@ -139,10 +140,12 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
 
 
 def ensemble_aum(run: RunFolder) -> None:
-    """``models/aum.npy``: the mean of the members' AUM (skipped when a member's file is absent, e.g. older runs)."""
+    """``models/aum.npy``: the mean of the members' AUM, each verified first (skipped when a member's file is
+    absent: a member trained before AUM existed, which :func:`repair` has retrained by now)."""
     paths = [run.aum_path(m) for m in range(run.config.train.ensemble)]
     if all(p.exists() for p in paths):
-        save_npy(run.aum_path(), np.mean([load_npy(p) for p in paths], axis=0))
+        save_npy(run.aum_path(), np.mean([run.integrity.array(p) for p in paths], axis=0))
+        run.integrity.seal(run.aum_path())
 
 
 def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
@@ -212,7 +215,8 @@ def describe_checkpoint(run: RunFolder, k: int) -> str:
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
     cfg, dataset = run.config, run.dataset()
-    run.seal(*run.checkpoint_paths())  # every rank's checkpoints are on disk now (after the barrier)
+    aum = [p for p in map(run.aum_path, range(cfg.train.ensemble)) if p.exists() and cfg.model.checkpoints is None]
+    run.integrity.seal_pending(*run.checkpoint_paths(), *aum)  # every rank's files are on disk now (after the barrier)
     finals = final_checkpoints(run)
     models, probs = [], {name: 0.0 for name in SPLITS}
     for m, path in enumerate(finals):
@@ -257,6 +261,7 @@ def chance_warning(val_acc: float, val_labels: np.ndarray) -> str | None:
 def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
     """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
     cfg = run.config
+    check_store(run, len(engine_checkpoints(run)))  # the engine trusts its store's files: verify them first
     model = build_model(architecture_only(cfg.model), len(run.classes))  # no need to rebuild the dataset
     t = cfg.trak
     return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
@@ -298,10 +303,14 @@ def featurize(run: RunFolder, rt: Runtime, trak: TRAK | None = None) -> TRAK:
             done = np.ones(len(split), dtype=bool)
             done[trak.pending(name, len(split), k)] = False
             rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
+            if own and not done.all():
+                run.integrity.expect(*trak.store.split_files(k, name))  # trakscope's, not finished until sealed
             batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
             trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
-            if own and not done.all():  # this split is complete now: record its files once
-                run.seal(*trak.store.split_files(k, name))
+            if own:  # this split is complete now: record its files (once)
+                run.integrity.seal_pending(*trak.store.split_files(k, name))
+    if own:
+        run.integrity.seal(trak.store.meta_path, trak.store.checkpoints_path)  # written by this engine just now
     return trak
 
 
@@ -320,6 +329,9 @@ def score(run: RunFolder, trak: TRAK) -> None:
     Raises:
         RunError: a checkpoint's featurized gradients are not finite (a diverged model), naming its file.
     """
+    store = TrakStore(run.features_dir)
+    made = [*score_files(run), *kernel_files(store, len(trak.checkpoints())), *self_files(store)]
+    run.integrity.expect(*made)
     meta = {}
     try:
         for name in ("val", "test"):
@@ -334,58 +346,114 @@ def score(run: RunFolder, trak: TRAK) -> None:
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
             "score": meta["score"]})
-        run.seal(*score_files(run))
+        run.integrity.seal(*(p for p in made if p.exists()))
     dist.barrier()
 
 
-def repair(run: RunFolder) -> list[str]:
-    """Delete every damaged output of ``trakscope run`` and what was computed from it (rank 0, before the stages).
+def kernel_files(store: TrakStore, n_checkpoints: int) -> list:
+    """``X^T X``, its inverse and lambda of every checkpoint id of the store."""
+    return [p for k in range(n_checkpoints) for p in (store.gram_path(k), store.inverse_path(k), store.lambda_path(k))]
 
-    A damaged checkpoint takes its features, the ensemble's metrics and probabilities and the scores with it
-    (only that member is retrained); damaged features of one split are featurized again (with that checkpoint's
-    kernel and the scores); damaged metrics or probabilities are rewritten from the checkpoints; a damaged score
-    file is rescored from the features. Returns the damaged files' names, for the log.
+
+def self_files(store: TrakStore) -> list:
+    """The store's own self-influence over every checkpoint (``scores/self.npy`` is its copy) and its record."""
+    path = store.self_path("train")
+    return [path, path.with_suffix(".json")]
+
+
+def check_store(run: RunFolder, n_checkpoints: int) -> None:
+    """Refuse a file of the run's TRAK store that is damaged or unrecorded (features being filled aside).
+
+    Raises:
+        RunError: naming the file and ``trakscope run --out DIR``, which recomputes it.
     """
-    damaged = [p for p in [*data_files(run), run.metrics_path, *(run.probs_path(s) for s in SPLITS),
-                           *score_files(run)] if run.damaged(p)]
-    damaged += [p for p in run.checkpoint_paths(required=False) if checkpoint_damaged(run, p)]
-    if any(p in damaged for p in data_files(run)):
-        run.discard(*data_files(run))
+    store = TrakStore(run.features_dir)
+    split_files = [p for k in range(n_checkpoints) for s in SPLITS for p in store.split_files(k, s)]
+    for path in [store.meta_path, store.checkpoints_path, *split_files, *kernel_files(store, n_checkpoints),
+                 *self_files(store)]:
+        what = run.integrity.damage(path) if path.exists() else None
+        if what and not (path in split_files and what.startswith("trakscope began")):
+            raise RunError(run.integrity.message(path, what, "run"))
+
+
+def repair(run: RunFolder) -> list[tuple[str, str]]:
+    """Delete every output of ``trakscope run`` that is damaged or unrecorded, and what was computed from it (rank 0,
+    before the stages), so that the stage that made it makes it again from verified inputs only.
+
+    A damaged checkpoint or member AUM retrains that member (seeded: the same bits), taking its features, the
+    ensemble's metrics, probabilities, AUM and the scores with it; damaged features of one split are featurized
+    again (with that checkpoint's kernel and the scores); a damaged kernel (``X^T X``, its inverse, lambda) is
+    recomputed from the features; damaged metrics, probabilities or AUM are rewritten from the checkpoints; a damaged
+    score file is rescored. Returns ``(file, what is wrong)`` of each, for the log.
+    """
+    found: dict = {}
+
+    def bad(*paths) -> bool:
+        hits = {p: run.integrity.damage(p) for p in paths if Path(p).exists()}
+        found.update({p: w for p, w in hits.items() if w})
+        return any(hits.values())
+
+    data = [*data_files(run), run.canaries_path]
+    if bad(*data):
+        run.integrity.discard(*data)
+    _repair_members(run, bad, found)
     model_outputs = [run.metrics_path, *(run.probs_path(s) for s in SPLITS)]
-    checkpoints = run.checkpoint_paths(required=False)
-    engine = engine_checkpoints(run, checkpoints)  # a member's masked copies go with its final checkpoint
-    damaged += _repair_features(run, len(engine))
-    retrain = {_member(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
+    if bad(*model_outputs):
+        run.integrity.discard(*model_outputs)
+    if bad(run.aum_path()):
+        run.integrity.discard(run.aum_path())
+    _repair_store(run, bad, len(engine_checkpoints(run, run.checkpoint_paths(required=False))))
+    if bad(*score_files(run)):
+        run.integrity.discard(*(p for p in found if p in score_files(run)), run.scores_meta_path)
+    run.integrity.forget_missing()
+    return [(run.relative(p), "unverified" if w.startswith(UNRECORDED) else
+             "missing" if w == "it is missing" else f"damaged ({w})") for p, w in found.items()]
+
+
+def _repair_members(run: RunFolder, bad, found: dict) -> None:
+    """Retrain (or import again) each member whose checkpoint or AUM is damaged, or whose AUM is missing."""
+    checkpoints = run.checkpoint_paths(required=False)  # a stray checkpoint file is named here
+    engine = engine_checkpoints(run, checkpoints)
+    retrain = {_member(p) for p in checkpoints if checkpoint_damaged(run, p) and bad(p)}
+    if run.config.model.checkpoints is None:
+        for m in sorted({_member(p) for p in checkpoints}):
+            aum = run.aum_path(m)
+            if bad(aum) or not aum.exists():
+                found.setdefault(aum, "it is missing")
+                retrain.add(m)
     for k, (path, _) in enumerate(engine):
         if _member(path) in retrain:
-            run.discard(path, *model_outputs, *score_files(run))
+            run.integrity.discard(path, run.aum_path(_member(path)), run.aum_path(), run.metrics_path,
+                                  *(run.probs_path(s) for s in SPLITS), *score_files(run))
             TrakStore(run.features_dir).forget(k)
-    if any(p in damaged for p in model_outputs):
-        run.discard(*model_outputs)
-    if any(p in damaged for p in score_files(run)):
-        run.discard(*(p for p in damaged if p in score_files(run)), run.scores_meta_path)
-    return [run.relative(p) for p in damaged]
 
 
-def _repair_features(run: RunFolder, n_checkpoints: int) -> list:
-    """Drop each split's features (under each checkpoint) that are damaged, with the kernel and scores made from
-    them; returns the damaged files."""
-    store, damaged = TrakStore(run.features_dir), []
+def _repair_store(run: RunFolder, bad, n_checkpoints: int) -> None:
+    """Drop the store's damaged or unrecorded files with what was computed from them: a split's features (not
+    those being filled) take the checkpoint's kernel and the scores; a kernel file, the store's self-influence, its
+    settings or checkpoint records take the scores (rescored, and re-registered, from verified files)."""
+    store = TrakStore(run.features_dir)
+    scores = [*score_files(run), *self_files(store)]
     for k, split in ((k, s) for k in range(n_checkpoints) for s in SPLITS):
         files = store.split_files(k, split)
-        bad = [p for p in files if run.damaged(p)]
-        if bad:
-            damaged += bad
-            run.discard(*files, *score_files(run))
+        what = [run.integrity.damage(p) for p in files if p.exists()]
+        if any(w and not w.startswith("trakscope began") for w in what):
+            bad(*files)
+            run.integrity.discard(*files, *kernel_files(store, n_checkpoints)[3 * k:3 * k + 3], *scores)
             store.forget_split(k, split)
-    return damaged
+    for k in range(n_checkpoints):
+        kernel = kernel_files(store, n_checkpoints)[3 * k:3 * k + 3]
+        if bad(*kernel):
+            run.integrity.discard(*kernel, *scores)
+    if bad(*self_files(store), store.meta_path, store.checkpoints_path):
+        run.integrity.discard(*self_files(store), store.meta_path, store.checkpoints_path, *scores)
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
     """All stages in order; each skips what is already on disk and whole, and redoes what is damaged."""
     if dist.rank() == 0:
-        for name in repair(run):
-            print(f"{name} is damaged; recomputing it", flush=True)
+        for name, what in repair(run):
+            print(f"{name} is {what}; recomputing it", flush=True)
     dist.barrier()
     with timed(run, "data"):
         dataset = prepare_data(run)
@@ -398,6 +466,8 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
         bar.set_description_str("trakscope run: train")
         with timed(run, "train"):
             (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
+    elif run.config.model.checkpoints is None and not run.aum_path().exists() and dist.rank() == 0:
+        ensemble_aum(run)  # removed by repair, while the members' AUM are whole
     bar.update(cost["train"])
     if not all(p.exists() for p in score_files(run)):
         bar.set_description_str("trakscope run: featurize")
