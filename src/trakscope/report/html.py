@@ -158,6 +158,7 @@ def write_report(run_dir: Path | str, k: int = DEFAULT_K) -> Path:
     out = run.report_path
     with atomic_path(out, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
+    run.integrity.seal(out)
     return out
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import dist
-from ..io import load_npy
 from ..methods import registry
 from ..methods.metrics import detection_metrics, inspection_rank, roc_auc
 from ..methods.scorers import cleanlab_quality, resolve_groups
@@ -55,7 +54,7 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
         issues = cleanlab_quality(oos, train["label"])[1]
         info["cleanlab"] = {"folds": cleanlab_folds, "n_issues": int(issues.sum()), "issues": issues,
                             "oos_acc": float((oos.argmax(1) == train["label"]).mean())}
-    aum = load_npy(run.aum_path()) if run.aum_path().exists() else None
+    aum = run.aum()  # verified; a trained run without it is refused (`run` rebuilds it)
     inputs = registry.ScorerInputs(run.scores("self"), val_scores, train["label"], val["label"], run.probs("train"),
                                    run.probs("val"), group_ids, oos, aum)
     scores = {s.name: s.compute(inputs) for s in registry.SCORERS.values() if s.available(inputs)}
