@@ -259,5 +259,5 @@ def _unrecorded(record: Record) -> str:
     if record.state == "missing":
         return f"{UNRECORDED}: manifest.json and manifest.copy.json are missing"
     if record.state == "damaged":
-        return f"{UNRECORDED}: manifest.json is {record.why}, and so is manifest.copy.json"
+        return f"{UNRECORDED}: manifest.json and manifest.copy.json are both damaged"
     return f"{UNRECORDED} manifest.json"

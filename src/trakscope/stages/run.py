@@ -425,7 +425,10 @@ def _repair_members(run: RunFolder, bad, found: dict) -> None:
         if _member(path) in retrain:
             run.integrity.discard(path, run.aum_path(_member(path)), run.aum_path(), run.metrics_path,
                                   *(run.probs_path(s) for s in SPLITS), *score_files(run))
-            TrakStore(run.features_dir).forget(k)
+            store = TrakStore(run.features_dir)
+            store.forget(k)
+            if store.checkpoints_path.exists():
+                run.integrity.seal(store.checkpoints_path)  # rewritten by forget() just now, without checkpoint k
 
 
 def _repair_store(run: RunFolder, bad, n_checkpoints: int) -> None:
