@@ -248,11 +248,12 @@ class Integrity:
 
     def _refusal(self, record: Record) -> str:
         files = [self.layout.relative(p) for p in sorted(self._owned_files())]
-        shown = ", ".join(files[:12]) + (f" and {len(files) - 12} more" if len(files) > 12 else "")
+        shown = ", ".join(files[:100]) + (f" and {len(files) - 100} more" if len(files) > 100 else "")
         state = "is missing" if record.state == "missing" else f"is damaged ({record.why}), and so is its copy"
         return (f"refusing to --overwrite {self.layout.path}: its integrity record manifest.json {state}, so trakscope "
-                f"cannot tell the files it wrote from yours; it would have deleted {shown or 'nothing'}. Move what "
-                "you keep elsewhere and delete the folder, or use another --out")
+                f"cannot tell the files it wrote from yours; it would have deleted {shown or 'nothing'}. Rerun "
+                f"without --overwrite (`{self.layout.command('run')}`) to verify the run and recompute what cannot "
+                "be, or use another --out")
 
 
 def _unrecorded(record: Record) -> str:
