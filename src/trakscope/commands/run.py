@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
     cfg = resolve_run_precision(cfg, rt.device)  # auto made concrete for this device; bf16 checked against it
     cfg = absolute_data_root(cfg, existing)
+    if moved is None:  # every setting given, the data root aside: compared once resolved like the saved ones
+        cfg, moved = resume_config(cfg, existing, args.overwrite)
     check_masks(cfg.trak.masks, cfg.trak.mask_p)
     # A typo (class name, model, weights) fails here, before the run folder or anything in it exists.
     run_folder = RunFolder(args.out, data_root=moved)

@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class RunData:
         if path.exists():
             self.check(dataset)
         else:
-            digests = FileDigests(self.layout, self.integrity)
+            digests = FileDigests(self.layout, self.integrity, self.config.data_root)
             write_json(path, {"format": FORMAT, "splits": dataset_fingerprint(dataset, digests)})
             digests.save()
             self.integrity.seal(path)
@@ -80,7 +81,7 @@ class RunData:
         if not path.exists() and "data/fingerprint.json" not in self.integrity.record().files:
             return  # a folder from before fingerprints: nothing to check against
         recorded = self.integrity.json(path).get("splits", {})
-        digests = FileDigests(self.layout, self.integrity)
+        digests = FileDigests(self.layout, self.integrity, self.config.data_root)
         now = dataset_fingerprint(dataset, digests)
         for split in SPLITS:
             change = describe_change(recorded.get(split), now[split])
@@ -132,8 +133,9 @@ class FileDigests:
     records the new digests (after a check that passed, so the cache keeps naming what changed until then).
     """
 
-    def __init__(self, layout: Layout, integrity: Integrity):
+    def __init__(self, layout: Layout, integrity: Integrity, root: str | None = None):
         self.layout, self.integrity = layout, integrity
+        self.root = None if root is None else Path(root).expanduser().resolve()
         self.cache = self._load()
         self.new: dict[str, dict] = {}
         self._changed: list[str] = []
@@ -148,20 +150,27 @@ class FileDigests:
     def __call__(self, paths: list[str]) -> list[str]:
         return [self._digest(p) for p in paths]
 
+    def _name(self, path: str) -> str:
+        """The cache's key: the path relative to the data root (so moved data keeps naming its files)."""
+        resolved = Path(path).resolve()
+        return resolved.relative_to(self.root).as_posix() if self.root and resolved.is_relative_to(self.root) \
+            else str(resolved)
+
     def _digest(self, path: str) -> str:
         try:
             st = os.stat(path)
         except OSError:
             return "missing"
         key = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-        cached = self.cache.get(path)
+        name = self._name(path)
+        cached = self.cache.get(name)
         if cached is not None and cached.get("stat") == key:
             found = cached["sha256"]
         else:
             found = sha256(path)
             if cached is not None and cached.get("sha256") != found:
                 self._changed.append(path)
-        self.new[path] = {"stat": key, "sha256": found}
+        self.new[name] = {"stat": key, "sha256": found}
         return found
 
     def changed(self) -> list[str]:
