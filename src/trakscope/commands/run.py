@@ -68,7 +68,7 @@ def resume_config(cfg: RunConfig, existing: RunFolder, overwrite: bool) -> tuple
     edited ``config.json`` does not decide). Only ``--data-root`` differs from the saved settings: the saved ones,
     with the data re-pointed at the new root (checked against ``data/fingerprint.json``), as ``detect`` does.
     """
-    if overwrite or not existing.config_path.is_file() and "config.json" not in existing.integrity.record().files:
+    if overwrite or not existing.has_config():
         return cfg, None
     try:
         saved = existing.saved_config()

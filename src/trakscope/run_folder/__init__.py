@@ -148,6 +148,10 @@ class RunFolder(Layout):
                            "run against it")
         return config
 
+    def has_config(self) -> bool:
+        """A ``config.json`` is there, or the record holds one (to rebuild)."""
+        return self.config_path.is_file() or self.relative(self.config_path) in self.integrity.record().files
+
     def saved_config(self) -> RunConfig:
         """The configuration to resume with: the record's copy of ``config.json`` where it holds one (so a damaged
         or edited file does not decide), else ``config.json`` as it is (a folder without a whole record)."""

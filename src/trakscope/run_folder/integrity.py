@@ -138,8 +138,8 @@ class Integrity:
             return problem(path, None, checksum)
         record = self.record()
         entry = record.files.get(name)
-        if entry is None and path.exists():
-            return _unrecorded(record)
+        if entry is None and path.exists():  # what its own header tells first, then that nothing vouches for it
+            return problem(path, None, checksum) or _unrecorded(record)
         return problem(path, entry, checksum)
 
     def damaged(self, path: Path) -> bool:

@@ -21,8 +21,9 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("timings.json", "seconds per stage"),
     ("manifest.json", "the integrity record: every file trakscope wrote (`pending` while a matrix is being filled), "
                       "recorded when it was final: size, sha256 (chunked over 64 MiB), shape and dtype of `.npy`, "
-                      "and the content of `config.json`; it carries the sha256 of its own body. Every read verifies "
-                      "the file against it (once per process), and an unrecorded file is never trusted; `run` "
+                      "and the content of `config.json` and `data/fingerprint.json` (rebuilt from it when damaged); "
+                      "it carries the sha256 of its own body. Every read verifies the file against it (once per "
+                      "process), and an unrecorded file is never trusted; `run` "
                       "recomputes what is damaged or unrecorded from verified inputs, `--overwrite` removes only "
                       "what it records"),
     ("manifest.copy.json", "a second copy of `manifest.json`, which restores it when it is damaged"),
