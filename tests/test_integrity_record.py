@@ -130,12 +130,14 @@ def test_a_changed_inverse_is_refused_then_recomputed_bit_for_bit(run_copy, tiny
     assert inv.read_bytes() == (tiny_run / run_copy.relative(inv)).read_bytes()
 
 
-def test_scores_are_rebuilt_only_from_verified_features(run_copy, tiny_run):
+def test_scores_are_rebuilt_only_from_verified_inputs(run_copy, tiny_run):
     truncate(run_copy.scores_path("test"), 1024)
-    feats = TrakStore(run_copy.features_dir).features(1, "test", 0, 0).features_path
-    change_values(feats)  # an input of the scores, damaged too
+    store = TrakStore(run_copy.features_dir)
+    feats, inv = store.features(1, "test", 0, 0).features_path, store.inverse_path(0)
+    change_values(feats)  # inputs of the scores, damaged too
+    change_values(inv)
     rerun(run_copy)
-    for path in (run_copy.scores_path("test"), feats):
+    for path in (run_copy.scores_path("test"), feats, inv):
         assert path.read_bytes() == (tiny_run / run_copy.relative(path)).read_bytes(), path
 
 
@@ -151,6 +153,7 @@ def test_self_influence_is_rebuilt_bit_for_bit(run_copy, tiny_run):
 def test_thumbnails_are_refused_then_rebuilt_bit_for_bit(run_copy, tiny_run):
     path = run_copy.thumbs_path("train")
     change_values(path)
+    DAMAGES["zeroed"](run_copy.manifest_path)  # the record too: its copy still tells
     with pytest.raises(RunError, match=r"data/thumbs_train.npy is damaged \(its contents differ"):
         run_copy.thumbs("train")
     rerun(run_copy)
