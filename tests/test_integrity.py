@@ -56,7 +56,8 @@ def test_manifest_records_every_output_of_run(tiny_run):
               *(p(s) for p in (run.thumbs_path, run.probs_path) for s in ("train", "val", "test")),
               *(run.scores_path(s) for s in ("test", "val", "self")), run.scores_record_path("test")]
     for path in wanted:
-        assert files[run.relative(path)] == describe(path), path
+        entry = {k: v for k, v in files[run.relative(path)].items() if k != "content"}  # config's own copy aside
+        assert entry == describe(path), path
     scores = files["scores/test.npy"]
     assert scores["dtype"] == "<f4" and scores["shape"] == list(np.load(run.scores_path("test")).shape)
 
@@ -73,14 +74,14 @@ def test_truncated_scores_are_named_in_one_line_with_the_command(run_copy, capsy
 
 
 def test_truncated_array_is_named_without_a_manifest(run_copy):
-    run_copy.manifest_path.unlink()  # a folder written before manifests: the .npy header still tells
+    run_copy.integrity.manifest.unlink()  # a folder written before manifests: the .npy header still tells
     truncate(run_copy.probs_path("test"), 200)
     with pytest.raises(RunError, match=r"models/probs_test.npy is damaged \(size 200 bytes, its header .* needs"):
         run_copy.probs("test")
 
 
 def test_empty_array_without_a_manifest_is_named(run_copy):
-    run_copy.manifest_path.unlink()
+    run_copy.integrity.manifest.unlink()
     truncate(run_copy.thumbs_path("train"), 0)
     with pytest.raises(RunError, match=r"data/thumbs_train.npy is damaged \(empty file\)"):
         run_copy.thumbs("train")
@@ -96,10 +97,10 @@ def test_a_checkpoint_cut_short_is_named(run_copy):
 def test_invalid_json_result_is_named(run_copy, capsys):
     text = run_copy.metrics_path.read_text()
     run_copy.metrics_path.write_text(text.replace("{", "[", 1))  # same size, other bytes: the checksum tells
-    with pytest.raises(RunError, match=r"models/metrics.json is damaged \(its contents differ .*sha256"):
+    with pytest.raises(RunError, match=r"models/metrics.json is damaged \(its contents differ .*digest mismatch"):
         run_copy.read_result(run_copy.metrics_path, "model_metrics")
-    run_copy.manifest_path.unlink()  # without a manifest the JSON parser tells, still in one line
-    with pytest.raises(RunError, match=r"models/metrics.json is damaged \(not valid JSON"):
+    run_copy.integrity.manifest.unlink()  # without a record nothing is trusted, still in one line
+    with pytest.raises(RunError, match=r"models/metrics.json is unverified \(not in the integrity record"):
         run_copy.read_result(run_copy.metrics_path, "model_metrics")
 
 
@@ -112,9 +113,11 @@ def test_a_ranking_missing_rows_is_named(run_copy):
         run_copy.ranking(())
 
 
-def test_an_unrecorded_file_is_still_read(run_copy):
-    run_copy.manifest_path.unlink()
-    assert run_copy.scores("test").shape[0] == len(run_copy.table("train")["index"])
+def test_an_unrecorded_file_is_never_read(run_copy):
+    run_copy.integrity.manifest.unlink()
+    with pytest.raises(RunError, match=r"scores/test.npy is unverified \(not in the integrity record: manifest.json "
+                                       r"and manifest.copy.json are missing\); rerun `trakscope run --out"):
+        run_copy.scores("test")
 
 
 # --- 3. run recomputes what is damaged ----------------------------------------------------------------------

@@ -80,6 +80,7 @@ def test_without_planted_noise_ground_truth_reads_unknown(tiny_run, tmp_path, ca
     config["data"]["noise"] = 0.0
     (run_dir / "config.json").write_text(json.dumps(config))
     run = RunFolder(run_dir)
+    run.integrity.seal(run.config_path)  # an edit on purpose, recorded (an unrecorded edit is refused)
     table = run.table("train")  # as if no label had been flipped: the labels are the user's, unverified
     run.write_table("train", [(int(i), s, int(t), int(t), 0)  # through the folder, so its manifest follows
                               for i, s, t in zip(table["index"], table["source_id"], table["true_label"])])

@@ -78,6 +78,7 @@ def _as_before_precision(run) -> None:
             *section, name = key.split(".")
             del (d[section[0]] if section else d)[name]
         path.write_text(json.dumps(d))
+        RunFolder(run).integrity.seal(path)  # as the older version recorded it
 
 
 def test_a_folder_from_before_the_options_opens_and_resumes(tmp_path, capsys):

@@ -53,6 +53,7 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
         save_npy(path / f"data/thumbs_{split}.npy", thumbs)
         save_npy(path / f"models/probs_{split}.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
     save_npy(path / "scores/test.npy", rng.normal(size=(n_train, n_test)).astype(np.float32))
+    seal_all(run)  # written by hand here: recorded as trakscope's stages record theirs
     run.write_result(run.metrics_path, "model_metrics",
                      {"models": [], "ensemble": {"val_acc": 0.91, "test_acc": 0.875}})
     write_json(path / "timings.json", {"train": 12.5, "featurize": 3.25})
@@ -60,7 +61,14 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
         write_detection(run, rng)
         run.write_result(run.removal_results_path, "removal_results", removal_results(rng))
         write_lds(run, rng, n_test)
+    seal_all(run)
     return path
+
+
+def seal_all(run: RunFolder) -> None:
+    """Record every file of the synthetic folder in its integrity record (unrecorded files are never read)."""
+    records = {run.manifest_path, run.manifest_copy_path, run.lock_path}
+    run.integrity.seal(*(p for p in sorted(run.path.rglob("*")) if p.is_file() and p not in records))
 
 
 def write_lds(run: RunFolder, rng: np.random.Generator, n_test: int) -> None:

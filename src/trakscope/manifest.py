@@ -1,14 +1,17 @@
 """What trakscope wrote into a run folder, and whether each file is still what was written.
 
-A manifest is one JSON file mapping a file's path (relative to the folder) to its size, sha256 and, for
-``.npy``, its shape and dtype. Files are recorded once they are final (after their atomic rename; a
-memory-mapped matrix once it is complete), by the command holding the folder's exclusive lock, so the
-manifest is never written by two processes at once. The run folder (:mod:`trakscope.run_folder`) names the
-manifest and the files; this module only describes and checks them.
+A manifest is one JSON file mapping a file's path (relative to the folder) to its size, digest and, for
+``.npy``, its shape and dtype; or, for a file trakscope has begun but not finished (a memory-mapped matrix being
+filled), ``{"pending": true}``. Files are recorded once they are final (after their atomic rename), by the command
+holding the folder's exclusive lock. The run folder (:mod:`trakscope.run_folder`) names the manifest and the
+files; this module only describes and checks them.
 
-Checking is cheap on every read: the size, and an ``.npy`` header against the file's size (so a truncated
-array is named even where nothing was recorded); the checksum only for files up to
-:data:`CHECKSUM_ON_READ` bytes, or when asked for.
+The record proves itself: it carries the sha256 of its own body, and a second copy is kept beside it, so a
+truncated, zeroed or bit-flipped manifest is noticed and restored from the copy (or, with both damaged, nothing is
+trusted). A file's digest is the sha256 of its bytes; a file over :data:`CHUNK` bytes gets a chunked digest (the
+sha256 of its chunks' sha256s), whose chunks are hashed on several threads. Checking a file against its entry
+costs one read of it, once per process: a file already verified, unchanged since (size, inode, mtime and ctime),
+is not read again.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +30,9 @@ import numpy as np
 
 from .io import read_json, write_json
 
-CHECKSUM_ON_READ = 16 * 2**20  # files up to 16 MiB are checksummed on every read (~10 ms); larger only on request
-MANIFEST_FORMAT = 1
+CHUNK = 64 * 2**20  # files over 64 MiB get a chunked digest, hashed on several threads
+MANIFEST_FORMAT = 2  # 2: the record's own sha256 inside it, and a copy beside it
+_VERIFIED: dict[tuple, str] = {}  # (path, size, inode, mtime, ctime) -> the digest it was verified against
 
 
 def sha256(path: Path | str, chunk: int = 4 * 2**20) -> str:
@@ -35,6 +42,29 @@ def sha256(path: Path | str, chunk: int = 4 * 2**20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _chunk_sha256(path: Path, start: int) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        remaining = CHUNK
+        while remaining and (block := fh.read(min(4 * 2**20, remaining))):
+            h.update(block)
+            remaining -= len(block)
+    return h.digest()
+
+
+def digest(path: Path | str) -> str:
+    """``sha256:<hex>`` of a file up to :data:`CHUNK` bytes; ``sha256x64M:<hex>`` (sha256 of the chunks' sha256s,
+    hashed on several threads) of a larger one."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= CHUNK:
+        return "sha256:" + sha256(path)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(lambda s: _chunk_sha256(path, s), range(0, size, CHUNK)))
+    return "sha256x64M:" + hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def npy_header(path: Path | str) -> tuple[tuple[int, ...], str, int]:
@@ -55,20 +85,32 @@ def npy_header(path: Path | str) -> tuple[tuple[int, ...], str, int]:
 
 
 def describe(path: Path | str) -> dict[str, Any]:
-    """The manifest entry of a file: ``size``, ``sha256`` and, for ``.npy``, ``shape`` and ``dtype``."""
+    """The manifest entry of a finished file: ``size``, ``digest`` and, for ``.npy``, ``shape`` and ``dtype``."""
     path = Path(path)
-    entry: dict[str, Any] = {"size": path.stat().st_size, "sha256": sha256(path)}
+    entry: dict[str, Any] = {"size": path.stat().st_size, "digest": digest(path)}
     if path.suffix == ".npy":
         shape, dtype, _ = npy_header(path)
         entry.update(shape=list(shape), dtype=dtype)
+    _VERIFIED[_stat_key(path)] = entry["digest"]  # just hashed: no need to read it again in this process
     return entry
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _expected_digest(entry: dict[str, Any]) -> str | None:
+    """The entry's digest (``sha256`` of manifests before format 2 is the same digest)."""
+    return entry.get("digest") or (f"sha256:{entry['sha256']}" if "sha256" in entry else None)
 
 
 def problem(path: Path | str, entry: dict[str, Any] | None, checksum: bool | None = None) -> str | None:
     """What is wrong with ``path`` against its manifest ``entry`` (None: unrecorded), or None when it is whole.
 
     Args:
-        checksum: compare the sha256 (None: only for files up to :data:`CHECKSUM_ON_READ` bytes).
+        checksum: False skips the digest (size and ``.npy`` header only); otherwise the digest is compared, once
+            per process for a file that has not changed since.
 
     Returns:
         A phrase such as ``"size 1,024 bytes, expected 38,400"``, or None.
@@ -78,6 +120,8 @@ def problem(path: Path | str, entry: dict[str, Any] | None, checksum: bool | Non
         size = path.stat().st_size
     except FileNotFoundError:
         return "it is missing"
+    if entry is not None and entry.get("pending"):
+        return "trakscope began writing it and did not finish"
     if entry is not None and size != entry.get("size"):
         return f"size {size:,} bytes, expected {entry.get('size', 0):,}"
     if size == 0:
@@ -86,10 +130,21 @@ def problem(path: Path | str, entry: dict[str, Any] | None, checksum: bool | Non
         found = _npy_problem(path, size, entry)
         if found:
             return found
-    if entry is not None and (checksum or (checksum is None and size <= CHECKSUM_ON_READ)):
-        if sha256(path) != entry.get("sha256"):
-            return "its contents differ from what was written (sha256 mismatch)"
+    expected = None if entry is None else _expected_digest(entry)
+    if expected is not None and checksum is not False and not _matches(path, expected):
+        return "its contents differ from what was written (digest mismatch)"
     return None
+
+
+def _matches(path: Path, expected: str) -> bool:
+    key = _stat_key(path)
+    if _VERIFIED.get(key) == expected:
+        return True
+    found = digest(path) if expected.startswith("sha256x64M:") or not expected.startswith("sha256:") \
+        else "sha256:" + sha256(path)
+    if found == expected:
+        _VERIFIED[key] = expected
+    return found == expected
 
 
 def _npy_problem(path: Path, size: int, entry: dict[str, Any] | None) -> str | None:
@@ -104,30 +159,92 @@ def _npy_problem(path: Path, size: int, entry: dict[str, Any] | None) -> str | N
     return None
 
 
-class Manifest:
-    """The manifest file at ``path``: ``{"format", "kind": "manifest", "files": {relative path: entry}}``."""
+@dataclass
+class Record:
+    """A manifest as read: its ``files`` and ``state``.
 
-    def __init__(self, path: Path | str):
+    ``state`` is ``ok``, ``restored`` (the manifest was damaged or missing and its copy was whole), ``missing``
+    (neither file exists) or ``damaged`` (neither is whole); ``why`` says what was wrong with the manifest.
+    """
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state: str = "ok"
+    why: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return self.state in ("ok", "restored")
+
+
+def _body_digest(files: dict[str, Any]) -> str:
+    body = {"format": MANIFEST_FORMAT, "kind": "manifest", "files": files}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_one(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(files, "")`` of a whole manifest file, or ``(None, what is wrong)``."""
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        return None, "missing"
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        return None, f"not valid JSON: {e}"
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if not isinstance(files, dict) or raw.get("kind") != "manifest":
+        return None, "not a trakscope manifest"
+    if raw.get("format", 1) >= 2 and raw.get("sha256") != _body_digest(files):
+        return None, "its own digest does not match its contents"
+    return files, ""
+
+
+class Manifest:
+    """The manifest at ``path`` (``{"format", "kind": "manifest", "files": {relative path: entry}, "sha256"}``) and
+    its copy at ``copy`` (default ``<stem>.copy.json`` beside it)."""
+
+    def __init__(self, path: Path | str, copy: Path | str | None = None):
         self.path = Path(path)
+        self.copy = Path(copy) if copy is not None else self.path.with_name(self.path.stem + ".copy.json")
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self.path.exists() or self.copy.exists()
+
+    def load(self) -> Record:
+        """The record, from the manifest, or from its copy where the manifest is missing or damaged."""
+        files, why = _read_one(self.path)
+        if files is not None:
+            return Record(files)
+        backup, why_copy = _read_one(self.copy)
+        if backup is not None:
+            return Record(backup, "restored", why)
+        if why == "missing" and why_copy == "missing":
+            return Record(state="missing", why="missing")
+        return Record(state="damaged", why=why if why != "missing" else why_copy)
 
     def files(self) -> dict[str, dict[str, Any]]:
-        """Recorded entries; empty when there is no manifest, or one that is not readable (nothing is then checked
-        against it, and the next record rewrites it)."""
-        try:
-            raw = read_json(self.path)
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        files = raw.get("files") if isinstance(raw, dict) else None
-        return files if isinstance(files, dict) else {}
+        """Recorded entries; empty when there is no whole manifest or copy."""
+        return self.load().files
+
+    def write(self, files: dict[str, dict[str, Any]]) -> None:
+        """Write the manifest, then its copy (each atomically): a crash between leaves one whole."""
+        files = dict(sorted(files.items()))
+        body = {"format": MANIFEST_FORMAT, "kind": "manifest", "files": files, "sha256": _body_digest(files)}
+        write_json(self.path, body)
+        write_json(self.copy, body)
 
     def update(self, add: dict[str, dict[str, Any]], remove: tuple[str, ...] = ()) -> None:
-        """Record ``add`` and forget ``remove`` (one atomic rewrite; the caller holds the folder's exclusive lock)."""
-        files = {k: v for k, v in self.files().items() if k not in remove}
+        """Record ``add`` and forget ``remove`` (one atomic rewrite; the caller holds the folder's exclusive lock).
+
+        A record that cannot be read (both copies damaged) is started afresh: what it held is then unrecorded,
+        hence untrusted, and recomputed by the command that makes it.
+        """
+        files = {k: v for k, v in self.load().files.items() if k not in remove}
         files.update(add)
-        write_json(self.path, {"format": MANIFEST_FORMAT, "kind": "manifest", "files": dict(sorted(files.items()))})
+        self.write(files)
+
+    def unlink(self) -> None:
+        """Remove the manifest and its copy."""
+        self.path.unlink(missing_ok=True)
+        self.copy.unlink(missing_ok=True)
 
 
 def path_patterns(patterns: list[str], splits: tuple[str, ...]) -> re.Pattern:

@@ -245,6 +245,12 @@ class TrakStore:
     def rows_path(self, split: str) -> Path:
         return self.root / "rows" / f"{split}.npy"
 
+    def bookkeeping(self) -> list[Path]:
+        """The store's own bookkeeping files that exist (its record, its lock, each split's rows), which it keeps
+        up to date and verifies itself while it writes: a run folder's record leaves them to the store."""
+        rows = sorted((self.root / "rows").glob("*.npy")) if (self.root / "rows").is_dir() else []
+        return [p for p in (self.record.path, self.lock_path, *rows) if p.exists()]
+
     def ckpt_dir(self, k: int) -> Path:
         return self.root / f"ckpt{k}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..report.grid import influence_grid
 from ..run_folder import RunFolder
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     label = "" if found.label is None else f"\nlabel {classes[found.label]}"
     title = f"{found.description}{label}\npredicted {classes[found.predicted]}"
     influence_grid({"image": found.image, "title": title}, rows, png)
+    folder.integrity.seal(Path(png))  # recorded where it is inside the run folder
     print(f"\ngrid saved to {png}")
     return 0
 

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all
         return 0
     removal_png(summary, run_folder.removal_plot_path)
+    run_folder.integrity.seal(run_folder.removal_plot_path)
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))

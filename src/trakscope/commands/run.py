@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import dist
-from ..config import RunConfig
+from ..config import RunConfig, config_diff
 from ..data import load_dataset
 from ..models import WeightsError, build_model, resolve_config
 from ..models.weights import check_state_file
@@ -36,23 +36,24 @@ def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     cfg = config_from_args(args)  # every setting within its bounds (trakscope.config), before anything is touched
     existing = RunFolder(args.out)
-    if cfg == RunConfig() and existing.config_path.is_file() and not args.overwrite:
-        cfg = existing.config  # no settings given: resume the folder with the ones it was made with
-        print(f"resuming {existing.path} with the settings in its config.json")
+    cfg, moved = resume_config(cfg, existing, args.overwrite)
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
     cfg = resolve_run_precision(cfg, rt.device)  # auto made concrete for this device; bf16 checked against it
     cfg = absolute_data_root(cfg, existing)
+    if moved is None:  # every setting given, the data root aside: compared once resolved like the saved ones
+        cfg, moved = resume_config(cfg, existing, args.overwrite)
     # A typo (class name, model, weights) or a checkpoint that is not of --model fails here, before the run folder
     # is made, cleared by --overwrite, or anything trains.
-    dataset = load_dataset(cfg.data)
+    run_folder = RunFolder(args.out, data_root=moved)
+    dataset = load_dataset(cfg.data if moved is None else dataclasses.replace(cfg.data, data_root=run_folder.data_root))
     model = build_model(cfg.model, len(dataset.classes), classes=dataset.classes)
     check_checkpoint_sources(cfg, model, len(dataset.classes), existing, args.overwrite)
-    run_folder = RunFolder(args.out)
     if dist.rank() == 0:
         run_folder.path.mkdir(parents=True, exist_ok=True)
     with hold(run_folder, "run"):
         if dist.rank() == 0:
-            run_folder.initialize(cfg, overwrite=args.overwrite)
+            for note in run_folder.initialize(cfg, overwrite=args.overwrite):
+                print(note, flush=True)
             run_folder.record_data(dataset)
         dist.barrier()
         if dist.rank() != 0:
@@ -80,6 +81,33 @@ def check_checkpoint_sources(cfg: RunConfig, model: nn.Module, num_classes: int,
             check_state_file(model, source, f"--model {cfg.model.name} with {num_classes} classes")
         except WeightsError as e:
             raise WeightsError(f"--checkpoints: {e}") from e
+def resume_config(cfg: RunConfig, existing: RunFolder, overwrite: bool) -> tuple[RunConfig, str | None]:
+    """``(settings to run with, data root to read the data from instead of the saved one)``.
+
+    No settings given: the folder's own (from its integrity record where that holds them, so that a damaged or
+    edited ``config.json`` does not decide). Only ``--data-root`` differs from the saved settings: the saved ones,
+    with the data re-pointed at the new root (checked against ``data/fingerprint.json``), as ``detect`` does.
+    """
+    if overwrite or not existing.has_config():
+        return cfg, None
+    try:
+        saved = existing.saved_config()
+    except RunError:
+        return cfg, None  # initialize() reports the foreign or damaged config
+    if cfg == RunConfig():
+        print(f"resuming {existing.path} with the settings in its config.json")
+        return saved, None
+    root = cfg.data.data_root
+    same = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_root=saved.data.data_root))
+    bare = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_root=None)) == RunConfig()
+    if root is None or _same_place(root, saved.data.data_root) or not (bare or not config_diff(saved, same)):
+        return cfg, None
+    print(f"resuming {existing.path} with the settings in its config.json, reading the data from {root}")
+    return saved, root
+
+
+def _same_place(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def absolute_data_root(cfg: RunConfig, run_folder: RunFolder) -> RunConfig:

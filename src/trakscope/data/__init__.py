@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,9 +144,14 @@ def _confusable_pairs(classes: list[str]) -> tuple[tuple[int, int], ...]:
 
 def _file_paths(images: ImageSource) -> list[str] | None:
     """The image files behind ``images`` (unwrapping normalisation), or None when they are not files."""
+    images = _unwrap(images)
+    return images.paths if isinstance(images, FileImages) else None
+
+
+def _unwrap(images: ImageSource) -> ImageSource:
     while isinstance(images, NormalizedImages):
         images = images.source
-    return images.paths if isinstance(images, FileImages) else None
+    return images
 
 
 def _sha256(parts: list[str]) -> str:
@@ -156,21 +162,40 @@ def _sha256(parts: list[str]) -> str:
     return h.hexdigest()
 
 
-def split_fingerprint(split: ImageSplit) -> dict[str, Any]:
-    """``{n, ids_labels, files}`` of a split: count, sha256 of the ordered (source id, label, true label), and
-    sha256 of the image files' sizes (None where the images are not files; sizes survive copying, mtimes do not).
+FileDigests = Callable[[list[str]], list[str]]  # image file paths -> the sha256 of each file's bytes
+
+
+def _content_digest(images: ImageSource, file_digests: FileDigests | None) -> str | None:
+    """sha256 over the images' bytes in order: of each file (through ``file_digests``), of each encoded image held
+    in memory, or of the pixel tensor; None for files when no ``file_digests`` is given."""
+    images = _unwrap(images)
+    if isinstance(images, FileImages):
+        return None if file_digests is None else _sha256(file_digests(list(images.paths)))
+    if isinstance(images, TensorImages):
+        return hashlib.sha256(images.images.contiguous().numpy().tobytes()).hexdigest()
+    blobs = getattr(images, "blobs", None)  # parquet: encoded images held in memory
+    if blobs is not None:
+        return _sha256([hashlib.sha256(b).hexdigest() for b in blobs])
+    return None
+
+
+def split_fingerprint(split: ImageSplit, file_digests: FileDigests | None = None) -> dict[str, Any]:
+    """``{n, ids_labels, files, content}`` of a split: count, sha256 of the ordered (source id, label, true label),
+    sha256 of the image files' sizes (None where the images are not files; sizes survive copying, mtimes do not),
+    and sha256 of the images' content in order (see :func:`_content_digest`).
     """
     rows = [f"{s}\t{y}\t{t}" for s, y, t in zip(split.source_ids, split.labels, split.true_labels)]
     paths = _file_paths(split.images)
     files = None
     if paths is not None:
         files = _sha256([str(os.stat(p).st_size) if os.path.exists(p) else "missing" for p in paths])
-    return {"n": len(split), "ids_labels": _sha256(rows), "files": files}
+    return {"n": len(split), "ids_labels": _sha256(rows), "files": files,
+            "content": _content_digest(split.images, file_digests)}
 
 
-def dataset_fingerprint(dataset: Dataset) -> dict[str, dict[str, Any]]:
-    """:func:`split_fingerprint` of train, val and test."""
-    return {name: split_fingerprint(dataset.split(name)) for name in ("train", "val", "test")}
+def dataset_fingerprint(dataset: Dataset, file_digests: FileDigests | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`split_fingerprint` of train, val and test (``file_digests``: how to hash image files, e.g. cached)."""
+    return {name: split_fingerprint(dataset.split(name), file_digests) for name in ("train", "val", "test")}
 
 
 def describe_change(recorded: dict[str, Any] | None, now: dict[str, Any]) -> str:
@@ -184,4 +209,6 @@ def describe_change(recorded: dict[str, Any] | None, now: dict[str, Any]) -> str
         return "other images or labels in the same number"
     if recorded.get("files") is not None and now["files"] is not None and recorded["files"] != now["files"]:
         return "image files of the same names changed size"
+    if recorded.get("content") is not None and now.get("content") is not None and recorded["content"] != now["content"]:
+        return "the content of image files changed (same names and sizes)"
     return ""

@@ -189,6 +189,7 @@ def build_report(run_dir: Path | str, k: int = DEFAULT_K) -> tuple[Path, list[Ga
     out = run.report_path
     with atomic_path(out, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
+    run.integrity.seal(out)
     return out, inputs.all_gaps()
 
 

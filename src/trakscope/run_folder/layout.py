@@ -6,6 +6,7 @@ The only module besides the TRAK store (:mod:`trakscope.attribution.store`) that
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 FORMAT = 2
@@ -18,14 +19,22 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("config.json", "every setting (`RunConfig`) with `format`; another configuration in the same folder is "
                     "refused unless `--overwrite`"),
     ("timings.json", "seconds per stage"),
-    ("manifest.json", "every file trakscope wrote, recorded when it was final: size, sha256, and shape and dtype of "
-                      "`.npy`; each read checks size and header (and the sha256 of files up to 16 MiB), `run` "
-                      "recomputes a damaged file, `--overwrite` removes only what trakscope wrote"),
+    ("manifest.json", "the integrity record: every file trakscope wrote (`pending` while a matrix is being filled), "
+                      "recorded when it was final: size, sha256 (chunked over 64 MiB), shape and dtype of `.npy`, "
+                      "and the content of `config.json` and `data/fingerprint.json` (rebuilt from it when damaged); "
+                      "it carries the sha256 of its own body. Every read verifies the file against it (once per "
+                      "process), and an unrecorded file is never trusted; `run` "
+                      "recomputes what is damaged or unrecorded from verified inputs, `--overwrite` removes only "
+                      "what it records"),
+    ("manifest.copy.json", "a second copy of `manifest.json`, which restores it when it is damaged"),
     (".trakscope.lock", "held (`flock`) by the command at work on the folder, with its pid, command and start time; "
                         "a second writer is refused (`trakscope.run_lock`)"),
     ("data/classes.json", "class names, index = class id"),
-    ("data/fingerprint.json", "per split: count and sha256 of the ordered source ids and labels, and of the image "
-                              "files' sizes; later commands refuse data that no longer matches"),
+    ("data/fingerprint.json", "per split: count and sha256 of the ordered source ids and labels, of the image "
+                              "files' sizes, and of the images' content; later commands refuse data that no longer "
+                              "matches, naming the files that changed"),
+    ("data/digests.json", "cache of the image files' sha256 by path, size, inode, mtime and ctime, so that checking "
+                          "the fingerprint reads only files that changed"),
     ("data/{split}.csv", "`index` (row/column in the score arrays), `source_id` (stable id in the source dataset), "
                          "`label` (as trained), `true_label`, `noisy` (0/1)"),
     ("data/canaries.csv", "`index`, `source_id`, `label` (the canary's flipped label, as trained), `true_label` "
@@ -67,7 +76,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("report/index.html", "the self-contained report"),
 )
 OWNED = ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export",
-         "config.json", "timings.json", "lds.json", "manifest.json")
+         "config.json", "timings.json", "lds.json", "manifest.json", "manifest.copy.json")
 # The command that writes each top-level entry (default: run); messages name it as a complete command line.
 PRODUCERS = {"detect": "detect", "removal": "removal", "lds": "lds", "lds.json": "lds", "report": "report"}
 SCHEMAS = {  # kind -> keys a reader relies on
@@ -81,7 +90,8 @@ SCHEMAS = {  # kind -> keys a reader relies on
 
 
 class Layout:
-    """Every path of one run folder (no I/O). :class:`~trakscope.run_folder.RunFolder` derives from it."""
+    """Every path of one run folder, and the command that makes each (no I/O). :class:`~trakscope.run_folder.RunFolder`
+    derives from it; its parts (:mod:`.integrity`, :mod:`.dataset`, :mod:`.results`) are handed one."""
 
     path: Path
 
@@ -97,6 +107,14 @@ class Layout:
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
+
+    @property
+    def manifest_copy_path(self) -> Path:
+        return self.path / "manifest.copy.json"
+
+    @property
+    def data_digests_path(self) -> Path:
+        return self.path / "data" / "digests.json"
 
     @property
     def lock_path(self) -> Path:
@@ -225,6 +243,20 @@ class Layout:
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder, for messages and records."""
         return str(Path(path).relative_to(self.path))
+
+    # --- commands -----------------------------------------------------------------------------
+    def command(self, producer: str = "run") -> str:
+        """The complete command line that (re)makes a stage's outputs here: ``trakscope detect --run DIR``.
+
+        ``producer`` is a command name, or ``"trakscope <name>"`` as older callers pass it.
+        """
+        name = (producer.removeprefix("trakscope ").split() or ["run"])[0]
+        folder = shlex.quote(str(self.path))
+        return f"trakscope run --out {folder}" if name == "run" else f"trakscope {name} --run {folder}"
+
+    def producer(self, path: Path) -> str:
+        """The command that writes ``path`` (from its top-level folder, :data:`PRODUCERS`)."""
+        return PRODUCERS.get(self.relative(path).split("/")[0], "run")
 
 
 def checkpoint_key(path: Path) -> tuple[int, int]:

@@ -40,9 +40,11 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
         if not run.fold_probs_path(f).exists():
             _train_fold(run, folds, f, k, device, progress)
     dist.barrier()  # every fold is on disk
+    run.integrity.seal_pending(*map(run.fold_probs_path, range(k)))  # other ranks' folds (rank 0 records)
+    dist.barrier()  # recorded before any rank verifies them
     probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
     for f in range(k):
-        probs[folds == f] = load_npy(run.fold_probs_path(f))
+        probs[folds == f] = run.integrity.array(run.fold_probs_path(f))
     return probs
 
 
@@ -54,15 +56,19 @@ def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, 
     logits = predict_logits(model, dataset.train.images, np.flatnonzero(folds == f), device=device,
                             num_workers=cfg.train.num_workers)
     save_npy(run.fold_probs_path(f), _softmax(logits).astype(np.float32))
+    run.integrity.seal(run.fold_probs_path(f))
 
 
 def _drop_stale(run: RunFolder, folds: np.ndarray) -> None:
     """Remove cached folds made with another fold assignment; record the current one."""
     assign = run.fold_assignment_path
-    if assign.exists():
+    cached = sorted(run.crossval_dir.glob("fold*.npy"))
+    damaged = [p for p in cached if run.integrity.damaged(p)]
+    if assign.exists() and not run.integrity.damaged(assign):
         old = load_npy(assign)
         if old.shape == folds.shape and np.array_equal(old, folds):
+            run.integrity.discard(*damaged)  # retrained: an unverified fold is never used
             return
-        for f in range(int(old.max()) + 1):
-            run.fold_probs_path(f).unlink(missing_ok=True)
+    run.integrity.discard(*cached)  # made with another (or an unverifiable) fold assignment
     save_npy(assign, folds)
+    run.integrity.seal(assign)

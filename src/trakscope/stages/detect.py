@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from .. import dist
-from ..io import load_npy
 from ..methods import registry
 from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_rank, recall_key, roc_auc
 from ..methods.scorers import resolve_groups
@@ -74,8 +73,9 @@ def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
 
 
 def _aum(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
-    """float ``[n_train]`` AUM recorded during training, or None (imported checkpoints, older run folders)."""
-    return load_npy(src.run.aum_path()) if src.run.aum_path().exists() else None
+    """float ``[n_train]`` AUM recorded during training, verified, or None (imported checkpoints); a trained run
+    whose AUM is missing or damaged is refused (`trakscope run` rebuilds it)."""
+    return src.run.aum()
 
 
 # One provider per input a scorer may read (the names of registry.Inputs).

@@ -19,12 +19,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..attribution.masks import dropconnect
+from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import ImageSource
 from ..io import load_tensors
 from ..models import build_model
 from ..models.calling import call_model
-from ..run_folder import RunError, RunFolder, checkpoint_key, fingerprint
+from ..run_folder import SPLITS, RunError, RunFolder, checkpoint_key, fingerprint
 from ..train import architecture_only, load_trained, predict_logits
 
 
@@ -111,9 +112,36 @@ def describe_checkpoint(run: RunFolder, k: int) -> str:
     return run.relative(path) + ("" if mask is None else f" (DropConnect mask {mask})")
 
 
+def kernel_files(store: TrakStore, n_checkpoints: int) -> list:
+    """``X^T X``, its inverse and lambda of every checkpoint id of the store."""
+    return [p for k in range(n_checkpoints) for p in (store.gram_path(k), store.inverse_path(k), store.lambda_path(k))]
+
+
+def self_files(store: TrakStore) -> list:
+    """The store's own self-influence over every checkpoint (``scores/self.npy`` is its copy) and its record."""
+    path = store.self_path("train")
+    return [path, path.with_suffix(".json")]
+
+
+def check_store(run: RunFolder, n_checkpoints: int) -> None:
+    """Refuse a file of the run's TRAK store that is damaged or unrecorded (features being filled aside).
+
+    Raises:
+        RunError: naming the file and ``trakscope run --out DIR``, which recomputes it.
+    """
+    store = TrakStore(run.features_dir)
+    split_files = [p for k in range(n_checkpoints) for s in SPLITS for p in store.split_files(k, s)]
+    for path in [store.meta_path, store.checkpoints_path, *split_files, *kernel_files(store, n_checkpoints),
+                 *self_files(store)]:
+        what = run.integrity.damage(path) if path.exists() else None
+        if what and not (path in split_files and what.startswith("trakscope began")):
+            raise RunError(run.integrity.message(path, what, "run"))
+
+
 def trak_engine(run: RunFolder, rt: Runtime) -> TRAK:
     """The :class:`TRAK` engine of the run: its architecture, its TRAK settings, its ``features/`` store."""
     cfg = run.config
+    check_store(run, len(engine_checkpoints(run)))  # the engine trusts its store's files: verify them first
     model = build_model(architecture_only(cfg.model), len(run.classes))  # no need to rebuild the dataset
     t = cfg.trak
     return TRAK(model, run.features_dir, projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,

@@ -62,5 +62,6 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
     write_rows(removed_path, REMOVED_COLUMNS,
                [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
                 for i in removed], fmt)
+    run.integrity.seal(keep_path, removed_path)  # trakscope's (those inside the run folder): --overwrite removes them
     return Exported(keep_path, removed_path, len(keep), len(removed), int(canary.sum()),
                     int(canary[selected].sum()))

@@ -31,10 +31,11 @@ def _subset_train_config(run: RunFolder, epochs: int | None):
     return dataclasses.replace(cfg, epochs=cfg.epochs if epochs is None else epochs, checkpoints_per_model=1)
 
 
-def _cached_margins(folder: Path, i: int, expect: dict, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:
+def _cached_margins(run: RunFolder, folder: Path, i: int, expect: dict, sizes: dict[str, int]
+                    ) -> dict[str, np.ndarray] | None:
     meta_path, paths = RunFolder.subset_model_paths(folder, i, tuple(sizes))
-    if not meta_path.exists():
-        return None
+    if not meta_path.exists() or any(run.integrity.damaged(p) for p in (meta_path, *paths.values())):
+        return None  # an unverified cache is retrained over
     meta = read_json(meta_path)
     if any(meta.get(key) != value for key, value in expect.items()):
         return None
@@ -63,7 +64,7 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
               "epochs": train_cfg.epochs}
     sizes = {split: len(dataset.split(split)) for split in TARGET_SPLITS}
-    cached = _cached_margins(folder, i, expect, sizes)
+    cached = _cached_margins(run, folder, i, expect, sizes)
     if cached is not None:
         return cached
     t0 = time.perf_counter()
@@ -79,6 +80,7 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
         save_npy(paths[split], out[split])
     write_json(meta_path, {**expect, "model": i, "alpha": alpha, "subset_seed": seed,
                                           "kept": int(mask.sum()), "seconds": round(time.perf_counter() - t0, 2)})
+    run.integrity.seal(*paths.values(), meta_path)
     return out
 
 
@@ -94,6 +96,9 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
         subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)
     dist.barrier()
+    folder = run.lds_subset_dir(alpha, seed, epochs)
+    run.integrity.seal_pending(*(p for i in range(k) for p in folder.glob(f"model{i}[._]*")))  # other ranks' models
+    dist.barrier()  # recorded before any rank verifies them
     rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split] for i in range(k)]
     return masks, np.stack(rows)
 
@@ -102,7 +107,7 @@ def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tupl
     """The attribution ``[n_train, n_split]`` and what it is (projector and width when it is the run's own)."""
     if scores_path is None:
         meta_path = run.scores_meta_path
-        meta = read_json(meta_path) if meta_path.exists() else {}
+        meta = run.integrity.json(meta_path) if meta_path.exists() else {}
         return run.scores(split), {"scores_path": run.relative(run.scores_path(split)),
                                    "projector": meta.get("projector"), "proj_dim": meta.get("proj_dim"),
                                    "checkpoints": meta.get("checkpoints")}
@@ -167,6 +172,7 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
         run.write_result(Path(out), "lds", result)
         write_csv(run.lds_per_target_path(Path(out)), ["index", "spearman"],
                   [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
+        run.integrity.seal(run.lds_per_target_path(Path(out)))
         run.record_timing("lds", time.perf_counter() - t0)
     dist.barrier()
     return result

@@ -81,7 +81,7 @@ def _retrain_path(run: RunFolder, job: Job):
 def cached_retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray) -> dict | None:
     """The cached result of a retrain without ``removed`` (sorted int64) with ``seed``; None if not cached."""
     path = _retrain_path(run, job)
-    if not path.exists():
+    if not path.exists() or run.integrity.damaged(path):  # an unverified cache is retrained over
         return None
     cached = read_json(path)
     if cached.get("removed_sha256") != indices_hash(removed) or cached.get("seed") != seed or \
@@ -101,6 +101,7 @@ def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: s
         "strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction, "seed": seed,
         "removed_sha256": indices_hash(removed), "n_removed": int(len(removed)), "test_acc": acc,
         "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2)})
+    run.integrity.seal(_retrain_path(run, job))
     return {"test_acc": acc, "correct": correct, "source": "retrained"}
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +26,10 @@ from ..attribution.score import NonFiniteFeatures
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
-from ..io import load_npy, read_json, save_npy, save_tensors, write_json
+from ..io import read_json, save_npy, save_tensors, write_json
 from ..models.weights import read_state_file
 from ..progress import progress_bar
-from ..run_folder import SPLITS, RunError, RunFolder, fingerprint
+from ..run_folder import SPLITS, UNRECORDED, RunError, RunFolder, fingerprint
 from ..train import MarginRecorder, load_trained, train_model
 from .canaries import write_canaries
 from .ensemble import (
@@ -39,7 +40,9 @@ from .ensemble import (
     engine_state,
     ensemble_predict,
     final_checkpoints,
+    kernel_files,
     member_of,
+    self_files,
     trak_engine,
 )
 
@@ -102,10 +105,12 @@ def train_ensemble(run: RunFolder, rt: Runtime) -> None:
 
 
 def ensemble_aum(run: RunFolder) -> None:
-    """``models/aum.npy``: the mean of the members' AUM (skipped when a member's file is absent, e.g. older runs)."""
+    """``models/aum.npy``: the mean of the members' AUM, each verified first (skipped when a member's file is
+    absent: a member trained before AUM existed, which :func:`repair` has retrained by now)."""
     paths = [run.aum_path(m) for m in range(run.config.train.ensemble)]
     if all(p.exists() for p in paths):
-        save_npy(run.aum_path(), np.mean([load_npy(p) for p in paths], axis=0))
+        save_npy(run.aum_path(), np.mean([run.integrity.array(p) for p in paths], axis=0))
+        run.integrity.seal(run.aum_path())
 
 
 def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
@@ -134,7 +139,8 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
     cfg, dataset = run.config, run.dataset()
-    run.seal(*run.checkpoint_paths())  # every rank's checkpoints are on disk now (after the barrier)
+    aum = [p for p in map(run.aum_path, range(cfg.train.ensemble)) if p.exists() and cfg.model.checkpoints is None]
+    run.integrity.seal_pending(*run.checkpoint_paths(), *aum)  # every rank's files are on disk now (after the barrier)
     predicted = ensemble_predict(run, {name: dataset.split(name).images for name in SPLITS}, rt.device)
     probs, models = predicted.probs, []
     for m, path in enumerate(final_checkpoints(run)):
@@ -204,10 +210,14 @@ def featurize(run: RunFolder, rt: Runtime, trak: TRAK | None = None) -> TRAK:
             done = np.ones(len(split), dtype=bool)
             done[trak.pending(name, len(split), k)] = False
             rows = rows_to_featurize(done, cfg.trak.batch_size, shard)
+            if own and not done.all():
+                run.integrity.expect(*trak.store.split_files(k, name))  # trakscope's, not finished until sealed
             batches = split_batches(split, rows, cfg.trak.batch_size, cfg.train.num_workers)
             trak.featurize_batches(batches, split=name, n=len(split), checkpoint=state, checkpoint_id=k)
-            if own and not done.all():  # this split is complete now: record its files once
-                run.seal(*trak.store.split_files(k, name))
+            if own:  # this split is complete now: record its files (once)
+                run.integrity.seal_pending(*trak.store.split_files(k, name))
+    if own:
+        run.integrity.seal(trak.store.meta_path, trak.store.checkpoints_path)  # written by this engine just now
     return trak
 
 
@@ -226,6 +236,9 @@ def score(run: RunFolder, trak: TRAK) -> None:
     Raises:
         RunError: a checkpoint's featurized gradients are not finite (a diverged model), naming its file.
     """
+    store = TrakStore(run.features_dir)
+    made = [*score_files(run), *kernel_files(store, len(trak.checkpoints())), *self_files(store)]
+    run.integrity.expect(*made)
     meta = {}
     try:
         for name in ("val", "test"):
@@ -240,58 +253,91 @@ def score(run: RunFolder, trak: TRAK) -> None:
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
             "score": meta["score"]})
-        run.seal(*score_files(run))
+        run.integrity.seal(*(p for p in made if p.exists()))
     dist.barrier()
 
 
-def repair(run: RunFolder) -> list[str]:
-    """Delete every damaged output of ``trakscope run`` and what was computed from it (rank 0, before the stages).
+def repair(run: RunFolder) -> list[tuple[str, str]]:
+    """Delete every output of ``trakscope run`` that is damaged or unrecorded, and what was computed from it (rank 0,
+    before the stages), so that the stage that made it makes it again from verified inputs only.
 
-    A damaged checkpoint takes its features, the ensemble's metrics and probabilities and the scores with it
-    (only that member is retrained); damaged features of one split are featurized again (with that checkpoint's
-    kernel and the scores); damaged metrics or probabilities are rewritten from the checkpoints; a damaged score
-    file is rescored from the features. Returns the damaged files' names, for the log.
+    A damaged checkpoint or member AUM retrains that member (seeded: the same bits), taking its features, the
+    ensemble's metrics, probabilities, AUM and the scores with it; damaged features of one split are featurized
+    again (with that checkpoint's kernel and the scores); a damaged kernel (``X^T X``, its inverse, lambda) is
+    recomputed from the features; damaged metrics, probabilities or AUM are rewritten from the checkpoints; a damaged
+    score file is rescored. Returns ``(file, what is wrong)`` of each, for the log.
     """
-    damaged = [p for p in [*data_files(run), run.metrics_path, *(run.probs_path(s) for s in SPLITS),
-                           *score_files(run)] if run.damaged(p)]
-    damaged += [p for p in run.checkpoint_paths(required=False) if checkpoint_damaged(run, p)]
-    if any(p in damaged for p in data_files(run)):
-        run.discard(*data_files(run))
+    found: dict = {}
+
+    def bad(*paths) -> bool:
+        hits = {p: run.integrity.damage(p) for p in paths if Path(p).exists()}
+        found.update({p: w for p, w in hits.items() if w})
+        return any(hits.values())
+
+    data = [*data_files(run), run.canaries_path]
+    if bad(*data):
+        run.integrity.discard(*data)
+    _repair_members(run, bad, found)
     model_outputs = [run.metrics_path, *(run.probs_path(s) for s in SPLITS)]
-    checkpoints = run.checkpoint_paths(required=False)
-    engine = engine_checkpoints(run, checkpoints)  # a member's masked copies go with its final checkpoint
-    damaged += _repair_features(run, len(engine))
-    retrain = {member_of(p) for p in checkpoints if p in damaged}  # a member is trained as a whole
+    if bad(*model_outputs):
+        run.integrity.discard(*model_outputs)
+    if bad(run.aum_path()):
+        run.integrity.discard(run.aum_path())
+    _repair_store(run, bad, len(engine_checkpoints(run, run.checkpoint_paths(required=False))))
+    if bad(*score_files(run)):
+        run.integrity.discard(*(p for p in found if p in score_files(run)), run.scores_meta_path)
+    run.integrity.forget_missing()
+    return [(run.relative(p), "unverified" if w.startswith(UNRECORDED) else
+             "missing" if w == "it is missing" else f"damaged ({w})") for p, w in found.items()]
+
+
+def _repair_members(run: RunFolder, bad, found: dict) -> None:
+    """Retrain (or import again) each member whose checkpoint or AUM is damaged, or whose AUM is missing."""
+    checkpoints = run.checkpoint_paths(required=False)  # a stray checkpoint file is named here
+    engine = engine_checkpoints(run, checkpoints)
+    retrain = {member_of(p) for p in checkpoints if checkpoint_damaged(run, p) and bad(p)}
+    if run.config.model.checkpoints is None:
+        for m in sorted({member_of(p) for p in checkpoints}):
+            aum = run.aum_path(m)
+            if bad(aum) or not aum.exists():
+                found.setdefault(aum, "it is missing")
+                retrain.add(m)
     for k, (path, _) in enumerate(engine):
         if member_of(path) in retrain:
-            run.discard(path, *model_outputs, *score_files(run))
-            TrakStore(run.features_dir).forget(k)
-    if any(p in damaged for p in model_outputs):
-        run.discard(*model_outputs)
-    if any(p in damaged for p in score_files(run)):
-        run.discard(*(p for p in damaged if p in score_files(run)), run.scores_meta_path)
-    return [run.relative(p) for p in damaged]
+            run.integrity.discard(path, run.aum_path(member_of(path)), run.aum_path(), run.metrics_path,
+                                  *(run.probs_path(s) for s in SPLITS), *score_files(run))
+            store = TrakStore(run.features_dir)
+            store.forget(k)
+            if store.checkpoints_path.exists():
+                run.integrity.seal(store.checkpoints_path)  # rewritten by forget() just now, without checkpoint k
 
 
-def _repair_features(run: RunFolder, n_checkpoints: int) -> list:
-    """Drop each split's features (under each checkpoint) that are damaged, with the kernel and scores made from
-    them; returns the damaged files."""
-    store, damaged = TrakStore(run.features_dir), []
+def _repair_store(run: RunFolder, bad, n_checkpoints: int) -> None:
+    """Drop the store's damaged or unrecorded files with what was computed from them: a split's features (not
+    those being filled) take the checkpoint's kernel and the scores; a kernel file, the store's self-influence, its
+    settings or checkpoint records take the scores (rescored, and re-registered, from verified files)."""
+    store = TrakStore(run.features_dir)
+    scores = [*score_files(run), *self_files(store)]
     for k, split in ((k, s) for k in range(n_checkpoints) for s in SPLITS):
         files = store.split_files(k, split)
-        bad = [p for p in files if run.damaged(p)]
-        if bad:
-            damaged += bad
-            run.discard(*files, *score_files(run))
+        what = [run.integrity.damage(p) for p in files if p.exists()]
+        if any(w and not w.startswith("trakscope began") for w in what):
+            bad(*files)
+            run.integrity.discard(*files, *kernel_files(store, n_checkpoints)[3 * k:3 * k + 3], *scores)
             store.forget_split(k, split)
-    return damaged
+    for k in range(n_checkpoints):
+        kernel = kernel_files(store, n_checkpoints)[3 * k:3 * k + 3]
+        if bad(*kernel):
+            run.integrity.discard(*kernel, *scores)
+    if bad(*self_files(store), store.meta_path, store.checkpoints_path):
+        run.integrity.discard(*self_files(store), store.meta_path, store.checkpoints_path, *scores)
 
 
 def run_pipeline(run: RunFolder, rt: Runtime) -> None:
     """All stages in order; each skips what is already on disk and whole, and redoes what is damaged."""
     if dist.rank() == 0:
-        for name in repair(run):
-            print(f"{name} is damaged; recomputing it", flush=True)
+        for name, what in repair(run):
+            print(f"{name} is {what}; recomputing it", flush=True)
     dist.barrier()
     with timed(run, "data"):
         dataset = prepare_data(run)
@@ -304,6 +350,8 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
         bar.set_description_str("trakscope run: train")
         with timed(run, "train"):
             (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
+    elif run.config.model.checkpoints is None and not run.aum_path().exists() and dist.rank() == 0:
+        ensemble_aum(run)  # removed by repair, while the members' AUM are whole
     bar.update(cost["train"])
     if not all(p.exists() for p in score_files(run)):
         bar.set_description_str("trakscope run: featurize")
