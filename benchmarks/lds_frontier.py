@@ -84,7 +84,7 @@ def engine(run: RunFolder, args: argparse.Namespace):
         return trak_engine(run, Runtime(progress=False))
     except StoreError as e:
         print(f"re-featurizing into {args.work / 'store_run'}: {e}", flush=True)
-    cfg, ds = run.config, run.dataset()
+    cfg, ds = run.config, run.data.dataset()
     t = cfg.trak
     trak = TRAK(build_model(architecture_only(cfg.model), len(ds.classes)), args.work / "store_run",
                 proj_dim=t.proj_dim, kron_k=t.kron_k, seed=t.seed, progress=False)
@@ -141,7 +141,7 @@ def cheap_states(run: RunFolder, args: argparse.Namespace, family: str, final: d
     from trakscope.models import build_model
     from trakscope.train import architecture_only, train_model
 
-    cfg, ds = run.config, run.dataset()
+    cfg, ds = run.config, run.data.dataset()
     count = {"branches": args.branches, "reinit": args.reinit, "dropout": args.dropout}[family]
     if family == "dropout":  # the engine's own masks (``trakscope run --masks``), seeded here 3000 + d
         return [dropconnect(final, args.dropout_p, seed=3000 + d) for d in range(count)]
@@ -172,7 +172,7 @@ def cheap_rows(run: RunFolder, args: argparse.Namespace, ridges: list[float], ld
     from trakscope.models import build_model
     from trakscope.train import architecture_only
 
-    cfg, ds = run.config, run.dataset()
+    cfg, ds = run.config, run.data.dataset()
     work = args.work / "branches"  # every family's members and stores (the first family's names kept)
     own = [p for p in run.checkpoint_paths() if checkpoint_key(p)[0] == 0]  # model 0's trajectory, in order
     states = [load_tensors(p) for p in own]  # read as files: this run folder may predate newer config fields
@@ -295,7 +295,7 @@ def main() -> None:
     best_ridge = max(ridges, key=lambda r: np.mean([row["val"][str(r)][0] for row in rows]))
     c = run.config
     plot(rows, best_ridge, args.plot, f"{c.model.name}, {c.train.epochs} epochs, {c.trak.projector} {c.trak.proj_dim}")
-    timings = run.timings()
+    timings = run.results.timings()
     write_json(args.work / "frontier.json", {"rows": rows, "ridges": ridges, "best_ridge_on_val": best_ridge,
                                              "run_timings": timings, "models_trained": n_models,
                                              "wall_s": round(time.perf_counter() - t0, 1)})

@@ -70,13 +70,13 @@ def build_run(args: argparse.Namespace) -> RunFolder:
 
 
 def _nets(run: RunFolder) -> list[torch.nn.Module]:
-    cfg, n_classes = run.config, len(run.dataset().classes)
+    cfg, n_classes = run.config, len(run.data.dataset().classes)
     return [load_trained(cfg.model, n_classes, load_checkpoint(run, p)) for p in run.checkpoint_paths()]
 
 
 def trakscope_scores(run: RunFolder, projector: str, proj_dim: int, work: Path) -> tuple[np.ndarray, int]:
     """float32 ``[n_train, n_test]`` scores with one of trakscope's projectors (through the TRAK engine), and width."""
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     model = build_model(architecture_only(cfg.model), len(dataset.classes))
     trak = TRAK(model, work / f"{projector}_{proj_dim}", projector=projector, proj_dim=proj_dim,
                 kron_k=cfg.trak.kron_k, proj_type=cfg.trak.proj_type, ridge=cfg.trak.ridge, seed=cfg.trak.seed,
@@ -107,7 +107,7 @@ def traker_scores(run: RunFolder, proj_dim: int, save_dir: Path) -> np.ndarray:
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     nets = _nets(run)
     n_params = sum(p.numel() for p in nets[0].parameters())
     n_train, n_test, bs = len(dataset.train), len(dataset.test), cfg.trak.batch_size
@@ -181,7 +181,7 @@ def main() -> None:
     for row in score_rows(run, args):
         mean, per_target = lds(predicted_outputs(row.pop("scores"), masks), margins)
         results.append({**row, "lds": mean, "ci95": list(ci95(per_target))})
-    metrics = run.read_result(run.metrics_path, "model_metrics", "trakscope run")
+    metrics = run.results.read(run.metrics_path, "model_metrics", "trakscope run")
     summary = {"config": run.config.to_dict(), "alpha": args.alpha, "num_models": args.models,
                "targets": int(margins.shape[1]), "ensemble_test_acc": metrics["ensemble"]["test_acc"],
                "wall_s": round(time.perf_counter() - t0, 1), "rows": results}

@@ -118,7 +118,7 @@ class Work:
         from trakscope.models import build_model
         from trakscope.train import architecture_only
 
-        ds = run.dataset()
+        ds = run.data.dataset()
         self.paths = run.checkpoint_paths() if all_checkpoints else final_checkpoints(run, n_models, trajectory)
         self.trajectory = trajectory
         self.states = [load_tensors(p) for p in self.paths]  # as files: the folder may predate newer config fields

@@ -199,16 +199,16 @@ def quality(out: Path, threads: int, k: int, max_targets: int) -> list[dict]:
         t0 = time.perf_counter()
         margins[name] = subset_margins(run, alpha=0.5, k=k, seed=0, split="test", progress=False)
         print(f"{k} subset models trained in {name}: {time.perf_counter() - t0:.1f}s", flush=True)
-    targets = choose_targets(len(runs["fp32"].table("test")["index"]), max_targets, 0)
+    targets = choose_targets(len(runs["fp32"].data.table("test")["index"]), max_targets, 0)
     same_weights = {"fp32": "fp32", "bf16 training": "bf16 training", "bf16 featurization": "fp32",
                     "bf16 both": "bf16 training"}  # the run whose checkpoints are these, featurized in fp32
     rows = []
     for gt, (masks, observed) in margins.items():
         per_target = {}
         for name, run in runs.items():
-            per_target[name] = lds(predicted_outputs(np.asarray(run.scores("test")[:, targets]), masks),
+            per_target[name] = lds(predicted_outputs(np.asarray(run.results.scores("test")[:, targets]), masks),
                                    observed[:, targets])[1]
-            metrics, timings = run.read_result(run.metrics_path, "model_metrics"), run.timings()
+            metrics, timings = run.results.read(run.metrics_path, "model_metrics"), run.results.timings()
             diff, lo, hi = _paired(per_target[name], per_target["fp32"])
             rows.append({"run": name, "subset_models": gt, "lds": float(np.nanmean(per_target[name])),
                          "lds_ci95": list(ci95(per_target[name])), "paired_diff_vs_fp32": diff,
@@ -223,7 +223,7 @@ def quality(out: Path, threads: int, k: int, max_targets: int) -> list[dict]:
 
 def accuracy_pairs(run: RunFolder, seeds: int) -> dict:
     """Test accuracy of ``seeds`` models trained in fp32 and in bf16 with the same seeds (paired), and seconds each."""
-    cfg, data = run.config, run.dataset()
+    cfg, data = run.config, run.data.dataset()
     acc: dict[str, list[float]] = {"fp32": [], "bf16": []}
     secs: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for seed in range(100, 100 + seeds):
@@ -266,12 +266,12 @@ def resnet_agreement(out: Path, threads: int) -> dict:
         if trakscope(["run", "--out", str(path), *RESNET_ARGS, "--threads", str(threads), *extra]) != 0:
             raise SystemExit(f"trakscope run failed for resnet18 {name}")
         runs[name] = RunFolder(path)
-    scores = {name: np.asarray(run.scores("test")) for name, run in runs.items()}
+    scores = {name: np.asarray(run.results.scores("test")) for name, run in runs.items()}
     res = {"feature_rel_err": feature_error(runs["fp32"], runs["bf16"]),
            "bf16_vs_fp32": _agreement(scores["fp32"], scores["bf16"]),
            "proj_seed1_vs_seed0": _agreement(scores["fp32"], scores["fp32_seed1"]),
-           "test_acc": runs["fp32"].read_result(runs["fp32"].metrics_path, "model_metrics")["ensemble"]["test_acc"],
-           "featurize_s": {n: r.timings().get("featurize") for n, r in runs.items()}}
+           "test_acc": runs["fp32"].results.read(runs["fp32"].metrics_path, "model_metrics")["ensemble"]["test_acc"],
+           "featurize_s": {n: r.results.timings().get("featurize") for n, r in runs.items()}}
     print(json.dumps(res), flush=True)
     return res
 

@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
     for kron_k in (int(k) for k in args.kron_ks.split(",")):
         for proj_dim in (int(d) for d in args.proj_dims.split(",")):
-            model = build_model(architecture_only(run.config.model), len(run.dataset().classes))
+            model = build_model(architecture_only(run.config.model), len(run.data.dataset().classes))
             if args.layers == "last":
                 head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
                 keep = {id(p) for p in head.parameters()}

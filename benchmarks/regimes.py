@@ -88,10 +88,10 @@ def strategy_for(scorer: str) -> list[str]:
 
 def extras(run: RunFolder) -> dict:
     """Benchmark-only numbers: memorisation, the raw LOO variant, and the self-influence units check."""
-    train = run.table("train")
-    probs, labels = run.probs("train").astype(np.float64), train["label"]
+    train = run.data.table("train")
+    probs, labels = run.results.probs("train").astype(np.float64), train["label"]
     noisy = train["noisy"].astype(bool)
-    self_scores = np.asarray(run.scores("self"), dtype=np.float64)
+    self_scores = np.asarray(run.results.scores("self"), dtype=np.float64)
     margin = scorers.train_margin(probs, labels)
     out = {"train_acc_given": float((probs.argmax(1) == labels).mean()),
            "noisy_fit": float((probs.argmax(1) == labels)[noisy].mean()) if noisy.any() else None,

@@ -134,7 +134,7 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     run = RunFolder(run_dir)
     canaries = read_csv(run.canaries_path)
     idx = sorted(int(r["index"]) for r in canaries)
-    train = run.table("train")
+    train = run.data.table("train")
     assert len(idx) == 10 and not train["noisy"].any()  # never counted as the data's own errors
     assert all(int(r["label"]) != int(r["true_label"]) for r in canaries)
 
@@ -156,7 +156,7 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     assert all(r["ground_truth"] == "unknown" for r in rows if r["canary"] == "0")
     mask = np.zeros(len(rows), bool)
     mask[idx] = True
-    ranking = run.ranking(tuple(SCORERS))
+    ranking = run.results.ranking(tuple(SCORERS))
     assert roc_auc(SCORERS[best].suspicion(ranking[best]), mask) == pytest.approx(can[best]["roc_auc"])
 
     from trakscope.report.payload import read_ranking

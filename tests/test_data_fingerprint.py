@@ -55,7 +55,7 @@ def copies(folder_run, tmp_path) -> tuple[RunFolder, Path]:
 
 def test_two_same_size_images_swapped_between_classes_are_caught_and_named(copies):
     run, data = copies
-    train = run.table("train")["source_id"]
+    train = run.data.table("train")["source_id"]
     a = next(s for s in train if s.startswith("cat/"))
     b = next(s for s in train if s.startswith("dog/"))
     assert (data / a).stat().st_size == (data / b).stat().st_size
@@ -64,7 +64,7 @@ def test_two_same_size_images_swapped_between_classes_are_caught_and_named(copie
     (data / "swap.tmp").rename(data / b)
     with pytest.raises(RunError, match=r"the training split of imagefolder .* changed since `trakscope run` \(the "
                                        r"content of image files changed") as e:
-        RunFolder(run.path, data_root=data).dataset()
+        RunFolder(run.path, data_root=data).data.dataset()
     assert str(data / a) in str(e.value) and str(data / b) in str(e.value), str(e.value)
 
 
@@ -74,7 +74,7 @@ def test_an_unchanged_dataset_is_not_hashed_again(folder_run, monkeypatch):
     run, data = folder_run
     hashed = []
     monkeypatch.setattr(module, "sha256", lambda p: hashed.append(p) or "x")
-    RunFolder(run).dataset()
+    RunFolder(run).data.dataset()
     assert hashed == []  # every file's digest came from data/digests.json (same size, inode, mtime, ctime)
     assert len(json.loads((run / "data" / "digests.json").read_text())["files"]) == 28
 

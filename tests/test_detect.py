@@ -208,7 +208,7 @@ def test_aum_is_recorded_by_training_and_finds_planted_noise(tiny_run):
     aum = load_npy(run.aum_path())
     members = [load_npy(run.aum_path(m)) for m in range(2)]
     np.testing.assert_allclose(aum, np.mean(members, axis=0))
-    noisy = run.table("train")["noisy"].astype(bool)
+    noisy = run.data.table("train")["noisy"].astype(bool)
     assert aum.shape == noisy.shape and np.isfinite(aum).all()
     # measured 0.959 on this tiny run; AUM recorded over the first 3 of the 6 epochs only measures 0.842
     assert roc_auc(_suspicion("aum", aum), noisy) > 0.9
@@ -224,7 +224,7 @@ def test_groups_file_by_source_id_and_index(tiny_run, tmp_path):
     from trakscope.stages.groups import read_groups
 
     run = RunFolder(tiny_run)
-    val, test = run.table("val"), run.table("test")
+    val, test = run.data.table("val"), run.data.table("test")
     by_id = _groups_csv(tmp_path / "g.csv", ["source_id", "group"],
                         [(s, "even" if y % 2 == 0 else "odd") for s, y in zip(val["source_id"], val["label"])]
                         + [(s, "even" if y % 2 == 0 else "odd") for s, y in zip(test["source_id"], test["label"])])
@@ -244,7 +244,7 @@ def test_groups_file_errors(tiny_run, tmp_path):
     from trakscope.stages.groups import GroupsError, read_groups
 
     run = RunFolder(tiny_run)
-    n_val = len(run.table("val")["index"])
+    n_val = len(run.data.table("val")["index"])
     with pytest.raises(GroupsError, match="no group for 1 of"):
         read_groups(run, _groups_csv(tmp_path / "a.csv", ["index", "group"], [(i, 0) for i in range(n_val - 1)]))
     with pytest.raises(GroupsError, match="neither the val nor the test"):
@@ -265,11 +265,11 @@ def test_detect_uses_a_groups_file_for_d3m(tiny_run, tmp_path):
     from trakscope.stages.detect import compute_scores
 
     run = RunFolder(tiny_run)
-    val = run.table("val")
+    val = run.data.table("val")
     path = _groups_csv(tmp_path / "g.csv", ["index", "group"], [(i, int(y) % 3) for i, y in enumerate(val["label"])])
     det = compute_scores(run, str(path), cleanlab_folds=None, progress=False)
     assert det.info["n_groups"] == 3
-    expected = detect.d3m_scores(run.scores("val"), run.probs("val"), val["label"], val["label"] % 3)[0]
+    expected = detect.d3m_scores(run.results.scores("val"), run.results.probs("val"), val["label"], val["label"] % 3)[0]
     np.testing.assert_allclose(det.scores["d3m"], expected)
     assert not np.allclose(det.scores["d3m"], compute_scores(run, "classes", None, progress=False).scores["d3m"])
 

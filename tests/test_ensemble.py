@@ -31,7 +31,7 @@ def naive_member_probs(run: RunFolder, path: Path, x: torch.Tensor) -> np.ndarra
 
 def test_ensemble_prediction_is_the_mean_of_the_members_softmax(tiny_run):
     run = RunFolder(tiny_run)
-    dataset = run.dataset()
+    dataset = run.data.dataset()
     sources = {name: dataset.split(name).images for name in ("val", "test")}
     got = ensemble.ensemble_predict(run, sources)
     finals = ensemble.final_checkpoints(run)
@@ -42,14 +42,14 @@ def test_ensemble_prediction_is_the_mean_of_the_members_softmax(tiny_run):
         for m, p in enumerate(members):
             np.testing.assert_array_equal(got.member_predicted[m][name], p.argmax(1))
         # what `run` stored is this same prediction, bit for bit (the one implementation wrote it)
-        np.testing.assert_array_equal(got.probs[name].astype(np.float32), run.probs(name))
-    accuracies = [m["test_acc"] for m in run.read_result(run.metrics_path, "model_metrics")["models"]]
+        np.testing.assert_array_equal(got.probs[name].astype(np.float32), run.results.probs(name))
+    accuracies = [m["test_acc"] for m in run.results.read(run.metrics_path, "model_metrics")["models"]]
     assert accuracies == [float((p["test"] == dataset.test.true_labels).mean()) for p in got.member_predicted]
 
 
 def test_member_logits_are_the_named_members_own(tiny_run):
     run = RunFolder(tiny_run)
-    images = run.dataset().test.images
+    images = run.data.dataset().test.images
     [(m, logits)] = ensemble.member_logits(run, {"test": images}, members=[1])
     net = build_model(architecture_only(run.config.model), len(run.classes))
     net.load_state_dict(load_file(str(run.checkpoint_path(1, 0))))
@@ -104,7 +104,7 @@ def test_a_damaged_member_is_refused_by_name(run_copy, damage):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "cut short" else data[:-1] + bytes([data[-1] ^ 0xFF]))
     assert ensemble.checkpoint_damaged(run_copy, path)
-    images = {"test": run_copy.dataset().test.images}
+    images = {"test": run_copy.data.dataset().test.images}
     named = r"models/model1_ckpt0.safetensors is damaged"
     with pytest.raises(RunError, match=named):
         ensemble.ensemble_predict(run_copy, images)

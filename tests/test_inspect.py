@@ -38,7 +38,7 @@ def test_class_by_name_index_or_case_and_close_matches():
 
 
 def test_cli_target_by_source_id_prints_the_same_as_by_index(tiny_run, tmp_path, capsys):
-    source = str(RunFolder(tiny_run).table("test")["source_id"][3])
+    source = str(RunFolder(tiny_run).data.table("test")["source_id"][3])
     assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "3", "--png", str(tmp_path / "a.png")]) \
         == 0
     by_index = capsys.readouterr().out
@@ -54,9 +54,9 @@ def test_cli_target_by_source_id_prints_the_same_as_by_index(tiny_run, tmp_path,
 def test_stored_scores_are_the_labels_margin_and_on_the_fly_scoring_reproduces_them(tiny_run):
     run = RunFolder(tiny_run)
     found = stage.inspect_target(run, "test", "3", top=4)
-    x = run.dataset().split("test").images.batch(np.array([3]))
+    x = run.data.dataset().split("test").images.batch(np.array([3]))
     again = stage.score_on_the_fly(run, x, torch.tensor([found.label]))[:, 0]
-    assert np.allclose(again, run.scores("test")[:, 3], atol=1e-6)
+    assert np.allclose(again, run.results.scores("test")[:, 3], atol=1e-6)
 
 
 def test_class_changes_the_scores_and_the_header(tiny_run, tmp_path, capsys):
@@ -75,8 +75,8 @@ def test_class_changes_the_scores_and_the_header(tiny_run, tmp_path, capsys):
 
 def test_headers_name_the_margin_even_on_a_misclassified_target(tiny_run):
     run = RunFolder(tiny_run)
-    test = run.table("test")
-    wrong = int(np.flatnonzero(run.probs("test").argmax(1) != test["label"])[0])
+    test = run.data.table("test")
+    wrong = int(np.flatnonzero(run.results.probs("test").argmax(1) != test["label"])[0])
     found = stage.inspect_target(run, "test", str(wrong))
     label = run.classes[test["label"][wrong]]
     assert stage.headers(run.classes, found) == (f"highest scores: raise the margin of class '{label}' (the label)",
@@ -86,9 +86,9 @@ def test_headers_name_the_margin_even_on_a_misclassified_target(tiny_run):
 
 def test_image_file_is_scored_on_the_fly_under_the_predicted_class(tiny_run, tmp_path, capsys):
     run = RunFolder(tiny_run)
-    train = run.table("train")
+    train = run.data.table("train")
     j = int(np.flatnonzero(train["noisy"] == 0)[0])
-    Image.fromarray(run.thumbs("train")[j]).save(tmp_path / "mine.png")
+    Image.fromarray(run.data.thumbs("train")[j]).save(tmp_path / "mine.png")
     png = tmp_path / "grid.png"
     assert main(["inspect", "--run", str(tiny_run), "--image", str(tmp_path / "mine.png"), "--png", str(png)]) == 0
     out = capsys.readouterr().out

@@ -77,14 +77,14 @@ def test_truncated_array_is_named_without_a_manifest(run_copy):
     run_copy.integrity.manifest.unlink()  # a folder written before manifests: the .npy header still tells
     truncate(run_copy.probs_path("test"), 200)
     with pytest.raises(RunError, match=r"models/probs_test.npy is damaged \(size 200 bytes, its header .* needs"):
-        run_copy.probs("test")
+        run_copy.results.probs("test")
 
 
 def test_empty_array_without_a_manifest_is_named(run_copy):
     run_copy.integrity.manifest.unlink()
     truncate(run_copy.thumbs_path("train"), 0)
     with pytest.raises(RunError, match=r"data/thumbs_train.npy is damaged \(empty file\)"):
-        run_copy.thumbs("train")
+        run_copy.data.thumbs("train")
 
 
 def test_a_checkpoint_cut_short_is_named(run_copy):
@@ -98,26 +98,26 @@ def test_invalid_json_result_is_named(run_copy, capsys):
     text = run_copy.metrics_path.read_text()
     run_copy.metrics_path.write_text(text.replace("{", "[", 1))  # same size, other bytes: the checksum tells
     with pytest.raises(RunError, match=r"models/metrics.json is damaged \(its contents differ .*digest mismatch"):
-        run_copy.read_result(run_copy.metrics_path, "model_metrics")
+        run_copy.results.read(run_copy.metrics_path, "model_metrics")
     run_copy.integrity.manifest.unlink()  # without a record nothing is trusted, still in one line
     with pytest.raises(RunError, match=r"models/metrics.json is unverified \(not in the integrity record"):
-        run_copy.read_result(run_copy.metrics_path, "model_metrics")
+        run_copy.results.read(run_copy.metrics_path, "model_metrics")
 
 
 def test_a_ranking_missing_rows_is_named(run_copy):
-    n = len(run_copy.table("train")["index"])
-    run_copy.write_ranking(["index", "noisy"], [[i, 0] for i in range(n)])
+    n = len(run_copy.data.table("train")["index"])
+    run_copy.results.write_ranking(["index", "noisy"], [[i, 0] for i in range(n)])
     lines = run_copy.ranking_path.read_text().splitlines()
     run_copy.ranking_path.write_text("\n".join(lines[:-5]) + "\n")
     with pytest.raises(RunError, match=r"detect/ranking.csv is damaged \(size .*trakscope detect --run"):
-        run_copy.ranking(())
+        run_copy.results.ranking(())
 
 
 def test_an_unrecorded_file_is_never_read(run_copy):
     run_copy.integrity.manifest.unlink()
     with pytest.raises(RunError, match=r"scores/test.npy is unverified \(not in the integrity record: manifest.json "
                                        r"and manifest.copy.json are missing\); rerun `trakscope run --out"):
-        run_copy.scores("test")
+        run_copy.results.scores("test")
 
 
 # --- 3. run recomputes what is damaged ----------------------------------------------------------------------
@@ -133,15 +133,16 @@ def test_run_retrains_only_the_member_whose_checkpoint_is_truncated(run_copy, ti
     retrained, original = load_tensors(damaged), load_tensors(tiny_run / run_copy.relative(damaged))
     assert all(torch.equal(retrained[k], original[k]) for k in original)  # training is seeded
     assert other.stat().st_mtime_ns == other_mtime
-    np.testing.assert_allclose(run_copy.scores("test"), RunFolder(tiny_run).scores("test"), rtol=1e-5, atol=1e-7)
-    assert run_copy.damage(damaged) is None
+    np.testing.assert_allclose(run_copy.results.scores("test"), RunFolder(tiny_run).results.scores("test"),
+                               rtol=1e-5, atol=1e-7)
+    assert run_copy.integrity.damage(damaged) is None
 
 
 def test_run_rescores_truncated_scores(run_copy, tiny_run):
     truncate(run_copy.scores_path("test"), 1024)
     ckpt_mtime = run_copy.checkpoint_path(0, 0).stat().st_mtime_ns
     rerun(run_copy)
-    assert np.array_equal(run_copy.scores("test"), RunFolder(tiny_run).scores("test"))
+    assert np.array_equal(run_copy.results.scores("test"), RunFolder(tiny_run).results.scores("test"))
     assert run_copy.checkpoint_path(0, 0).stat().st_mtime_ns == ckpt_mtime
 
 
@@ -149,7 +150,7 @@ def test_run_rewrites_truncated_probabilities(run_copy, tiny_run):
     truncate(run_copy.probs_path("test"), 64)
     ckpt_mtime = run_copy.checkpoint_path(0, 0).stat().st_mtime_ns
     rerun(run_copy)
-    assert np.array_equal(run_copy.probs("test"), RunFolder(tiny_run).probs("test"))
+    assert np.array_equal(run_copy.results.probs("test"), RunFolder(tiny_run).results.probs("test"))
     assert run_copy.checkpoint_path(0, 0).stat().st_mtime_ns == ckpt_mtime  # no retraining
 
 
@@ -166,7 +167,7 @@ def test_suggested_commands_parse(tmp_path, producer):
 
 def test_missing_stage_output_names_a_command_that_parses(run_copy):
     with pytest.raises(RunError) as e:
-        run_copy.ranking(())
+        run_copy.results.ranking(())
     argv = quoted_command(str(e.value))
     assert argv[:2] == ["trakscope", "detect"]
     assert build_parser().parse_args(argv[1:]).run == str(run_copy.path)
@@ -211,7 +212,7 @@ def test_run_names_the_checkpoint_whose_gradients_are_not_finite(run_copy, capsy
     feats[3] = np.nan
     feats.flush()
     del feats
-    run_copy.seal(path)  # as if featurization itself had produced the NaN (a diverged model), not later damage
+    run_copy.integrity.seal(path)  # as if featurization had produced the NaN (a diverged model), not later damage
     TrakStore(run_copy.features_dir).recorded(path)  # in the store's own record too
     for p in [*run_copy.features_dir.glob("ckpt*/xtx*.npy"), *run_copy.features_dir.glob("ckpt*/lambda.json")]:
         p.unlink()
@@ -228,8 +229,9 @@ def test_run_refeaturizes_truncated_features(run_copy, tiny_run):
     assert run_copy.relative(path) in Manifest(run_copy.manifest_path).files()  # recorded once the split was done
     truncate(path, 4096)
     rerun(run_copy)
-    assert run_copy.damage(path) is None
-    np.testing.assert_allclose(run_copy.scores("test"), RunFolder(tiny_run).scores("test"), rtol=1e-5, atol=1e-7)
+    assert run_copy.integrity.damage(path) is None
+    np.testing.assert_allclose(run_copy.results.scores("test"), RunFolder(tiny_run).results.scores("test"),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_run_retrains_a_checkpoint_whose_bytes_changed(run_copy):
@@ -253,5 +255,5 @@ def test_a_checkpoint_from_another_run_is_not_retrained_over(run_copy, tiny_run)
 
 def test_a_result_written_outside_the_folder_is_not_recorded(run_copy, tmp_path):
     outside = tmp_path / "elsewhere" / "lds.json"
-    run_copy.write_result(outside, "lds", {"lds_mean": 0.1, "lds_ci95": [0, 0.2], "num_models": 2, "split": "test"})
+    run_copy.results.write(outside, "lds", {"lds_mean": 0.1, "lds_ci95": [0, 0.2], "num_models": 2, "split": "test"})
     assert outside.exists() and not any("elsewhere" in k for k in Manifest(run_copy.manifest_path).files())

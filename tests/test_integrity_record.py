@@ -108,14 +108,14 @@ def test_with_both_copies_damaged_nothing_is_trusted(run_copy, capsys):
     DAMAGES["bit-flipped"](run_copy.manifest_copy_path)
     with pytest.raises(RunError, match=r"scores/test.npy is unverified \(not in the integrity record: manifest.json "
                                        r"and manifest.copy.json are both damaged\)") as e:
-        RunFolder(run_copy.path).scores("test")
+        RunFolder(run_copy.path).results.scores("test")
     assert quoted_command(str(e.value)) == ["trakscope", "run", "--out", str(run_copy.path)]
 
 
 def test_a_file_missing_from_the_record_is_not_trusted(run_copy):
     Manifest(run_copy.manifest_path).update({}, remove=("models/probs_test.npy",))
     with pytest.raises(RunError, match=r"models/probs_test.npy is unverified \(not in the integrity record"):
-        run_copy.probs("test")
+        run_copy.results.probs("test")
 
 
 # --- 2. a repair recomputes from verified inputs, bit for bit -----------------------------------------------
@@ -155,7 +155,7 @@ def test_thumbnails_are_refused_then_rebuilt_bit_for_bit(run_copy, tiny_run):
     change_values(path)
     DAMAGES["zeroed"](run_copy.manifest_path)  # the record too: its copy still tells
     with pytest.raises(RunError, match=r"data/thumbs_train.npy is damaged \(its contents differ"):
-        run_copy.thumbs("train")
+        run_copy.data.thumbs("train")
     rerun(run_copy)
     assert path.read_bytes() == (tiny_run / run_copy.relative(path)).read_bytes()
 

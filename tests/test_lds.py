@@ -129,7 +129,7 @@ def test_subset_models_are_cached_resumed_and_reused(run_copy, monkeypatch):
     again = lds_mod.run_lds(RunFolder(run_copy), k=4, epochs=1, progress=False)
     assert len(calls) == 5 and again["lds_mean"] == first["lds_mean"]
     other = run_copy / "other.npy"
-    save_npy(other, np.random.default_rng(0).normal(size=run.scores("test").shape).astype(np.float32))
+    save_npy(other, np.random.default_rng(0).normal(size=run.results.scores("test").shape).astype(np.float32))
     res = lds_mod.run_lds(run, k=5, epochs=1, scores_path=other, progress=False)
     assert len(calls) == 6 and res["scores_path"] == str(other)  # one more model, the four others reused
     assert (run_copy / "lds" / "lds_other.json").exists()
@@ -144,12 +144,12 @@ def test_cli_end_to_end(run_copy):
     assert res["train_epochs"] == RunFolder(run_copy).config.train.epochs and not res["epochs_overridden"]
     # measured 0.483 (CI 0.37 to 0.60) with these 4 subset models; random scores of the same shape give -0.06 to 0.05
     assert res["lds_mean"] > 0.3 and res["lds_ci95"][0] <= res["lds_mean"] <= res["lds_ci95"][1]
-    n_test = len(RunFolder(run_copy).dataset().test)
+    n_test = len(RunFolder(run_copy).data.dataset().test)
     rows = read_csv(run_copy / "lds" / "lds_per_target.csv")
     assert len(rows) == res["targets"] == n_test
     # negated scores reverse every rank: the same models give exactly the opposite LDS
     neg = run_copy / "neg.npy"
-    save_npy(neg, -np.asarray(RunFolder(run_copy).scores("test")))
+    save_npy(neg, -np.asarray(RunFolder(run_copy).results.scores("test")))
     assert main(["lds", "--run", str(run_copy), "--models", "4", "--scores", str(neg), "--no-progress",
                  "--device", "cpu", "--max-targets", "20"]) == 0
     res_neg = json.loads((run_copy / "lds" / "lds_neg.json").read_text())
@@ -178,7 +178,7 @@ def test_subset_models_are_trained_with_the_runs_recipe(run_copy, monkeypatch):
         return run.config.train.seed + i
 
     monkeypatch.setattr(lds_mod, "model_seed", run_seed)
-    dataset = run.dataset()
+    dataset = run.data.dataset()
     every = np.ones(len(dataset.train), dtype=bool)
     got = lds_mod.subset_model_margins(run, every, 0, alpha=0.5, seed=0)
     assert seeds == [0]

@@ -92,8 +92,8 @@ def test_hf_resnet_on_food101_layout_run_inspect_detect_report(hf_dir, tmp_path,
     run = RunFolder(out)
     assert run.config.data.image_size == HF_SIZE  # from the model's own processor config
     assert run.classes == CLASSES
-    train, test = run.table("train"), run.table("test")
-    scores = run.scores("test")
+    train, test = run.data.table("train"), run.data.table("test")
+    scores = run.results.scores("test")
     assert scores.shape == (len(train["index"]), 12) and np.isfinite(scores).all()
     _assert_scores_mean_what_they_say(scores, train, test)
     capsys.readouterr()

@@ -54,7 +54,7 @@ def test_ranking_has_class_names_its_sort_column_and_a_parquet_twin(detected):
     for r in rows:
         assert r["label_name"] == classes[int(r["label"])] and r["predicted_name"] == classes[int(r["predicted"])]
         assert r["true_label_name"] == classes[int(r["true_label"])] and r["ground_truth"] == "planted"
-    assert run.ranking(("self_influence",))["noisy"].sum() == round(0.1 * len(rows))  # readers still parse it
+    assert run.results.ranking(("self_influence",))["noisy"].sum() == round(0.1 * len(rows))  # readers still parse it
     _same(rows, _parquet_rows(run.ranking_parquet_path))
 
 
@@ -81,8 +81,8 @@ def test_without_planted_noise_ground_truth_reads_unknown(tiny_run, tmp_path, ca
     (run_dir / "config.json").write_text(json.dumps(config))
     run = RunFolder(run_dir)
     run.integrity.seal(run.config_path)  # an edit on purpose, recorded (an unrecorded edit is refused)
-    table = run.table("train")  # as if no label had been flipped: the labels are the user's, unverified
-    run.write_table("train", [(int(i), s, int(t), int(t), 0)  # through the folder, so its manifest follows
+    table = run.data.table("train")  # as if no label had been flipped: the labels are the user's, unverified
+    run.data.write_table("train", [(int(i), s, int(t), int(t), 0)  # through the folder, so its manifest follows
                               for i, s, t in zip(table["index"], table["source_id"], table["true_label"])])
     assert main([*DETECT, "--run", str(run_dir), "--format", "parquet"]) == 0
     assert "true labels are unknown" in capsys.readouterr().out

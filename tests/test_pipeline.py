@@ -18,25 +18,25 @@ from .conftest import TINY_RUN_ARGS
 
 def test_tiny_run_writes_the_contract(tiny_run):
     run = RunFolder(tiny_run)
-    train, test = run.table("train"), run.table("test")
+    train, test = run.data.table("train"), run.data.table("test")
     n_train, n_test = len(train["index"]), len(test["index"])
-    assert run.scores("test").shape == (n_train, n_test)
-    assert run.scores("val").shape == (n_train, len(run.table("val")["index"]))
-    assert run.scores("self").shape == (n_train,)
-    assert np.isfinite(run.scores("test")).all()
+    assert run.results.scores("test").shape == (n_train, n_test)
+    assert run.results.scores("val").shape == (n_train, len(run.data.table("val")["index"]))
+    assert run.results.scores("self").shape == (n_train,)
+    assert np.isfinite(run.results.scores("test")).all()
     assert train["noisy"].sum() == round(0.1 * n_train)
     assert (train["noisy"] == (train["label"] != train["true_label"])).all()
     metrics = json.loads((tiny_run / "models" / "metrics.json").read_text())
     assert len(metrics["models"]) == 2
     _assert_ensemble_metrics(tiny_run, metrics, test["true_label"])
-    assert run.thumbs("train").shape[0] == n_train and run.thumbs("train").dtype == np.uint8
+    assert run.data.thumbs("train").shape[0] == n_train and run.data.thumbs("train").dtype == np.uint8
     assert json.loads((tiny_run / "scores" / "meta.json").read_text())["checkpoints"] == 2
 
 
 def _assert_ensemble_metrics(run_dir, metrics: dict, test_labels: np.ndarray) -> None:
     """metrics.json's accuracies are those of the members' final checkpoints and of their mean softmax."""
     run = RunFolder(run_dir)
-    dataset = run.dataset()
+    dataset = run.data.dataset()
     mean = 0.0
     for row in metrics["models"]:
         net = load_trained(run.config.model, len(dataset.classes), load_tensors(run_dir / row["checkpoint"]))
@@ -56,10 +56,10 @@ def test_inspect_prints_and_saves_grid(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert png.stat().st_size > 1000
     run = RunFolder(tiny_run)
-    column = run.scores("test")[:, 3]
+    column = run.results.scores("test")[:, 3]
     best = int(np.argmax(column))
     assert f"     1 {best:>6}" in out
-    label = run.classes[run.table("test")["label"][3]]
+    label = run.classes[run.data.table("test")["label"][3]]
     assert f"highest scores: raise the margin of class '{label}' (the label" in out
     assert "pushed this prediction up" not in out
 
@@ -147,9 +147,9 @@ def test_food101_layout_end_to_end_with_decoding_workers(tmp_path, capsys):
     assert main(args) == 0
     run = RunFolder(out)
     assert run.classes == ["apple_pie", "sushi", "tacos"]
-    train = run.table("train")
+    train = run.data.table("train")
     assert all(s.startswith("images/") and s.endswith(".jpg") for s in train["source_id"])
-    assert run.scores("test").shape == (len(train["index"]), 12)
+    assert run.results.scores("test").shape == (len(train["index"]), 12)
     assert main(["inspect", "--run", str(out), "--target", "0", "--top", "3"]) == 0
     assert "images/" in capsys.readouterr().out
 
@@ -165,12 +165,12 @@ def test_checkpoints_trained_elsewhere_give_the_same_scores(tiny_run, tmp_path, 
     run = Folder(out)
     assert run.config.model.checkpoints == tuple(files)
     for name in ("test", "val", "self"):
-        assert np.array_equal(run.scores(name), Folder(tiny_run).scores(name))
+        assert np.array_equal(run.results.scores(name), Folder(tiny_run).scores(name))
     metrics = json.loads(run.metrics_path.read_text())
     original = json.loads(Folder(tiny_run).metrics_path.read_text())
     assert [m["test_acc"] for m in metrics["models"]] == [m["test_acc"] for m in original["models"]]
     assert [m["source"] for m in metrics["models"]] == files
-    assert "train" in run.timings() and main(["inspect", "--run", str(out), "--target", "0", "--top", "2"]) == 0
+    assert "train" in run.results.timings() and main(["inspect", "--run", str(out), "--target", "0", "--top", "2"]) == 0
     capsys.readouterr()
     # a checkpoint of another architecture is named, with what does not fit
     bad = tmp_path / "bad"
@@ -220,13 +220,13 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     ref = tmp_path / "as_files"
     assert main(["run", "--out", str(ref), *TINY_RUN_ARGS, "--checkpoints", *files, *masked]) == 0
     for name in ("test", "val", "self"):
-        assert np.array_equal(run.scores(name), Folder(ref).scores(name))
-    assert not np.allclose(run.scores("test"), Folder(tiny_run).scores("test"))  # the masks changed the scores
+        assert np.array_equal(run.results.scores(name), Folder(ref).scores(name))
+    assert not np.allclose(run.results.scores("test"), Folder(tiny_run).scores("test"))  # the masks changed the scores
     damaged = TrakStore(run.features_dir).split_files(5, "train")[0]
     damaged.write_bytes(damaged.read_bytes()[:100])
     assert main(["run", "--out", str(out)]) == 0
     assert "damaged; recomputing" in capsys.readouterr().out
-    assert np.array_equal(Folder(out).scores("test"), Folder(ref).scores("test"))
+    assert np.array_equal(Folder(out).results.scores("test"), Folder(ref).results.scores("test"))
     with pytest.raises(SystemExit):
         main(["run", "--out", str(tmp_path / "bad"), *TINY_RUN_ARGS, "--masks", "-1"])
     assert "argument --masks: must be >= 0, got -1" in capsys.readouterr().err

@@ -265,6 +265,6 @@ def test_a_bf16_run_end_to_end(monkeypatch, tmp_path):
                  "--channels-last"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["train"]["precision"], cfg["trak"]["precision"]) == ("bf16", "bf16")  # auto, recorded resolved
-    assert np.isfinite(RunFolder(run).scores("test")).all()
+    assert np.isfinite(RunFolder(run).results.scores("test")).all()
     _support(monkeypatch, "none", "this device has no bf16")
     assert main(["run", "--out", str(run)]) == 2  # a bf16 folder is not silently redone in fp32

@@ -34,7 +34,7 @@ def _copy(tiny_run, tmp_path):
 
 def test_one_register_entry_and_one_provider_reach_ranking_metrics_and_help(tiny_run, tmp_path, monkeypatch, capsys):
     # a scorer reading an input no scorer read before: its entry, and the input's provider, and nothing else
-    monkeypatch.setitem(detect_stage.PROVIDERS, "train_index", lambda src, _: src.run.table("train")["index"])
+    monkeypatch.setitem(detect_stage.PROVIDERS, "train_index", lambda src, _: src.run.data.table("train")["index"])
     monkeypatch.setitem(registry.SCORERS, "index_order", registry.Scorer(
         "index_order", lambda i: i["train_index"].astype(np.float64), True, "the example's index (high = suspicious)",
         ("train_index",)))
@@ -49,7 +49,7 @@ def test_one_register_entry_and_one_provider_reach_ranking_metrics_and_help(tiny
     assert [float(r["index_order_score"]) for r in rows] == list(range(n))
     assert [int(r["index_order_rank"]) for r in rows] == list(range(n, 0, -1))  # highest index inspected first
     metrics = json.loads((run / "detect" / "metrics.json").read_text())
-    noisy = RunFolder(run).table("train")["noisy"].astype(bool)
+    noisy = RunFolder(run).data.table("train")["noisy"].astype(bool)
     assert metrics["scorers"]["index_order"]["roc_auc"] == pytest.approx(roc_auc(np.arange(n), noisy))
     assert metrics["descriptions"]["index_order"] == "the example's index (high = suspicious)"
     assert "index_order: the example's index (high = suspicious)" in _help(capsys, "detect")
@@ -66,7 +66,7 @@ def test_find_label_issues_runs_once_per_detect(tiny_run, tmp_path, monkeypatch,
 
     monkeypatch.setattr(cleanlab_filter, "find_label_issues", counting)
     # the in-sample probabilities stand in for the k-fold ones: what is counted is cleanlab, not the retraining
-    monkeypatch.setattr(detect_stage, "out_of_sample_probs", lambda run, k, **_: run.probs("train"))
+    monkeypatch.setattr(detect_stage, "out_of_sample_probs", lambda run, k, **_: run.results.probs("train"))
     run = _copy(tiny_run, tmp_path)
     assert main(["detect", "--run", str(run), "--folds", "2", *DETECT]) == 0
     assert len(calls) == 1

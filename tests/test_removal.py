@@ -226,7 +226,7 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
 
 def test_worst_group_test_groups_from_classes_or_a_groups_file(tiny_run, tmp_path):
     run = RunFolder(tiny_run)
-    val, test = run.table("val"), run.table("test")
+    val, test = run.data.table("val"), run.data.table("test")
     groups, what = removal.test_groups(run, "classes")
     np.testing.assert_array_equal(groups, test["label"])
     assert what == "classes"

@@ -54,12 +54,12 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
         save_npy(path / f"models/probs_{split}.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
     save_npy(path / "scores/test.npy", rng.normal(size=(n_train, n_test)).astype(np.float32))
     seal_all(run)  # written by hand here: recorded as trakscope's stages record theirs
-    run.write_result(run.metrics_path, "model_metrics",
+    run.results.write(run.metrics_path, "model_metrics",
                      {"models": [], "ensemble": {"val_acc": 0.91, "test_acc": 0.875}})
     write_json(path / "timings.json", {"train": 12.5, "featurize": 3.25})
     if detect:
         write_detection(run, rng)
-        run.write_result(run.removal_results_path, "removal_results", removal_results(rng))
+        run.results.write(run.removal_results_path, "removal_results", removal_results(rng))
         write_lds(run, rng, n_test)
     seal_all(run)
     return path
@@ -77,22 +77,22 @@ def write_lds(run: RunFolder, rng: np.random.Generator, n_test: int) -> None:
     rho[0] = np.nan
     base = {"alpha": 0.5, "num_models": 20, "subset_seed": 0, "split": "test", "targets": n_test,
             "targets_defined": n_test - 1, "projector": "kronecker", "proj_dim": 2048, "checkpoints": 3}
-    run.write_result(run.lds_path, "lds", {"lds_mean": float(np.nanmean(rho)), "lds_ci95": [0.1, 0.3],
+    run.results.write(run.lds_path, "lds", {"lds_mean": float(np.nanmean(rho)), "lds_ci95": [0.1, 0.3],
                                            "scores_path": "scores/test.npy", **base})
     write_csv(run.lds_per_target_path(run.lds_path), ["index", "spearman"],
               [(i, "" if np.isnan(r) else f"{r:.6f}") for i, r in enumerate(rho)])
-    run.write_result(run.lds_result_path("traker"), "lds", {"lds_mean": 0.123, "lds_ci95": [0.05, 0.2],
+    run.results.write(run.lds_result_path("traker"), "lds", {"lds_mean": 0.123, "lds_ci95": [0.05, 0.2],
                                                             "scores_path": "/x/traker<1>.npy", **base})
 
 
 def write_detection(run: RunFolder, rng: np.random.Generator) -> None:
     """``detect/ranking.csv`` and ``detect/metrics.json`` through the detect stage's writers."""
-    n = len(run.table("train")["index"])
+    n = len(run.data.table("train")["index"])
     scores = {name: rng.normal(size=n) for name in ("self_influence", "d3m", "loss")}
-    det = Detection(scores, run.probs("train").argmax(1).astype(np.int64), {"groups": "classes", "n_groups": 4})
+    det = Detection(scores, run.results.probs("train").argmax(1).astype(np.int64), {"groups": "classes", "n_groups": 4})
     header, rows = ranking_rows(run, det)
     write_csv(run.path / "detect/ranking.csv", header, rows)
-    run.write_result(run.detect_metrics_path, "detect_metrics", quality_metrics(run, det))
+    run.results.write(run.detect_metrics_path, "detect_metrics", quality_metrics(run, det))
 
 
 @pytest.fixture

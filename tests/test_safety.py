@@ -88,7 +88,7 @@ def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch, capsys):
     """A refused write of timings.json (read-only mount, another user's folder) raises nothing and prints nothing;
     any other failure to write still raises."""
     run = RunFolder(tmp_path)
-    run.record_timing("train", 2.0)
+    run.results.record_timing("train", 2.0)
     before = run.timings_path.read_bytes()
     owner = sys.modules[RunFolder.record_timing.__module__]  # the module whose write_json record_timing calls
     refused = []
@@ -101,7 +101,7 @@ def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning would not be quiet either
-        run.record_timing("report", 1.0)
+        run.results.record_timing("report", 1.0)
     assert refused == [run.timings_path]
     assert capsys.readouterr() == ("", "")
     assert run.timings_path.read_bytes() == before
@@ -111,7 +111,7 @@ def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(owner, "write_json", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        run.record_timing("report", 1.0)
+        run.results.record_timing("report", 1.0)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -199,19 +199,19 @@ def test_same_names_other_sizes_are_noticed(folder_run, tmp_path):
     for p in imgs.rglob("*.png"):
         Image.new("RGB", (9, 9)).save(p)  # other content, other size, same names
     with pytest.raises(RunError, match="changed size"):
-        RunFolder(folder_run / "run", data_root=imgs).dataset()
+        RunFolder(folder_run / "run", data_root=imgs).data.dataset()
 
 
 def test_moved_data_is_re_pointed_and_checked(folder_run, tmp_path):
     moved = tmp_path / "elsewhere"
     shutil.copytree(folder_run / "imgs", moved)
     config_before = (folder_run / "run" / "config.json").read_bytes()
-    dataset = RunFolder(folder_run / "run", data_root=moved).dataset()
-    assert dataset.train.source_ids == RunFolder(folder_run / "run").dataset().train.source_ids
+    dataset = RunFolder(folder_run / "run", data_root=moved).data.dataset()
+    assert dataset.train.source_ids == RunFolder(folder_run / "run").data.dataset().train.source_ids
     assert (folder_run / "run" / "config.json").read_bytes() == config_before
     (moved / "ant" / "3.png").unlink()
     with pytest.raises(RunError, match="changed since `trakscope run`"):
-        RunFolder(folder_run / "run", data_root=moved).dataset()
+        RunFolder(folder_run / "run", data_root=moved).data.dataset()
 
 
 # --- a failed start leaves nothing behind -----------------------------------------------------------------

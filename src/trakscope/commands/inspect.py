@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             flag = "  NOISY" if e["noisy"] else ""
             print(f"  {r + 1:>4} {e['index']:>6} {e['score']:>11.4g} {e['label']:>12} {e['true']:>12}  "
                   f"{e['source_id']}{flag}")
-        rows[name] = [{"image": folder.thumbs("train")[e["index"]], "noisy": e["noisy"],
+        rows[name] = [{"image": folder.data.thumbs("train")[e["index"]], "noisy": e["noisy"],
                        "title": f"#{e['index']}  {e['score']:+.3g}\nlabel {e['label']}"
                                 + (f", true {e['true']}" if e["noisy"] else "")} for e in examples]
     png = args.png or found.png

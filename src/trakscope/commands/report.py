@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     start = time.perf_counter()
     path, gaps = build_report(args.run, k=args.top_k)
-    RunFolder(args.run).record_timing("report", time.perf_counter() - start)
+    RunFolder(args.run).results.record_timing("report", time.perf_counter() - start)
     print(path.resolve())
     if args.open:
         webbrowser.open(path.resolve().as_uri())

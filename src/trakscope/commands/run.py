@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
         if dist.rank() == 0:
             for note in run_folder.initialize(cfg, overwrite=args.overwrite):
                 print(note, flush=True)
-            run_folder.record_data(dataset)
+            run_folder.data.record(dataset)
         dist.barrier()
         if dist.rank() != 0:
-            run_folder.record_data(dataset)  # checks rank 0's fingerprint, caches the dataset
+            run_folder.data.record(dataset)  # checks rank 0's fingerprint, caches the dataset
         run_pipeline(run_folder, rt)
         if dist.rank() == 0:
             _summary(run_folder)
@@ -131,9 +131,9 @@ def absolute_data_root(cfg: RunConfig, run_folder: RunFolder) -> RunConfig:
 
 
 def _summary(run_folder: RunFolder) -> None:
-    noisy = int(run_folder.table("train")["noisy"].sum())
+    noisy = int(run_folder.data.table("train")["noisy"].sum())
     if noisy:
-        print(f"planted noise: {noisy} of {len(run_folder.table('train')['noisy'])} training labels flipped on "
+        print(f"planted noise: {noisy} of {len(run_folder.data.table('train')['noisy'])} training labels flipped on "
               f"purpose (--noise {run_folder.config.data.noise:g}); data/train.csv marks them")
     canaries = canary_table(run_folder)["index"]
     if len(canaries):
@@ -141,14 +141,14 @@ def _summary(run_folder: RunFolder) -> None:
         print(f"canaries: {len(canaries)} further labels flipped as known errors (--canaries {data.canaries:g}, "
               f"--canary-kind {data.canary_kind}), listed in {run_folder.canaries_path}; `detect` measures each "
               "scorer on them, `export` restores their labels")
-    metrics = run_folder.read_result(run_folder.metrics_path, "model_metrics", "trakscope run")
+    metrics = run_folder.results.read(run_folder.metrics_path, "model_metrics", "trakscope run")
     ens = metrics["ensemble"]
     accs = ", ".join(f"{m['test_acc']:.3f}" for m in metrics["models"])
     print(f"ensemble of {len(metrics['models'])}: test accuracy {ens['test_acc']:.3f} (members {accs}), "
           f"val accuracy {ens['val_acc']:.3f}")
-    timings = run_folder.timings()
+    timings = run_folder.results.timings()
     print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     print(f"scores: {run_folder.scores_path('test')} [n_train, n_test], {run_folder.scores_path('val')}, "
           f"{run_folder.scores_path('self')}")
-    n_test = run_folder.scores("test").shape[1]
+    n_test = run_folder.results.scores("test").shape[1]
     print(f"next: trakscope inspect --run {run_folder.path} --target {min(17, n_test - 1)}")

@@ -40,9 +40,9 @@ def build_data(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None =
     data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {}}
     for split in ("train", "test"):
         shown_in = ("explorer", "suspects") if split == "train" else ("explorer",)
-        probs = inputs.read(shown_in, run.probs_path(split), lambda s=split: run.probs(s))
+        probs = inputs.read(shown_in, run.probs_path(split), lambda s=split: run.results.probs(s))
         data["splits"][split] = payload.split_table(run, split, probs)
-        sheets = inputs.read(shown_in, run.thumbs_path(split), lambda s=split: sprite_sheets(run.thumbs(s)))
+        sheets = inputs.read(shown_in, run.thumbs_path(split), lambda s=split: sprite_sheets(run.data.thumbs(s)))
         if sheets is not None:
             data["thumbs"][split] = sheets
     data["explorer"] = inputs.read("explorer", run.scores_path("test"), lambda: payload.explorer_payload(run, k))
@@ -55,13 +55,13 @@ def summary_section(run: RunFolder, data: dict[str, Any], inputs: ReportInputs) 
     cfg = run.config
     sizes = {s: data["splits"][s]["n"] for s in ("train", "test")}
     if run.table_path("val").exists():
-        sizes["val"] = len(run.table("val")["index"])
+        sizes["val"] = len(run.data.table("val")["index"])
     noisy = int(np.sum(data["splits"]["train"]["noisy"]))
     metrics = inputs.result("summary", run.metrics_path, "model_metrics")
     acc = metrics["ensemble"] if metrics else {}
     meta = inputs.read("summary", run.scores_meta_path, lambda: dict(read_json(run.scores_meta_path)))
     n_ckpt = meta.get("checkpoints") if meta else None
-    timings = run.timings()
+    timings = run.results.timings()
     cards = [
         ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
         ("classes", len(data["classes"]), _class_list(data["classes"])),

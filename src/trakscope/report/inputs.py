@@ -59,7 +59,7 @@ class ReportInputs:
         """``"missing"`` (recorded as written, now absent), ``"damaged (why)"`` (not what was recorded), else None."""
         if not path.exists():
             return "missing" if self.run.relative(path) in self.recorded else None
-        found = self.run.damage(path)
+        found = self.run.integrity.damage(path)
         return None if found is None else f"damaged ({found})"
 
     def read(self, sections: str | tuple[str, ...], path: Path, reader: Callable[[], T]) -> T | None:
@@ -80,7 +80,7 @@ class ReportInputs:
 
     def result(self, section: str, path: Path, kind: str) -> dict[str, Any] | None:
         """A stage's JSON result (:meth:`RunFolder.read_result`), or None (a gap where it is missing or damaged)."""
-        return self.read(section, path, lambda: self.run.read_result(path, kind))
+        return self.read(section, path, lambda: self.run.results.read(path, kind))
 
     def add(self, sections: str | tuple[str, ...], path: Path, problem: str) -> None:
         """Record that ``path`` is ``problem`` in each of ``sections``."""

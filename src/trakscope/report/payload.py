@@ -28,7 +28,7 @@ def b64(array: np.ndarray) -> str:
 def split_table(run: RunFolder, split: str, probs: np.ndarray | None = None) -> dict[str, Any]:
     """Labels of one split, plus the ensemble's prediction and confidence from ``probs`` float ``[n, C]``
     (``models/probs_<split>.npy``) when given."""
-    t = run.table(split)
+    t = run.data.table(split)
     out: dict[str, Any] = {
         "n": int(len(t["index"])),
         "label": t["label"].tolist(),
@@ -46,7 +46,7 @@ def explorer_payload(run: RunFolder, k: int) -> dict[str, Any] | None:
     """Top-k attributions of every test example, or None when ``scores/test.npy`` is missing."""
     if not run.scores_path("test").exists():
         return None
-    tk = top_k(run.scores("test"), k)
+    tk = top_k(run.results.scores("test"), k)
     return {"k": int(tk["pos_idx"].shape[1]), **{name: b64(a) for name, a in tk.items()}}
 
 
@@ -62,9 +62,9 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
     """
     if not run.ranking_path.exists():
         return None
-    ranking = run.ranking(tuple(registry.SCORERS))
+    ranking = run.results.ranking(tuple(registry.SCORERS))
     scorers = [n for n in registry.SCORERS if n in ranking]
-    metrics = run.optional_result(run.detect_metrics_path, "detect_metrics") or {}
+    metrics = run.results.optional(run.detect_metrics_path, "detect_metrics") or {}
     primary = metrics.get("primary") if metrics.get("primary") in scorers else registry.default_primary(scorers)
     scorers.sort(key=lambda n: n != primary)  # the best scorer on the canaries, when there are canaries
     order = {n: np.argsort(ranking[f"{n}_rank"], kind="stable").tolist() for n in scorers}

@@ -10,8 +10,8 @@ A :class:`RunFolder` is those paths plus its configuration, and three parts, eac
 - :attr:`RunFolder.results` (:class:`~.results.Results`): score matrices, probabilities, typed JSON results, the
   ranking and timings.
 
-The one-line methods at the end of :class:`RunFolder` forward to those parts, so that older call sites
-(``run.seal(...)``, ``run.table("train")``) keep working; new code asks the part.
+Callers ask the part that owns what they need: ``run.integrity.seal(path)``, ``run.data.table("train")``,
+``run.results.scores("test")``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, RunConfig, config_diff, fingerprint_dict
-from ..data import Dataset
+from ..config import RunConfig, config_diff, fingerprint_dict
 from ..io import read_json, write_json
 from .dataset import RunData
 from .integrity import UNRECORDED, Integrity, RunError
@@ -191,77 +190,7 @@ class RunFolder(Layout):
                 self.integrity.require(p, "run")
         return [p for p in expected if p.exists()]
 
-    # --- forwarding to the parts (older call sites) -------------------------------------------
-    def clear(self) -> list[str]:
-        return self.integrity.clear()
-
-    def seal(self, *paths: Path) -> None:
-        self.integrity.seal(*paths)
-
-    def discard(self, *paths: Path) -> None:
-        self.integrity.discard(*paths)
-
-    def damage(self, path: Path, checksum: bool | None = None) -> str | None:
-        return self.integrity.damage(path, checksum)
-
-    def damaged(self, path: Path) -> bool:
-        return self.integrity.damaged(path)
-
-    def verify(self, path: Path, producer: str | None = None, checksum: bool | None = None) -> Path:
-        return self.integrity.verify(path, producer, checksum)
-
-    def require(self, path: Path, producer: str | None = None) -> Path:
-        return self.integrity.require(path, producer)
-
-    @property
-    def data_config(self) -> DataConfig:
-        return self.data.config
-
-    def dataset(self) -> Dataset:
-        return self.data.dataset()
-
-    def record_data(self, dataset: Dataset) -> None:
-        self.data.record(dataset)
-
-    def check_data(self, dataset: Dataset) -> None:
-        self.data.check(dataset)
-
-    def table(self, split: str) -> dict[str, np.ndarray]:
-        return self.data.table(split)
-
-    def write_table(self, split: str, rows: list[tuple]) -> None:
-        self.data.write_table(split, rows)
-
-    def thumbs(self, split: str) -> np.ndarray:
-        return self.data.thumbs(split)
-
-    def probs(self, split: str) -> np.ndarray:
-        return self.results.probs(split)
-
-    def scores(self, split: str, mmap: bool = True) -> np.ndarray:
-        return self.results.scores(split, mmap)
-
+    # --- what needs the configuration and a part ---------------------------------------------
     def aum(self) -> np.ndarray | None:
         """``models/aum.npy`` of a trained run, verified (None for imported checkpoints); see :meth:`Results.aum`."""
         return self.results.aum(trained=self.config.model.checkpoints is None)
-
-    def write_result(self, path: Path, kind: str, payload: dict[str, Any]) -> None:
-        self.results.write(path, kind, payload)
-
-    def read_result(self, path: Path, kind: str, producer: str | None = None) -> dict[str, Any]:
-        return self.results.read(path, kind, producer)
-
-    def optional_result(self, path: Path, kind: str) -> dict[str, Any] | None:
-        return self.results.optional(path, kind)
-
-    def write_ranking(self, header: list[str], rows: list[list]) -> None:
-        self.results.write_ranking(header, rows)
-
-    def ranking(self, scorers: tuple[str, ...], flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        return self.results.ranking(scorers, flags)
-
-    def timings(self) -> dict[str, float]:
-        return self.results.timings()
-
-    def record_timing(self, stage: str, seconds: float) -> None:
-        self.results.record_timing(stage, seconds)

@@ -30,7 +30,7 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     Folds already cached under ``detect/crossval/`` with the same fold assignment are reused. Under torchrun
     each rank trains its share of the missing folds (rank 0 alone drops stale ones first).
     """
-    dataset = run.dataset()
+    dataset = run.data.dataset()
     labels = dataset.train.labels
     folds = fold_assignment(labels, k, run.config.train.seed)
     if dist.rank() == 0:
@@ -50,7 +50,7 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
 
 def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, progress: bool) -> None:
     """Train without fold ``f`` and cache its held-out probabilities as ``detect/crossval/fold{f}.npy``."""
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed, keep=np.flatnonzero(folds != f),
                               device=device, progress=progress, desc=f"cross-validation fold {f + 1}/{k}")
     logits = predict_logits(model, dataset.train.images, np.flatnonzero(folds == f), device=device,

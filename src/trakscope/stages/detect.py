@@ -68,7 +68,7 @@ def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
     t0 = time.perf_counter()
     oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress)
     if dist.rank() == 0:
-        src.run.record_timing("detect_crossval", time.perf_counter() - t0)
+        src.run.results.record_timing("detect_crossval", time.perf_counter() - t0)
     return oos
 
 
@@ -80,12 +80,12 @@ def _aum(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
 
 # One provider per input a scorer may read (the names of registry.Inputs).
 PROVIDERS: dict[str, Provider] = {
-    "self_scores": lambda src, _: src.run.scores("self"),
-    "val_scores": lambda src, _: src.run.scores("val"),
-    "train_labels": lambda src, _: src.run.table("train")["label"],
-    "val_labels": lambda src, _: src.run.table("val")["label"],
-    "train_probs": lambda src, _: src.run.probs("train"),
-    "val_probs": lambda src, _: src.run.probs("val"),
+    "self_scores": lambda src, _: src.run.results.scores("self"),
+    "val_scores": lambda src, _: src.run.results.scores("val"),
+    "train_labels": lambda src, _: src.run.data.table("train")["label"],
+    "val_labels": lambda src, _: src.run.data.table("val")["label"],
+    "train_probs": lambda src, _: src.run.results.probs("train"),
+    "val_probs": lambda src, _: src.run.results.probs("val"),
     "group_ids": _group_ids,
     "folds": lambda src, _: src.folds,
     "oos_probs": _oos_probs,
@@ -149,7 +149,7 @@ def ground_truth(run: RunFolder) -> str:
 
     Without planted noise ``true_label`` is only a copy of the label: nothing says the label is right.
     """
-    planted = run.config.data.noise > 0 or bool(run.table("train")["noisy"].any())
+    planted = run.config.data.noise > 0 or bool(run.data.table("train")["noisy"].any())
     return "planted" if planted else "unknown"
 
 
@@ -192,7 +192,7 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     the example is a canary (``canary`` 1, ``ground_truth=canary``). Each flag a scorer set (``cleanlab_issue``) is a
     last column, 1 = flagged.
     """
-    train, classes = run.table("train"), run.classes
+    train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
     names = list(det.scores)
     ranks = {n: inspection_rank(registry.SCORERS[n].suspicion(det.scores[n])) for n in names}
@@ -222,7 +222,7 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     ``ranking.csv``. Both rankings are the full training split's: canaries compete with the data's own errors
     for the top places, as they would on real data. None when there is neither planted noise nor canaries.
     """
-    noisy = run.table("train")["noisy"].astype(bool)
+    noisy = run.data.table("train")["noisy"].astype(bool)
     canary = det.info.get("canary")
     has_canaries = canary is not None and canary.any()
     if not noisy.any() and not has_canaries:
@@ -277,12 +277,12 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
     metrics = quality_metrics(run, det)
     if dist.rank() == 0:  # under torchrun every rank has the same scores; one writes them
         header, rows = ranking_rows(run, det)
-        run.write_ranking(header, rows)
+        run.results.write_ranking(header, rows)
         if fmt == "parquet":
             write_parquet(run.ranking_parquet_path, header, rows)
         if metrics is not None:
-            run.write_result(run.detect_metrics_path, "detect_metrics", metrics)
-        run.record_timing("detect", time.perf_counter() - t0)
+            run.results.write(run.detect_metrics_path, "detect_metrics", metrics)
+        run.results.record_timing("detect", time.perf_counter() - t0)
     dist.barrier()
     return det, metrics
 
@@ -290,4 +290,4 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
 def load_ranking(run: RunFolder) -> dict[str, np.ndarray]:
     """``detect/ranking.csv`` as columns in example-index order (:meth:`RunFolder.ranking` over every scorer)."""
     flags = tuple(s.flag.column for s in registry.SCORERS.values() if s.flag is not None)
-    return run.ranking(tuple(registry.SCORERS), flags)
+    return run.results.ranking(tuple(registry.SCORERS), flags)

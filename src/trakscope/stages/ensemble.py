@@ -54,19 +54,19 @@ def load_checkpoint(run: RunFolder, path: Path) -> dict[str, torch.Tensor]:
         meta = _checkpoint_meta(path)
         state = load_tensors(path)
     except (SafetensorError, OSError) as e:
-        run.verify(path, checksum=False)  # a checkpoint cut short is named by its size
+        run.integrity.verify(path, checksum=False)  # a checkpoint cut short is named by its size
         raise RunError(f"{run.relative(path)} is damaged ({e}); rerun `{run.command()}` to retrain that model") from e
     if meta.get("fingerprint") != fingerprint(run.config):
         raise RunError(f"{path} was written by a run with other settings (fingerprint "
                        f"{meta.get('fingerprint')!r}, this run {fingerprint(run.config)!r}); rerun with --overwrite")
-    run.verify(path)  # the checksum, where the manifest has one and the file is small
+    run.integrity.verify(path)  # the checksum, where the manifest has one and the file is small
     return state
 
 
 def checkpoint_damaged(run: RunFolder, path: Path) -> bool:
     """Not what was written and either unreadable (cut short) or under this run's fingerprint: not a whole file
     from another run, which :func:`load_checkpoint` refuses rather than have `run` retrain over it."""
-    if not path.exists() or run.damage(path) is None:
+    if not path.exists() or run.integrity.damage(path) is None:
         return False
     try:
         return _checkpoint_meta(path).get("fingerprint") == fingerprint(run.config)

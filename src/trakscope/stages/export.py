@@ -44,7 +44,7 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     ranking = load_ranking(run)
-    train, classes = run.table("train"), run.classes
+    train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
     canary = canary_mask(run, len(train["index"]))
     selected = select_removed(strategy, fraction, ranking, seed)

@@ -46,7 +46,7 @@ def read_groups(run: RunFolder, path: Path | str) -> tuple[np.ndarray, np.ndarra
     ids = {name: g for g, name in enumerate(names)}
     assigned = {}
     for split in SPLITS:
-        n = len(run.table(split)["index"])
+        n = len(run.data.table(split)["index"])
         g = np.full(n, -1, dtype=np.int64)
         for pos, r in found[split].items():
             g[pos] = ids[rows[r]["group"]]
@@ -64,7 +64,7 @@ def read_groups(run: RunFolder, path: Path | str) -> tuple[np.ndarray, np.ndarra
 
 def _row_positions(run: RunFolder, split: str, rows: list[dict], path: Path) -> dict[int, int]:
     """``{row of data/<split>.csv: row of the groups file}`` for the rows that name an example of ``split``."""
-    table = run.table(split)
+    table = run.data.table(split)
     by_id = {str(s): i for i, s in enumerate(table["source_id"])}
     out: dict[int, int] = {}
     for r, row in enumerate(rows):
@@ -101,7 +101,7 @@ def _position(row: dict, split: str, row_split: str | None, by_id: dict, n: int,
 
 def _check_known(rows: list[dict], run: RunFolder, path: Path) -> None:
     """Every ``source_id`` in the file names a val or test example."""
-    known = {str(s) for split in SPLITS for s in run.table(split)["source_id"]}
+    known = {str(s) for split in SPLITS for s in run.data.table(split)["source_id"]}
     unknown = [row["source_id"] for row in rows if (row.get("source_id") or "").strip()
                and row["source_id"].strip() not in known]
     if unknown:

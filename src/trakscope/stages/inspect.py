@@ -118,17 +118,17 @@ def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> n
 def inspect_target(run: RunFolder, split: str, target: str, margin_class: str | None = None,
                    top: int = 8) -> Inspection:
     """Attribution of example ``target`` of ``split``; stored scores unless another class's margin is asked for."""
-    table, classes = run.table(split), run.classes
+    table, classes = run.data.table(split), run.classes
     i = resolve_target(table, split, target)
-    label, predicted = int(table["label"][i]), int(run.probs(split)[i].argmax())
+    label, predicted = int(table["label"][i]), int(run.results.probs(split)[i].argmax())
     c = label if margin_class is None else resolve_class(classes, margin_class)
     if c == label:  # scores/<split>.npy holds each target's own label's margin
-        column = np.asarray(run.scores(split)[:, i], dtype=np.float64)
+        column = np.asarray(run.results.scores(split)[:, i], dtype=np.float64)
     else:
-        x = run.dataset().split(split).images.batch(np.array([i]))
+        x = run.data.dataset().split(split).images.batch(np.array([i]))
         column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)
     png = run.inspect_path(split, i if c == label else f"{i}_class{c}")
-    return _found(f"{split} example {i} ({table['source_id'][i]})", run.thumbs(split)[i], label, predicted, c,
+    return _found(f"{split} example {i} ({table['source_id'][i]})", run.data.thumbs(split)[i], label, predicted, c,
                   column, top, png)
 
 
@@ -161,7 +161,7 @@ def _found(description: str, image: np.ndarray, label: int | None, predicted: in
 
 def train_rows(run: RunFolder, found: Inspection) -> list[list[dict]]:
     """For the highest and the lowest scores: one dict per training example (index, score, names, noisy)."""
-    train, classes = run.table("train"), run.classes
+    train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
     out = []
     for idx in (found.top, found.bottom):

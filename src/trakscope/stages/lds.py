@@ -58,7 +58,7 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`. The cache is
     written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
     """
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
     expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
@@ -90,7 +90,7 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     """Masks bool ``[k, n_train]`` and observed margins float32 ``[k, n_split]`` of the ``k`` subset models."""
     if split not in TARGET_SPLITS:
         raise ValueError(f"split must be one of {TARGET_SPLITS}, got {split!r}")
-    masks = subset_masks(len(run.dataset().train), alpha, k, seed)
+    masks = subset_masks(len(run.data.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
     for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
@@ -108,7 +108,7 @@ def _scores_source(run: RunFolder, split: str, scores_path: Path | None) -> tupl
     if scores_path is None:
         meta_path = run.scores_meta_path
         meta = run.integrity.json(meta_path) if meta_path.exists() else {}
-        return run.scores(split), {"scores_path": run.relative(run.scores_path(split)),
+        return run.results.scores(split), {"scores_path": run.relative(run.scores_path(split)),
                                    "projector": meta.get("projector"), "proj_dim": meta.get("proj_dim"),
                                    "checkpoints": meta.get("checkpoints")}
     scores = read_score_matrix(Path(scores_path), split)
@@ -153,7 +153,7 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
     """
     t0 = time.perf_counter()
     scores, source = _scores_source(run, split, scores_path)
-    n_train, n_split = len(run.dataset().train), len(run.dataset().split(split))
+    n_train, n_split = len(run.data.dataset().train), len(run.data.dataset().split(split))
     if scores.shape != (n_train, n_split):
         raise ValueError(f"scores have shape {scores.shape}; expected [n_train, n_{split}] = ({n_train}, {n_split})")
     masks, margins = subset_margins(run, alpha, k, seed, split, epochs, device, progress)
@@ -169,10 +169,10 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
     if out is None:
         out = run.lds_result_path(None if scores_path is None else Path(scores_path).stem)
     if dist.rank() == 0:
-        run.write_result(Path(out), "lds", result)
+        run.results.write(Path(out), "lds", result)
         write_csv(run.lds_per_target_path(Path(out)), ["index", "spearman"],
                   [(int(t), "" if np.isnan(r) else f"{r:.6f}") for t, r in zip(targets, per_target, strict=True)])
         run.integrity.seal(run.lds_per_target_path(Path(out)))
-        run.record_timing("lds", time.perf_counter() - t0)
+        run.results.record_timing("lds", time.perf_counter() - t0)
     dist.barrier()
     return result

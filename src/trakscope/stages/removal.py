@@ -31,7 +31,7 @@ from .groups import read_groups
 def correct_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
                     progress: bool = True) -> np.ndarray:
     """Train the run's architecture on ``keep`` with ``seed``; bool ``[n_test]``: is each test example right."""
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
     logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
     return _correct(run, logits)
@@ -45,7 +45,7 @@ def accuracy_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device:
 
 def _correct(run: RunFolder, logits: np.ndarray) -> np.ndarray:
     """bool ``[n_test]``: is the argmax of float ``[n_test, C]`` test logits each example's label."""
-    return logits.argmax(axis=1) == run.dataset().test.labels
+    return logits.argmax(axis=1) == run.data.dataset().test.labels
 
 
 def ensemble_member(run: RunFolder, seed: int) -> int | None:
@@ -55,7 +55,7 @@ def ensemble_member(run: RunFolder, seed: int) -> int | None:
     """
     if run.config.model.checkpoints:
         return None
-    metrics = run.optional_result(run.metrics_path, "model_metrics")
+    metrics = run.results.optional(run.metrics_path, "model_metrics")
     for m in (metrics or {}).get("models", []):
         if m.get("seed") == seed and m.get("test_acc") is not None:
             return int(m["model"])
@@ -69,7 +69,7 @@ def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> 
     member = ensemble_member(run, seed)
     if member is None:
         return None
-    [(_, logits)] = member_logits(run, {"test": run.dataset().test.images}, device, members=[member])
+    [(_, logits)] = member_logits(run, {"test": run.data.dataset().test.images}, device, members=[member])
     correct = _correct(run, logits["test"])
     return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {member}"}
 
@@ -94,7 +94,7 @@ def cached_retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray) -> 
 def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: str) -> dict:
     """Train without ``removed`` and cache the result as ``removal/retrains/<job>.json`` (one atomic write)."""
     t0 = time.perf_counter()
-    keep = np.setdiff1d(np.arange(len(run.table("train")["index"])), removed) if len(removed) else None
+    keep = np.setdiff1d(np.arange(len(run.data.table("train")["index"])), removed) if len(removed) else None
     correct = correct_on_test(run, keep, seed, device, progress=False)
     acc = float(correct.mean())
     write_json(_retrain_path(run, job), {
@@ -107,7 +107,7 @@ def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: s
 
 def cached_evaluate(run: RunFolder, device: str = "cpu"):
     """``evaluate(job, keep, seed)`` for :func:`remove_and_retrain`: trakscope's trainer, cached per job."""
-    n_train = len(run.table("train")["index"])
+    n_train = len(run.data.table("train")["index"])
 
     def evaluate(job: Job, keep: np.ndarray, seed: int):
         if job.strategy == "full":
@@ -148,7 +148,7 @@ def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, st
         ValueError: a groups file that maps no test examples (worst-group accuracy needs them).
     """
     if groups in ("classes", "auto"):  # Auto-D3M's pseudo-groups exist for val only: worst class on test
-        return run.table("test")["label"], "classes"
+        return run.data.table("test")["label"], "classes"
     test = read_groups(run, groups)[1]
     if test is None:
         raise ValueError(f"--groups {groups} maps no test examples; add rows for the test split (split=test or "
@@ -179,7 +179,7 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
                     "test_groups": group_source, "n_test_groups": int(len(np.unique(group_ids))),
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
     if dist.rank() == 0:
-        run.write_result(run.removal_results_path, "removal_results", summary)
-        run.record_timing("removal", time.perf_counter() - t0)
+        run.results.write(run.removal_results_path, "removal_results", summary)
+        run.results.record_timing("removal", time.perf_counter() - t0)
     dist.barrier()
     return summary

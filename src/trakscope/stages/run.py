@@ -53,7 +53,7 @@ def timed(run: RunFolder, stage: str):
     start = time.perf_counter()
     yield
     if dist.rank() == 0:
-        run.record_timing(stage, time.perf_counter() - start)
+        run.results.record_timing(stage, time.perf_counter() - start)
 
 
 def data_files(run: RunFolder) -> list:
@@ -63,27 +63,27 @@ def data_files(run: RunFolder) -> list:
 
 def prepare_data(run: RunFolder) -> Dataset:
     """Write ``data/classes.json``, the split tables and thumbnails (once); return the dataset."""
-    dataset = run.dataset()
+    dataset = run.data.dataset()
     if dist.rank() != 0 or all(p.exists() for p in data_files(run)):
         return dataset
     write_json(run.classes_path, dataset.classes)
     thumb = min(run.config.data.image_size, 64)
     for name in SPLITS:
         split = dataset.split(name)
-        run.write_table(name, [(i, split.source_ids[i], int(split.labels[i]), int(split.true_labels[i]),
+        run.data.write_table(name, [(i, split.source_ids[i], int(split.labels[i]), int(split.true_labels[i]),
                                 int(split.noisy[i])) for i in range(len(split))])
         thumbs = np.concatenate([split.images.thumbnails(np.arange(s, min(s + 256, len(split))), thumb)
                                  for s in range(0, len(split), 256)])
         save_npy(run.thumbs_path(name), thumbs)
     write_canaries(run, dataset.train)
     canaries = [run.canaries_path] if run.canaries_path.exists() else []
-    run.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS), *canaries)  # the tables seal themselves
+    run.integrity.seal(run.classes_path, *(run.thumbs_path(s) for s in SPLITS), *canaries)  # the tables seal themselves
     return dataset
 
 
 def train_ensemble(run: RunFolder, rt: Runtime) -> None:
     """Train the ensemble members that have no checkpoints yet, then write metrics and probabilities."""
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     per_model = cfg.train.kept_checkpoints
     for m in range(cfg.train.ensemble):
         if m % dist.world_size() != dist.rank():
@@ -126,10 +126,10 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
                 continue
             state = read_state_file(source)
             try:
-                load_trained(cfg.model, len(run.dataset().classes), state)
+                load_trained(cfg.model, len(run.data.dataset().classes), state)
             except RuntimeError as e:
                 raise RunError(f"checkpoint {source} does not fit --model {cfg.model.name} with "
-                               f"{len(run.dataset().classes)} classes: {str(e).splitlines()[0]}") from e
+                               f"{len(run.data.dataset().classes)} classes: {str(e).splitlines()[0]}") from e
             meta = {"fingerprint": fingerprint(cfg), "model": str(m), "source": str(source), "checkpoint": "0"}
             save_tensors(run.checkpoint_path(m, 0), state, metadata=meta)
         ensemble_metrics(run, rt)
@@ -138,7 +138,7 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
 
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     aum = [p for p in map(run.aum_path, range(cfg.train.ensemble)) if p.exists() and cfg.model.checkpoints is None]
     run.integrity.seal_pending(*run.checkpoint_paths(), *aum)  # every rank's files are on disk now (after the barrier)
     predicted = ensemble_predict(run, {name: dataset.split(name).images for name in SPLITS}, rt.device)
@@ -153,8 +153,8 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     ensemble = {f"{n}_acc": float((probs[n].argmax(1) == dataset.split(n).true_labels).mean()) for n in ("val", "test")}
     for name in SPLITS:
         save_npy(run.probs_path(name), probs[name].astype(np.float32))
-    run.seal(*(run.probs_path(name) for name in SPLITS))
-    run.write_result(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
+    run.integrity.seal(*(run.probs_path(name) for name in SPLITS))
+    run.results.write(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
     warning = chance_warning(ensemble["val_acc"], dataset.val.true_labels)
     if warning:
         print(f"trakscope: warning: {warning}", file=sys.stderr)
@@ -199,7 +199,7 @@ def featurize(run: RunFolder, rt: Runtime, trak: TRAK | None = None) -> TRAK:
     ``trak``: another engine (other projector settings, its own store outside the run folder) to featurize the
     run's checkpoints into; default the run's own, whose finished files are sealed in the run's manifest.
     """
-    cfg, dataset = run.config, run.dataset()
+    cfg, dataset = run.config, run.data.dataset()
     own = trak is None
     trak = trak_engine(run, rt) if own else trak
     shard = (dist.rank(), dist.world_size())
