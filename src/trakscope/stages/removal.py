@@ -138,7 +138,9 @@ def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], devi
         bar.set_postfix_str(job.key)
         _retrain(run, job, seed, removed, device)
     bar.close()
-    dist.barrier()
+    dist.barrier()  # every retrain is on disk
+    run.integrity.seal_pending(*(_retrain_path(run, job) for job, _, _ in pending))  # other ranks' (rank 0 records)
+    dist.barrier()  # recorded before any rank verifies them
 
 
 def test_groups(run: RunFolder, groups: str = "classes") -> tuple[np.ndarray, str]:
