@@ -165,7 +165,7 @@ def test_checkpoints_trained_elsewhere_give_the_same_scores(tiny_run, tmp_path, 
     run = Folder(out)
     assert run.config.model.checkpoints == tuple(files)
     for name in ("test", "val", "self"):
-        assert np.array_equal(run.results.scores(name), Folder(tiny_run).scores(name))
+        assert np.array_equal(run.results.scores(name), Folder(tiny_run).results.scores(name))
     metrics = json.loads(run.metrics_path.read_text())
     original = json.loads(Folder(tiny_run).metrics_path.read_text())
     assert [m["test_acc"] for m in metrics["models"]] == [m["test_acc"] for m in original["models"]]
@@ -194,7 +194,7 @@ def test_dropconnect_masks_each_weight_with_probability_p_and_leaves_the_rest():
         assert out[name] is state[name]
     assert torch.equal(dropconnect(state, 0.3, seed=5)["conv.weight"], m)  # seeded
     assert not torch.equal(dropconnect(state, 0.3, seed=6)["conv.weight"], m)
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(ValueError, match=r"--mask-p: must be in \(0, 1\), got 1"):
         dropconnect(state, 1.0, seed=0)
 
 
@@ -220,12 +220,12 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     ref = tmp_path / "as_files"
     assert main(["run", "--out", str(ref), *TINY_RUN_ARGS, "--checkpoints", *files, *masked]) == 0
     for name in ("test", "val", "self"):
-        assert np.array_equal(run.results.scores(name), Folder(ref).scores(name))
-    assert not np.allclose(run.results.scores("test"), Folder(tiny_run).scores("test"))  # the masks changed the scores
+        assert np.array_equal(run.results.scores(name), Folder(ref).results.scores(name))
+    assert not np.allclose(run.results.scores("test"), Folder(tiny_run).results.scores("test"))  # masks changed them
     damaged = TrakStore(run.features_dir).split_files(5, "train")[0]
     damaged.write_bytes(damaged.read_bytes()[:100])
     assert main(["run", "--out", str(out)]) == 0
-    assert "damaged; recomputing" in capsys.readouterr().out
+    assert "features/ckpt5/train.npy is damaged (size 100 bytes, expected" in capsys.readouterr().out
     assert np.array_equal(Folder(out).results.scores("test"), Folder(ref).results.scores("test"))
     with pytest.raises(SystemExit):
         main(["run", "--out", str(tmp_path / "bad"), *TINY_RUN_ARGS, "--masks", "-1"])

@@ -13,14 +13,15 @@ import torch
 from trakscope import precision
 from trakscope.attribution.kronecker import KroneckerProjector
 from trakscope.attribution.projectors import make_projector
-from trakscope.attribution.store import StoreError
+from trakscope.attribution.store import StoreError, TrakStore
 from trakscope.attribution.trak import TRAK
 from trakscope.cli import main
 from trakscope.config import DataConfig, ModelConfig, RunConfig, TrainConfig, TrakConfig, _opt, _sub_from_dict
 from trakscope.data import load_dataset
+from trakscope.models import build_model
 from trakscope.run_folder import RunFolder, fingerprint
 from trakscope.stages.ensemble import load_checkpoint
-from trakscope.train import load_trained, predict_logits, train_model
+from trakscope.train import architecture_only, load_trained, predict_logits, train_model
 
 from .test_kronecker import LAYERS, OneLayer, _inputs, _resnet
 
@@ -79,6 +80,8 @@ def _as_before_precision(run) -> None:
             del (d[section[0]] if section else d)[name]
         path.write_text(json.dumps(d))
         RunFolder(run).integrity.seal(path)  # as the older version recorded it
+        if path.parent.name == "features":
+            TrakStore(path.parent).recorded(path)  # in the store's own record too
 
 
 def test_a_folder_from_before_the_options_opens_and_resumes(tmp_path, capsys):
@@ -96,9 +99,11 @@ def test_a_folder_from_before_the_options_opens_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--out", str(run), *ARGS, "--precision", "bf16"]) == 2
     assert "train.precision: 'fp32' -> 'bf16'" in capsys.readouterr().err
-    TRAK(torch.nn.Linear(2, 2), run / "features", proj_dim=32)  # the old store's settings: fp32 Kronecker
+    folder = RunFolder(run)
+    model = build_model(architecture_only(folder.config.model), len(folder.classes))  # the store's architecture
+    TRAK(model, run / "features", proj_dim=32)  # the old store's settings: fp32 Kronecker
     with pytest.raises(StoreError, match="precision: 'fp32' -> 'bf16'"):
-        TRAK(torch.nn.Linear(2, 2), run / "features", proj_dim=32, precision="bf16")
+        TRAK(model, run / "features", proj_dim=32, precision="bf16")
 
 
 # --- hardware support ------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def test_default_strategies_drop_cleanlab_when_detect_skipped_it(tiny_run, tmp_p
 
     monkeypatch.setattr(removal_cmd, "run_removal", fake_run_removal)
     monkeypatch.setattr(removal_cmd, "removal_table", lambda summary: "")
-    monkeypatch.setattr(removal_cmd, "removal_png", lambda summary, path: None)
+    monkeypatch.setattr(removal_cmd, "removal_png", lambda summary, path: path.parent.mkdir() or path.touch())
     assert main(["removal", "--run", str(run), "--no-progress", "--device", "cpu"]) == 0
     assert "cleanlab" not in seen["strategies"] and "negative" in seen["strategies"]
     assert "cleanlab strategy skipped" in capsys.readouterr().out

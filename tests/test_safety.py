@@ -17,6 +17,7 @@ from PIL import Image
 
 from trakscope.cli import main
 from trakscope.run_folder import RunError, RunFolder
+from trakscope.run_folder.results import Results
 from trakscope.run_lock import hold
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -90,7 +91,7 @@ def test_timings_not_writable_is_skipped_quietly(tmp_path, monkeypatch, capsys):
     run = RunFolder(tmp_path)
     run.results.record_timing("train", 2.0)
     before = run.timings_path.read_bytes()
-    owner = sys.modules[RunFolder.record_timing.__module__]  # the module whose write_json record_timing calls
+    owner = sys.modules[Results.record_timing.__module__]  # the module whose write_json record_timing calls
     refused = []
 
     def refuse(path, obj):
@@ -166,9 +167,11 @@ def test_folder_with_a_relative_root_still_resumes(folder_run, monkeypatch):
     cfg = json.loads(saved)
     cfg["data"]["data_root"] = "imgs"  # as written before roots were stored absolute
     config.write_text(json.dumps(cfg))
+    RunFolder(folder_run / "run").integrity.seal(config)  # as the older version recorded it
     relative = config.read_bytes()
     monkeypatch.chdir(folder_run)
-    every_call = {folder_run / "run" / name for name in (".trakscope.lock", "timings.json")}  # run touches these
+    every_call = {folder_run / "run" / name  # run touches these: its lock, its timing, and the record of that timing
+                  for name in (".trakscope.lock", "timings.json", "manifest.json", "manifest.copy.json")}
     stamps = {p: p.stat().st_mtime_ns for p in folder_run.glob("run/**/*") if p.is_file() and p not in every_call}
     try:
         assert main(["run", "--out", "run", "--dataset", "imagefolder", "--data-root", "imgs",
@@ -177,6 +180,7 @@ def test_folder_with_a_relative_root_still_resumes(folder_run, monkeypatch):
         assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained, featurized or scored again
     finally:
         config.write_bytes(saved)
+        RunFolder(folder_run / "run").integrity.seal(config)
 
 
 def test_added_images_are_noticed(folder_run, tmp_path, capsys):

@@ -71,9 +71,12 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def _tree(path: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file (folders as "dir"): equal before and after means byte-identical."""
+    """Relative path -> sha256 of every file (folders as "dir"): equal before and after means byte-identical.
+
+    The folder's lock (``.trakscope.lock``, empty, made by whichever command opens the folder first) is left out.
+    """
     return {str(p.relative_to(path)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*"))}
+            for p in sorted(path.rglob("*")) if p.name != ".trakscope.lock"}
 
 
 def _api(sections: dict, tmp_path: Path) -> None:
