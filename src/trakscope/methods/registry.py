@@ -159,7 +159,7 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
            skip=Skip("skip the cleanlab baseline (it retrains k models)", "--no-cleanlab")),
     Scorer("aum", lambda i: scorers.area_under_margin(i["aum"]), False,
            "area under the margin during training, averaged over epochs and members (low = suspicious)", ("aum",),
-           skip=Skip("the run recorded no AUM (imported checkpoints, older run folders)")),
+           skip=Skip("the run recorded no AUM (imported checkpoints: AUM is recorded while trakscope trains)")),
     Scorer("trak_loo", lambda i: scorers.loo_margin(i["train_probs"], i["train_labels"], i["self_scores"]), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)",
            ("train_probs", "train_labels", "self_scores")),
@@ -167,7 +167,7 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
 # The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
 # ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
 # (memorisation, default, 30% symmetric, confusable pairs, pretrained); TRAK self-influence (the mislabel scorer of
-# dattri and TracIn) when there is no AUM (imported checkpoints, older run folders). With canaries, the scorer with
+# dattri and TracIn) when there is no AUM (imported checkpoints). With canaries, the scorer with
 # the best canary ROC-AUC is used instead. D3M ranks *detrimental* examples (for removal), which need not be
 # mislabeled ones.
 PRIMARY = ("aum", "self_influence")
