@@ -143,10 +143,10 @@ def cheap_states(run: RunFolder, args: argparse.Namespace, family: str, final: d
 
     cfg, ds = run.config, run.data.dataset()
     count = {"branches": args.branches, "reinit": args.reinit, "dropout": args.dropout}[family]
-    if family == "dropout":  # the engine's own masks (``trakscope run --masks``), seeded here 3000 + d
-        return [dropconnect(final, args.dropout_p, seed=3000 + d) for d in range(count)]
-    head = [n for n, m in build_model(architecture_only(cfg.model), len(ds.classes)).named_modules()
-            if isinstance(m, torch.nn.Linear)][-1]
+    model = build_model(architecture_only(cfg.model), len(ds.classes))
+    if family == "dropout":  # the engine's own masks (``trakscope run --masks``), seeded here (3000, d)
+        return [dropconnect(final, args.dropout_p, seed=(3000, d), weights=model) for d in range(count)]
+    head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     train_cfg = dataclasses.replace(cfg.train, epochs=args.branch_epochs, checkpoints_per_model=1)
     out = []
     for b in range(count):

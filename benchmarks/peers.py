@@ -162,7 +162,7 @@ def margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --- methods: each returns (scores float32 [n_train, n_val + n_test], fit seconds, target seconds, notes) -----
 def m_trakscope(w: Work, store: Path, projector: str = "kronecker", masks: int = 0) -> tuple:
     """trakscope's engine with its defaults (``TrakConfig``: projector width, kron_k and ridge); ``masks``: as
-    ``trakscope run --masks``, that many DropConnect copies of each given checkpoint (seeded 1000 k + d, at the
+    ``trakscope run --masks``, that many DropConnect copies of each given checkpoint (seeded ``(0, k, d)``, at the
     default ``mask_p``) featurized as extra checkpoints after them (their masking is in the fit time)."""
     from trakscope import TRAK, dropconnect
     from trakscope.config import TrakConfig
@@ -171,7 +171,7 @@ def m_trakscope(w: Work, store: Path, projector: str = "kronecker", masks: int =
     notes = f"{projector}, proj_dim {trak.proj_dim}, kron_k {trak.kron_k}, ridge {trak.ridge:g} (defaults)"
     t0 = time.perf_counter()
     p = TrakConfig().mask_p
-    states = [*w.states, *(dropconnect(st, p, seed=1000 * k + d) for k, st in enumerate(w.states)
+    states = [*w.states, *(dropconnect(st, p, seed=(0, k, d), weights=w.model) for k, st in enumerate(w.states)
                            for d in range(masks))]
     notes += f"; {masks} DropConnect masks (p {p:g}) of each checkpoint" if masks else ""
     for k, state in enumerate(states):

@@ -86,10 +86,24 @@ def test_a_mask_is_seeded_by_the_member_and_the_mask_index(tiny_run):
     unmasked = ensemble.engine_state(run, path, None)
     assert all(torch.equal(unmasked[k], v) for k, v in state.items())
     masked = ensemble.engine_state(run, path, 1)
-    expected = dropconnect(state, t.mask_p, seed=t.seed + 1000 * 1 + 1)
+    weights = ensemble.mask_targets(run)
+    expected = dropconnect(state, t.mask_p, seed=(t.seed, 1, 1), weights=weights)
     assert all(torch.equal(masked[k], v) for k, v in expected.items())
-    other = dropconnect(state, t.mask_p, seed=t.seed + 1)  # member 0's mask 1
+    other = dropconnect(state, t.mask_p, seed=(t.seed, 0, 1), weights=weights)  # member 0's mask 1
     assert not all(torch.equal(masked[k], v) for k, v in other.items())
+
+
+def test_masks_of_two_members_never_share_a_seed(tiny_run):
+    """Member 0's mask 1000 and member 1's mask 0 drop different entries (``seed + 1000 * member + mask`` gave
+    both the same seed, so the same pattern over the same shapes)."""
+    run = RunFolder(tiny_run)
+
+    def dropped(member: int, mask: int) -> list[torch.Tensor]:
+        state = ensemble.engine_state(run, run.checkpoint_path(member, 0), mask)
+        return [v == 0 for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+
+    a, b = dropped(0, 1000), dropped(1, 0)
+    assert any(x.any() for x in a) and not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture

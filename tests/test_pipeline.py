@@ -185,17 +185,45 @@ def test_dropconnect_masks_each_weight_with_probability_p_and_leaves_the_rest():
 
     state = {"conv.weight": torch.randn(64, 32, 3, 3), "fc.bias": torch.randn(10),
              "bn.running_mean": torch.randn(64), "bn.num_batches_tracked": torch.tensor(7)}
-    out = dropconnect(state, 0.3, seed=5)
+    out = dropconnect(state, 0.3, seed=5, weights=["conv.weight"])
     w, m = state["conv.weight"], out["conv.weight"]
     kept = m != 0
     assert abs(kept.float().mean().item() - 0.7) < 0.01  # 18,432 weights: SE of the fraction ~0.003
     assert torch.allclose(m[kept], w[kept] / 0.7)
     for name in ("fc.bias", "bn.running_mean", "bn.num_batches_tracked"):
         assert out[name] is state[name]
-    assert torch.equal(dropconnect(state, 0.3, seed=5)["conv.weight"], m)  # seeded
-    assert not torch.equal(dropconnect(state, 0.3, seed=6)["conv.weight"], m)
+    assert torch.equal(dropconnect(state, 0.3, seed=5, weights=["conv.weight"])["conv.weight"], m)  # seeded
+    assert not torch.equal(dropconnect(state, 0.3, seed=6, weights=["conv.weight"])["conv.weight"], m)
     with pytest.raises(ValueError, match=r"--mask-p: must be in \(0, 1\), got 1"):
-        dropconnect(state, 1.0, seed=0)
+        dropconnect(state, 1.0, seed=0, weights=["conv.weight"])
+    with pytest.raises(ValueError, match=r"weights \['fc.weight'\] are not in the state dict"):
+        dropconnect(state, 0.3, seed=0, weights=["fc.weight"])
+
+
+def test_dropconnect_masks_conv_and_linear_weights_and_nothing_else():
+    """Decided by the model's modules: an embedding table, a LayerNorm and cls-token / position parameters (all
+    floating, two or more dimensions, or one) keep their values; the conv and linear weights are masked."""
+    import torch
+    from torch import nn
+
+    from trakscope import dropconnect
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.conv = nn.Embedding(50, 16), nn.Conv2d(3, 16, 3)
+            self.cls_token, self.pos_embed = nn.Parameter(torch.randn(1, 1, 16)), nn.Parameter(torch.randn(1, 5, 16))
+            self.norm, self.head = nn.LayerNorm(16), nn.Linear(16, 10)
+
+    net = Net()
+    state = net.state_dict()
+    out = dropconnect(state, 0.3, seed=(0, 0, 0), weights=net)
+    for name in ("emb.weight", "cls_token", "pos_embed", "norm.weight", "norm.bias", "conv.bias", "head.bias"):
+        assert torch.equal(out[name], state[name]), name
+    masked = torch.cat([out["conv.weight"].flatten(), out["head.weight"].flatten()])
+    assert 0.2 < (masked == 0).float().mean().item() < 0.4  # 592 weights, p 0.3: SE of the fraction ~0.02
+    by_name = dropconnect(state, 0.3, seed=(0, 0, 0), weights=["conv.weight", "head.weight"])
+    assert all(torch.equal(out[k], by_name[k]) for k in state)  # the names of a bare state dict: the same masks
 
 
 def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny_run, tmp_path, capsys):
@@ -203,6 +231,7 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     scores equal those of a run that imports the masked state dicts as files in the same order, and a damaged
     masked copy's features are featurized again on a rerun."""
     from trakscope import dropconnect
+    from trakscope.attribution.masks import SEED_SCHEME
     from trakscope.attribution.store import TrakStore
     from trakscope.io import load_tensors, save_tensors
     from trakscope.run_folder import RunFolder as Folder
@@ -211,12 +240,16 @@ def test_masks_are_extra_checkpoints_the_same_as_importing_the_masked_files(tiny
     out = tmp_path / "masked"
     assert main(["run", "--out", str(out), *TINY_RUN_ARGS, "--checkpoints", *files, "--masks", "2"]) == 0
     run = Folder(out)
-    assert json.loads(run.scores_meta_path.read_text())["checkpoints"] == 6
+    meta = json.loads(run.scores_meta_path.read_text())
+    assert meta["checkpoints"] == 6
+    weights = ["features.0.weight", "features.3.weight", "head.weight"]  # tiny_cnn's convs and head, not its norm
+    assert meta["dropconnect"] == {"count": 2, "p": 0.3, "proj_seed": 0, "seed": SEED_SCHEME, "masked": weights}
+    assert "dropconnect" not in json.loads(Folder(tiny_run).scores_meta_path.read_text())  # no --masks: as before
     masked = []
-    for m, f in enumerate(files):  # ids 2.. : member m's mask d is seeded trak.seed (0) + 1000 m + d
+    for m, f in enumerate(files):  # ids 2.. : member m's mask d is seeded SeedSequence([trak.seed (0), m, d])
         for d in range(2):
             masked.append(str(tmp_path / f"m{m}_{d}.safetensors"))
-            save_tensors(masked[-1], dropconnect(load_tensors(f), 0.3, seed=1000 * m + d))
+            save_tensors(masked[-1], dropconnect(load_tensors(f), 0.3, seed=(0, m, d), weights=weights))
     ref = tmp_path / "as_files"
     assert main(["run", "--out", str(ref), *TINY_RUN_ARGS, "--checkpoints", *files, *masked]) == 0
     for name in ("test", "val", "self"):

@@ -5,13 +5,26 @@ model has one checkpoint. A seeded mask that zeroes a fraction ``p`` of every co
 by ``1 / (1 - p)``) turns it into as many related models as wanted, with no training (a dropout ensemble in the
 spirit of Deng et al. 2024, "Efficient Ensembles Improve Training Data Attribution"). BENCHMARKS.md ("LDS versus
 training compute") measures it against independent models and trajectory checkpoints.
+
+What is masked is decided per parameter from the model's modules (:func:`masked_weights`): the ``weight`` of every
+``nn.Linear`` and ``nn.Conv*`` / ``nn.ConvTranspose*`` module, subclasses included. Embedding tables, norms,
+biases, buffers and free parameters (a ViT's ``cls_token`` and ``pos_embed``) are kept as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 import torch
+from torch import nn
 
 from ..config import check_setting
+
+MASKED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.ConvTranspose3d)
+SEED_SCHEME = ("torch.Generator seeded numpy.random.SeedSequence([proj_seed, member, mask]).generate_state(1, "
+               "uint64)[0]; torch.rand(shape) per masked weight in state-dict order; kept where < 1 - p")
 
 
 def check_masks(masks: int, p: float) -> None:
@@ -21,19 +34,46 @@ def check_masks(masks: int, p: float) -> None:
     check_setting("trak", "mask_p", p)
 
 
-def dropconnect(state: dict[str, torch.Tensor], p: float, seed: int) -> dict[str, torch.Tensor]:
-    """A copy of ``state`` whose floating tensors of two or more dimensions (conv and linear weights) keep each
-    entry with probability ``1 - p``, scaled by ``1 / (1 - p)``; biases, norms and buffers are kept as they are.
+def masked_weights(model: nn.Module) -> list[str]:
+    """The state-dict names of the weights DropConnect masks: ``{module}.weight`` of every conv / linear module
+    of ``model`` (:data:`MASKED_MODULES`, subclasses included), in module order."""
+    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+            if isinstance(module, MASKED_MODULES) and isinstance(module.weight, torch.Tensor)]
 
-    The masks depend only on ``seed`` and the tensors' shapes, in ``state``'s order: the same seed gives the same
-    model on every machine and every rank.
+
+def mask_generator(seed: int | Sequence[int]) -> torch.Generator:
+    """A CPU generator seeded from ``numpy.random.SeedSequence(seed)``: the same on every machine, and distinct
+    for distinct entropy tuples (``(proj_seed, member, mask)`` never collide, unlike ``seed + 1000 * member``)."""
+    state = np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def dropconnect(state: dict[str, torch.Tensor], p: float, seed: int | Sequence[int],
+                weights: nn.Module | Iterable[str]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` whose conv and linear weights keep each entry with probability ``1 - p``, scaled by
+    ``1 / (1 - p)``; every other tensor (embedding tables, norms, biases, buffers, free parameters such as a
+    ``cls_token``) is kept as it is.
+
+    Args:
+        state: a state dict (any shapes).
+        p: the fraction each mask zeroes, in (0, 1).
+        seed: the entropy of the mask's ``numpy.random.SeedSequence`` (:func:`mask_generator`); trakscope's own
+            masks use ``(proj_seed, member, mask)``.
+        weights: the model whose conv / linear modules decide (:func:`masked_weights`), or, for a bare state
+            dict, the names of its conv / linear weights; a name missing from ``state`` is an error.
+
+    The masks depend only on ``seed`` and the masked tensors' shapes, in ``state``'s order: the same seed gives the
+    same model on every machine and every rank.
     """
     check_masks(0, p)
-    gen = torch.Generator().manual_seed(seed)
-    keep = 1.0 - p
+    names = set(masked_weights(weights) if isinstance(weights, nn.Module) else weights)
+    if missing := sorted(names - state.keys()):
+        raise ValueError(f"dropconnect: weights {missing[:3]} are not in the state dict; pass the model the state "
+                         "dict belongs to, or its conv / linear weight names")
+    gen, keep = mask_generator(seed), 1.0 - p
     out = {}
     for name, t in state.items():
-        if t.is_floating_point() and t.dim() >= 2:
+        if name in names and t.is_floating_point():
             mask = torch.rand(t.shape, generator=gen) < keep
             out[name] = torch.where(mask, t / keep, torch.zeros((), dtype=t.dtype))
         else:

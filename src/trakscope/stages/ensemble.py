@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..attribution.masks import dropconnect
+from ..attribution.masks import SEED_SCHEME, dropconnect, masked_weights
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import ImageSource
@@ -96,14 +96,29 @@ def engine_checkpoints(run: RunFolder, paths: list[Path] | None = None) -> list[
     return [(p, None) for p in paths] + [(p, d) for p in final_checkpoints(run, paths) for d in range(masks)]
 
 
+def mask_targets(run: RunFolder) -> list[str]:
+    """The state-dict names of the run's architecture's conv / linear weights, which its DropConnect masks zero
+    (:func:`~trakscope.attribution.masks.masked_weights`)."""
+    return masked_weights(build_model(architecture_only(run.config.model), len(run.classes)))
+
+
+def masks_record(run: RunFolder) -> dict | None:
+    """What ``scores/meta.json`` records of the run's DropConnect masks (None without ``--masks``): their count,
+    ``p``, seed scheme and the weights they mask."""
+    t = run.config.trak
+    if not t.masks:
+        return None
+    return {"count": t.masks, "p": t.mask_p, "proj_seed": t.seed, "seed": SEED_SCHEME, "masked": mask_targets(run)}
+
+
 def engine_state(run: RunFolder, path: Path, mask: int | None) -> dict[str, torch.Tensor]:
     """The state dict the engine featurizes under one checkpoint id (see :func:`engine_checkpoints`); mask ``d``
-    of member ``m`` is seeded ``trak.seed + 1000 * m + d``."""
+    of member ``m`` masks the conv / linear weights, seeded ``SeedSequence([trak.seed, m, d])``."""
     state = load_checkpoint(run, path)
     if mask is None:
         return state
     t = run.config.trak
-    return dropconnect(state, t.mask_p, seed=t.seed + 1000 * member_of(path) + mask)
+    return dropconnect(state, t.mask_p, seed=(t.seed, member_of(path), mask), weights=mask_targets(run))
 
 
 def describe_checkpoint(run: RunFolder, k: int) -> str:

@@ -41,6 +41,7 @@ from .ensemble import (
     ensemble_predict,
     final_checkpoints,
     kernel_files,
+    masks_record,
     member_of,
     self_files,
     trak_engine,
@@ -249,10 +250,11 @@ def score(run: RunFolder, trak: TRAK) -> None:
         path = describe_checkpoint(run, e.checkpoint)
         raise RunError(f"{path}: {e}; check that model's training (a lower --lr), or remove that checkpoint") from e
     if dist.rank() == 0:
+        masks = masks_record(run)  # recorded only with --masks: a run without them writes what it always did
         write_json(run.scores_meta_path, {
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
-            "score": meta["score"]})
+            "score": meta["score"], **({"dropconnect": masks} if masks else {})})
         run.integrity.seal(*(p for p in made if p.exists()))
     dist.barrier()
 
