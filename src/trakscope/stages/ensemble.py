@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import nn
 from ..attribution.masks import SEED_SCHEME, dropconnect, masked_weights
 from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
+from ..config import ModelConfig
 from ..data import ImageSource
 from ..io import load_tensors
 from ..models import build_model
@@ -99,7 +101,13 @@ def engine_checkpoints(run: RunFolder, paths: list[Path] | None = None) -> list[
 def mask_targets(run: RunFolder) -> list[str]:
     """The state-dict names of the run's architecture's conv / linear weights, which its DropConnect masks zero
     (:func:`~trakscope.attribution.masks.masked_weights`)."""
-    return masked_weights(build_model(architecture_only(run.config.model), len(run.classes)))
+    return list(_conv_linear_weights(architecture_only(run.config.model), len(run.classes)))
+
+
+@lru_cache(maxsize=4)
+def _conv_linear_weights(model: ModelConfig, num_classes: int) -> tuple[str, ...]:
+    """:func:`mask_targets` of one architecture, built once per process (not once per masked checkpoint)."""
+    return tuple(masked_weights(build_model(model, num_classes)))
 
 
 def masks_record(run: RunFolder) -> dict | None:
