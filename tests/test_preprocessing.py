@@ -250,3 +250,89 @@ def test_class_map_flag_is_parsed_and_stored_absolute(tmp_path, monkeypatch):
     cfg = config_from_args(parser.parse_args(["--class-map", "classes.txt"]))
     assert cfg.model.class_map == str(tmp_path / "classes.txt")
     assert "--preprocessing" not in parser.format_help()
+
+
+# --------------------------------------------------------------------------------------------- acceptance
+
+
+def _striped_folder(root: Path, n_train: int, n_test: int) -> Path:
+    """40 x 40 grey noise whose class is a 2 px stripe of its colour along the left and right edges: the
+    processor (short side to 32, bicubic, crop_pct 1.0) keeps the stripes, trakscope's own resize (short side to
+    36.6, centre crop 32) cuts them off."""
+    rng = np.random.default_rng(0)
+    colours = {"zero": (230, 30, 30), "one": (30, 230, 30), "two": (30, 30, 230)}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, colour in colours.items():
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(90, 166, (40, 40, 1), dtype=np.uint8).repeat(3, axis=2)
+                pixels[:, :2] = pixels[:, -2:] = colour
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _train_with_transformers(model_dir: Path, root: Path, out: Path) -> list[Path]:
+    """The user's side: the folder's model trained on ``root/train`` through its own processor, in its own
+    (non-alphabetical) label order; two checkpoints of one run saved as safetensors."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    model = transformers.ResNetForImageClassification.from_pretrained(model_dir)
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    files = sorted((root / "train").glob("*/*.png"))
+    x = processor([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
+    y = torch.tensor([model.config.label2id[f.parent.name] for f in files])
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    saved = []
+    for step in range(1, 31):
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in (20, 30):
+            saved.append(out / f"step{step}.safetensors")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(saved[-1]))
+    return saved
+
+
+def _transformers_accuracy(model_dir: Path, root: Path, checkpoints: list[Path]) -> tuple[list[float], float]:
+    """Test accuracy of each checkpoint and of their mean softmax, computed with transformers alone."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    model = transformers.ResNetForImageClassification.from_pretrained(model_dir)
+    files = sorted((root / "test").glob("*/*.png"))
+    x = processor([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
+    y = torch.tensor([model.config.label2id[f.parent.name] for f in files])
+    probs = []
+    for path in checkpoints:
+        model.load_state_dict(load_file(str(path)))
+        with torch.no_grad():
+            probs.append(torch.softmax(model.eval()(pixel_values=x).logits.double(), 1))
+    members = [float((p.argmax(1) == y).float().mean()) for p in probs]
+    return members, float((torch.stack(probs).mean(0).argmax(1) == y).float().mean())
+
+
+def test_imported_hf_model_scores_in_trakscope_as_in_transformers(tmp_path, capsys):
+    """The issue's acceptance test: a tiny HF ResNet trained through its own processor with a non-alphabetical
+    id2label, imported with --checkpoints: models/metrics.json's accuracies equal those transformers computes on
+    the same test files (within 0.005). Before: classes alphabetical and trakscope's resize (measured 0.333)."""
+    transformers = pytest.importorskip("transformers")
+    root = _striped_folder(tmp_path / "data", n_train=10, n_test=8)
+    model_dir = make_hf_model(tmp_path / "model", NATURAL)
+    checkpoints = _train_with_transformers(model_dir, root, tmp_path)
+    members, ensemble = _transformers_accuracy(model_dir, root, checkpoints)
+    assert min(members) >= 0.8  # the model learned the stripes: a wrong reading shows
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--dataset", "imagefolder", "--data-root", str(root), "--model",
+                 f"hf:{model_dir}", "--checkpoints", *map(str, checkpoints), "--ensemble", "2", "--proj-dim", "32",
+                 "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads((out / "models" / "metrics.json").read_text())
+    assert [m["test_acc"] for m in metrics["models"]] == pytest.approx(members, abs=0.005)
+    assert metrics["ensemble"]["test_acc"] == pytest.approx(ensemble, abs=0.005)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["classes"] == NATURAL and config["data"]["preprocessing"]["library"] == "transformers"
+    assert transformers.AutoConfig.from_pretrained(model_dir).id2label == dict(enumerate(NATURAL))
