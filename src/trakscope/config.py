@@ -143,7 +143,9 @@ class DataConfig(CheckedSection):
 
     dataset: str = _opt("mnist", "mnist | digits | food101 | imagefolder | hf-parquet")
     data_root: str | None = _opt(None, "local folder holding the dataset (food101, imagefolder, hf-parquet)")
-    classes: tuple[str, ...] | None = _opt(None, "class names to keep (default: the first 10 alphabetically)")
+    classes: tuple[str, ...] | None = _opt(None, "class names to keep, class k being the k-th name given; a model's "
+                                                 "label map (hf: id2label, --class-map) gives them in its head's "
+                                                 "order (default: the first 10 alphabetically)")
     num_classes: int = _opt(10, "how many classes to keep when --classes is not given",
                             bound=Bound(2))  # a margin z_y - logsumexp_{k != y} z_k needs another class
     image_size: int | None = _opt(None, f"side of the square image fed to the model (default: the model's own "
