@@ -97,7 +97,8 @@ def test_hf_preprocessing_reaches_the_in_memory_builtin_digits(tmp_path):
     from sklearn.datasets import load_digits
 
     model = make_hf_model(tmp_path / "model", None)
-    cfg = resolve_config(RunConfig(data=DataConfig(dataset="digits", max_test=5), model=ModelConfig(name=f"hf:{model}")))
+    data = DataConfig(dataset="digits", max_test=5)
+    cfg = resolve_config(RunConfig(data=data, model=ModelConfig(name=f"hf:{model}")))
     test = load_dataset(cfg.data).test
     processor = transformers.AutoImageProcessor.from_pretrained(model)
     digits = load_digits().data
@@ -211,9 +212,9 @@ def test_imported_head_whose_classes_the_data_lacks_is_refused_before_anything_i
 def test_classes_in_another_order_than_the_head_are_refused(tmp_path):
     root = make_folder(tmp_path / "data", NATURAL, n_train=3, n_test=1)
     model = make_hf_model(tmp_path / "model", NATURAL)
-    with pytest.raises(SettingError, match=r"orders its classes \[zero, one, two\].*--classes gives \[one, two, zero\]"):
-        resolve_config(RunConfig(data=DataConfig(dataset="imagefolder", data_root=str(root),
-                                                 classes=("one", "two", "zero")),
+    both = r"orders its classes \[zero, one, two\].*--classes gives \[one, two, zero\]"
+    with pytest.raises(SettingError, match=both):
+        resolve_config(RunConfig(data=_data(root, classes=("one", "two", "zero")),
                                  model=ModelConfig(name=f"hf:{model}", weights="pretrained")))
 
 
