@@ -8,6 +8,7 @@ other than the library's shows in the pixels.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,9 @@ def test_hf_input_is_the_image_processors_output(tmp_path):
     assert _max_diff(inputs, root, lambda im: processor(im, return_tensors="pt")["pixel_values"][0]) <= 1e-5
     recorded = resolve_config(cfg).data.preprocessing
     assert recorded["library"] == "transformers" and recorded["settings"]["crop_pct"] == 1.0
+    test = load_dataset(resolve_config(cfg).data).test  # what a decoding worker receives: the source, pickled
+    shipped = pickle.loads(pickle.dumps(test.images))  # noqa: S301 - our own object, as DataLoader workers get it
+    assert torch.equal(shipped.batch(np.arange(len(test))), test.images.batch(np.arange(len(test))))
     assert RunConfig.from_dict(json.loads(json.dumps(resolve_config(cfg).to_dict()))) == resolve_config(cfg)
 
 
