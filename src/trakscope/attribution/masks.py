@@ -65,8 +65,8 @@ def mask_generator(seed: int | Sequence[int]) -> torch.Generator:
 def dropconnect(state: dict[str, torch.Tensor], p: float, seed: int | Sequence[int],
                 weights: nn.Module | Iterable[str]) -> dict[str, torch.Tensor]:
     """A copy of ``state`` whose conv and linear weights (``nn.MultiheadAttention``'s input projections included)
-    keep each entry with probability ``1 - p``, scaled by ``1 / (1 - p)``; every other tensor (embedding tables, norms, biases, buffers, free parameters such as a
-    ``cls_token``) is kept as it is.
+    keep each entry with probability ``1 - p``, scaled by ``1 / (1 - p)``; every other tensor (embedding tables, norms,
+    biases, buffers, free parameters such as a ``cls_token``) is kept as it is.
 
     Args:
         state: a state dict (any shapes).
