@@ -90,6 +90,10 @@ def test_failing_layers_are_found_and_computed_exactly(case: str):
     assert all(e["error"] > 0.1 for e in proj.check["exact"]) and proj.check["max_error"] < 1e-5
     assert proj.check["exact"][0]["params"] == [n for n, p in model.get_submodule(wrong[0]).named_parameters()]
     assert_blocks_match(proj, feats, reference_features(proj, inputs, labels))
+    alone = KroneckerProjector(model, 0, seed=0, k_in=4, k_out=4)  # the probe projected again (as under bf16, TF32)
+    with pytest.warns(UserWarning, match="computed exactly"):
+        again = alone.self_check(inputs, labels)
+    assert [e["layer"] for e in again["exact"]] == wrong and again["max_error"] < 1e-5
 
 
 def test_a_model_that_passes_gets_the_same_features_bit_for_bit():

@@ -46,7 +46,7 @@ from .fallback import AttentionFallback, FallbackLayer, model_per_example_grads
 from .norms import BatchNormActLayer, BatchNormLayer, GroupNormLayer, LayerNormLayer
 from .output import ModelOutput
 from .projector import GradientProjector
-from .selfcheck import batch_gradient, check_layers, probe_of, true_float32
+from .selfcheck import batch_gradient, check_layers, plain_cpu_float32, probe_of, true_float32
 from .tracked import CallState, ConvLayer, EmbeddingLayer, GroupedConvLayer, LinearLayer, TrackedLayer
 
 KINDS: tuple[type[TrackedLayer], ...] = (
@@ -192,9 +192,9 @@ class KroneckerProjector(GradientProjector):
 
         The first call checks the projector on this batch's first examples (:meth:`self_check`), unless a check
         was adopted (:meth:`adopt`)."""
-        if self.check is None:
-            self.self_check(inputs, labels)
         feats, logits = self.natural_features(inputs, labels)
+        if self.check is None:
+            self.self_check(inputs, labels, feats)
         if self.final_projection is not None:
             self.final_projection = self.final_projection.to(feats.device)
             feats = feats @ self.final_projection
@@ -230,19 +230,30 @@ class KroneckerProjector(GradientProjector):
                 finish()
         return state.feats, logits.detach()
 
-    def self_check(self, inputs: Inputs, labels: torch.Tensor) -> dict:
-        """Check every layer's block on the batch's first examples against autograd (:mod:`.selfcheck`), in true
-        float32; adopt the outcome (failed layers are computed exactly from now on) and return its record."""
+    def self_check(self, inputs: Inputs, labels: torch.Tensor, feats: torch.Tensor | None = None) -> dict:
+        """Check every layer's block on the batch's first examples against autograd (:mod:`.selfcheck`), in IEEE
+        float32; adopt the outcome (failed layers are computed exactly from now on) and return its record.
+
+        Args:
+            feats: ``[b, natural_dim]`` this batch's blocks, just computed by :meth:`natural_features` before any
+                check: where featurization is plain float32 on the CPU their first rows are compared as they are;
+                elsewhere (bf16 autocast, a GPU's TF32) the probe is projected again in IEEE float32. The blocks of
+                failed layers in ``feats`` are then recomputed exactly, in place.
+        """
         x, y = probe_of(_detached(inputs), labels)
-        with true_float32(self.layers[0].params[0].device):
-            feats, _ = self._kronecker(x, y, "fp32")
+        device = self.layers[0].params[0].device
+        reuse = feats is not None and plain_cpu_float32(self.precision, device)
+        with true_float32(device):
+            probe = feats[: len(y)] if reuse else self._kronecker(x, y, "fp32")[0]
             grads = batch_gradient(self.model, [p for layer in self.layers for p in layer.params], x, y, self.output)
-        self.adopt(check_layers(self.layers, feats, grads, len(y)).record())
+        self.adopt(check_layers(self.layers, probe, grads, len(y)).record())
         if self.exact_layers:
             failed = ", ".join(f"{e['layer']} ({e['error']:.2g})" for e in self.check["exact"][:5])
             warnings.warn(f"trakscope: {len(self.exact_layers)} layers' Kronecker blocks disagree with autograd's "
                           f"gradient (relative error {failed}); their features are computed exactly, through the "
                           "whole model (slower)", stacklevel=2)
+            if feats is not None:
+                self._fill_exact(feats, inputs, labels)
         return self.check
 
     def adopt(self, record: dict) -> None:

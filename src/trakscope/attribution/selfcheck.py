@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..models.calling import Inputs, batch_size_of, call_model
+from ..precision import resolve_precision
 from .output import ModelOutput
 from .tracked import TrackedLayer
 
@@ -82,20 +83,50 @@ def probe_of(inputs: Inputs, labels: torch.Tensor, size: int = PROBE_SIZE) -> tu
     return inputs[:b], labels[:b]
 
 
+_LEAVES = (("cuda", "matmul"), ("cudnn", "conv"), ("mkldnn", "matmul"), ("mkldnn", "conv"))
+"""The backends whose ``fp32_precision`` (torch >= 2.9) may let float32 matmuls and convolutions run as TF32 or bf16."""
+
+
+def _precision_leaves() -> list[Any]:
+    """The backend objects of :data:`_LEAVES` that have ``fp32_precision`` (none before torch 2.9)."""
+    found = [getattr(getattr(torch.backends, a, None), b, None) for a, b in _LEAVES]
+    return [leaf for leaf in found if hasattr(leaf, "fp32_precision")]
+
+
+def plain_cpu_float32(precision: str, device: torch.device) -> bool:
+    """Featurization at ``precision`` on ``device`` is already IEEE float32 on the CPU (no bf16 autocast, no
+    reduced-precision matmuls or convolutions asked for), so its blocks can be compared as they are."""
+    if device.type != "cpu" or resolve_precision(precision, device) != "fp32":
+        return False
+    leaves = [getattr(torch.backends.mkldnn, b, None) for b in ("matmul", "conv")]
+    if not all(hasattr(leaf, "fp32_precision") for leaf in leaves):  # before torch 2.9: the one legacy setting
+        return torch.get_float32_matmul_precision() == "highest"
+    parents = [getattr(backend, "fp32_precision", "none") for backend in (torch.backends.mkldnn, torch.backends)]
+    return all(p in ("none", "ieee") for p in [leaf.fp32_precision for leaf in leaves] + parents)
+
+
 @contextmanager
 def true_float32(device: torch.device) -> Iterator[None]:
-    """No autocast and no TF32 (cuDNN convolutions and matmuls) for the block: float32 as written."""
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    kind = device.type
-    off = torch.autocast(device_type=kind, enabled=False) if kind in ("cpu", "cuda") else nullcontext()
+    """No autocast, and IEEE float32 matmuls and convolutions (no TF32, no bf16) for the block; every global setting
+    it changes is put back as it was."""
+    leaves = _precision_leaves()
+    saved = [leaf.fp32_precision for leaf in leaves]
+    legacy = None if leaves else (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    for leaf in leaves:
+        leaf.fp32_precision = "ieee"
+    if legacy is not None:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
+    off = torch.autocast(device_type=device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
     try:
         with off:
             yield
     finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn
+        for leaf, value in zip(leaves, saved, strict=True):
+            leaf.fp32_precision = value
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy[0])
+            torch.backends.cudnn.allow_tf32 = legacy[1]
 
 
 def batch_gradient(model: nn.Module, params: list[nn.Parameter], inputs: Inputs, labels: torch.Tensor,
