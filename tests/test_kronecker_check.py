@@ -15,7 +15,7 @@ from torch import nn
 
 from trakscope.attribution.kronecker import KroneckerProjector
 from trakscope.attribution.selfcheck import TOLERANCE, check_layers
-from trakscope.attribution.store import TrakStore
+from trakscope.attribution.store import StoreError, TrakStore
 from trakscope.attribution.trak import TRAK
 from trakscope.models import TinyCNN
 
@@ -156,6 +156,9 @@ def test_the_store_records_the_check_and_later_projectors_adopt_it(tmp_path, mon
     assert proj.check == check and [layer.name for layer in proj.exact_layers] == ["emb"]
     test_feats = trak._split_features(0, "test")[0]
     assert_blocks_match(proj, torch.from_numpy(test_feats.copy()), reference_features(proj, x[:4], y[:4]))
+    store.record_kronecker_check(0, {"exact": "emb"})  # not a list of layers: named, not trusted
+    with pytest.raises(StoreError, match="damaged Kronecker self-check for checkpoint 0"):
+        trak._projector(0)
 
 
 def test_a_check_naming_an_unknown_layer_is_refused():
