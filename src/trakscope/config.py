@@ -274,8 +274,9 @@ class TrakConfig(CheckedSection):
                          "checkpoints: a free ensemble when a model has one checkpoint, e.g. imported; checkpoints "
                          "along a trajectory gain little from it (BENCHMARKS.md, LDS versus training compute)",
                       bound=NON_NEGATIVE, legacy=0)
-    mask_p: float = _opt(0.3, "fraction of the conv / linear weights (nn.Conv* / nn.Linear modules' weights; "
-                              "embeddings, norms, biases and cls / position tokens are kept) each mask zeroes (the "
+    mask_p: float = _opt(0.3, "fraction of the conv / linear weights (nn.Conv* / nn.Linear modules' weights and "
+                              "nn.MultiheadAttention's in-projection weights; embeddings, norms, biases and cls / "
+                              "position tokens are kept) each mask zeroes (the "
                               "rest scaled by 1 / (1 - p); chosen by val LDS)", bound=OPEN_FRACTION, legacy=0.3)
 
 
