@@ -25,7 +25,9 @@ from . import scorers
 # on the validation split (may be memory-mapped); ``train_labels`` / ``val_labels`` int [n_train] / [n_val] labels as
 # trained; ``train_probs`` / ``val_probs`` float [n, C] ensemble-mean probabilities; ``group_ids`` int [n_val] D3M
 # validation groups; ``folds`` the k of the k-fold cross-validation; ``oos_probs`` float [n_train, C] out-of-sample
-# probabilities of that cross-validation; ``aum`` float [n_train] area under the margin recorded during training.
+# probabilities of that cross-validation; ``aum`` float [n_train] area under the margin recorded during training;
+# ``checkpoint_fit`` (given, leverages), float [K, n_train] each: the probability of the given label and the
+# leverage under the p(1-p)-weighted kernel of each of the K checkpoints.
 # An input can be None (not computed, not recorded): the scorers that need it are then left out.
 Inputs = Mapping[str, Any]
 Number = Callable[[Any], str]  # how a number is written (the CLI's and the report's differ)
@@ -163,6 +165,9 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     Scorer("trak_loo", lambda i: scorers.loo_margin(i["train_probs"], i["train_labels"], i["self_scores"]), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)",
            ("train_probs", "train_labels", "self_scores")),
+    Scorer("trak_loo_leverage", lambda i: scorers.loo_margin_leverage(*i["checkpoint_fit"]), False,
+           "TRAK leave-one-out margin, per checkpoint: margin minus (1-p) h / (1 - p(1-p) h), h the leverage under "
+           "the p(1-p)-weighted kernel (low = suspicious)", ("checkpoint_fit",)),
 )}
 # The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
 # ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
