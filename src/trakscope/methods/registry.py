@@ -165,9 +165,13 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     Scorer("trak_loo", lambda i: scorers.loo_margin(i["train_probs"], i["train_labels"], i["self_scores"]), False,
            "TRAK leave-one-out margin: in-sample margin minus scores[i, i] / mean p(1-p) (low = suspicious)",
            ("train_probs", "train_labels", "self_scores")),
+    # The closer leave-one-out estimate (real/predicted drop 1.09 on logistic regression, against 3.1 for trak_loo)
+    # but the worse detector on validation (planted noise and canaries, BENCHMARKS.md): the p(1-p) weights leave the
+    # well-fit examples out of the kernel, so a clean example's leverage is large, and early checkpoints' margins
+    # count as much as the final ones. Hence a scorer of its own, not trak_loo.
     Scorer("trak_loo_leverage", lambda i: scorers.loo_margin_leverage(*i["checkpoint_fit"]), False,
-           "TRAK leave-one-out margin, per checkpoint: margin minus (1-p) h / (1 - p(1-p) h), h the leverage under "
-           "the p(1-p)-weighted kernel (low = suspicious)", ("checkpoint_fit",)),
+           "TRAK leave-one-out margin per checkpoint, mean of margin - (1-p) h / (1 - p(1-p) h), h the leverage "
+           "under that checkpoint's p(1-p)-weighted kernel (low = suspicious)", ("checkpoint_fit",)),
 )}
 # The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
 # ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
