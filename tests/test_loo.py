@@ -110,3 +110,24 @@ def test_trak_loo_ranks_the_flipped_labels_first(models):
 def test_loo_margin_leverage_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="checkpoints, n_train"):
         scorers.loo_margin_leverage(np.full((2, 3), 0.5), np.ones((1, 3)))
+
+
+def test_checkpoint_fit_reads_each_checkpoints_probabilities_and_weighted_leverage(tiny_run):
+    """The scorer's input from a run folder: per checkpoint (not averaged), p of the given label as featurized and
+    the leverage under that checkpoint's own p(1-p)-weighted kernel, recomputed here from the store's files."""
+    from trakscope.run_folder import RunFolder
+    from trakscope.stages.ensemble import Runtime, trak_engine
+    from trakscope.stages.leverage import checkpoint_fit
+
+    run = RunFolder(tiny_run)
+    given, leverages = checkpoint_fit(run)
+    trak = trak_engine(run, Runtime(progress=False))
+    ids = trak.checkpoints("train")
+    assert given.shape == leverages.shape == (len(ids), len(run.data.table("train")["label"])) and len(ids) > 1
+    for row, k in enumerate(ids):
+        x, q = trak.store.features(k, "train", 0, 0).load()
+        x, p = np.asarray(x, dtype=np.float64), 1 - np.asarray(q, dtype=np.float64)
+        xtwx = (x * (p * (1 - p))[:, None]).T @ x
+        kernel = xtwx + run.config.trak.ridge * np.trace(xtwx) / x.shape[1] * np.eye(x.shape[1])
+        np.testing.assert_allclose(given[row], p)
+        np.testing.assert_allclose(leverages[row], np.einsum("id,de,ie->i", x, np.linalg.inv(kernel), x), rtol=1e-6)
