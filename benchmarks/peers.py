@@ -233,7 +233,7 @@ def _dattri_task(w: Work, loss_kind: str):
 
 # dattri's TRAK settings: its own benchmarks (experiments/benchmark_result*.py in dattri 0.3.0) use proj_dim 512 on
 # MNIST and CIFAR and 2048 on the larger models, and never set `regularization` (default 0); its search grid for the
-# influence-function attributors' regularization is 1e-5 .. 1. Each pair below is one variant, chosen on val LDS.
+# influence-function attributors' regularization is 1e-5 .. 1 (10 added here). Each pair: one variant, chosen on val.
 DATTRI_PROJ_DIMS = (512, 2048)
 DATTRI_REGS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
