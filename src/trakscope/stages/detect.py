@@ -24,6 +24,7 @@ from ..table_files import FORMATS, write_parquet
 from .canaries import canary_mask
 from .crossval import out_of_sample_probs
 from .groups import read_groups
+from .leverage import checkpoint_fit
 
 
 @dataclass
@@ -90,6 +91,7 @@ PROVIDERS: dict[str, Provider] = {
     "folds": lambda src, _: src.folds,
     "oos_probs": _oos_probs,
     "aum": _aum,
+    "checkpoint_fit": lambda src, _: checkpoint_fit(src.run, src.device),
 }
 
 
