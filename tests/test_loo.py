@@ -131,3 +131,23 @@ def test_checkpoint_fit_reads_each_checkpoints_probabilities_and_weighted_levera
         kernel = xtwx + run.config.trak.ridge * np.trace(xtwx) / x.shape[1] * np.eye(x.shape[1])
         np.testing.assert_allclose(given[row], p)
         np.testing.assert_allclose(leverages[row], np.einsum("id,de,ie->i", x, np.linalg.inv(kernel), x), rtol=1e-6)
+
+
+def test_trak_loo_leverage_runs_only_when_asked(tiny_run, tmp_path, capsys):
+    """Opt-in: ``detect`` leaves it out (it costs a kernel per checkpoint for a worse ranking), ``--leverage`` adds
+    it to ranking.csv, and ``--help`` says so."""
+    import shutil
+
+    from trakscope.cli import main
+    from trakscope.io import read_csv
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["detect", "--run", str(run), "--no-cleanlab", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert "trak_loo_leverage_score" not in read_csv(run / "detect" / "ranking.csv")[0]
+    assert main([*args, "--leverage"]) == 0
+    assert "trak_loo_leverage_score" in read_csv(run / "detect" / "ranking.csv")[0]
+    with pytest.raises(SystemExit):
+        main(["detect", "--help"])
+    assert "only with --leverage" in " ".join(capsys.readouterr().out.split())

@@ -47,7 +47,8 @@ def _number(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
-    scorers = [n for n, s in SCORERS.items() if not (s.skip and s.skip.dest and getattr(args, s.skip.dest))]
+    scorers = [n for n, s in SCORERS.items()
+               if not (s.skip and s.skip.dest and s.skip.leaves_out(getattr(args, s.skip.dest)))]
     det, metrics = run_detection(run_folder, args.groups, args.folds, device=rt.device, progress=rt.progress,
                                  fmt=args.fmt, scorers=scorers)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all

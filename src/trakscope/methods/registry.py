@@ -69,16 +69,24 @@ class Skip:
     """When ``detect`` leaves a scorer out.
 
     With an ``option`` (a flag of ``detect``, e.g. ``--no-cleanlab``) the user leaves it out, and ``why`` is that
-    option's help; without, it is left out when an input it needs was not recorded, and ``why`` says when.
+    option's help; without, it is left out when an input it needs was not recorded, and ``why`` says when. An
+    ``opt_in`` option works the other way: the scorer is left out unless the option is given.
     """
 
     why: str
     option: str | None = None
+    opt_in: bool = False
 
     @property
     def reason(self) -> str:
         """Why a run folder has no scores of it, e.g. ``detect ran with --no-cleanlab``."""
-        return f"detect ran with {self.option}" if self.option else self.why
+        if self.option:
+            return f"detect ran {'without' if self.opt_in else 'with'} {self.option}"
+        return self.why
+
+    def leaves_out(self, given: bool) -> bool:
+        """True where the option's state (``given``: the flag was passed) leaves the scorer out."""
+        return given != self.opt_in
 
     @property
     def dest(self) -> str | None:
@@ -169,9 +177,12 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     # but the worse detector on validation (planted noise and canaries, BENCHMARKS.md): the p(1-p) weights leave the
     # well-fit examples out of the kernel, so a clean example's leverage is large, and early checkpoints' margins
     # count as much as the final ones. Hence a scorer of its own, not trak_loo.
+    # Opt-in: it costs a kernel per checkpoint (about 35 s on the demo) for a worse ranking.
     Scorer("trak_loo_leverage", lambda i: scorers.loo_margin_leverage(*i["checkpoint_fit"]), False,
            "TRAK leave-one-out margin per checkpoint, mean of margin - (1-p) h / (1 - p(1-p) h), h the leverage "
-           "under that checkpoint's p(1-p)-weighted kernel (low = suspicious)", ("checkpoint_fit",)),
+           "under that checkpoint's p(1-p)-weighted kernel (low = suspicious)", ("checkpoint_fit",),
+           skip=Skip("also run trak_loo_leverage (the closer leave-one-out estimate, the worse detector; one kernel "
+                     "per checkpoint)", "--leverage", opt_in=True)),
 )}
 # The order of ranking.csv and the report's default suspects when no canaries say better: the first of these that
 # ran. AUM was the best or within 0.015 ROC-AUC of the best planted-noise detector in every regime of BENCHMARKS.md
@@ -248,11 +259,18 @@ def needing(name: str, among: Iterable[str] = SCORERS) -> list[str]:
     return [n for n in among if name in SCORERS[n].needs]
 
 
+def default_scorers() -> list[str]:
+    """The scorers ``detect`` runs when none are named: all but the opt-in ones."""
+    return [n for n, s in SCORERS.items() if not (s.skip and s.skip.opt_in)]
+
+
 def scorer_help() -> str:
     """Every scorer with its description and when it is left out, for detect's ``--help``."""
     def left_out(s: Scorer) -> str:
         if s.skip is None:
             return ""
-        return f", left out with {s.skip.option}" if s.skip.option else f", left out when {s.skip.why}"
+        if s.skip.option:
+            return f", only with {s.skip.option}" if s.skip.opt_in else f", left out with {s.skip.option}"
+        return f", left out when {s.skip.why}"
 
     return "; ".join(f"{s.name}: {s.description}{left_out(s)}" for s in SCORERS.values())

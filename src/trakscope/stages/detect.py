@@ -119,7 +119,8 @@ class LazyInputs(Mapping[str, Any]):
 
 
 def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scorer]:
-    """The registered scorers named in ``names`` (None: all), in registry order.
+    """The registered scorers named in ``names`` (None: :func:`~trakscope.methods.registry.default_scorers`), in
+    registry order.
 
     Raises:
         ValueError: a name that is not registered.
@@ -127,12 +128,13 @@ def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scor
     unknown = sorted(set(names or ()) - set(registry.SCORERS))
     if unknown:
         raise ValueError(f"unknown scorer {', '.join(unknown)}; choose from {', '.join(registry.SCORERS)}")
-    return [s for n, s in registry.SCORERS.items() if names is None or n in names]
+    chosen = registry.default_scorers() if names is None else names
+    return [s for n, s in registry.SCORERS.items() if n in chosen]
 
 
 def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
                    device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None) -> Detection:
-    """Run the registered scorers (``scorers``: their names; None: all) on the run folder.
+    """Run the registered scorers (``scorers``: their names; None: all but the opt-in ones) on the run folder.
 
     ``cleanlab_folds`` is the k of the cross-validation that gives out-of-sample probabilities (cleanlab's input);
     None computes none. A scorer is left out when an input it needs is None (see :class:`~.registry.Skip`).
@@ -269,7 +271,7 @@ def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int |
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise or canaries), time it.
 
     With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
-    other stages read, so it is always written). ``scorers``: the names to run (None: all, see
+    other stages read, so it is always written). ``scorers``: the names to run (None: all but the opt-in ones, see
     :func:`compute_scores`). Under torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
     """
     if fmt not in FORMATS:
