@@ -187,7 +187,7 @@ def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], devi
 
 
 def _true_labels(run: RunFolder) -> np.ndarray | None:
-    """int64 ``[n_train]`` true labels where noise was planted (to count the wrong labels a relabel fixed), else None."""
+    """int64 ``[n_train]`` true labels where noise was planted (to count the errors a relabel fixed), else None."""
     train = run.data.table("train")
     return np.asarray(train["true_label"], dtype=np.int64) if train["noisy"].any() else None
 
