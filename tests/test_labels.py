@@ -212,3 +212,33 @@ def test_detect_suggests_labels_removal_relabels_export_and_label_issues(tiny_ru
     assert (table["suggestion_source"] == "out_of_sample").all()
     np.testing.assert_array_equal(table["suggested_label"], suggested)
     assert table["is_label_issue"].sum() > 0
+
+
+def test_report_shows_suggested_labels_and_relabel_against_remove(tmp_path):
+    from tests.test_report import make_run, page_data
+    from trakscope.report import sections
+    from trakscope.report.html import render
+    from trakscope.run_folder import RunFolder
+    from trakscope.stages.detect import Detection, quality_metrics, ranking_rows
+
+    run = RunFolder(make_run(tmp_path / "run"))
+    rng = np.random.default_rng(0)
+    n = len(run.data.table("train")["index"])
+    suggested, prob = suggested_labels(rng.dirichlet(np.ones(len(run.classes)), n))
+    det = Detection({"loss": rng.normal(size=n)}, suggested, {"groups": "classes", "n_groups": 4},
+                    suggested=suggested, suggested_prob=prob, suggestion_source="out_of_sample")
+    run.results.write_ranking(*ranking_rows(run, det))
+    run.results.write(run.detect_metrics_path, "detect_metrics", quality_metrics(run, det))
+    html = render(run)
+    data = page_data(html)
+    assert data["suspects"]["suggested"] == suggested.tolist()
+    assert data["suspects"]["suggestion_source"] == "out_of_sample"
+    assert "<h3>Suggested labels</h3>" in html and "k-fold out-of-sample" in html
+
+    rows = [{"strategy": s, "fraction": 0.1, "seed": seed, "n_removed": 15, "n_noisy_removed": 5,
+             "test_acc": 0.8 + 0.01 * seed + (0.02 if s.startswith("relabel") else 0.0)}
+            for s in ("aum", "relabel-aum") for seed in (0, 1, 2)]
+    results = summarize(rows, [{"seed": s, "test_acc": 0.8} for s in (0, 1, 2)], 150, 15)
+    part = sections.removal_section(results, "RUN")
+    assert "<h3>Relabel instead of remove</h3>" in part and "<td>relabel-aum</td><td>aum</td>" in part
+    assert "<td>0.020</td>" in part  # relabel minus remove, the same seeds

@@ -242,7 +242,10 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
 
 def suggestion_cells(det: Detection, i: int, classes: list[str]) -> list:
     """The :data:`SUGGESTION_COLUMNS` of training example ``i``: the suggested label, its name, its probability
-    (6 significant digits) and where it comes from (``out_of_sample`` k-fold or ``ensemble`` probabilities)."""
+    (6 significant digits) and where it comes from (``out_of_sample`` k-fold or ``ensemble`` probabilities); empty
+    where ``det`` has no suggestions."""
+    if det.suggested is None or det.suggested_prob is None:
+        return [None] * len(SUGGESTION_COLUMNS)
     suggested = int(det.suggested[i])
     return [suggested, classes[suggested], float(f"{det.suggested_prob[i]:.6g}"), det.suggestion_source]
 
