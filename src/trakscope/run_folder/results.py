@@ -146,7 +146,7 @@ def _ranking_columns(rows: list[dict[str, str]], n_train: int, scorers: tuple[st
     if "predicted" in rows[0]:
         out["predicted"] = _column(rows, "predicted", int)[order]
     for name, kind in (("label", int), ("suggested_label", int), ("suggested_prob", float), ("suggestion_source", str)):
-        if name in rows[0]:  # suggestions: written by detect since suggested labels were added
+        if rows[0].get(name, "") != "":  # suggestions: written by detect since suggested labels were added
             out[name] = _column(rows, name, kind)[order]
     for n in scorers:
         if f"{n}_score" in rows[0]:
