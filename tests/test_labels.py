@@ -140,10 +140,10 @@ def test_remove_and_retrain_trains_a_relabel_on_every_row_with_the_new_labels():
 
 
 def test_relabel_versus_remove_is_paired_over_the_seeds_both_ran():
-    rows = [{"strategy": "aum", "fraction": 0.1, "n_removed": 1, "n_noisy_removed": 1, "test_acc": 0.5, "seed": s,
-             "removed_sha256": "", "worst_group_acc": None} for s in (0, 1, 2)]
+    rows = [{"strategy": "aum", "fraction": 0.1, "n_removed": 1, "n_noisy_removed": 1, "test_acc": 0.5 + 0.1 * s,
+             "seed": s, "removed_sha256": "", "worst_group_acc": None} for s in (0, 1, 2)]  # seeds differ a lot
     rows += [{"strategy": "relabel-aum", "fraction": 0.1, "n_removed": 1, "n_noisy_removed": 1, "seed": s,
-              "test_acc": 0.5 + d, "removed_sha256": "", "worst_group_acc": None, "action": "relabel"}
+              "test_acc": 0.5 + 0.1 * s + d, "removed_sha256": "", "worst_group_acc": None, "action": "relabel"}
              for s, d in ((0, 0.01), (1, 0.03))]
     summary = summarize(rows, [{"seed": s, "test_acc": 0.5} for s in (0, 1, 2)], 10, 1)
     [versus] = summary["relabel_vs_remove"]
