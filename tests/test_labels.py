@@ -242,3 +242,17 @@ def test_report_shows_suggested_labels_and_relabel_against_remove(tmp_path):
     part = sections.removal_section(results, "RUN")
     assert "<h3>Relabel instead of remove</h3>" in part and "<td>relabel-aum</td><td>aum</td>" in part
     assert "<td>0.020</td>" in part  # relabel minus remove, the same seeds
+
+
+def test_readme_label_issues_block_runs_and_finds_the_flips(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n([^`]*?label_issues\(labels=.*?)```", text, re.S).group(1)
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    flagged, flipped = ns["flagged"], ns["flipped"]
+    assert np.isin(flagged.index, flipped).mean() > 0.8  # the flagged are mostly the flipped labels
+    assert (flagged.suggested_label == ns["digits"].target[flagged.index]).mean() > 0.8
+    assert "flagged" in capsys.readouterr().out
