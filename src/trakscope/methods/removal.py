@@ -153,7 +153,9 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
     Each row has the test accuracy per seed, its mean and SE, ``delta_vs_full`` (difference of means) and
     ``paired_delta`` / ``paired_se``: mean and SE over seeds of ``acc(strategy, seed) - acc(full, seed)``, which
     removes the seed-to-seed spread the two share. Where ``evaluate`` gave per-example correctness and test groups
-    were known, ``worst_group_acc`` (per seed, mean, SE, paired delta and SE) stands beside it.
+    were known, ``worst_group_acc`` (per seed, mean, SE, paired delta and SE) stands beside it. A relabel strategy's
+    row has ``action: relabel`` (its ``n_removed`` and ``n_noisy_removed`` count the selection it relabels) and
+    ``n_corrected``; ``relabel_vs_remove`` (:func:`relabel_versus_remove`) compares it with its remove twin.
     """
     ref_acc = {r["seed"]: r["test_acc"] for r in references}
     ref_worst = {r["seed"]: r["worst_group_acc"] for r in references if r.get("worst_group_acc") is not None}
