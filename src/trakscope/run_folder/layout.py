@@ -54,7 +54,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
                             "each with a `.json` record"),
     ("scores/{target}.json", "the record of a score matrix: checkpoints, ridge, lambdas, shape"),
     ("scores/self.npy", "float32 `[n_train]` self-influence `scores[i, i]`"),
-    ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints"),
+    ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints; `kronecker_exact`: "
+                         "checkpoint -> the layers the Kronecker projector's self-check computed exactly (when any)"),
     ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example, sorted "
                            "by the primary scorer (`inspect_order`), class names beside labels, `ground_truth` "
                            "(`planted`, or `unknown`: then `true_label` is empty and `noisy` 0 means unverified), "

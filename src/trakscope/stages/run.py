@@ -251,10 +251,12 @@ def score(run: RunFolder, trak: TRAK) -> None:
         raise RunError(f"{path}: {e}; check that model's training (a lower --lr), or remove that checkpoint") from e
     if dist.rank() == 0:
         masks = masks_record(run)  # recorded only with --masks: a run without them writes what it always did
+        exact = store.kronecker_exact()  # likewise only when the Kronecker self-check sent layers to the exact path
         write_json(run.scores_meta_path, {
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
-            "score": meta["score"], **({"dropconnect": masks} if masks else {})})
+            "score": meta["score"], **({"dropconnect": masks} if masks else {}),
+            **({"kronecker_exact": exact} if exact else {})})
         run.integrity.seal(*(p for p in made if p.exists()))
     dist.barrier()
 
