@@ -9,7 +9,7 @@ from .. import dist
 from ..config import Bound
 from ..methods import registry
 from ..methods.registry import SCORERS
-from ..report.tables import detection_table
+from ..report.tables import detection_table, suggestion_table
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
 from ..table_files import FORMATS
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path} "
           f"(rows sorted by {primary_scorer(det)}_rank, most suspicious first: inspect_order)")
+    print(f"suggested labels (suggested_label) from the {det.suggestion_source.replace('_', '-')} probabilities")
     if args.fmt == "parquet":
         print(f"the same table as Parquet: {run_folder.ranking_parquet_path}")
     if ground_truth(run_folder) == "unknown":
@@ -77,4 +78,9 @@ def run(args: argparse.Namespace) -> int:
               f"(recall = share of them in the top k% of the whole ranking):")
         print(detection_table({"scorers": can["scorers"], "chance": can["chance"]}))
         print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
+    if "suggestions" in metrics:
+        sug = metrics["suggestions"]
+        print(f"\nsuggested labels ({det.suggestion_source.replace('_', '-')} probabilities): how often the suggestion "
+              f"is the true label among the top of {sug['scorer']}'s ranking:")
+        print(suggestion_table(sug))
     return 0

@@ -206,7 +206,8 @@ class Strategy:
 
     ``scorer`` is None for the random control; ``threshold`` strategies drop every example whose score is
     below 0 and ignore the fraction; otherwise the ``fraction`` most suspicious by ``scorer`` are dropped,
-    or the least suspicious when ``most_suspicious`` is False.
+    or the least suspicious when ``most_suspicious`` is False. A relabel strategy (``relabels``: the name of the
+    strategy whose selection it takes) keeps that same selection but gives each its suggested label instead.
     """
 
     name: str
@@ -215,6 +216,7 @@ class Strategy:
     most_suspicious: bool = True
     threshold: bool = False
     aliases: tuple[str, ...] = ()
+    relabels: str | None = None
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
@@ -230,6 +232,20 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("aum", "aum", "lowest area under the margin"),
     Strategy("trak-loo", "trak_loo", "lowest TRAK leave-one-out margin", aliases=("trak_loo",)),
 )}
+
+
+def _relabel(s: Strategy) -> Strategy:
+    """``relabel-<name>``: the same examples as ``s`` (aliases ``relabel_<name or alias>``, underscored), given their
+    suggested label."""
+    aliases = tuple(dict.fromkeys(f"relabel_{a.replace('-', '_')}" for a in (s.name, *s.aliases)))
+    return Strategy(f"relabel-{s.name}", s.scorer, f"{s.description}, given their suggested label instead of removed",
+                    s.most_suspicious, s.threshold, aliases, relabels=s.name)
+
+
+# Relabel next to remove: each ranked strategy that takes the most suspicious examples (and the random control) has a
+# relabel twin, so `removal` measures both actions on one selection.
+STRATEGIES.update({r.name: r for r in map(_relabel, list(STRATEGIES.values()))
+                   if r.most_suspicious and not r.threshold})
 DEFAULT_STRATEGIES = ("positive", "negative", "d3m-heuristic", "random", "loss", "cleanlab")
 
 

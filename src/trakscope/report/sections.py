@@ -105,7 +105,26 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
             parts.append(table(["scorer", *cols], [[name, *(r.get(c) for c in cols)] for name, r in can_rows],
                                "metrics"))
     parts += flag_notes(metrics)
+    parts += suggestion_part(metrics)
     return "".join(parts)
+
+
+def suggestion_part(metrics: Any) -> list[str]:
+    """How often the suggested label is the true one among the primary scorer's top (``detect/metrics.json``'s
+    ``suggestions``): a heading, a note on where the suggestions come from, a table; nothing where absent."""
+    sug = metrics.get("suggestions") if isinstance(metrics, Mapping) else None
+    if not isinstance(sug, Mapping):
+        return []
+    rows = [[truth, top, q.get("n_flagged"), q.get("n_flagged_wrong"), q.get("suggestion_correct_on_wrong"),
+             q.get("suggestion_correct")]
+            for truth in ("planted", "canaries") if isinstance(sug.get(truth), Mapping)
+            for top, q in sug[truth].items() if isinstance(q, Mapping)]
+    source = "k-fold out-of-sample" if sug.get("source") == "out_of_sample" else "the ensemble's (in-sample)"
+    head = ["known errors", "flagged", "examples", "wrong labels among them", "suggestion right (on them)",
+            "suggestion right (all flagged)"]
+    return [f"<h3>Suggested labels</h3><p class=\"muted\">The suggested label is the most probable class under "
+            f"{esc(source)} probabilities; flagged = the top of {esc(sug.get('scorer'))}'s ranking.</p>",
+            table(head, rows, "metrics")]
 
 
 def flag_notes(metrics: Any) -> list[str]:
@@ -178,7 +197,23 @@ def removal_section(results: Any, run_dir: str) -> str:
     head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
             "Δ vs full data", "paired SE of Δ", "worst-group acc", "Δ worst-group (paired)", "its SE"]
     return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
-        head, table_rows, "metrics")
+        head, table_rows, "metrics") + relabel_part(results)
+
+
+def relabel_part(results: Mapping[str, Any]) -> str:
+    """Relabel against remove on the same selection (``relabel_vs_remove`` of ``removal/results.json``): the paired
+    difference over seeds of test and worst-group accuracy; empty where no relabel strategy ran beside its twin."""
+    versus = [v for v in results.get("relabel_vs_remove") or [] if isinstance(v, Mapping)]
+    if not versus:
+        return ""
+    rows = [[v.get("relabel"), v.get("remove"), v.get("fraction"), v.get("delta"), v.get("se"),
+             v.get("delta") / v["se"] if _is_number(v.get("delta")) and v.get("se") else None,
+             v.get("worst_group_delta"), v.get("worst_group_se"), v.get("n_seeds")] for v in versus]
+    head = ["relabel", "vs remove", "selected (share)", "Δ test accuracy (paired)", "its SE", "Δ / SE",
+            "Δ worst-group (paired)", "its SE", "seeds"]
+    return ('<h3>Relabel instead of remove</h3><p class="muted">The same selection given its suggested label instead '
+            "of removed; positive = relabelling is better (mean over seeds of the same-seed difference).</p>"
+            + table(head, rows, "metrics"))
 
 
 def _count(v: Any) -> Any:

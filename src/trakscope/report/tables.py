@@ -64,3 +64,36 @@ def detection_table(metrics: Mapping[str, Any], recall_fractions: tuple[float, .
     lines += [f"{name}: {metrics[name]}" for name, s in registry.SCORERS.items()
               if s.flag is not None and isinstance(metrics.get(name), str)]
     return "\n".join(lines)
+
+
+def _share(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def suggestion_table(suggestions: Mapping[str, Any]) -> str:
+    """Markdown table of ``detect/metrics.json``'s ``suggestions``: per truth (planted noise, canaries) and top share
+    flagged by the primary scorer, how often the suggested label is the true one."""
+    heads = ["known errors", "flagged", "wrong labels flagged", "suggestion right (on them)",
+             "suggestion right (all flagged)"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for truth in ("planted", "canaries"):
+        for top, q in (suggestions.get(truth) or {}).items():
+            cells = [truth, f"{top} ({q['n_flagged']})", str(q["n_flagged_wrong"]),
+                     _share(q["suggestion_correct_on_wrong"]), _share(q["suggestion_correct"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def relabel_table(summary: Mapping[str, Any]) -> str:
+    """Markdown table of ``removal/results.json``'s ``relabel_vs_remove``: the paired difference over seeds of
+    relabelling the selection instead of removing it (test accuracy and worst-group accuracy), ± SE, and Δ / SE."""
+    heads = ["relabel", "vs remove", "selected", "Δ test acc, paired (± SE)", "Δ / SE", "Δ worst-group (± SE)",
+             "seeds"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in summary.get("relabel_vs_remove", []):
+        ratio = f"{r['delta'] / r['se']:+.1f}" if r.get("se") else "—"
+        cells = [r["relabel"], r["remove"], "—" if r["fraction"] is None else f"{r['fraction'] * 100:g}%",
+                 _signed(r["delta"], r.get("se")), ratio,
+                 _signed(r.get("worst_group_delta"), r.get("worst_group_se")), str(r["n_seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import dist
+from ..methods import labels as suggestions
 from ..methods import registry
 from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_rank, recall_key, roc_auc
 from ..methods.scorers import resolve_groups
@@ -40,6 +41,9 @@ class Detection:
     info: dict = field(default_factory=dict)
     flags: dict[str, np.ndarray] = field(default_factory=dict)
     facts: dict[str, dict] = field(default_factory=dict)
+    suggested: np.ndarray | None = None  # int64 [n_train] suggested labels (methods/labels.py)
+    suggested_prob: np.ndarray | None = None  # float64 [n_train] their probabilities
+    suggestion_source: str = suggestions.ENSEMBLE  # out_of_sample (k-fold) or ensemble
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ class LazyInputs(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._providers)
 
+    def computed(self, name: str) -> Any:
+        """The input ``name`` if a scorer already read it, else None (nothing is computed)."""
+        return self._values.get(name)
+
 
 def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scorer]:
     """The registered scorers named in ``names`` (None: :func:`~trakscope.methods.registry.default_scorers`), in
@@ -143,9 +151,20 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
     info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
             "canary": canary_mask(run, len(inputs["train_labels"]))}
-    return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
-                     info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
-                     facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+    det = Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
+                    info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
+                    facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+    return with_suggestions(det, inputs)
+
+
+def with_suggestions(det: Detection, inputs: LazyInputs) -> Detection:
+    """``det`` with suggested labels: from the k-fold out-of-sample probabilities where a scorer computed them
+    (nothing is trained for them alone), else from the ensemble's probabilities."""
+    oos = inputs.computed("oos_probs")
+    probs = inputs["train_probs"] if oos is None else oos
+    det.suggested, det.suggested_prob = suggestions.suggested_labels(probs)
+    det.suggestion_source = suggestions.ENSEMBLE if oos is None else suggestions.OUT_OF_SAMPLE
+    return det
 
 
 def ground_truth(run: RunFolder) -> str:
@@ -187,13 +206,18 @@ def primary_scorer(det: Detection) -> str:
     return registry.default_primary(det.scores)
 
 
+# ranking.csv's (and export's removed list's) suggestion columns (see suggestion_cells)
+SUGGESTION_COLUMNS = ["suggested_label", "suggested_label_name", "suggested_prob", "suggestion_source"]
+
+
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
     """Header and rows of ``detect/ranking.csv``, ordered by :func:`primary_scorer`'s rank (inspected first on top).
 
     ``inspect_order`` is 1..n in that order; ``<scorer>_score`` is the natural score (float, 9 significant
     digits), ``<scorer>_rank`` 1 = inspected first (most suspicious). Class names stand beside every label;
     ``true_label`` and ``true_label_name`` are None (empty) unless noise was planted (:func:`ground_truth`) or
-    the example is a canary (``canary`` 1, ``ground_truth=canary``). Each flag a scorer set (``cleanlab_issue``) is a
+    the example is a canary (``canary`` 1, ``ground_truth=canary``). The :data:`SUGGESTION_COLUMNS` follow
+    (:func:`suggestion_cells`). Each flag a scorer set (``cleanlab_issue``) is a
     last column, 1 = flagged.
     """
     train, classes = run.data.table("train"), run.classes
@@ -203,6 +227,7 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     canary = det.info.get("canary")
     header = ["inspect_order", "index", "source_id", "label", "label_name", "predicted", "predicted_name",
               "ground_truth", "true_label", "true_label_name", "noisy", "canary"]
+    header += SUGGESTION_COLUMNS
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
     flagged = [n for n in names if n in det.flags]
     header += [registry.SCORERS[n].flag.column for n in flagged]
@@ -211,11 +236,36 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
         label, pred = int(train["label"][i]), int(det.predicted[i])
         row = [order, int(train["index"][i]), str(train["source_id"][i]), label, classes[label], pred, classes[pred],
                *truth_columns(run, i, train, known, canary), int(canary is not None and canary[i])]
+        row += suggestion_cells(det, int(i), classes)
         for n in names:
             row += [float(f"{det.scores[n][i]:.9g}"), int(ranks[n][i])]
         row += [int(det.flags[n][i]) for n in flagged]
         rows.append(row)
     return header, rows
+
+
+def suggestion_cells(det: Detection, i: int, classes: list[str]) -> list:
+    """The :data:`SUGGESTION_COLUMNS` of training example ``i``: the suggested label, its name, its probability
+    (6 significant digits) and where it comes from (``out_of_sample`` k-fold or ``ensemble`` probabilities); empty
+    where ``det`` has no suggestions."""
+    if det.suggested is None or det.suggested_prob is None:
+        return [None] * len(SUGGESTION_COLUMNS)
+    suggested = int(det.suggested[i])
+    return [suggested, classes[suggested], float(f"{det.suggested_prob[i]:.6g}"), det.suggestion_source]
+
+
+def suggestion_metrics(run: RunFolder, det: Detection, noisy: np.ndarray, canary: np.ndarray | None) -> dict:
+    """How often the suggested label is the true one among the primary scorer's top 5/10/20%: on the planted wrong
+    labels (``planted``, where there are) and on the canaries (``canaries``, where there are); see
+    :func:`~trakscope.methods.labels.suggestion_quality`. ``source`` says where the suggestions come from."""
+    primary = primary_scorer(det)
+    suspicion = registry.SCORERS[primary].suspicion(det.scores[primary])
+    true = run.data.table("train")["true_label"]
+    out: dict = {"source": det.suggestion_source, "scorer": primary}
+    for name, wrong in (("planted", noisy), ("canaries", canary)):
+        if wrong is not None and wrong.any():
+            out[name] = suggestions.suggestion_quality(suspicion, det.suggested, true, wrong)
+    return out
 
 
 def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
@@ -242,6 +292,8 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
                            "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
                                        for n, s in det.scores.items()}}
     out.update(flag_summaries(det, noisy))
+    if det.suggested is not None and det.scores:
+        out["suggestions"] = suggestion_metrics(run, det, noisy, canary)
     return out
 
 
