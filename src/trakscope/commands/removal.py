@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import dist
 from ..config import FRACTION, POSITIVE
@@ -69,5 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))
+    if "warning" in summary.get("imported", {}):
+        print(f"trakscope: warning: {summary['imported']['warning']}", file=sys.stderr)
     print(f"results: {run_folder.removal_results_path}; plot: {run_folder.removal_plot_path}")
     return 0

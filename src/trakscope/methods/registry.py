@@ -75,8 +75,8 @@ class Skip:
 
     @property
     def reason(self) -> str:
-        """Why a run folder has no scores of it, e.g. ``detect ran with --no-cleanlab``."""
-        return f"detect ran with {self.option}" if self.option else self.why
+        """Why a run folder may have no scores of it, e.g. ``detect ran with --no-cleanlab or left it out (...)``."""
+        return f"detect ran with {self.option} or left it out (its output says why)" if self.option else self.why
 
     @property
     def dest(self) -> str | None:
