@@ -19,8 +19,8 @@ from .. import dist
 from ..io import load_npy, save_npy
 from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
-from ..train import predict_logits
-from .recipe import TrainFn, say_recipe, train_network
+from ..train import predict_logits, train_final_model
+from .recipe import TrainFn, say_recipe, user_network
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     dataset = run.data.dataset()
     labels = dataset.train.labels
     folds = fold_assignment(labels, k, run.config.train.seed)
-    say_recipe(run, "cross-validation folds", train_fn)
+    say_recipe(run, "cross-validation", train_fn)
     if train_fn is not None:
         probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
         for f in range(k):
@@ -63,8 +63,10 @@ def _fold_probs(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, 
                 train_fn: TrainFn | None = None) -> np.ndarray:
     """float32 ``[n_f, C]`` probabilities of fold ``f``'s examples from a model trained without them."""
     cfg, dataset = run.config, run.data.dataset()
-    model = train_network(run, np.flatnonzero(folds != f), cfg.train.seed, device, progress,
-                          desc=f"cross-validation fold {f + 1}/{k}", train_fn=train_fn)
+    keep = np.flatnonzero(folds != f)
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed, keep=keep, device=device,
+                              progress=progress, desc=f"cross-validation fold {f + 1}/{k}") if train_fn is None \
+        else user_network(train_fn, dataset, keep, cfg.train.seed, device)
     logits = predict_logits(model, dataset.train.images, np.flatnonzero(folds == f), device=device,
                             num_workers=cfg.train.num_workers)
     return _softmax(logits).astype(np.float32)

@@ -20,8 +20,8 @@ from ..io import load_npy, read_json, save_npy, write_csv, write_json
 from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, predicted_outputs, subset_masks
 from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
-from ..train import predict_logits
-from .recipe import TrainFn, recipe_tag, say_recipe, train_network
+from ..train import predict_logits, train_final_model
+from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
@@ -71,8 +71,10 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    net = train_network(run, np.flatnonzero(mask), expect["seed"], device, progress=False, train_fn=train_fn,
-                        train_cfg=train_cfg)
+    keep = np.flatnonzero(mask)
+    net = train_final_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=keep, device=device,
+                            progress=False) if train_fn is None else \
+        user_network(train_fn, dataset, keep, expect["seed"], device)
     out = {}
     for split in TARGET_SPLITS:
         part = dataset.split(split)
@@ -97,7 +99,7 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     if epochs is not None and train_fn is not None:
         raise ValueError(f"epochs={epochs} overrides trakscope's recipe, not {recipe_tag(train_fn)}: set the epochs "
                          "inside your train_fn and leave epochs=None")
-    say_recipe(run, "LDS subset models", train_fn)
+    say_recipe(run, "lds", train_fn)
     masks = subset_masks(len(run.data.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache

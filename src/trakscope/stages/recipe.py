@@ -20,7 +20,6 @@ from .. import dist
 from ..config import ModelConfig, TrainConfig, flag_name
 from ..data import Dataset
 from ..run_folder import RunFolder
-from ..train import train_final_model
 
 # ``train_fn(dataset, keep, seed, device) -> network``: train on ``dataset.train`` rows ``keep`` (sorted int64
 # ``[n_kept]``; the labels as the run trains them are ``dataset.train.labels``) under ``seed`` on ``device``, and return
@@ -51,16 +50,16 @@ def _setting(model: ModelConfig, train: TrainConfig, section: str, name: str) ->
 
 
 def recipe_line(run: RunFolder, what: str, train_fn: TrainFn | None = None) -> str | None:
-    """One line saying which recipe ``what`` (e.g. ``cross-validation folds``) retrain with: the user's ``train_fn``,
-    or on an imported run the settings of ``config.json``; None for a run whose ensemble trakscope trained with its
-    own settings (its retrains use that same recipe)."""
+    """One line saying which recipe the retrains of ``what`` (``cross-validation``, ``removal``, ``lds``) use: the
+    user's ``train_fn``, or on an imported run the settings of ``config.json``; None for a run whose ensemble
+    trakscope trained with its own settings (its retrains use that same recipe)."""
     if train_fn is not None:
-        return f"{what} retrain with your {recipe_tag(train_fn)}"
+        return f"{what} retrains with your {recipe_tag(train_fn)}"
     cfg = run.config
     if not cfg.model.checkpoints:
         return None
     given = ", ".join(_setting(cfg.model, cfg.train, s, n) for s, n in RECIPE)
-    return (f"{what} retrain with the recipe of {run.relative(run.config_path)} ({given}), not with the recipe "
+    return (f"{what} retrains with the recipe of {run.relative(run.config_path)} ({given}), not with the recipe "
             f"of the imported checkpoints, which trakscope does not know: give yours to `trakscope run` "
             f"({', '.join(flag_name(s, n) for s, n in RECIPE)}) or pass train_fn in Python")
 
@@ -72,16 +71,14 @@ def say_recipe(run: RunFolder, what: str, train_fn: TrainFn | None = None) -> No
         print(line, flush=True)
 
 
-def train_network(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu", progress: bool = True,
-                  desc: str | None = None, train_fn: TrainFn | None = None,
-                  train_cfg: TrainConfig | None = None) -> nn.Module:
-    """One retrain on the training rows ``keep`` (sorted int64, None = all) under ``seed``, in eval mode on ``device``:
-    ``train_fn`` where given, else the run's architecture with ``train_cfg`` (default the run's settings)."""
-    dataset = run.data.dataset()
-    if train_fn is None:
-        cfg = run.config
-        return train_final_model(cfg.model, train_cfg or cfg.train, dataset, seed=seed, keep=keep, device=device,
-                                 progress=progress, desc=desc)
+def user_network(train_fn: TrainFn, dataset: Dataset, keep: np.ndarray | None, seed: int,
+                 device: str = "cpu") -> nn.Module:
+    """The network ``train_fn`` trains on the training rows ``keep`` (sorted int64, None = all) under ``seed``, in
+    eval mode on ``device`` (the stages call trakscope's ``train_final_model`` themselves where there is none).
+
+    Raises:
+        TypeError: ``train_fn`` returned something other than a network, naming it.
+    """
     rows = np.arange(len(dataset.train)) if keep is None else np.asarray(keep, dtype=np.int64)
     net = train_fn(dataset, rows, seed, device)
     if not isinstance(net, nn.Module):

@@ -24,11 +24,11 @@ from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, planned_evaluations, remove_and_retrain
 from ..progress import progress_bar
 from ..run_folder import RunFolder
-from ..train import predict_logits
+from ..train import predict_logits, train_final_model
 from .detect import load_ranking
 from .ensemble import member_logits
 from .groups import read_groups
-from .recipe import TrainFn, recipe_tag, say_recipe, train_network
+from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
 REFERENCE_GAP = 0.05  # full-data retrains this far (or further) from the imported checkpoints' accuracy are warned of
 
@@ -38,7 +38,8 @@ def correct_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: 
     """Train the run's architecture (or ``train_fn``) on ``keep`` with ``seed``; bool ``[n_test]``: is each test
     example right."""
     cfg, dataset = run.config, run.data.dataset()
-    model = train_network(run, keep, seed, device, progress, train_fn=train_fn)
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress) \
+        if train_fn is None else user_network(train_fn, dataset, keep, seed, device)
     logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
     return _correct(run, logits)
 
@@ -191,7 +192,7 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     group_ids, group_source = test_groups(run, groups)
     base_seed = run.config.train.seed
     plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
-    say_recipe(run, "removal's retrains", train_fn)
+    say_recipe(run, "removal", train_fn)
     share_retrains(run, plan, device, progress, train_fn)
     summary = remove_and_retrain(ranking, cached_evaluate(run, device, train_fn), strategies=strategies,
                                  fractions=fractions, seeds=seeds, base_seed=base_seed, noisy=ranking["noisy"],
