@@ -104,14 +104,19 @@ def test_detect_on_imported_checkpoints_says_its_recipe_and_withholds_chance_pro
     assert not any(h.startswith("cleanlab") for h in header)
 
 
+def _removal(imported_run) -> None:
+    """detect (without cleanlab, if detect has not run) and a one-seed random removal on the imported run."""
+    if not RunFolder(imported_run).ranking_path.exists():
+        assert main(["detect", "--run", str(imported_run), "--no-cleanlab", "--no-progress"]) == 0
+    assert main(["removal", "--run", str(imported_run), "--fractions", "0.05", "--seeds", "1", "--strategies",
+                 "random", "--no-progress"]) == 0
+
+
 def test_removal_on_imported_checkpoints_sets_their_accuracy_beside_full_data(imported_run, capsys):
     """removal says its recipe, shows the imported checkpoints' own accuracy under the full-data row, and warns when
     the two are more than 5 points apart (a recipe that learns nothing against trained checkpoints)."""
-    if not RunFolder(imported_run).ranking_path.exists():
-        assert main(["detect", "--run", str(imported_run), "--no-cleanlab", "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["removal", "--run", str(imported_run), "--fractions", "0.05", "--seeds", "1", "--strategies",
-                 "random", "--no-progress"]) == 0
+    _removal(imported_run)
     captured = capsys.readouterr()
     assert "removal retrains with the recipe of config.json (--weights random (trakscope's default)" in captured.out
     summary = json.loads(RunFolder(imported_run).removal_results_path.read_text())
@@ -124,7 +129,9 @@ def test_removal_on_imported_checkpoints_sets_their_accuracy_beside_full_data(im
 
 def test_report_describes_imported_checkpoints_as_imported(imported_run):
     """The model card says imported, not "random init · ensemble of 2 · 1 epochs"; the time card says import, not
-    train."""
+    train; the removal section sets the checkpoints' accuracy beside full data, with the warning."""
+    if not RunFolder(imported_run).removal_results_path.exists():
+        _removal(imported_run)
     assert main(["report", "--run", str(imported_run)]) == 0
     html = RunFolder(imported_run).report_path.read_text()
     assert "imported · 2 checkpoints trained elsewhere" in html
@@ -132,6 +139,7 @@ def test_report_describes_imported_checkpoints_as_imported(imported_run):
     timings = RunFolder(imported_run).results.timings()
     assert "import" in timings and "train" not in timings
     assert re.search(r"import \d+s", html) and not re.search(r"train \d+s", html)
+    assert "imported checkpoints (not retrained)" in html and "so the retrains do not reproduce your model" in html
 
 
 class Centroids(nn.Module):
