@@ -85,9 +85,9 @@ def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
     chance = chance_level(acc, labels)
     if chance is None:
         return oos
-    src.withheld["oos_probs"] = (f"{src.folds}-fold out-of-sample accuracy {acc:.3f} is at chance ({chance}): those "
-                                 "probabilities are not used to choose or order suspects (the retrains' recipe did "
-                                 "not learn this data)")
+    src.withheld["oos_probs"] = (f"{src.folds}-fold out-of-sample accuracy {acc:.3f} is at chance ({chance}); those "
+                                 "probabilities are not used to choose or order suspects: the retrains' recipe did "
+                                 "not learn this data")
     return None
 
 
