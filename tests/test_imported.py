@@ -15,6 +15,7 @@ from torch import nn
 from trakscope.cli import main
 from trakscope.io import load_tensors, save_tensors
 from trakscope.run_folder import RunFolder
+from trakscope.stages.run import imported_accuracy_problem
 
 from .conftest import TINY_RUN_ARGS
 
@@ -58,8 +59,8 @@ def test_imported_checkpoints_at_chance_stop_with_the_likely_causes(tiny_run, tm
 
 
 def test_imported_checkpoints_far_below_their_recorded_accuracy_stop(tiny_run, tmp_path, capsys):
-    """A checkpoint whose safetensors metadata records an accuracy far above what it scores here stops the run; one
-    that records what it scores does not, and metrics.json keeps both numbers."""
+    """A checkpoint whose safetensors metadata records an accuracy far above what it scores here stops the run, and
+    metrics.json keeps both numbers; one within 5 points of what it records passes; an unreadable value is named."""
     metrics = json.loads(RunFolder(tiny_run).metrics_path.read_text())
     own = [m["test_acc"] for m in metrics["models"]]
     files = []
@@ -71,11 +72,13 @@ def test_imported_checkpoints_far_below_their_recorded_accuracy_stop(tiny_run, t
     assert main(["run", "--out", str(out), *TINY_RUN_ARGS, "--checkpoints", *files]) == 2
     err = capsys.readouterr().err
     assert f"imported checkpoint {files[1]} scores {own[1]:.3f} on test here, far below the accuracy 0.990" in err
-    rows = json.loads(RunFolder(out).metrics_path.read_text())["models"]
-    assert [r["recorded_acc"] for r in rows] == [pytest.approx(own[0]), 0.99]
-    save_tensors(files[1], load_tensors(_finals(tiny_run)[1]), metadata={"accuracy": str(own[1])})
-    ok = tmp_path / "honest"
-    assert main(["run", "--out", str(ok), *TINY_RUN_ARGS, "--checkpoints", *files]) == 0
+    saved = json.loads(RunFolder(out).metrics_path.read_text())
+    assert [r["recorded_acc"] for r in saved["models"]] == [pytest.approx(own[0]), 0.99]
+    run = RunFolder(out)
+    val, n_test = run.data.table("val")["true_label"], len(run.data.table("test")["index"])
+    assert imported_accuracy_problem(saved, val, n_test) is not None
+    saved["models"][1]["recorded_acc"] = own[1] + 0.05  # within 5 points: what it records, as far as a test split says
+    assert imported_accuracy_problem(saved, val, n_test) is None
     save_tensors(files[0], load_tensors(_finals(tiny_run)[0]), metadata={"accuracy": "63%"})
     assert main(["run", "--out", str(tmp_path / "percent"), *TINY_RUN_ARGS, "--checkpoints", *files]) == 2
     assert "metadata accuracy='63%' is not a number in [0, 1]" in capsys.readouterr().err
