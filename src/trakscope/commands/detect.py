@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name}: {SCORERS[name].description}")
     for name, facts in det.facts.items():
         print(SCORERS[name].flag.sentence(name, facts, _number))
+    for name, why in det.info["left_out"].items():
+        print(f"  {name} left out: {why}")
     if metrics is None:
         print("no planted noise and no canaries in this run: no detection metrics (rankings only; "
               "`trakscope run --canaries 0.01` plants known errors to measure on)")

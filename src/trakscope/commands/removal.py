@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import dist
 from ..config import FRACTION, POSITIVE
@@ -72,5 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("relabel_vs_remove"):
         print("\nrelabel instead of remove, the same selection (paired over seeds; positive = relabelling is better):")
         print(relabel_table(summary))
+    if "warning" in summary.get("imported", {}):
+        print(f"trakscope: warning: {summary['imported']['warning']}", file=sys.stderr)
     print(f"results: {run_folder.removal_results_path}; plot: {run_folder.removal_plot_path}")
     return 0

@@ -79,10 +79,10 @@ class Skip:
 
     @property
     def reason(self) -> str:
-        """Why a run folder has no scores of it, e.g. ``detect ran with --no-cleanlab``."""
-        if self.option:
-            return f"detect ran {'without' if self.opt_in else 'with'} {self.option}"
-        return self.why
+        """Why a run folder may have no scores of it, e.g. ``detect ran with --no-cleanlab or left it out (...)``."""
+        if self.option and self.opt_in:
+            return f"detect ran without {self.option}"
+        return f"detect ran with {self.option} or left it out (its output says why)" if self.option else self.why
 
     def leaves_out(self, given: bool) -> bool:
         """True where the option's state (``given``: the flag was passed) leaves the scorer out."""

@@ -178,7 +178,8 @@ def removal_rows(results: Any) -> list[dict[str, Any]]:
 
 
 def removal_section(results: Any, run_dir: str) -> str:
-    """Test accuracy vs fraction removed per strategy (error bars = SE over seeds), the full-data line, the table."""
+    """Test accuracy vs fraction removed per strategy (error bars = SE over seeds), the full-data line, the table;
+    on imported checkpoints their own accuracy as a row, and the warning when the full-data retrains are far from it."""
     if results is None:
         return missing("trakscope removal", run_dir, "remove-and-retrain results")
     rows = removal_rows(results)
@@ -190,13 +191,18 @@ def removal_section(results: Any, run_dir: str) -> str:
                                int(results.get("seeds", 0)))
     table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None,
                    None, ref.get("worst_group_mean"), None, None]]
+    own = results.get("imported") if isinstance(results.get("imported"), Mapping) else {}
+    if _is_number(own.get("test_acc")):  # imported checkpoints: their own accuracy beside the full-data retrains'
+        table_rows.append(["imported checkpoints (not retrained)", "0", "0", "0", own["test_acc"], None,
+                           None, None, None, None, None, None])
     table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),
                     _count(r.get("n_noisy_removed")), r["mean"], r.get("se"), len(r.get("test_acc") or []),
                     r.get("delta_vs_full"), r.get("paired_se"), r.get("worst_group_mean"),
                     r.get("worst_group_paired_delta"), r.get("worst_group_paired_se")] for r in rows]
     head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
             "Δ vs full data", "paired SE of Δ", "worst-group acc", "Δ worst-group (paired)", "its SE"]
-    return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
+    warning = f'<p class="missing">{esc(own["warning"])}</p>' if isinstance(own.get("warning"), str) else ""
+    return f'{warning}<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
         head, table_rows, "metrics") + relabel_part(results)
 
 

@@ -28,7 +28,8 @@ def _signed(mean: float | None, se: float | None) -> str:
 def removal_table(summary: dict) -> str:
     """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, the paired
     difference to the full-data model of the same seed (mean ± SE over seeds), and worst-group accuracy with its
-    paired difference where known."""
+    paired difference where known. On imported checkpoints their own accuracy (mean over the members) stands under
+    the full-data row, with its difference to it."""
     ref = summary["reference"]
     worst = "worst_group_mean" in ref
     heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full, paired (± SE)"]
@@ -37,6 +38,10 @@ def removal_table(summary: dict) -> str:
         heads += ["worst-group acc", "Δ worst-group, paired"]
         full += [_pm(ref["worst_group_mean"], ref["worst_group_se"]), "—"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), "| " + " | ".join(full) + " |"]
+    if "imported" in summary:  # the checkpoints the user gave, beside the full-data retrains of trakscope's recipe
+        own = summary["imported"]
+        lines.append("| " + " | ".join(["imported checkpoints (not retrained)", "0", "—", _pm(own["test_acc"], None),
+                                         _signed(-own["full_minus_imported"], None)] + ["—"] * (len(heads) - 5)) + " |")
     order = {s: i for i, s in enumerate(summary.get("strategies", []))}
     for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
         removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"

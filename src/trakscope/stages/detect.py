@@ -24,16 +24,19 @@ from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
 from .canaries import canary_mask
 from .crossval import out_of_sample_probs
+from .ensemble import chance_level
 from .groups import read_groups
 from .leverage import checkpoint_fit
+from .recipe import TrainFn
 
 
 @dataclass
 class Detection:
     """Scores of every scorer that ran (natural units, float64 ``[n_train]``) and what is known about them.
 
-    ``info`` holds ``groups``, ``n_groups`` and ``canary`` (bool ``[n_train]``); ``flags`` the bool ``[n_train]``
-    flags of each flagging scorer that ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
+    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``) and ``left_out`` (scorer -> why an input
+    it needs was withheld, see :class:`Source`); ``flags`` the bool ``[n_train]`` flags of each flagging scorer that
+    ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
     """
 
     scores: dict[str, np.ndarray]
@@ -48,13 +51,19 @@ class Detection:
 
 @dataclass(frozen=True)
 class Source:
-    """Where detect's inputs come from: the run folder and the options that shape them (see :func:`compute_scores`)."""
+    """Where detect's inputs come from: the run folder and the options that shape them (see :func:`compute_scores`).
+
+    ``withheld`` is filled by the providers: input name -> why it was withheld (None given to the scorers), e.g.
+    out-of-sample probabilities at chance.
+    """
 
     run: RunFolder
     groups: str = "classes"
     folds: int | None = 3
     device: str = "cpu"
     progress: bool = True
+    train_fn: TrainFn | None = None
+    withheld: dict[str, str] = field(default_factory=dict)
 
 
 Provider = Callable[[Source, Mapping[str, Any]], Any]
@@ -67,14 +76,24 @@ def _group_ids(src: Source, inputs: Mapping[str, Any]) -> np.ndarray:
 
 
 def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
-    """float ``[n_train, C]`` k-fold out-of-sample probabilities (timed), or None without folds."""
+    """float ``[n_train, C]`` k-fold out-of-sample probabilities (timed), or None without folds, and None (withheld,
+    said in ``src.withheld``) when their accuracy on the labels is at chance (:func:`~.ensemble.chance_level`): the
+    retrains did not learn the data, and their probabilities must not choose or order suspects."""
     if src.folds is None:
         return None
     t0 = time.perf_counter()
-    oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress)
+    oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress, train_fn=src.train_fn)
     if dist.rank() == 0:
         src.run.results.record_timing("detect_crossval", time.perf_counter() - t0)
-    return oos
+    labels = inputs["train_labels"]
+    acc = float((oos.argmax(1) == labels).mean())
+    chance = chance_level(acc, labels)
+    if chance is None:
+        return oos
+    src.withheld["oos_probs"] = (f"{src.folds}-fold out-of-sample accuracy {acc:.3f} is at chance ({chance}); those "
+                                 "probabilities are not used to choose or order suspects: the retrains' recipe did "
+                                 "not learn this data")
+    return None
 
 
 def _aum(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
@@ -141,16 +160,22 @@ def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scor
 
 
 def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
-                   device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None) -> Detection:
+                   device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None,
+                   train_fn: TrainFn | None = None) -> Detection:
     """Run the registered scorers (``scorers``: their names; None: all but the opt-in ones) on the run folder.
 
     ``cleanlab_folds`` is the k of the cross-validation that gives out-of-sample probabilities (cleanlab's input);
-    None computes none. A scorer is left out when an input it needs is None (see :class:`~.registry.Skip`).
+    None computes none; ``train_fn`` trains its folds instead of the run's recipe (:mod:`.recipe`). A scorer is left
+    out when an input it needs is None (see :class:`~.registry.Skip`); ``info["left_out"]`` says why where a
+    provider withheld it.
     """
-    inputs = LazyInputs(Source(run, groups, cleanlab_folds, device, progress))
-    ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
+    src = Source(run, groups, cleanlab_folds, device, progress, train_fn)
+    inputs = LazyInputs(src)
+    chosen = selected_scorers(scorers)
+    ran = {s.name: scored for s in chosen if (scored := s.run(inputs)) is not None}
+    left_out = {s.name: why for s in chosen for name, why in src.withheld.items() if name in s.needs}
     info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
-            "canary": canary_mask(run, len(inputs["train_labels"]))}
+            "canary": canary_mask(run, len(inputs["train_labels"])), "left_out": left_out}
     det = Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
                     info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
                     facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
@@ -306,6 +331,8 @@ def flag_summaries(det: Detection, noisy: np.ndarray) -> dict[str, dict | str]:
             continue
         if name in det.facts:
             out[name] = {**det.facts[name], **s.flag.quality(det.flags[name], noisy)}
+        elif name in det.info.get("left_out", {}):
+            out[name] = f"skipped ({det.info['left_out'][name]})"
         else:
             out[name] = f"skipped ({s.skip.option or s.skip.why})" if s.skip else "skipped"
     return out
@@ -318,18 +345,19 @@ def _chance(truth: np.ndarray) -> dict:
 
 
 def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3, device: str = "cpu",
-                  progress: bool = True, fmt: str = "csv",
-                  scorers: Collection[str] | None = None) -> tuple[Detection, dict | None]:
+                  progress: bool = True, fmt: str = "csv", scorers: Collection[str] | None = None,
+                  train_fn: TrainFn | None = None) -> tuple[Detection, dict | None]:
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise or canaries), time it.
 
     With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
     other stages read, so it is always written). ``scorers``: the names to run (None: all but the opt-in ones, see
-    :func:`compute_scores`). Under torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
+    :func:`compute_scores`); ``train_fn``: the user's recipe for the cross-validation folds (:mod:`.recipe`). Under
+    torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
-    det = compute_scores(run, groups, cleanlab_folds, device, progress, scorers)
+    det = compute_scores(run, groups, cleanlab_folds, device, progress, scorers, train_fn)
     metrics = quality_metrics(run, det)
     if dist.rank() == 0:  # under torchrun every rank has the same scores; one writes them
         header, rows = ranking_rows(run, det)
