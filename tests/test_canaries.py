@@ -166,7 +166,8 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     assert main(["export", "--run", str(run_dir), "--strategy", "loss", "--fraction", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "true labels restored" in out
-    keep = {int(r["index"]): int(r["label"]) for r in read_csv(run.export_paths("loss_0.1")[0])}
+    keep = {int(r["index"]): int(r["label"]) for r in read_csv(run.export_paths("loss_0.1")[0])
+            if r["split"] == "train"}
     removed = {int(r["index"]) for r in read_csv(run.export_paths("loss_0.1")[1])}
     truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
     assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label

@@ -194,8 +194,12 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert main(["export", "--run", str(run), "--strategy", "negative", "--fraction", "0.1"]) == 0
     keep = read_csv(run / "export" / "keep_negative_0.1.csv")
     removed = read_csv(run / "export" / "removed_negative_0.1.csv")
-    assert len(keep) + len(removed) == len(train) and len(removed) == 20
-    assert not {r["index"] for r in keep} & {r["index"] for r in removed}
+    val = read_csv(run / "data" / "val.csv")
+    # the keep-list holds the validation split carved from the same pool too: together the lists are the pool
+    assert len(keep) + len(removed) == len(train) + len(val) and len(removed) == 20
+    assert [r["split"] for r in keep].count("val") == len(val) and {r["split"] for r in removed} == {"train"}
+    assert {r["source_id"] for r in keep + removed} == {r["source_id"] for r in train + val}
+    assert not {r["index"] for r in keep if r["split"] == "train"} & {r["index"] for r in removed}
     assert all(r["reason"].startswith("d3m=") for r in removed)
     classes = RunFolder(run).classes
     assert all(r["label_name"] == classes[int(r["label"])] for r in keep + removed)

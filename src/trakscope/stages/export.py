@@ -14,7 +14,7 @@ from ..table_files import FORMATS, write_rows
 from .canaries import canary_mask
 from .detect import ground_truth, load_ranking, truth_columns
 
-KEEP_COLUMNS = ["index", "source_id", "label", "label_name"]
+KEEP_COLUMNS = ["index", "split", "source_id", "label", "label_name"]
 REMOVED_COLUMNS = [*KEEP_COLUMNS, "ground_truth", "true_label", "true_label_name", "noisy", "reason"]
 
 
@@ -24,19 +24,24 @@ class Exported:
 
     keep_path: Path
     removed_path: Path
-    n_keep: int
+    n_keep: int  # training examples kept
     n_removed: int
+    n_val: int  # validation examples carved from the same pool, in the keep-list too (0 for the data's own split)
     n_canaries: int  # canaries in the keep-list with their true label (those the strategy selected included)
     n_canaries_selected: int  # of them, how many the strategy would have removed
 
 
 def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
                  out_dir: Path | None = None, fmt: str = "csv") -> Exported:
-    """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``.
+    """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``: together, every example of the training pool.
 
-    Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset), ``label``
-    and ``label_name``; the removed list adds ``ground_truth`` (``planted`` or ``unknown``), ``true_label`` and
-    ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown) and ``reason``.
+    Both list ``index`` (row of ``data/<split>.csv``), ``split``, ``source_id`` (stable id in the source dataset),
+    ``label`` and ``label_name``; the removed list adds ``ground_truth`` (``planted`` or ``unknown``), ``true_label``
+    and ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown) and ``reason``.
+
+    The strategies remove training examples only. The validation split carved from the same pool
+    (``--val-fraction`` > 0) is in the keep-list with ``split=val``, so that retraining on the keep-list loses only
+    what was removed; a validation split of the data's own (``--val-fraction 0``) is not part of the pool.
 
     Canaries (``--canaries``) were flipped by trakscope, not by the data: every canary is in the keep-list with
     its true label restored, even one the strategy selected (it is not the data's error).
@@ -56,12 +61,23 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
 
     def base(i: int) -> list:
         label = int(train["true_label"][i] if canary[i] else train["label"][i])
-        return [int(train["index"][i]), str(train["source_id"][i]), label, classes[label]]
+        return [int(train["index"][i]), "train", str(train["source_id"][i]), label, classes[label]]
 
-    write_rows(keep_path, KEEP_COLUMNS, [base(i) for i in keep], fmt)
+    val = _carved_validation(run)
+    write_rows(keep_path, KEEP_COLUMNS, [base(i) for i in keep] + val, fmt)
     write_rows(removed_path, REMOVED_COLUMNS,
                [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
                 for i in removed], fmt)
     run.integrity.seal(keep_path, removed_path)  # trakscope's (those inside the run folder): --overwrite removes them
-    return Exported(keep_path, removed_path, len(keep), len(removed), int(canary.sum()),
+    return Exported(keep_path, removed_path, len(keep), len(removed), len(val), int(canary.sum()),
                     int(canary[selected].sum()))
+
+
+def _carved_validation(run: RunFolder) -> list[list]:
+    """Keep-list rows (:data:`KEEP_COLUMNS`) of the validation split when it was carved from the training pool
+    (``--val-fraction`` > 0); none for a validation split of the data's own."""
+    if run.config.data.val_fraction == 0:
+        return []
+    val, classes = run.data.table("val"), run.classes
+    return [[int(i), "val", str(sid), int(y), classes[int(y)]]
+            for i, sid, y in zip(val["index"], val["source_id"], val["label"])]
