@@ -172,3 +172,54 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
     assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label
     assert not removed & set(idx) and len(keep) + len(removed) == 200
+
+
+def test_removal_retrains_on_the_canaries_true_labels_and_never_removes_them(tmp_path, monkeypatch, capsys):
+    """Every retrain, the full-data reference included, trains on the canaries' true labels and keeps them; the
+    table counts them apart; a cached retrain trained on their flipped labels is trained again."""
+    from trakscope.cli import main
+    from trakscope.methods.removal import select_removed
+    from trakscope.stages import removal
+    from trakscope.stages.canaries import canary_table
+
+    run_dir = tmp_path / "run"
+    args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "100", "--max-test", "30", "--epochs", "1",
+            "--ensemble", "1", "--checkpoints-per-model", "1", "--proj-dim", "16", "--projector", "dense",
+            "--canaries", "0.1", "--no-progress", "--device", "cpu"]
+    assert main(["run", "--out", str(run_dir), *args]) == 0
+    assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    run = RunFolder(run_dir)
+    canaries = canary_table(run)
+    trained = []
+
+    def fake_train(model_cfg, train_cfg, dataset, seed, keep=None, **kw):  # records what each retrain trains on
+        trained.append((dataset.train.labels.copy(), np.arange(len(dataset.train)) if keep is None else keep))
+        return None
+
+    monkeypatch.setattr(removal, "train_final_model", fake_train)
+    monkeypatch.setattr(removal, "predict_logits", lambda model, images, **kw: np.zeros((len(images), 10)))
+    capsys.readouterr()
+    cmd = ["removal", "--run", str(run_dir), "--strategies", "random,loss", "--fractions", "0.4", "--seeds", "1",
+           "--no-progress", "--device", "cpu"]
+    assert main(cmd) == 0
+    out = capsys.readouterr().out
+    assert len(trained) == 3  # the reference is retrained too: the ensemble member saw the flipped labels
+    for labels, keep in trained:
+        np.testing.assert_array_equal(labels[canaries["index"]], canaries["true_label"])
+        assert set(canaries["index"]) <= set(keep.tolist())
+    results = json.loads(run.removal_results_path.read_text())
+    assert results["n_canaries"] == 10 and results["reference"]["source"] == ["retrained"]
+    ranking = run.results.ranking(tuple(SCORERS))
+    for row in results["rows"]:
+        selected = select_removed(row["strategy"], 0.4, ranking, seed=run.config.train.seed)
+        spared = int(np.isin(selected, canaries["index"]).sum())
+        assert spared > 0 and (row["n_canaries_kept"], row["n_removed"]) == (spared, len(selected) - spared)
+    assert "canaries kept |" in out and "the 10 labels trakscope flipped itself (--canaries) are never removed" in out
+
+    cached = run.retrain_path("loss_0.4_s0")  # as a cache from before: trained on the flipped labels
+    record = json.loads(cached.read_text())
+    assert record.pop("canaries") == "true labels"
+    cached.write_text(json.dumps(record))
+    run.integrity.seal(cached)
+    trained.clear()
+    assert main(cmd) == 0 and len(trained) == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..methods import registry
-from ..methods.removal import removal_reason, select_removed
+from ..methods.removal import removal_reason, select_removed, spare_canaries
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_rows
 from .canaries import canary_mask
@@ -52,8 +52,7 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
     train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
     canary = canary_mask(run, len(train["index"]))
-    selected = select_removed(strategy, fraction, ranking, seed)
-    removed = selected[~canary[selected]]
+    removed, n_spared = spare_canaries(select_removed(strategy, fraction, ranking, seed), canary)
     keep = np.setdiff1d(np.arange(len(train["index"])), removed)
     s = registry.strategy(strategy)
     name = s.name if s.threshold else f"{s.name}_{fraction:g}"
@@ -69,8 +68,7 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
                [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
                 for i in removed], fmt)
     run.integrity.seal(keep_path, removed_path)  # trakscope's (those inside the run folder): --overwrite removes them
-    return Exported(keep_path, removed_path, len(keep), len(removed), len(val), int(canary.sum()),
-                    int(canary[selected].sum()))
+    return Exported(keep_path, removed_path, len(keep), len(removed), len(val), int(canary.sum()), n_spared)
 
 
 def _carved_validation(run: RunFolder) -> list[list]:

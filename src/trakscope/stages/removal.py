@@ -4,6 +4,8 @@ The loop and the summary are :func:`~trakscope.methods.removal.remove_and_retrai
 ``evaluate`` that trains the run's architecture with the run's recipe, caches each result as
 ``removal/retrains/<job>.json`` (with a hash of the removed indices, so a changed selection is retrained),
 and takes the full-data reference of a seed from the ensemble member trained with that same seed and recipe.
+Canaries (``--canaries``) are never removed and every retrain, the full-data reference included (the members
+trained on their flipped labels), trains on their true labels.
 
 The retrains are run ahead of the summary (:func:`share_retrains`): under torchrun each rank trains its share
 of those not yet cached, then every rank summarises from the cache and rank 0 writes the results.
@@ -23,6 +25,7 @@ from ..methods.removal import DEFAULT_FRACTIONS, Job, indices_hash, planned_eval
 from ..progress import progress_bar
 from ..run_folder import RunFolder
 from ..train import predict_logits, train_final_model
+from .canaries import canary_mask, canary_table, with_true_canary_labels
 from .detect import load_ranking
 from .ensemble import member_logits
 from .groups import read_groups
@@ -30,8 +33,9 @@ from .groups import read_groups
 
 def correct_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: str = "cpu",
                     progress: bool = True) -> np.ndarray:
-    """Train the run's architecture on ``keep`` with ``seed``; bool ``[n_test]``: is each test example right."""
-    cfg, dataset = run.config, run.data.dataset()
+    """Train the run's architecture on ``keep`` (canaries on their true labels) with ``seed``; bool ``[n_test]``: is
+    each test example right."""
+    cfg, dataset = run.config, with_true_canary_labels(run.data.dataset())
     model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress)
     logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
     return _correct(run, logits)
@@ -51,9 +55,10 @@ def _correct(run: RunFolder, logits: np.ndarray) -> np.ndarray:
 def ensemble_member(run: RunFolder, seed: int) -> int | None:
     """The ensemble member trained with ``seed`` (same data and recipe as a full-data retrain), if any.
 
-    None when no member has that seed, or when the members were not trained by trakscope from this config.
+    None when no member has that seed, or when the members were not trained by trakscope from this config, or
+    trained on canaries' flipped labels (a retrain trains on their true labels).
     """
-    if run.config.model.checkpoints:
+    if run.config.model.checkpoints or _has_canaries(run):
         return None
     metrics = run.results.optional(run.metrics_path, "model_metrics")
     for m in (metrics or {}).get("models", []):
@@ -74,6 +79,13 @@ def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> 
     return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {member}"}
 
 
+def _has_canaries(run: RunFolder) -> bool:
+    return len(canary_table(run)["index"]) > 0
+
+
+CANARY_LABELS = {"canaries": "true labels"}  # in a retrain's cache with canaries: trained on their true labels
+
+
 def _retrain_path(run: RunFolder, job: Job):
     return run.retrain_path(job.key if job.strategy != "full" else f"full_s{job.offset}")
 
@@ -87,6 +99,8 @@ def cached_retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray) -> 
     if cached.get("removed_sha256") != indices_hash(removed) or cached.get("seed") != seed or \
             "test_correct" not in cached:
         return None
+    if _has_canaries(run) and cached.get("canaries") != CANARY_LABELS["canaries"]:
+        return None  # trained on the canaries' flipped labels (before trakscope restored them)
     correct = np.array([c == "1" for c in cached["test_correct"]], dtype=bool)
     return {"test_acc": cached["test_acc"], "correct": correct, "source": "retrained"}
 
@@ -100,7 +114,8 @@ def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: s
     write_json(_retrain_path(run, job), {
         "strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction, "seed": seed,
         "removed_sha256": indices_hash(removed), "n_removed": int(len(removed)), "test_acc": acc,
-        "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2)})
+        "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2),
+        **(CANARY_LABELS if _has_canaries(run) else {})})
     run.integrity.seal(_retrain_path(run, job))
     return {"test_acc": acc, "correct": correct, "source": "retrained"}
 
@@ -172,11 +187,13 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     t0 = time.perf_counter()
     ranking = load_ranking(run)
     group_ids, group_source = test_groups(run, groups)
-    base_seed = run.config.train.seed
-    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
+    base_seed, canary = run.config.train.seed, canary_mask(run, len(ranking["index"]))
+    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed,
+                               canary=canary)
     share_retrains(run, plan, device, progress)
     summary = remove_and_retrain(ranking, cached_evaluate(run, device), strategies=strategies, fractions=fractions,
-                                 seeds=seeds, base_seed=base_seed, noisy=ranking["noisy"], test_groups=group_ids)
+                                 seeds=seeds, base_seed=base_seed, noisy=ranking["noisy"], test_groups=group_ids,
+                                 canary=canary)
     summary.update({"strategies": list(strategies), "fractions": list(fractions), "seeds": seeds,
                     "test_groups": group_source, "n_test_groups": int(len(np.unique(group_ids))),
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})
