@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from trakscope.config import DataConfig
 from trakscope.data import load_dataset
@@ -174,7 +175,49 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     assert not removed & set(idx) and len(keep) + len(removed) == 200
 
 
-def test_removal_retrains_on_the_canaries_true_labels_and_never_removes_them(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def canary_run(tmp_path_factory):
+    """A detected tiny run with 10 canaries (100 training examples, one member of one epoch)."""
+    from trakscope.cli import main
+
+    run_dir = tmp_path_factory.mktemp("canaries") / "run"
+    args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "100", "--max-test", "30", "--epochs", "1",
+            "--ensemble", "1", "--checkpoints-per-model", "1", "--proj-dim", "16", "--projector", "dense",
+            "--canaries", "0.1", "--no-progress", "--device", "cpu"]
+    assert main(["run", "--out", str(run_dir), *args]) == 0
+    assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    return run_dir
+
+
+def test_inspect_marks_canaries_in_its_table_and_its_grid(canary_run, tmp_path, monkeypatch, capsys):
+    from trakscope.cli import main
+    from trakscope.commands import inspect as inspect_cmd
+    from trakscope.report.grid import CANARY, influence_grid
+    from trakscope.stages.canaries import canary_table
+
+    canaries = canary_table(RunFolder(canary_run))
+    drawn = {}
+    monkeypatch.setattr(inspect_cmd, "influence_grid", lambda target, rows, png: drawn.update(rows))
+    capsys.readouterr()
+    assert main(["inspect", "--run", str(canary_run), "--target", "0", "--top", "50", "--png",
+                 str(tmp_path / "g.png")]) == 0  # top and bottom 50 of 100: every training example
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().endswith("--canaries)")]
+    assert sorted(int(line[1]) for line in lines) == canaries["index"].tolist()
+    names = RunFolder(canary_run).classes
+    true = dict(zip(canaries["index"].tolist(), canaries["true_label"].tolist()))
+    assert all(line[4] == names[true[int(line[1])]] for line in lines)  # the true label, never "?"
+    tiles = [t for row in drawn.values() for t in row if t["canary"]]
+    assert len(tiles) == 10 and all(", true " in t["title"] and not t["noisy"] for t in tiles)
+
+    def purple_pixels(tiles: list[dict]) -> int:
+        influence_grid({"image": tiles[0]["image"], "title": "t"}, {"row": tiles}, tmp_path / "p.png")
+        rgb = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+        return int((np.abs(rgb - [int(CANARY[i:i + 2], 16) for i in (1, 3, 5)]).sum(-1) < 30).sum())
+
+    assert purple_pixels(tiles[:2]) > 100 and purple_pixels([{**t, "canary": False} for t in tiles[:2]]) == 0
+
+
+def test_removal_retrains_on_the_canaries_true_labels_and_never_removes_them(canary_run, monkeypatch, capsys):
     """Every retrain, the full-data reference included, trains on the canaries' true labels and keeps them; the
     table counts them apart; a cached retrain trained on their flipped labels is trained again."""
     from trakscope.cli import main
@@ -182,12 +225,7 @@ def test_removal_retrains_on_the_canaries_true_labels_and_never_removes_them(tmp
     from trakscope.stages import removal
     from trakscope.stages.canaries import canary_table
 
-    run_dir = tmp_path / "run"
-    args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "100", "--max-test", "30", "--epochs", "1",
-            "--ensemble", "1", "--checkpoints-per-model", "1", "--proj-dim", "16", "--projector", "dense",
-            "--canaries", "0.1", "--no-progress", "--device", "cpu"]
-    assert main(["run", "--out", str(run_dir), *args]) == 0
-    assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    run_dir = canary_run
     run = RunFolder(run_dir)
     canaries = canary_table(run)
     trained = []

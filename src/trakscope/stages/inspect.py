@@ -18,6 +18,7 @@ from ..data import TensorImages
 from ..data.images import decode_image, normalize_uint8
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
+from .canaries import canary_mask
 from .detect import ground_truth
 from .ensemble import Runtime, engine_checkpoints, engine_state, ensemble_predict, trak_engine
 
@@ -160,12 +161,15 @@ def _found(description: str, image: np.ndarray, label: int | None, predicted: in
 
 
 def train_rows(run: RunFolder, found: Inspection) -> list[list[dict]]:
-    """For the highest and the lowest scores: one dict per training example (index, score, names, noisy)."""
+    """For the highest and the lowest scores: one dict per training example (index, score, names, noisy, canary:
+    a label trakscope flipped itself with ``--canaries``, whose true label is always known)."""
     train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
+    canary = canary_mask(run, len(train["index"]))
     out = []
     for idx in (found.top, found.bottom):
         out.append([{"index": int(i), "score": float(found.scores[i]), "label": classes[train["label"][i]],
-                     "true": classes[train["true_label"][i]] if known else "?", "noisy": bool(train["noisy"][i]),
+                     "true": classes[train["true_label"][i]] if known or canary[i] else "?",
+                     "noisy": bool(train["noisy"][i]), "canary": bool(canary[i]),
                      "source_id": str(train["source_id"][i])} for i in idx])
     return out
