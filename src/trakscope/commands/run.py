@@ -12,6 +12,7 @@ from .. import dist
 from ..config import RunConfig, config_diff
 from ..data import load_dataset
 from ..models import WeightsError, build_model, resolve_config
+from ..models.download import check_download_hosts
 from ..models.weights import check_state_file, describe_wrapper, state_shapes, wrapper_prefix
 from ..precision import resolve_run_precision
 from ..run_folder import RunError, RunFolder
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     cfg = config_from_args(args)  # every setting within its bounds (trakscope.config), before anything is touched
+    check_download_hosts(cfg.model)  # --download: a host that does not answer fails in seconds, not minutes
     existing = RunFolder(args.out)
     cfg, moved = resume_config(cfg, existing, args.overwrite)
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
