@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class", dest="margin_class", default=None, metavar="NAME_OR_INDEX",
                         help="attribute the margin of this class (default: the target's label; for --image the "
                              "ensemble's predicted class)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="target split")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train"),
+                        help="target split (train: a training example, scored on the fly; its own score is its "
+                             "self-influence)")
     parser.add_argument("--top", type=int, default=8, help="how many highest and how many lowest to show")
     parser.add_argument("--png", default=None,
                         help="where to save the grid (default: RUN/inspect/<split>_<target>.png)")
