@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from trakscope.config import DataConfig
 from trakscope.data import load_dataset
@@ -166,8 +167,97 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     assert main(["export", "--run", str(run_dir), "--strategy", "loss", "--fraction", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "true labels restored" in out
-    keep = {int(r["index"]): int(r["label"]) for r in read_csv(run.export_paths("loss_0.1")[0])}
+    keep = {int(r["index"]): int(r["label"]) for r in read_csv(run.export_paths("loss_0.1")[0])
+            if r["split"] == "train"}
     removed = {int(r["index"]) for r in read_csv(run.export_paths("loss_0.1")[1])}
     truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
     assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label
     assert not removed & set(idx) and len(keep) + len(removed) == 200
+
+
+@pytest.fixture(scope="module")
+def canary_run(tmp_path_factory):
+    """A detected tiny run with 10 canaries (100 training examples, one member of one epoch)."""
+    from trakscope.cli import main
+
+    run_dir = tmp_path_factory.mktemp("canaries") / "run"
+    args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "100", "--max-test", "30", "--epochs", "1",
+            "--ensemble", "1", "--checkpoints-per-model", "1", "--proj-dim", "16", "--projector", "dense",
+            "--canaries", "0.1", "--no-progress", "--device", "cpu"]
+    assert main(["run", "--out", str(run_dir), *args]) == 0
+    assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    return run_dir
+
+
+def test_inspect_marks_canaries_in_its_table_and_its_grid(canary_run, tmp_path, monkeypatch, capsys):
+    from trakscope.cli import main
+    from trakscope.commands import inspect as inspect_cmd
+    from trakscope.report.grid import CANARY, influence_grid
+    from trakscope.stages.canaries import canary_table
+
+    canaries = canary_table(RunFolder(canary_run))
+    drawn = {}
+    monkeypatch.setattr(inspect_cmd, "influence_grid", lambda target, rows, png: drawn.update(rows))
+    capsys.readouterr()
+    assert main(["inspect", "--run", str(canary_run), "--target", "0", "--top", "50", "--png",
+                 str(tmp_path / "g.png")]) == 0  # top and bottom 50 of 100: every training example
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().endswith("--canaries)")]
+    assert sorted(int(line[1]) for line in lines) == canaries["index"].tolist()
+    names = RunFolder(canary_run).classes
+    true = dict(zip(canaries["index"].tolist(), canaries["true_label"].tolist()))
+    assert all(line[4] == names[true[int(line[1])]] for line in lines)  # the true label, never "?"
+    tiles = [t for row in drawn.values() for t in row if t["canary"]]
+    assert len(tiles) == 10 and all(", true " in t["title"] and not t["noisy"] for t in tiles)
+
+    def purple_pixels(tiles: list[dict]) -> int:
+        influence_grid({"image": tiles[0]["image"], "title": "t"}, {"row": tiles}, tmp_path / "p.png")
+        rgb = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+        return int((np.abs(rgb - [int(CANARY[i:i + 2], 16) for i in (1, 3, 5)]).sum(-1) < 30).sum())
+
+    assert purple_pixels(tiles[:2]) > 100 and purple_pixels([{**t, "canary": False} for t in tiles[:2]]) == 0
+
+
+def test_removal_retrains_on_the_canaries_true_labels_and_never_removes_them(canary_run, monkeypatch, capsys):
+    """Every retrain, the full-data reference included, trains on the canaries' true labels and keeps them; the
+    table counts them apart; a cached retrain trained on their flipped labels is trained again."""
+    from trakscope.cli import main
+    from trakscope.methods.removal import select_removed
+    from trakscope.stages import removal
+    from trakscope.stages.canaries import canary_table
+
+    run_dir = canary_run
+    run = RunFolder(run_dir)
+    canaries = canary_table(run)
+    trained = []
+
+    def fake_train(model_cfg, train_cfg, dataset, seed, keep=None, **kw):  # records what each retrain trains on
+        trained.append((dataset.train.labels.copy(), np.arange(len(dataset.train)) if keep is None else keep))
+        return None
+
+    monkeypatch.setattr(removal, "train_final_model", fake_train)
+    monkeypatch.setattr(removal, "predict_logits", lambda model, images, **kw: np.zeros((len(images), 10)))
+    capsys.readouterr()
+    cmd = ["removal", "--run", str(run_dir), "--strategies", "random,loss", "--fractions", "0.4", "--seeds", "1",
+           "--no-progress", "--device", "cpu"]
+    assert main(cmd) == 0
+    out = capsys.readouterr().out
+    assert len(trained) == 3  # the reference is retrained too: the ensemble member saw the flipped labels
+    for labels, keep in trained:
+        np.testing.assert_array_equal(labels[canaries["index"]], canaries["true_label"])
+        assert set(canaries["index"]) <= set(keep.tolist())
+    results = json.loads(run.removal_results_path.read_text())
+    assert results["n_canaries"] == 10 and results["reference"]["source"] == ["retrained"]
+    ranking = run.results.ranking(tuple(SCORERS))
+    for row in results["rows"]:
+        selected = select_removed(row["strategy"], 0.4, ranking, seed=run.config.train.seed)
+        spared = int(np.isin(selected, canaries["index"]).sum())
+        assert spared > 0 and (row["n_canaries_kept"], row["n_removed"]) == (spared, len(selected) - spared)
+    assert "canaries kept |" in out and "the 10 labels trakscope flipped itself (--canaries) are never removed" in out
+
+    cached = run.retrain_path("loss_0.4_s0")  # as a cache from before: trained on the flipped labels
+    record = json.loads(cached.read_text())
+    assert record.pop("canaries") == "true labels"
+    cached.write_text(json.dumps(record))
+    run.integrity.seal(cached)
+    trained.clear()
+    assert main(cmd) == 0 and len(trained) == 1

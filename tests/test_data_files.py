@@ -220,6 +220,46 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_imagefolder(folder_cfg(tmp_path, classes=("pizza", "sushi")))
 
 
+def test_val_fraction_zero_takes_an_image_folders_own_val_folder(tmp_path: Path) -> None:
+    """--val-fraction 0: the val/ folder is the validation split (not merged into the pool), every train/ image is
+    in the training split; without a val/ folder the message says what gives one and why it is needed."""
+    for c, color in COLORS.items():
+        for k in range(4):
+            _save(tmp_path / "train" / c / f"a{k}.png", color, fmt="PNG")
+        _save(tmp_path / "val" / c / "v.png", color, fmt="PNG")
+        _save(tmp_path / "test" / c / "t.png", color, fmt="PNG")
+    ds = load_dataset(folder_cfg(tmp_path, val_fraction=0.0, noise=0.0))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 4, 4)
+    assert all(s.startswith("train/") for s in ds.train.source_ids)
+    assert ds.val.source_ids == [f"val/{c}/v.png" for c in sorted(COLORS)]
+    _assert_labels_match_pixels(ds.classes, ds.val)
+    carved = load_dataset(folder_cfg(tmp_path, val_fraction=0.2, noise=0.0))  # > 0: val/ merged, carved by seed
+    assert (len(carved.train), len(carved.val)) == (16, 4)
+    assert any(s.startswith("val/") for s in carved.train.source_ids)
+    for c in COLORS:
+        (tmp_path / "val" / c / "v.png").unlink()
+        (tmp_path / "val" / c).rmdir()
+    (tmp_path / "val").rmdir()
+    with pytest.raises(DataError, match=r"--val-fraction 0 .*no val/ folder beside train/ .* Use --val-fraction 0.1"):
+        load_dataset(folder_cfg(tmp_path, val_fraction=0.0))
+
+
+def test_val_fraction_zero_refused_where_the_source_has_no_validation_split(tmp_path: Path) -> None:
+    make_food101(tmp_path)
+    with pytest.raises(DataError, match="food101 has none .it has a training and a test split only.*d3m, val_all"):
+        load_dataset(food_cfg(tmp_path, val_fraction=0.0))
+    with pytest.raises(DataError, match="digits has none"):
+        load_dataset(DataConfig(dataset="digits", val_fraction=0.0))
+
+
+def test_the_validation_message_names_every_scorer_that_reads_the_validation_split() -> None:
+    from trakscope.data import VALIDATION_SCORERS
+    from trakscope.methods.registry import SCORERS
+
+    reads_val = {n for n, s in SCORERS.items() if any(need.startswith("val_") for need in s.needs)}
+    assert set(VALIDATION_SCORERS) == reads_val
+
+
 # --------------------------------------------------------------------------------------------- parquet
 
 
@@ -263,6 +303,20 @@ def test_hf_parquet_names_selection_and_remap(tmp_path: Path) -> None:
     assert ds.classes == ["tacos", "sushi"] and (len(ds.train), len(ds.val), len(ds.test)) == (8, 2, 4)
     assert ds.train.noisy.sum() == 2
     _assert_labels_match_pixels(ds.classes, ds.val)
+
+
+def test_val_fraction_zero_takes_hf_parquets_validation_shards_beside_test_ones(tmp_path: Path) -> None:
+    make_hf_food(tmp_path)
+    with pytest.raises(DataError, match="hf-parquet has none .no \\*validation\\*.parquet shards beside \\*test"):
+        load_dataset(hf_cfg(tmp_path, val_fraction=0.0))  # its validation shards are the test split
+    rows = [(c, _encoded(color)) for c, color in COLORS.items()]
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", rows, list(COLORS))
+    ds = load_dataset(hf_cfg(tmp_path, val_fraction=0.0, noise=0.0))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (20, 8, 4)
+    assert all(s.startswith("data/validation-") for s in ds.val.source_ids)
+    assert all(s.startswith("data/train-") for s in ds.train.source_ids)
+    _assert_labels_match_pixels(ds.classes, ds.val)
+    assert len(load_dataset(hf_cfg(tmp_path, noise=0.0)).train) < 28  # by default validation joins the pool
 
 
 def test_hf_parquet_classes_txt_and_corrupt_bytes(tmp_path: Path) -> None:

@@ -51,6 +51,25 @@ def test_cli_target_by_source_id_prints_the_same_as_by_index(tiny_run, tmp_path,
     assert "source_ids look like digits:" in capsys.readouterr().err
 
 
+def test_a_training_file_as_target_names_its_training_index_and_suggests_split_train(tiny_run, tmp_path, capsys):
+    run = RunFolder(tiny_run)
+    train, test = run.data.table("train"), run.data.table("test")
+    i = 18
+    source = str(train["source_id"][i])
+    assert source not in set(test["source_id"])
+    assert main(["inspect", "--run", str(tiny_run), "--target", source]) == 2
+    err = capsys.readouterr().err
+    assert f"is training example {i} ({source}), not an example of the test split; add --split train" in err
+    assert "close matches" not in err and len(err.strip().splitlines()) == 1
+    png = tmp_path / "t.png"
+    assert main(["inspect", "--run", str(tiny_run), "--split", "train", "--target", source, "--top", "3",
+                 "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"train example {i} ({source})") and png.stat().st_size > 1000
+    found = stage.inspect_target(run, "train", str(i), top=3)
+    assert np.isclose(found.scores[i], run.results.scores("self")[i], rtol=1e-3)  # its own score: self-influence
+
+
 def test_stored_scores_are_the_labels_margin_and_on_the_fly_scoring_reproduces_them(tiny_run):
     run = RunFolder(tiny_run)
     found = stage.inspect_target(run, "test", "3", top=4)

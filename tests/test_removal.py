@@ -133,6 +133,28 @@ def test_remove_and_retrain_accepts_floats_and_per_example_correctness():
     assert row["paired_delta"] == pytest.approx(0.0)
 
 
+def test_canaries_are_never_removed_and_counted_apart():
+    canary = np.zeros(10, dtype=bool)
+    canary[[3, 6]] = True  # 3: the fourth highest loss; 6: the lowest
+    seen = {}
+
+    def record(job, keep, seed):
+        seen[job.strategy] = keep.tolist()
+        return 0.5
+
+    out = remove_and_retrain(RANKING, record, strategies=("loss",), fractions=(0.4,), seeds=1,
+                             noisy=RANKING["noisy"], canary=canary)
+    assert select_removed("loss", 0.4, RANKING).tolist() == [1, 3, 4, 9]
+    assert seen["loss"] == [0, 2, 3, 5, 6, 7, 8]  # canary 3 selected, kept in the retrain
+    (row,) = out["rows"]
+    assert (row["n_removed"], row["n_noisy_removed"], row["n_canaries_kept"], out["n_canaries"]) == (3, 3, 1, 2)
+    plan = planned_evaluations(RANKING, strategies=("loss",), fractions=(0.4,), seeds=1, canary=canary)
+    assert [r.tolist() for _, _, r in plan] == [[], [1, 4, 9]]
+    no_canaries = remove_and_retrain(RANKING, record, strategies=("loss",), fractions=(0.4,), seeds=1,
+                                     canary=np.zeros(10, dtype=bool))
+    assert "n_canaries" not in no_canaries and "n_canaries_kept" not in no_canaries["rows"][0]
+
+
 def test_planned_evaluations_are_the_calls_remove_and_retrain_makes():
     """What a caller may run ahead (e.g. shared out over torchrun ranks) is exactly what the loop asks for."""
     calls = []
@@ -194,8 +216,12 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert main(["export", "--run", str(run), "--strategy", "negative", "--fraction", "0.1"]) == 0
     keep = read_csv(run / "export" / "keep_negative_0.1.csv")
     removed = read_csv(run / "export" / "removed_negative_0.1.csv")
-    assert len(keep) + len(removed) == len(train) and len(removed) == 20
-    assert not {r["index"] for r in keep} & {r["index"] for r in removed}
+    val = read_csv(run / "data" / "val.csv")
+    # the keep-list holds the validation split carved from the same pool too: together the lists are the pool
+    assert len(keep) + len(removed) == len(train) + len(val) and len(removed) == 20
+    assert [r["split"] for r in keep].count("val") == len(val) and {r["split"] for r in removed} == {"train"}
+    assert {r["source_id"] for r in keep + removed} == {r["source_id"] for r in train + val}
+    assert not {r["index"] for r in keep if r["split"] == "train"} & {r["index"] for r in removed}
     assert all(r["reason"].startswith("d3m=") for r in removed)
     classes = RunFolder(run).classes
     assert all(r["label_name"] == classes[int(r["label"])] for r in keep + removed)

@@ -21,7 +21,7 @@ from trakscope.commands._config_args import config_from_args
 from trakscope.commands.run import check_checkpoint_sources
 from trakscope.config import DataConfig, RunConfig
 from trakscope.models import TinyCNN, WeightsError
-from trakscope.models.weights import check_state_file
+from trakscope.models.weights import check_state_file, load_fitting, read_state_file, wrapper_prefix
 from trakscope.run_folder import FORMAT, RunFolder
 
 from .conftest import TINY_RUN_ARGS
@@ -197,6 +197,53 @@ def test_a_checkpoint_of_the_model_passes_and_a_resume_reads_only_what_it_lacks(
     check_checkpoint_sources(cfg, TinyCNN(10), 10, RunFolder(folder), overwrite=False)
     with pytest.raises(WeightsError, match="moved.safetensors not found"):
         check_checkpoint_sources(cfg, TinyCNN(10), 10, RunFolder(folder), overwrite=True)
+
+
+def test_a_checkpoint_saved_from_distributed_data_parallel_is_imported_without_its_prefix(tiny_run, tmp_path,
+                                                                                          capsys):
+    """DDP saves every name as ``module.<name>``: the prefix is stripped, a line says so, the weights are the same."""
+    original = RunFolder(tiny_run)
+    files = []
+    for m, path in enumerate(original.checkpoint_paths()):
+        state = {f"module.{k}": v for k, v in read_state_file(path).items()}
+        files.append(tmp_path / (f"ddp{m}.safetensors" if m == 0 else f"ddp{m}.pt"))
+        save_file(state, str(files[0])) if m == 0 else torch.save({"model": state}, files[m])
+    out = tmp_path / "imported"
+    assert main(["run", "--out", str(out), *SMALL, "--projector", "dense", "--proj-dim", "16",
+                 "--checkpoints", *map(str, files)]) == 0
+    printed = capsys.readouterr().out
+    for f in files:
+        assert (f"--checkpoints: {f}: every name starts with 'module.' (saved from a DistributedDataParallel or "
+                "DataParallel wrapper): the prefix is stripped") in printed
+    run = RunFolder(out)
+    for m, path in enumerate(original.checkpoint_paths()):
+        theirs, ours = read_state_file(path), read_state_file(run.checkpoint_path(m, 0))
+        assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_checkpoint_that_does_not_load_is_named_with_its_keys(tmp_path, monkeypatch, capsys):
+    """Past the up-front check (e.g. the Python path), the load error names the keys instead of stopping at
+    torch's first line "Error(s) in loading state_dict for TinyCNN:"."""
+    import trakscope.commands.run as run_cmd
+
+    monkeypatch.setattr(run_cmd, "check_checkpoint_sources", lambda *a, **k: None)
+    bad = tmp_path / "linear.safetensors"
+    save_file(torch.nn.Sequential(torch.nn.Linear(3, 10)).state_dict(), str(bad))
+    code, err = _cli(["run", "--out", str(tmp_path / "run"), *SMALL, "--checkpoints", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "does not fit --model tiny_cnn with 10 classes: missing key(s) ['" in err
+    assert "unexpected key(s) ['0.bias', '0.weight'] (2)" in err
+
+
+def test_a_wrapper_prefix_is_stripped_only_where_the_model_has_none():
+    names = ["module.conv.weight", "module.fc.weight"]
+    assert wrapper_prefix(names) == "module." and wrapper_prefix(["module._orig_mod.a"]) == "module._orig_mod."
+    assert wrapper_prefix(names, own=["module.conv.weight"]) == ""  # the model's own child is called module
+    assert wrapper_prefix(["module.a", "fc.b"]) == ""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    wrapped = {f"module.{k}": torch.ones_like(v) for k, v in model.state_dict().items()}
+    load_fitting(model, wrapped, "ddp.pt")  # --weights-path reads it too
+    assert all(torch.equal(v, torch.ones_like(v)) for v in model.state_dict().values())
 
 
 @pytest.mark.parametrize("argv, line", [

@@ -171,8 +171,9 @@ class DataConfig(CheckedSection):
                             legacy="random")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split", bound=POSITIVE)
     max_test: int | None = _opt(None, "seeded stratified subset of the test split", bound=POSITIVE)
-    val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split",
-                               bound=FRACTION)
+    val_fraction: float = _opt(0.1, "fraction of the training pool held out as the validation split; 0: the "
+                                    "data's own validation split (imagefolder's val/ folder, hf-parquet's "
+                                    "validation shards beside test ones)", bound=FRACTION)
     test_fraction: float = _opt(0.2, "fraction held out as test where the source has no test split",
                                 bound=FRACTION)
     seed: int = _opt(0, "seed of the split, the subsets and the planted noise", flag="--data-seed",

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class", dest="margin_class", default=None, metavar="NAME_OR_INDEX",
                         help="attribute the margin of this class (default: the target's label; for --image the "
                              "ensemble's predicted class)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="target split")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train"),
+                        help="target split (train: a training example, scored on the fly; its own score is its "
+                             "self-influence)")
     parser.add_argument("--top", type=int, default=8, help="how many highest and how many lowest to show")
     parser.add_argument("--png", default=None,
                         help="where to save the grid (default: RUN/inspect/<split>_<target>.png)")
@@ -43,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{name}:")
         print(f"  {'rank':>4} {'train':>6} {'score':>11} {'label':>12} {'true':>12}  source")
         for r, e in enumerate(examples):
-            flag = "  NOISY" if e["noisy"] else ""
+            flag = "  NOISY" if e["noisy"] else ("  CANARY (flipped by --canaries)" if e["canary"] else "")
             print(f"  {r + 1:>4} {e['index']:>6} {e['score']:>11.4g} {e['label']:>12} {e['true']:>12}  "
                   f"{e['source_id']}{flag}")
-        rows[name] = [{"image": folder.data.thumbs("train")[e["index"]], "noisy": e["noisy"],
+        rows[name] = [{"image": folder.data.thumbs("train")[e["index"]], "noisy": e["noisy"], "canary": e["canary"],
                        "title": f"#{e['index']}  {e['score']:+.3g}\nlabel {e['label']}"
-                                + (f", true {e['true']}" if e["noisy"] else "")} for e in examples]
+                                + (f", true {e['true']}" if e["noisy"] or e["canary"] else "")} for e in examples]
     png = args.png or found.png
     label = "" if found.label is None else f"\nlabel {classes[found.label]}"
     title = f"{found.description}{label}\npredicted {classes[found.predicted]}"

@@ -12,7 +12,8 @@ from .. import dist
 from ..config import RunConfig, config_diff
 from ..data import load_dataset
 from ..models import WeightsError, build_model, resolve_config
-from ..models.weights import check_state_file
+from ..models.download import check_download_hosts
+from ..models.weights import check_state_file, describe_wrapper, state_shapes, wrapper_prefix
 from ..precision import resolve_run_precision
 from ..run_folder import RunError, RunFolder
 from ..run_lock import hold
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     cfg = config_from_args(args)  # every setting within its bounds (trakscope.config), before anything is touched
+    check_download_hosts(cfg.model)  # --download: a host that does not answer fails in seconds, not minutes
     existing = RunFolder(args.out)
     cfg, moved = resume_config(cfg, existing, args.overwrite)
     cfg = resolve_config(cfg)  # the model's image size and statistics, saved in config.json
@@ -74,6 +76,9 @@ def check_checkpoint_sources(cfg: RunConfig, model: nn.Module, num_classes: int,
     ``--model`` for ``num_classes``): all of them for a new or overwritten folder, else those whose member was not
     imported yet. Only safetensors headers are read (a torch file is loaded with ``weights_only``).
 
+    A file saved from a wrapper (DistributedDataParallel's ``module.`` before every name) is read without it, and a
+    line says so (for ``--weights-path`` too).
+
     Raises:
         WeightsError: naming the file: absent, not a state-dict file, or of another architecture.
     """
@@ -82,9 +87,15 @@ def check_checkpoint_sources(cfg: RunConfig, model: nn.Module, num_classes: int,
         sources = [s for m, s in enumerate(sources) if not run_folder.checkpoint_path(m, 0).exists()]
     for source in sources:
         try:
-            check_state_file(model, source, f"--model {cfg.model.name} with {num_classes} classes")
+            prefix = check_state_file(model, source, f"--model {cfg.model.name} with {num_classes} classes")
         except WeightsError as e:
             raise WeightsError(f"--checkpoints: {e}") from e
+        if prefix and dist.rank() == 0:
+            print(f"--checkpoints: {source}: {describe_wrapper(prefix)}", flush=True)
+    if cfg.model.weights_path and dist.rank() == 0:  # built already: the file is readable and fits
+        prefix = wrapper_prefix(state_shapes(cfg.model.weights_path), model.state_dict())
+        if prefix:
+            print(f"--weights-path: {cfg.model.weights_path}: {describe_wrapper(prefix)}", flush=True)
 def resume_config(cfg: RunConfig, existing: RunFolder, overwrite: bool) -> tuple[RunConfig, str | None]:
     """``(settings to run with, data root to read the data from instead of the saved one)``.
 

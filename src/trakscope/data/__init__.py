@@ -2,7 +2,8 @@
 
 :func:`load_dataset` is the one entry point. It asks a source loader for the class names and the
 source's own train (and test, where it has one) pools, then, all seeded by ``DataConfig.seed``:
-carves test (if the source has none) and validation out of the training pool, takes the
+carves test (if the source has none) and validation out of the training pool (``val_fraction`` 0: takes the
+source's own validation split instead, where it has one), takes the
 ``max_train`` / ``max_test`` stratified subsets, and plants label noise in the training split.
 """
 
@@ -19,7 +20,7 @@ import torch
 from ..config import DataConfig
 from .builtin import load_digits, load_mnist
 from .files import available_classes as _file_classes
-from .files import library_preprocess, load_food101, load_hf_parquet, load_imagefolder
+from .files import library_preprocess, load_food101, load_hf_parquet, load_imagefolder, own_validation
 from .images import (
     DataError,
     Dataset,
@@ -145,8 +146,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if test is None:
         rest, held = stratified_split(pool.labels, cfg.test_fraction, seed=cfg.seed)
         pool, test = pool.subset(rest), pool.subset(held)
-    train_idx, val_idx = stratified_split(pool.labels, cfg.val_fraction, seed=cfg.seed + 1)
-    train, val = pool.subset(train_idx), pool.subset(val_idx)
+    if cfg.val_fraction == 0:
+        train, val = pool, _own_validation(cfg, classes)
+    else:
+        train_idx, val_idx = stratified_split(pool.labels, cfg.val_fraction, seed=cfg.seed + 1)
+        train, val = pool.subset(train_idx), pool.subset(val_idx)
     if cfg.max_train is not None and cfg.max_train < len(classes):
         raise DataError(f"--max-train {cfg.max_train} is fewer than the {len(classes)} classes; a stratified subset "
                         f"needs at least one training image per class (use --max-train {len(classes)} or more, "
@@ -164,6 +168,32 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
     return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)
+
+
+# The scorers of `detect` that read the validation split (the inputs val_scores, val_probs, val_labels of
+# methods/registry.py; tests/test_data_files.py checks this list against the registry).
+VALIDATION_SCORERS = ("d3m", "val_all", "val_same_label")
+_NO_OWN_VALIDATION = {"imagefolder": ("no val/ folder beside train/ in {root}", ", or add {root}/val/<class>/ images"),
+                      "hf-parquet": ("no *validation*.parquet shards beside *test* ones in {root}",
+                                     ", or add validation shards")}
+
+
+def _own_validation(cfg: DataConfig, classes: list[str]) -> ImageSplit:
+    """The source's own validation split for ``--val-fraction 0`` (:func:`~.files.own_validation`).
+
+    Raises:
+        DataError: the source has none; one line saying what would give one and why trakscope needs it.
+    """
+    val = own_validation(cfg, classes)
+    if val is not None:
+        return val
+    lacks, add = _NO_OWN_VALIDATION.get(cfg.dataset, ("it has a training and a test split only", ""))
+    root = cfg.data_root or "the data root"
+    raise DataError(f"--val-fraction 0 takes the data's own validation split, and {cfg.dataset} has none "
+                    f"({lacks.format(root=root)}); trakscope needs one: `run` measures the ensemble on it and "
+                    f"detect's D3M and validation-influence scorers ({', '.join(VALIDATION_SCORERS)}) score every "
+                    "training example against it. Use --val-fraction 0.1 (the default: carved from the training "
+                    f"pool and listed in `export`'s keep-list with split=val){add.format(root=root)}")
 
 
 def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):

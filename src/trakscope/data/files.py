@@ -45,7 +45,8 @@ FOOD101_LAYOUT = """\
 
 IMAGEFOLDER_LAYOUT = """\
 <data_root>/train/<class>/<image>      with split folders: test/ (optional; carved by seed if absent)
-<data_root>/test/<class>/<image>       and val/ (optional; merged into the training pool)
+<data_root>/test/<class>/<image>       and val/ (optional; merged into the training pool, or the validation
+<data_root>/val/<class>/<image>        split itself with --val-fraction 0)
 or a single folder:
 <data_root>/<class>/<image>            (test carved by seed)
 image files: .jpg .jpeg .png .bmp .gif .webp"""
@@ -200,15 +201,17 @@ def load_imagefolder(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit
     """Images in ``<root>/<split>/<class>/`` (``train``, optional ``test`` and ``val``) or ``<root>/<class>/``.
 
     With split folders, classes are the sub-folders of ``train/`` and a ``val/`` folder is merged into
-    the training pool (``load_dataset`` carves validation by seed); without ``test/`` (or with a single
-    folder) the test pool is ``None`` and is carved by seed.
+    the training pool (``load_dataset`` carves validation by seed), or, with ``cfg.val_fraction == 0``, left out
+    of it (:func:`own_validation` reads it); without ``test/`` (or with a single folder) the test pool is ``None``
+    and is carved by seed.
 
     Raises:
         DataError: the folder is missing, or a chosen class has no training image.
     """
     root = _data_root(cfg, IMAGEFOLDER_LAYOUT)
     if (root / "train").is_dir():
-        train_dirs = [root / "train"] + ([root / "val"] if (root / "val").is_dir() else [])
+        merge_val = (root / "val").is_dir() and cfg.val_fraction > 0  # at 0 it is the validation split itself
+        train_dirs = [root / "train"] + ([root / "val"] if merge_val else [])
         test_dirs = [root / "test"] if (root / "test").is_dir() else []
     else:
         train_dirs, test_dirs = [root], []
@@ -273,10 +276,12 @@ def _split_tags(rel: Path) -> set[str]:
     return set(re.split(r"[-_./\\]+", rel.with_suffix("").as_posix().lower()))
 
 
-def _parquet_files(root: Path) -> tuple[list[Path], list[Path]]:
-    """``(train files, test files)``: test is ``*test*`` if present, else ``*validation*``.
+def _parquet_files(root: Path, cfg: DataConfig) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(training pool files, test files, own validation files)``: test is ``*test*`` if present, else
+    ``*validation*``.
 
-    Validation files are merged into the training files when test files exist too.
+    Validation files beside test files are merged into the training pool, or, with ``cfg.val_fraction == 0``, kept
+    apart as the validation split itself (the third list, else empty).
     """
     files = sorted(root.rglob("*.parquet"))
     tags = {f: _split_tags(f.relative_to(root)) for f in files}
@@ -285,7 +290,9 @@ def _parquet_files(root: Path) -> tuple[list[Path], list[Path]]:
     test = [f for f in files if "test" in tags[f] and f not in train]
     if not train:
         raise _layout_error(f"no *train*.parquet files under {root}", HF_PARQUET_LAYOUT)
-    return (train + valid, test) if test else (train, valid)
+    if not test:
+        return train, valid, []
+    return (train + valid, test, []) if cfg.val_fraction > 0 else (train, test, valid)
 
 
 def _hf_class_names(schema: Any, label: str) -> list[str] | None:
@@ -360,7 +367,7 @@ def load_hf_parquet(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit 
     except ImportError:
         raise DataError("hf-parquet needs pyarrow: pip install 'trakscope[hf]'") from None
     root = _data_root(cfg, HF_PARQUET_LAYOUT)
-    train_files, test_files = _parquet_files(root)
+    train_files, test_files, _ = _parquet_files(root, cfg)
     names = _parquet_class_names(root, train_files, pq)
     classes = choose_classes(names, cfg)
     old_to_new = {names.index(c): i for i, c in enumerate(classes)}
@@ -386,4 +393,30 @@ def available_classes(cfg: DataConfig) -> list[str]:
     except ImportError:
         raise DataError("hf-parquet needs pyarrow: pip install 'trakscope[hf]'") from None
     root = _data_root(cfg, HF_PARQUET_LAYOUT)
-    return _parquet_class_names(root, _parquet_files(root)[0], pq)
+    return _parquet_class_names(root, _parquet_files(root, cfg)[0], pq)
+# --------------------------------------------------------------------------------------------- own validation
+
+
+def own_validation(cfg: DataConfig, classes: list[str]) -> ImageSplit | None:
+    """The source's own validation split, for ``cfg.val_fraction == 0``: an image folder's ``<root>/val/`` beside
+    ``train/``, or hf-parquet's validation shards beside test ones; None where the source has none (Food-101 and
+    the built-in datasets have train and test only).
+
+    Args:
+        classes: the chosen class names, as the training pool's loader returned them (class ``k`` = ``classes[k]``).
+    """
+    if cfg.dataset == "imagefolder":
+        root = _data_root(cfg, IMAGEFOLDER_LAYOUT)
+        if not ((root / "train").is_dir() and (root / "val").is_dir()):
+            return None
+        return _folder_split(root, [root / "val"], classes, cfg)
+    if cfg.dataset == "hf-parquet":
+        import pyarrow.parquet as pq  # lazy: pyarrow is optional; load_hf_parquet has already imported it
+
+        root = _data_root(cfg, HF_PARQUET_LAYOUT)
+        train_files, _, valid_files = _parquet_files(root, cfg)
+        if not valid_files:
+            return None
+        names = _parquet_class_names(root, train_files, pq)
+        return _read_parquet_split(root, valid_files, {names.index(c): i for i, c in enumerate(classes)}, cfg, pq)
+    return None

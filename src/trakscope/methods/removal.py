@@ -62,6 +62,19 @@ def _column(ranking: dict[str, np.ndarray], name: str) -> np.ndarray:
     return np.asarray(ranking[name], dtype=np.float64)
 
 
+def spare_canaries(selected: np.ndarray, canary: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """``(removed, n_spared)``: a selection (sorted int64 training indices) less the canaries, and how many it held.
+
+    Canaries (bool ``[n_train]``, or None: none) are labels flipped on purpose to measure detection, not the data's
+    errors: they are never removed, and a retrain trains on their true labels (as ``export``'s keep-list has them).
+    """
+    selected = np.asarray(selected, dtype=np.int64)
+    if canary is None:
+        return selected, 0
+    spared = np.asarray(canary, dtype=bool)[selected]
+    return selected[~spared], int(spared.sum())
+
+
 def removal_reason(strategy: str, ranking: dict[str, np.ndarray], index: int) -> str:
     """Why ``strategy`` removed training example ``index``, e.g. ``d3m=-0.0123 (rank 4 of 1000, lowest first)``."""
     s = registry.strategy(strategy)
@@ -175,6 +188,8 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
                "n_noisy_removed": float(np.mean([r["n_noisy_removed"] for r in rs])),
                "test_acc": accs, "mean": mean, "se": se, "delta_vs_full": mean - ref_mean,
                "paired_delta": paired, "paired_se": paired_se, "seeds": seeds}
+        if "n_canaries_kept" in rs[0]:  # only with canaries: a run without them keeps its results as they were
+            row["n_canaries_kept"] = float(np.mean([r["n_canaries_kept"] for r in rs]))
         worst = [r.get("worst_group_acc") for r in rs]
         if all(w is not None for w in worst) and all(s in ref_worst for s in seeds):
             row["worst_group_acc"] = worst
@@ -244,21 +259,29 @@ Evaluate = Callable[..., "float | Mapping"]  # (job, keep, seed), and labels= fo
 def planned_evaluations(ranking: Mapping[str, np.ndarray], *,
                         strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
                         fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3,
-                        base_seed: int = 0) -> list[tuple[Job, int, np.ndarray]]:
+                        base_seed: int = 0, canary: np.ndarray | None = None) -> list[tuple[Job, int, np.ndarray]]:
     """Every ``evaluate`` call of :func:`remove_and_retrain`, in its order, as ``(job, seed, removed)``.
 
     Per seed offset: the full-data reference (``job.strategy == "full"``, nothing removed), then
-    :func:`plan_jobs`' jobs of that offset. ``removed`` is the sorted int64 selection of :func:`select_removed`;
-    the rows kept are the others. Lets a caller run the retrains ahead (e.g. shared out over processes).
+    :func:`plan_jobs`' jobs of that offset. ``removed`` is the sorted int64 selection of :func:`select_removed`
+    less the canaries (bool ``[n_train]``, :func:`spare_canaries`); the rows kept are the others. Lets a caller run
+    the retrains ahead (e.g. shared out over processes).
     """
+    return [(job, seed, removed) for job, seed, removed, _ in _plan(ranking, strategies, fractions, seeds, base_seed,
+                                                                    canary)]
+
+
+def _plan(ranking: Mapping[str, np.ndarray], strategies: tuple[str, ...], fractions: tuple[float, ...], seeds: int,
+          base_seed: int, canary: np.ndarray | None) -> list[tuple[Job, int, np.ndarray, int]]:
+    """:func:`planned_evaluations`' calls, each with the number of canaries its selection held (and kept)."""
     plan = plan_jobs(strategies, fractions, seeds)
     out = []
     for offset in range(seeds):
         seed = base_seed + offset
-        out.append((Job("full", math.nan, offset), seed, np.zeros(0, dtype=np.int64)))
+        out.append((Job("full", math.nan, offset), seed, np.zeros(0, dtype=np.int64), 0))
         for job in [j for j in plan if j.offset == offset]:
             fraction = 0.0 if math.isnan(job.fraction) else job.fraction
-            out.append((job, seed, select_removed(job.strategy, fraction, ranking, seed)))
+            out.append((job, seed, *spare_canaries(select_removed(job.strategy, fraction, ranking, seed), canary)))
     return out
 
 
@@ -280,7 +303,8 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
                        strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
                        fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3, base_seed: int = 0,
                        noisy: np.ndarray | None = None, test_groups: np.ndarray | None = None,
-                       on_job: Callable[[Job], None] | None = None, true_labels: np.ndarray | None = None) -> dict:
+                       canary: np.ndarray | None = None, on_job: Callable[[Job], None] | None = None,
+                       true_labels: np.ndarray | None = None) -> dict:
     """Retrain without each strategy's selection, ``seeds`` times, and summarise accuracy against full data.
 
     Args:
@@ -297,6 +321,9 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
         noisy: bool ``[n_train]`` planted wrong labels, to count how many each selection removed.
         true_labels: int ``[n_train]`` true labels where known, to count how many wrong labels a relabel fixed.
         test_groups: int ``[n_test]`` group of each test example (e.g. its class) for worst-group accuracy.
+        canary: bool ``[n_train]`` canaries (labels flipped on purpose): never removed (:func:`spare_canaries`);
+            train them on their true labels in ``evaluate``. With any, the summary has ``n_canaries`` and each row
+            ``n_canaries_kept`` (those its selection held, mean over seeds).
         on_job: called before each job (a progress bar's hook).
 
     Returns:
@@ -304,10 +331,10 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
     """
     n = len(ranking["index"])
     noisy = np.zeros(n, dtype=bool) if noisy is None else np.asarray(noisy, dtype=bool)
+    canary = None if canary is None or not np.any(canary) else np.asarray(canary, dtype=bool)
     every = np.arange(n, dtype=np.int64)
     references, results = [], []
-    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
-    for job, seed, removed in plan:
+    for job, seed, removed, spared in _plan(ranking, strategies, fractions, seeds, base_seed, canary):
         if on_job:
             on_job(job)
         labels = None if job.strategy == "full" else relabeled_labels(job.strategy, removed, ranking)
@@ -318,8 +345,10 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
         if job.strategy == "full":
             references.append({"seed": seed, **got})
             continue
-        results.append(_entry(job, seed, removed, labels, noisy, true_labels, got))
-    return summarize(results, references, n, int(noisy.sum()))
+        results.append(_entry(job, seed, removed, labels, noisy, true_labels, got)
+                       | ({} if canary is None else {"n_canaries_kept": spared}))
+    summary = summarize(results, references, n, int(noisy.sum()))
+    return summary if canary is None else {**summary, "n_canaries": int(canary.sum())}
 
 
 def _as_result(value: float | Mapping, test_groups: np.ndarray | None = None) -> dict:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -14,8 +17,43 @@ class WeightsError(Exception):
     """Pretrained weights were asked for but are absent or not the expected file."""
 
 
+# What a wrapper adds in front of every name of the wrapped model's state dict, and the wrapper.
+WRAPPERS = {"module.": "DistributedDataParallel or DataParallel", "_orig_mod.": "torch.compile"}
+V = TypeVar("V")
+
+
+def wrapper_prefix(names: Iterable[str], own: Iterable[str] = ()) -> str:
+    """The wrappers' prefix that every name starts with: ``module.`` for a model saved from DistributedDataParallel,
+    ``module._orig_mod.`` for nested wrappers, '' for none (:data:`WRAPPERS`).
+
+    Args:
+        own: the names of the model the state is for: a prefix its own names have too is no wrapper's.
+    """
+    names, own, prefix = list(names), list(own), ""
+    while names:
+        found = next((p for p in WRAPPERS if all(n.startswith(p) for n in names)
+                      and not (own and all(n.startswith(prefix + p) for n in own))), None)
+        if found is None:
+            break
+        prefix, names = prefix + found, [n[len(found):] for n in names]
+    return prefix
+
+
+def unwrapped(state: Mapping[str, V], own: Iterable[str] = ()) -> dict[str, V]:
+    """``state`` with its :func:`wrapper_prefix` taken off every name."""
+    cut = len(wrapper_prefix(state, own))
+    return {k[cut:]: v for k, v in state.items()}
+
+
+def describe_wrapper(prefix: str) -> str:
+    """One line: what a :func:`wrapper_prefix` means and that it is stripped."""
+    wrappers = " around ".join(WRAPPERS[p + "."] for p in prefix.split(".")[:-1])
+    return f"every name starts with '{prefix}' (saved from a {wrappers} wrapper): the prefix is stripped"
+
+
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors``, or from a torch file read with ``weights_only=True``.
+    """A state dict from ``.safetensors``, or from a torch file read with ``weights_only=True``, names as saved
+    (:func:`unwrapped` takes a wrapper's ``module.`` off).
 
     A torch file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (a training checkpoint) is unwrapped.
 
@@ -51,8 +89,8 @@ def _torch_reason(error: BaseException) -> str:
 
 
 def state_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a state-dict file: from a ``.safetensors`` header alone (no tensor is read;
-    the header is checked to cover the whole file), or from a torch file read with ``weights_only``.
+    """Name (as saved) -> shape of every tensor in a state-dict file: from a ``.safetensors`` header alone (no tensor
+    is read; the header is checked to cover the whole file), or from a torch file read with ``weights_only``.
 
     Raises:
         WeightsError: the file is absent, is not a whole safetensors file (text, cut short), or holds no state dict.
@@ -69,24 +107,30 @@ def state_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         raise WeightsError(f"{path} is not a readable safetensors file ({one_line(e)})") from e
 
 
-def check_state_file(model: nn.Module, path: str | Path, described: str) -> None:
+def check_state_file(model: nn.Module, path: str | Path, described: str) -> str:
     """Refuse a state-dict file that would not load strictly into ``model``: the same names (a missing BatchNorm
-    ``num_batches_tracked`` aside, as ``load_state_dict`` allows) and shapes, read from the file's header.
+    ``num_batches_tracked`` aside, as ``load_state_dict`` allows; a wrapper's prefix stripped as
+    :func:`read_state_file` does) and shapes, read from the file's header.
 
     Args:
         described: the model in words for the message, e.g. ``--model tiny_cnn with 10 classes``.
 
+    Returns:
+        the wrapper's prefix the names had (:func:`wrapper_prefix`), '' for none.
+
     Raises:
         WeightsError: one line naming the file and the first names that differ.
     """
-    theirs = state_shapes(path)
+    saved = state_shapes(path)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = unwrapped(saved, own)
     missing = [k for k in own if k not in theirs and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in theirs if k not in own]
     reshaped = [f"{k} {list(theirs[k])} (model {list(own[k])})" for k in theirs if k in own and theirs[k] != own[k]]
     if missing or unexpected or reshaped:
         raise WeightsError(f"{path} does not fit {described}: missing {_few(missing)}, unexpected {_few(unexpected)}, "
                            f"other shape {_few(reshaped)}; give checkpoints of that architecture")
+    return wrapper_prefix(saved, own)
 
 
 def head_prefix(model: nn.Module) -> str:
@@ -96,12 +140,14 @@ def head_prefix(model: nn.Module) -> str:
 
 
 def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` in place; head tensors of another shape keep the fresh initialisation.
+    """Load ``state`` into ``model`` in place (a wrapper's prefix stripped, :func:`unwrapped`); head tensors of another
+    shape keep the fresh initialisation.
 
     Raises:
         WeightsError: keys are missing or unexpected, or a tensor outside the head has another shape.
     """
     own = model.state_dict()
+    state = unwrapped(state, own)
     head = head_prefix(model)
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
@@ -113,6 +159,18 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"other shape outside the head {head!r}: {_few(misfit)}"
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
+
+
+def load_error(error: BaseException) -> str:
+    """torch's ``load_state_dict`` error on one line, each list of names (missing, unexpected keys) cut to the first
+    few with their count, e.g. ``missing key(s) ['fc.weight', 'fc.bias'] (2); size mismatch for ...``."""
+    parts = []
+    for line in str(error).splitlines()[1:]:  # the first line only says "Error(s) in loading state_dict for X:"
+        head, _, rest = line.strip().partition(": ")
+        names = re.findall(r'"([^"]+)"', rest)
+        parts.append(f"{head.removesuffix(' in state_dict').lower()} {_few(names)}" if head.endswith("key(s) in "
+                     "state_dict") and names else line.strip())
+    return one_line(ValueError("; ".join(p for p in parts if p))) if any(parts) else one_line(error)
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
-POSITIVE, NEGATIVE, NOISY = "#1a7f37", "#cf222e", "#bf8700"
+POSITIVE, NEGATIVE, NOISY, CANARY = "#1a7f37", "#cf222e", "#bf8700", "#8250df"
 # Titles hold class names and file names: show them as typed, never as mathtext ("$x^2$") or LaTeX.
 PLAIN = {"parse_math": False, "usetex": False}
 
@@ -37,13 +37,14 @@ def fit_text(text: str, width: int, max_lines: int = TITLE_LINES) -> str:
     return "\n".join(out)
 
 
-def _tile(ax, image: np.ndarray, title: str, color: str, noisy: bool = False, width: int = TILE_CHARS) -> None:
+def _tile(ax, image: np.ndarray, title: str, color: str, noisy: bool = False, width: int = TILE_CHARS,
+          canary: bool = False) -> None:
     ax.imshow(image, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
-        spine.set_edgecolor(NOISY if noisy else color)
-        spine.set_linewidth(3 if noisy else 1.5)
+        spine.set_edgecolor(NOISY if noisy else CANARY if canary else color)
+        spine.set_linewidth(3 if noisy or canary else 1.5)
     ax.set_title(fit_text(title, width), fontsize=7.5, color="black", pad=3, **PLAIN)
 
 
@@ -55,7 +56,7 @@ def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> Non
 
     Args:
         target: ``image`` (uint8 ``[T, T, 3]``), ``title``.
-        rows: name -> list of ``{"image", "title", "noisy"}`` tiles.
+        rows: name -> list of ``{"image", "title", "noisy"}`` tiles, with ``"canary": True`` for a canary.
     """
     k = max(len(v) for v in rows.values())
     lines = max(fit_text(t["title"], TILE_CHARS).count("\n") + 1 for v in rows.values() for t in v)
@@ -67,13 +68,19 @@ def influence_grid(target: dict, rows: dict[str, list[dict]], path: Path) -> Non
     for r, (name, tiles) in enumerate(rows.items()):
         color = POSITIVE if r == 0 else NEGATIVE
         for c, tile in enumerate(tiles):
-            _tile(fig.add_subplot(grid[r, c + 1]), tile["image"], tile["title"], color, tile["noisy"])
+            _tile(fig.add_subplot(grid[r, c + 1]), tile["image"], tile["title"], color, tile["noisy"],
+                  canary=tile.get("canary", False))
         fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 1 - (r + 0.02) / len(rows), fit_text(name, 13 * k, 3), color=color,
                  fontsize=9,
                  ha="center", va="bottom", weight="bold", **PLAIN)
-    if any(tile["noisy"] for tiles in rows.values() for tile in tiles):
-        fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 0.03, "thick gold frame: a planted wrong label (label ≠ true)",
-                 color=NOISY, fontsize=8, ha="center", va="top")
+    tiles = [tile for row in rows.values() for tile in row]
+    legend = [(text, color) for text, color, shown in (
+        ("thick gold frame: a planted wrong label (label ≠ true)", NOISY, any(t["noisy"] for t in tiles)),
+        ("thick purple frame: a canary, a label trakscope flipped itself (--canaries)", CANARY,
+         any(t.get("canary", False) for t in tiles))) if shown]
+    for line, (text, color) in enumerate(legend):
+        fig.text(0.5 + 0.5 * 1.4 / (k + 1.4), 0.03 - 0.04 * line, text, color=color, fontsize=8, ha="center",
+                 va="top")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)

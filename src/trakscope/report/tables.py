@@ -29,14 +29,19 @@ def removal_table(summary: dict) -> str:
     """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, the paired
     difference to the full-data model of the same seed (mean ± SE over seeds), and worst-group accuracy with its
     paired difference where known. On imported checkpoints their own accuracy (mean over the members) stands under
-    the full-data row, with its difference to it."""
+    the full-data row, with its difference to it. With canaries, a column of those each selection held and kept,
+    and a line below saying how the retrains treat them."""
     ref = summary["reference"]
     worst = "worst_group_mean" in ref
+    canaries = summary.get("n_canaries", 0)
     heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full, paired (± SE)"]
     full = ["full data", "0", f"0 of {summary['n_noisy']}", _pm(ref["mean"], ref["se"]), "—"]
     if worst:
         heads += ["worst-group acc", "Δ worst-group, paired"]
         full += [_pm(ref["worst_group_mean"], ref["worst_group_se"]), "—"]
+    if canaries:
+        heads.append("canaries kept")
+        full.append(f"0 of {canaries}")
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), "| " + " | ".join(full) + " |"]
     if "imported" in summary:  # the checkpoints the user gave, beside the full-data retrains of trakscope's recipe
         own = summary["imported"]
@@ -51,7 +56,13 @@ def removal_table(summary: dict) -> str:
             has = "worst_group_mean" in r
             cells += [_pm(r["worst_group_mean"], r["worst_group_se"]) if has else "—",
                       _signed(r.get("worst_group_paired_delta"), r.get("worst_group_paired_se"))]
+        if canaries:
+            cells.append(_count(r.get("n_canaries_kept", 0)))
         lines.append("| " + " | ".join(cells) + " |")
+    if canaries:
+        lines.append(f"\ncanaries: the {canaries} labels trakscope flipped itself (--canaries) are never removed and "
+                     "every retrain, the full-data reference included, trains on their true labels (as export's "
+                     "keep-list has them); 'canaries kept' counts those a strategy selected, left out of 'removed'")
     return "\n".join(lines)
 
 

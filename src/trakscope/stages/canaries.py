@@ -1,14 +1,15 @@
 """Canaries: label flips trakscope plants itself (``--canaries``) so that detection quality is known on any data.
 
 They are recorded in ``data/canaries.csv`` (never in ``noisy``: they are not the data's own errors). ``detect``
-measures every scorer on them, ``ranking.csv`` marks them and ``export`` restores their true labels.
+measures every scorer on them, ``ranking.csv`` and ``inspect`` mark them, ``export`` restores their true labels and
+``removal`` retrains on their true labels, never removing them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..data import ImageSplit
+from ..data import Dataset, ImageSplit
 from ..io import read_csv, write_csv
 from ..run_folder import RunFolder
 
@@ -36,3 +37,14 @@ def canary_mask(run: RunFolder, n_train: int) -> np.ndarray:
     mask = np.zeros(n_train, dtype=bool)
     mask[canary_table(run)["index"]] = True
     return mask
+
+
+def with_true_canary_labels(dataset: Dataset) -> Dataset:
+    """``dataset`` whose training canaries carry their true labels (what ``removal`` retrains on, as ``export``'s
+    keep-list has them); ``dataset`` itself when it has none."""
+    train = dataset.train
+    if train.canary is None or not train.canary.any():
+        return dataset
+    labels = np.where(train.canary, train.true_labels, train.labels)
+    restored = ImageSplit(train.images, labels, train.true_labels, train.source_ids, train.canary)
+    return Dataset(dataset.name, dataset.classes, restored, dataset.val, dataset.test)

@@ -1,8 +1,9 @@
 """The ``inspect`` stage: the training examples that raise and lower one class's margin on one target.
 
-A target is an example of the test or val split (by index, ``source_id`` or file name) or a new image file.
-Stored scores (``scores/<split>.npy``) are for the margin of each target's own label; the margin of any other
-class, and every new image, is scored on the fly under every checkpoint of the run (nothing is stored).
+A target is an example of the test, val or train split (by index, ``source_id`` or file name) or a new image file.
+Stored scores (``scores/<split>.npy``) are for the margin of each test and val target's own label; the margin of
+any other class, a training example and every new image are scored on the fly under every checkpoint of the run
+(nothing is stored).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from ..data import TensorImages, decode_file
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
+from .canaries import canary_mask
 from .detect import ground_truth
 from .ensemble import Runtime, engine_checkpoints, engine_state, ensemble_predict, trak_engine
 
@@ -70,6 +72,28 @@ def resolve_target(table: dict[str, np.ndarray], split: str, target: str) -> int
                      f"{hint}")
 
 
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def found_elsewhere(run: RunFolder, split: str, target: str) -> str | None:
+    """Where a ``target`` that names no example of ``split`` is instead, as one line suggesting ``--split``, e.g.
+    "--target 'img0890.png' is training example 18 (train/pizza/img0890.png), not of the test split; add --split
+    train"; None for an index or a name no other split has."""
+    if target.strip().lstrip("-").isdigit():
+        return None
+    for other in SPLIT_NAMES:
+        if other == split:
+            continue
+        table = run.data.table(other)
+        try:
+            i = resolve_target(table, other, target)
+        except ValueError:
+            continue
+        return (f"--target {target!r} is {SPLIT_NAMES[other]} example {i} ({table['source_id'][i]}), not an example "
+                f"of the {split} split; add --split {other} to inspect it")
+    return None
+
+
 def resolve_class(classes: list[str], value: str) -> int:
     """Class id named by ``value``: a class name (exact, else case-insensitive) or an index.
 
@@ -116,12 +140,20 @@ def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> n
 
 def inspect_target(run: RunFolder, split: str, target: str, margin_class: str | None = None,
                    top: int = 8) -> Inspection:
-    """Attribution of example ``target`` of ``split``; stored scores unless another class's margin is asked for."""
+    """Attribution of example ``target`` of ``split``; stored scores unless another class's margin is asked for, or
+    the target is a training example (scored on the fly: its own score is its self-influence).
+
+    Raises:
+        ValueError: ``target`` names no example of ``split`` (the message says which split has it, if one does).
+    """
     table, classes = run.data.table(split), run.classes
-    i = resolve_target(table, split, target)
+    try:
+        i = resolve_target(table, split, target)
+    except ValueError as e:
+        raise ValueError(found_elsewhere(run, split, target) or str(e)) from None
     label, predicted = int(table["label"][i]), int(run.results.probs(split)[i].argmax())
     c = label if margin_class is None else resolve_class(classes, margin_class)
-    if c == label:  # scores/<split>.npy holds each target's own label's margin
+    if c == label and split != "train":  # scores/<split>.npy holds each target's own label's margin
         column = np.asarray(run.results.scores(split)[:, i], dtype=np.float64)
     else:
         x = run.data.dataset().split(split).images.batch(np.array([i]))
@@ -158,12 +190,15 @@ def _found(description: str, image: np.ndarray, label: int | None, predicted: in
 
 
 def train_rows(run: RunFolder, found: Inspection) -> list[list[dict]]:
-    """For the highest and the lowest scores: one dict per training example (index, score, names, noisy)."""
+    """For the highest and the lowest scores: one dict per training example (index, score, names, noisy, canary:
+    a label trakscope flipped itself with ``--canaries``, whose true label is always known)."""
     train, classes = run.data.table("train"), run.classes
     known = ground_truth(run) == "planted"
+    canary = canary_mask(run, len(train["index"]))
     out = []
     for idx in (found.top, found.bottom):
         out.append([{"index": int(i), "score": float(found.scores[i]), "label": classes[train["label"][i]],
-                     "true": classes[train["true_label"][i]] if known else "?", "noisy": bool(train["noisy"][i]),
+                     "true": classes[train["true_label"][i]] if known or canary[i] else "?",
+                     "noisy": bool(train["noisy"][i]), "canary": bool(canary[i]),
                      "source_id": str(train["source_id"][i])} for i in idx])
     return out

@@ -5,7 +5,8 @@ The loop and the summary are :func:`~trakscope.methods.removal.remove_and_retrai
 caches each result as ``removal/retrains/<job>.json`` (with a hash of the removed indices, so a changed selection is
 retrained, and the name of a ``train_fn``), and takes the full-data reference of a seed from the ensemble member
 trained with that same seed and recipe. On imported checkpoints the full-data retrains' accuracy is set beside
-the checkpoints' own (:func:`imported_reference`).
+the checkpoints' own (:func:`imported_reference`). Canaries (``--canaries``) are never removed and every retrain,
+the full-data reference included (the members trained on their flipped labels), trains on their true labels.
 
 The retrains are run ahead of the summary (:func:`share_retrains`): under torchrun each rank trains its share
 of those not yet cached, then every rank summarises from the cache and rank 0 writes the results.
@@ -34,6 +35,7 @@ from ..methods.removal import (
 from ..progress import progress_bar
 from ..run_folder import RunFolder
 from ..train import predict_logits, train_final_model
+from .canaries import canary_mask, canary_table, with_true_canary_labels
 from .detect import load_ranking
 from .ensemble import member_logits
 from .groups import read_groups
@@ -46,10 +48,12 @@ def correct_on_test(run: RunFolder, keep: np.ndarray | None, seed: int, device: 
                     progress: bool = True, labels: np.ndarray | None = None,
                     train_fn: TrainFn | None = None) -> np.ndarray:
     """Train the run's architecture (or ``train_fn``) on ``keep`` with ``seed`` (and the training labels ``labels``,
-    int64 ``[n_train]``, where given: a relabel strategy's); bool ``[n_test]``: is each test example right."""
+    int64 ``[n_train]``, where given: a relabel strategy's; canaries on their true labels either way); bool
+    ``[n_test]``: is each test example right."""
     cfg, dataset = run.config, run.data.dataset()
     if labels is not None:
         dataset = dataclasses.replace(dataset, train=dataclasses.replace(dataset.train, labels=labels))
+    dataset = with_true_canary_labels(dataset)
     model = train_final_model(cfg.model, cfg.train, dataset, seed=seed, keep=keep, device=device, progress=progress) \
         if train_fn is None else user_network(train_fn, dataset, keep, seed, device)
     logits = predict_logits(model, dataset.test.images, device=device, num_workers=cfg.train.num_workers)
@@ -70,10 +74,11 @@ def _correct(run: RunFolder, logits: np.ndarray) -> np.ndarray:
 def ensemble_member(run: RunFolder, seed: int, train_fn: TrainFn | None = None) -> int | None:
     """The ensemble member trained with ``seed`` (same data and recipe as a full-data retrain), if any.
 
-    None when no member has that seed, when the members were not trained by trakscope from this config, or when
-    the retrains use another recipe (``train_fn``).
+    None when no member has that seed, when the members were not trained by trakscope from this config, when
+    the retrains use another recipe (``train_fn``), or when the members trained on canaries' flipped labels (a
+    retrain trains on their true labels).
     """
-    if run.config.model.checkpoints or train_fn is not None:
+    if run.config.model.checkpoints or train_fn is not None or _has_canaries(run):
         return None
     metrics = run.results.optional(run.metrics_path, "model_metrics")
     for m in (metrics or {}).get("models", []):
@@ -94,6 +99,13 @@ def ensemble_member_accuracy(run: RunFolder, seed: int, device: str = "cpu") -> 
     return {"test_acc": float(correct.mean()), "correct": correct, "source": f"ensemble member {member}"}
 
 
+def _has_canaries(run: RunFolder) -> bool:
+    return len(canary_table(run)["index"]) > 0
+
+
+CANARY_LABELS = {"canaries": "true labels"}  # in a retrain's cache with canaries: trained on their true labels
+
+
 def _retrain_path(run: RunFolder, job: Job):
     return run.retrain_path(job.key if job.strategy != "full" else f"full_s{job.offset}")
 
@@ -111,6 +123,8 @@ def cached_retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray,
             "test_correct" not in cached or cached.get("labels_sha256") != _labels_hash(labels) or \
             cached.get("recipe") != recipe:
         return None
+    if _has_canaries(run) and cached.get("canaries") != CANARY_LABELS["canaries"]:
+        return None  # trained on the canaries' flipped labels (before trakscope restored them)
     correct = np.array([c == "1" for c in cached["test_correct"]], dtype=bool)
     return {"test_acc": cached["test_acc"], "correct": correct, "source": "retrained"}
 
@@ -135,7 +149,8 @@ def _retrain(run: RunFolder, job: Job, seed: int, removed: np.ndarray, device: s
     record = {**({"recipe": recipe} if recipe else {}),
         "strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction, "seed": seed,
         "removed_sha256": indices_hash(removed), "n_removed": int(len(removed)), "test_acc": acc,
-        "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2)}
+        "test_correct": "".join("1" if c else "0" for c in correct), "seconds": round(time.perf_counter() - t0, 2),
+        **(CANARY_LABELS if _has_canaries(run) else {})}
     if labels is not None:
         record.update(action="relabel", labels_sha256=_labels_hash(labels))
     write_json(_retrain_path(run, job), record)
@@ -239,13 +254,14 @@ def run_removal(run: RunFolder, strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     t0 = time.perf_counter()
     ranking = load_ranking(run)
     group_ids, group_source = test_groups(run, groups)
-    base_seed = run.config.train.seed
-    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed)
+    base_seed, canary = run.config.train.seed, canary_mask(run, len(ranking["index"]))
+    plan = planned_evaluations(ranking, strategies=strategies, fractions=fractions, seeds=seeds, base_seed=base_seed,
+                               canary=canary)
     say_recipe(run, "removal", train_fn)
     share_retrains(run, plan, device, progress, ranking, train_fn)
     summary = remove_and_retrain(ranking, cached_evaluate(run, device, train_fn), strategies=strategies,
                                  fractions=fractions, seeds=seeds, base_seed=base_seed, noisy=ranking["noisy"],
-                                 test_groups=group_ids, true_labels=_true_labels(run))
+                                 test_groups=group_ids, true_labels=_true_labels(run), canary=canary)
     summary.update({"strategies": list(strategies), "fractions": list(fractions), "seeds": seeds,
                     "test_groups": group_source, "n_test_groups": int(len(np.unique(group_ids))),
                     "selection": "detect/ranking.csv (train and val splits only)", "metric": "test accuracy"})

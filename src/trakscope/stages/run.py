@@ -27,7 +27,7 @@ from ..attribution.store import TrakStore
 from ..attribution.trak import TRAK
 from ..data import Dataset, ImageSplit, iter_batches
 from ..io import read_json, save_npy, save_tensors, write_json
-from ..models.weights import read_state_file
+from ..models.weights import load_error, read_state_file, unwrapped
 from ..progress import progress_bar
 from ..run_folder import SPLITS, UNRECORDED, RunError, RunFolder, fingerprint
 from ..train import MarginRecorder, load_trained, train_model
@@ -120,20 +120,21 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
     """Attribute models trained elsewhere: copy ``model.checkpoints`` in as ensemble members, then write metrics.
 
     Each file (safetensors, or a torch file read with ``weights_only``) must load strictly into the configured
-    architecture; it is stored as ``model{m}_ckpt0`` with the run's fingerprint, its source path and the accuracy
-    its metadata records (:func:`~.ensemble.recorded_accuracy`), if any.
+    architecture, once a wrapper's ``module.`` prefix is stripped; it is stored as ``model{m}_ckpt0`` with the run's
+    fingerprint, its source path and the accuracy its metadata records (:func:`~.ensemble.recorded_accuracy`), if
+    any.
     """
     cfg = run.config
     if dist.rank() == 0:
         for m, source in enumerate(cfg.model.checkpoints):
             if run.checkpoint_path(m, 0).exists():
                 continue
-            state = read_state_file(source)
+            state = unwrapped(read_state_file(source))  # DistributedDataParallel's module. off (`run` says so)
             try:
                 load_trained(cfg.model, len(run.data.dataset().classes), state)
             except RuntimeError as e:
                 raise RunError(f"checkpoint {source} does not fit --model {cfg.model.name} with "
-                               f"{len(run.data.dataset().classes)} classes: {str(e).splitlines()[0]}") from e
+                               f"{len(run.data.dataset().classes)} classes: {load_error(e)}") from e
             meta = {"fingerprint": fingerprint(cfg), "model": str(m), "source": str(source), "checkpoint": "0"}
             recorded = recorded_accuracy(source)
             if recorded is not None:
