@@ -177,7 +177,7 @@ def test_detect_suggests_labels_removal_relabels_export_and_label_issues(tiny_ru
 
     trained_with = []
 
-    def spy(run_folder, keep, seed, device="cpu", progress=True, labels=None):
+    def spy(run_folder, keep, seed, device="cpu", progress=True, labels=None, train_fn=None):
         trained_with.append((keep, labels))
         return np.ones(len(run_folder.data.table("test")["label"]), dtype=bool)
 
