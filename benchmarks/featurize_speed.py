@@ -118,11 +118,18 @@ def _kronecker_error(proj, x, y: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
+def _sync(device: str) -> None:
+    """Wait for queued CUDA work, so that wall time covers it (a no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def run_case(args) -> dict:
     """Time one case in this process; return its measurements."""
     torch.set_num_threads(args.threads)
-    model = _model(args.model)
+    model = _model(args.model).to(args.device)
     x, y = _data(args.n + args.warmup, args.image_size)
+    x, y = x.to(args.device), y.to(args.device)
     extra = {}
     if args.case == "plain":
         fn = _plain(model)
@@ -145,12 +152,16 @@ def run_case(args) -> dict:
     x_at = (lambda a, b: {"pixel_values": x["pixel_values"][a:b]}) if isinstance(x, dict) else (lambda a, b: x[a:b])
     for start in range(0, args.warmup, args.batch):
         fn(x_at(start, min(start + args.batch, args.warmup)), y[start : min(start + args.batch, args.warmup)])
+    _sync(args.device)
     t0 = time.perf_counter()
     for start in range(args.warmup, args.warmup + args.n, args.batch):
         stop = min(start + args.batch, args.warmup + args.n)
         fn(x_at(start, stop), y[start:stop])
+    _sync(args.device)
     seconds = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        extra["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2**20
     return {"s_per_example": seconds / args.n, "n": args.n, "peak_rss_mb": rss_mb, **extra}
 
 
@@ -174,6 +185,8 @@ def _spawn(case: str, proj_dim: int, n: int, warmup: int, args, tuned: bool, mod
         str(args.image_size),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ]
     env = {**os.environ, **(TUNED_MALLOC if tuned else {})}
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -257,6 +270,7 @@ def main() -> None:
     parser.add_argument("--slow-natural", action="store_true", help="also time dense and traker at natural width")
     parser.add_argument("--skip-slow", action="store_true", help="only forward+backward and kronecker rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: proj_dim 256, 64 and 8 examples")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (plain and kronecker cases; --ecosystem)")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args)))

@@ -140,3 +140,38 @@ def test_removal_retrains_shared_out_over_two_ranks_match_one_process(tiny_run, 
     assert len(trained[0] + trained[1]) == 1
     assert retrains(two) == retrains(one)
     assert (two / "removal/results.json").read_bytes() == results
+
+
+def test_a_rank_killed_mid_way_resumes_on_rerun(tiny_run, tmp_path):
+    """Rank 1 dies (SIGKILL-like ``os._exit``) right after its first retrain, before writing it; torchrun stops
+    the job. The rerun trains only what no rank wrote, and the results equal one process's."""
+    from trakscope.cli import main
+
+    one, _ = _copies(tiny_run, tmp_path)
+    assert main(["detect", "--run", str(one), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    two = tmp_path / "two"
+    shutil.rmtree(two)
+    shutil.copytree(one, two)
+    removal_args = ["--strategies", "random,loss", "--fractions", "0.1", "--seeds", "2", "--no-progress",
+                    "--device", "cpu"]
+    assert main(["removal", "--run", str(one), *removal_args]) == 0
+    script = tmp_path / "dies.py"
+    script.write_text(LOGGED_CLI.replace(
+        "    return original(*args, keep=keep, seed=seed, **kwargs)",
+        "    out = original(*args, keep=keep, seed=seed, **kwargs)\n"
+        "    if os.environ['RANK'] == '1':\n"
+        "        os._exit(9)\n"
+        "    return out"))
+    log = tmp_path / "trained"
+    log.mkdir()
+    os.environ["TRAINED_LOG"] = str(log)
+    try:
+        with pytest.raises(AssertionError):  # torchrun reports the dead rank
+            _torchrun([str(script)], ["removal", "--run", str(two), *removal_args])
+    finally:
+        del os.environ["TRAINED_LOG"]
+    written = set(p.name for p in (two / "removal/retrains").glob("*.json"))
+    assert len(written) < 4 and not (two / "removal/results.json").exists()
+    trained = _logged_torchrun(tmp_path, ["removal", "--run", str(two), *removal_args])
+    assert len(trained[0] + trained[1]) == 4 - len(written)
+    assert (two / "removal/results.json").read_bytes() == (one / "removal/results.json").read_bytes()

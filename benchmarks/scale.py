@@ -1,0 +1,240 @@
+"""How each stage's cost grows with the dataset: the whole pipeline at N training examples, per stage wall time,
+peak RSS and disk, and featurization over a plain forward+backward.
+
+The images are generated (nothing is downloaded): ten classes of shapes (disc, ring, square, frame, triangle,
+diamond, cross, X, bars across, bars down), each drawn at a random position, size and colour on a noisy background,
+written once as an image folder (``DIR/train/<class>/*.png``, ``DIR/test/<class>/*.png``). For each size the
+pipeline is ``make demo``'s, smaller where it would take hours: ``run`` (2 models, --epochs), ``detect --folds 2``,
+``removal`` at one fraction, one seed, one strategy, and ``lds`` with a few subset models. Every stage runs in its own
+process; its peak RSS comes from ``wait4``.
+
+    python benchmarks/scale.py --sizes 1000,5000 --out benchmarks/scale.json          # 32 px, tiny_cnn-sized work
+    python benchmarks/scale.py --sizes 1000,5000 --image-size 224 --model efficientnet_lite0 --weights imagenet
+    python benchmarks/scale.py --chart benchmarks/scale.json benchmarks/scale_224.json --png docs/scale.png
+
+The forward+backward floor is timed in this process on 256 training images of the finished run with the run's model,
+batch size and checkpoints, through the same image decoding, then scaled to the rows featurized; the ratio
+featurize / floor is what ``--check`` holds to 1.1. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = ("disc", "ring", "square", "frame", "triangle", "diamond", "cross", "x", "bars_across", "bars_down")
+FLOOR_SAMPLE = 256
+
+
+def draw(shape: str, size: int, rng: np.random.Generator):
+    """One RGB ``size`` x ``size`` PIL image of ``shape`` at a random place, scale and colour on noise."""
+    from PIL import Image, ImageDraw
+
+    noise = rng.integers(0, 96, (size, size, 3), dtype=np.uint8)
+    im = Image.fromarray(noise)
+    d = ImageDraw.Draw(im)
+    r = rng.uniform(0.2, 0.35) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    colour = tuple(int(c) for c in rng.integers(128, 256, 3))
+    w = max(1, round(r / 3))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "disc":
+        d.ellipse(box, fill=colour)
+    elif shape == "ring":
+        d.ellipse(box, outline=colour, width=w)
+    elif shape == "square":
+        d.rectangle(box, fill=colour)
+    elif shape == "frame":
+        d.rectangle(box, outline=colour, width=w)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    elif shape == "diamond":
+        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
+    elif shape == "cross":
+        d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
+        d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
+    elif shape == "x":
+        d.line((cx - r, cy - r, cx + r, cy + r), fill=colour, width=w)
+        d.line((cx - r, cy + r, cx + r, cy - r), fill=colour, width=w)
+    else:
+        for k in (-1, 0, 1):
+            off = k * r * 0.6
+            across = (cx - r, cy + off, cx + r, cy + off)
+            line = across if shape == "bars_across" else (cx + off, cy - r, cx + off, cy + r)
+            d.line(line, fill=colour, width=w)
+    return im
+
+
+def make_folder(root: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> Path:
+    """``root`` as an image folder of ``n_train`` + ``n_test`` generated images (kept when already complete)."""
+    done = root / "done.json"
+    if done.exists() and json.loads(done.read_text()) == [n_train, n_test, size, seed]:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            shape = SHAPES[i % len(SHAPES)]
+            folder = root / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            draw(shape, size, rng).save(folder / f"{i:06d}.png")
+    done.write_text(json.dumps([n_train, n_test, size, seed]))
+    return root
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_stage(args: list[str], log: Path) -> dict:
+    """``trakscope ARGS`` in its own process: wall time, peak RSS (MB, from wait4) and exit status."""
+    start = time.perf_counter()
+    with log.open("a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trakscope", *args], stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "rc": os.waitstatus_to_exitcode(status)}
+
+
+def floor_seconds(run_dir: Path, device: str = "cpu") -> dict:
+    """Plain forward+backward of the margin over ``FLOOR_SAMPLE`` training images of the run, per checkpoint-row.
+
+    Returns seconds per example-checkpoint and the rows x checkpoints the run featurized."""
+    import torch
+
+    from trakscope.attribution.output import margin
+    from trakscope.data import iter_batches
+    from trakscope.models.calling import call_model
+    from trakscope.run_folder import RunFolder
+    from trakscope.stages.ensemble import engine_checkpoints, load_member
+
+    run = RunFolder(run_dir)
+    cfg, dataset = run.config, run.data.dataset()
+    checkpoints = engine_checkpoints(run)
+    net = load_member(run, checkpoints[0][0], device).eval()
+    split = dataset.train
+    idx = np.arange(min(FLOOR_SAMPLE, len(split)))
+    labels = torch.as_tensor(split.labels)
+    start = time.perf_counter()
+    for rows, x in iter_batches(split.images, idx, cfg.trak.batch_size):
+        net.zero_grad(set_to_none=True)
+        margin(call_model(net, x.to(device)), labels[rows].to(device)).sum().backward()
+    per = (time.perf_counter() - start) / len(idx)  # decoding included, as featurization's time includes it
+    rows = sum(len(dataset.split(s)) for s in ("train", "val", "test"))
+    return {"s_per_example_checkpoint": per, "rows": rows, "checkpoints": len(checkpoints)}
+
+
+def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
+    """The whole pipeline at ``n`` training examples; per stage seconds, peak RSS, disk after it."""
+    data = make_folder(work / f"data_{n}_{args.image_size}", n + n // 10, max(200, n // 10), args.image_size)
+    run = work / f"run_{n}_{args.image_size}_{args.model}"
+    shutil.rmtree(run, ignore_errors=True)
+    log = work / f"log_{n}_{args.image_size}.txt"
+    common = ["--no-progress", "--device", args.device]
+    stages = {
+        "run": ["run", "--out", str(run), "--dataset", "imagefolder", "--data-root", str(data), "--model", args.model,
+                "--weights", args.weights, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+                "--ensemble", "2", "--val-fraction", str(1 / 11), *common],
+        "detect": ["detect", "--run", str(run), "--folds", "2", *common],
+        "removal": ["removal", "--run", str(run), "--fractions", "0.05", "--seeds", "1", "--strategies", "positive",
+                    *common],
+        "lds": ["lds", "--run", str(run), "--models", str(args.lds_models), "--max-targets", "200", *common],
+    }
+    out: dict = {"n_train": n, "image_size": args.image_size, "model": args.model, "stages": {}}
+    for name, stage_args in stages.items():
+        result = run_stage(stage_args, log)
+        result["disk_mb"] = round(disk_bytes(run) / 2**20, 1)
+        out["stages"][name] = result
+        print(f"scale: N={n} {args.image_size}px {name}: {result}", file=sys.stderr, flush=True)
+        if result["rc"] != 0:
+            return out
+    timings = json.loads((run / "timings.json").read_text())
+    floor = floor_seconds(run, args.device)
+    work_units = floor["rows"] * floor["checkpoints"]
+    out["timings"] = timings
+    out["floor"] = {**floor, "seconds": round(floor["s_per_example_checkpoint"] * work_units, 2)}
+    out["featurize_over_floor"] = round(timings["featurize"] / out["floor"]["seconds"], 3)
+    return out
+
+
+def fit(results: list[dict]) -> dict[str, dict]:
+    """Per stage, seconds = a * N^b fitted in log-log over the sizes, and seconds per example at each size."""
+    out = {}
+    for stage in ("run", "detect", "removal", "lds"):
+        pts = [(r["n_train"], r["stages"][stage]["seconds"]) for r in results if stage in r["stages"]]
+        if len(pts) >= 2:
+            b, log_a = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
+            out[stage] = {"exponent": round(float(b), 3), "a": float(math.exp(log_a)),
+                          "ms_per_example": {str(n): round(1000 * s / n, 3) for n, s in pts}}
+    return out
+
+
+def chart(files: list[Path], png: Path) -> None:
+    """Seconds per stage against N (log-log), one panel per results file; featurize/floor printed in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(files), figsize=(5.5 * len(files), 4), squeeze=False)
+    for ax, path in zip(axes[0], files):
+        doc = json.loads(path.read_text())
+        results = doc["results"]
+        for stage in ("run", "detect", "removal", "lds"):
+            pts = [(r["n_train"], r["stages"][stage]["seconds"]) for r in results if stage in r["stages"]]
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=stage)
+        ratios = ", ".join(f"{r['featurize_over_floor']:.2f}" for r in results if "featurize_over_floor" in r)
+        r0 = results[0]
+        ax.set_title(f"{r0['model']} at {r0['image_size']} px\nfeaturize / fwd+bwd: {ratios}", fontsize=10)
+        ax.set_xlabel("training examples N")
+        ax.set_ylabel("wall time (s)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"trakscope stage cost vs dataset size ({doc['machine']['cpus']} CPUs)", fontsize=11)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,5000,20000,60000", help="training examples, comma-separated")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--model", default="resnet18", help="a trakscope model name (built-in, hf:, timm:, ...)")
+    parser.add_argument("--weights", default="random", help="random or imagenet")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lds-models", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=Path("runs/scale"), help="generated data and run folders")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
+    parser.add_argument("--chart", type=Path, nargs="*", help="only draw the chart from these results files")
+    parser.add_argument("--png", type=Path, default=Path("docs/scale.png"))
+    args = parser.parse_args()
+    if args.chart:
+        chart(args.chart, args.png)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()}
+    results: list[dict] = []
+    start = time.perf_counter()
+    for n in (int(s) for s in args.sizes.split(",")):
+        results.append(pipeline(n, args, args.work))
+        doc = {"machine": machine, "command": " ".join(sys.argv), "results": results, "fit": fit(results),
+               "wall_s": round(time.perf_counter() - start)}
+        args.out.write_text(json.dumps(doc, indent=1))  # what is done so far survives an interruption
+    print(json.dumps(doc["fit"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
