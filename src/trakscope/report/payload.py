@@ -1,7 +1,8 @@
 """The report's data: what the page's script needs, gathered from the run folder and kept compact.
 
-The explorer never sees the score matrix: for every test example only its ``k`` most positive and ``k``
-most negative training examples are kept (indices and scores), packed as base64 little-endian arrays.
+The explorer never sees the score matrix: for every test example and every view of the scores
+(:mod:`trakscope.attribution.views`) only its ``k`` highest and ``k`` lowest training examples are kept (indices
+and scores), packed as base64 little-endian arrays.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..attribution.views import DEFAULT_VIEW, VIEWS, apply_view, normaliser
 from ..io import read_csv
 from ..methods import registry
 from ..methods.topk import top_k
@@ -42,12 +44,36 @@ def split_table(run: RunFolder, split: str, probs: np.ndarray | None = None) -> 
     return out
 
 
-def explorer_payload(run: RunFolder, k: int) -> dict[str, Any] | None:
-    """Top-k attributions of every test example, or None when ``scores/test.npy`` is missing."""
+def read_self_influence(run: RunFolder) -> np.ndarray:
+    """float32 ``[n_train]`` ``scores/self.npy``, checked to be usable by the relative view.
+
+    Raises:
+        ViewError: negative or non-finite values (a damaged file).
+    """
+    values = run.results.scores("self", mmap=False)
+    normaliser(values)
+    return values
+
+
+def explorer_payload(run: RunFolder, k: int, self_influence: np.ndarray | None) -> dict[str, Any] | None:
+    """Top-k attributions of every test example under every view, or None when ``scores/test.npy`` is missing.
+
+    Args:
+        self_influence: float ``[n_train]`` ``scores/self.npy``; None (missing or damaged) offers the raw view only.
+
+    Returns:
+        ``k``, ``views`` {view: {``pos_idx``, ``pos_score``, ``neg_idx``, ``neg_score``} packed}, ``default`` (the
+        view shown first), ``questions`` {view: what it answers}.
+    """
     if not run.scores_path("test").exists():
         return None
-    tk = top_k(run.results.scores("test"), k)
-    return {"k": int(tk["pos_idx"].shape[1]), **{name: b64(a) for name, a in tk.items()}}
+    scores = run.results.scores("test")
+    names = [v for v in VIEWS if v == "raw" or self_influence is not None]
+    views = {v: top_k(apply_view(scores, self_influence, v), k) for v in names}
+    return {"k": int(views["raw"]["pos_idx"].shape[1]),
+            "views": {v: {name: b64(a) for name, a in tk.items()} for v, tk in views.items()},
+            "default": DEFAULT_VIEW if DEFAULT_VIEW in views else "raw",
+            "questions": {v: VIEWS[v].question for v in names}}
 
 
 def read_ranking(run: RunFolder) -> dict[str, Any] | None:
