@@ -190,12 +190,12 @@ def test_screenshot_of_a_real_run(browser, tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     html = write_report(run_dir)
-    scores = np.load(run_dir / "scores/test.npy")
+    scores = np.load(run_dir / "scores/test.npy") / np.sqrt(np.load(run_dir / "scores/self.npy"))[:, None]
     p = Page(browser, html)
     p.page.select_option("#ex-k", "8")
     p.page.check("#ex-mis")  # a misclassified example is the interesting case
     j = p.indices("#query")[0]
-    assert p.indices("#pos-gallery .tile") == np.argsort(-scores[:, j], kind="stable")[:8].tolist()
+    assert p.indices("#pos-gallery .tile") == np.argsort(-scores[:, j], kind="stable")[:8].tolist()  # relative
     p.page.locator("#explorer").scroll_into_view_if_needed()
     p.page.wait_for_timeout(200)  # sprite sheets decode asynchronously
     shot = tmp_path / "explorer.png"

@@ -129,7 +129,8 @@ def render(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None = Non
                  "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?",
                  (run.removal_results_path,)),
         _section(inputs, "lds", "Linear datamodeling score", sections.lds_section(*lds, run_dir),
-                 "How well the scores predict the margins of models retrained on random half-size subsets.",
+                 "How well the raw (counterfactual) scores predict the margins of models retrained on random "
+                 "half-size subsets.",
                  tuple(run.lds_results())),
     ]
     return _page(run, "".join(body), payload.embed_json(data))
