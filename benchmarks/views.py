@@ -43,15 +43,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="the re-initialised model's TRAK store and the results")
     p.add_argument("--lds-models", type=int, default=20, help="LDS subset models (0: no LDS)")
     p.add_argument("--peers", type=Path, default=None, help="benchmarks/peers.py work folder: check its matrices too")
-    p.add_argument("--no-random", action="store_true", help="skip the model-randomisation check")
+    p.add_argument("--random-splits", default="val,test",
+                   help="target splits of the model-randomisation check (empty: skip it)")
     p.add_argument("--no-cosine", action="store_true", help="skip the benchmark-only cosine view")
     return p.parse_args()
 
 
 # --- score matrices --------------------------------------------------------------------------------
-def cosine_scores(run: RunFolder, split: str) -> np.ndarray:
-    """float32 ``[n_train, n_split]`` mean over checkpoints of the cosine of projected train and target gradients."""
-    store = TrakStore(run.features_dir)
+def cosine_scores(store_root: Path, split: str) -> np.ndarray:
+    """float32 ``[n_train, n_split]`` mean over checkpoints of the cosine of projected train and target gradients
+    (the TRAK store at ``store_root``: a run's ``features/``)."""
+    store = TrakStore(store_root)
     total = None
     ids = store.checkpoint_ids()
     for k in ids:
@@ -64,9 +66,10 @@ def cosine_scores(run: RunFolder, split: str) -> np.ndarray:
     return (total / len(ids)).astype(np.float32)
 
 
-def random_model_scores(run: RunFolder, work: Path) -> dict[str, np.ndarray]:
-    """Raw scores ``{val, test, self}`` of a re-initialised model (same architecture and TRAK settings), cached."""
-    out = {s: work / f"random_{s}.npy" for s in ("val", "test", "self")}
+def random_model_scores(run: RunFolder, work: Path, targets: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Raw scores ``{target split: matrix, "self": ...}`` of a re-initialised model (same architecture and TRAK
+    settings), cached in ``work`` (its store resumes an interrupted featurization)."""
+    out = {s: work / f"random_{s}.npy" for s in (*targets, "self")}
     if all(p.exists() for p in out.values()):
         return {s: load_npy(p) for s, p in out.items()}
     import torch  # only this check needs a model
@@ -82,12 +85,12 @@ def random_model_scores(run: RunFolder, work: Path) -> dict[str, np.ndarray]:
     t = cfg.trak
     trak = TRAK(model, work / "store", projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
                 proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, progress=True)
-    for name in ("train", "val", "test"):
+    for name in ("train", *targets):
         split = ds.split(name)
         batches = ((idx, x, torch.as_tensor(split.labels[idx], dtype=torch.long))
                    for idx, x in iter_batches(split.images, np.arange(len(split)), t.batch_size))
         trak.featurize_batches(batches, split=name, n=len(split), checkpoint=model.state_dict(), checkpoint_id=0)
-    for s in ("val", "test"):
+    for s in targets:
         save_npy(out[s], np.asarray(trak.scores("train", s)))
     save_npy(out["self"], np.asarray(trak.self_influence()))
     return {s: load_npy(p) for s, p in out.items()}
@@ -102,7 +105,8 @@ def checks(scores: np.ndarray, train_labels: np.ndarray, target_labels: np.ndarr
     if wrong.any():
         for k in (1, 5):
             share = wrong_label_share(scores, wrong, k)
-            row[f"wrong_top{k}"], row[f"wrong_bottom{k}"], row["base_rate"] = share["top"], share["bottom"], share["base"]
+            row[f"wrong_top{k}"], row[f"wrong_bottom{k}"] = share["top"], share["bottom"]
+            row["base_rate"] = share["base"]
     for end in ("top", "bottom"):
         row[f"distinct_{end}5"], row[f"cardinality_{end}5"] = top_k_cardinality(scores, 5, end)
     if random is not None:
@@ -118,13 +122,14 @@ def view_matrices(run: RunFolder, split: str, cosine: bool) -> dict[str, np.ndar
     raw, self_inf = np.asarray(run.results.scores(split)), np.asarray(run.results.scores("self"))
     out = {v: np.asarray(apply_view(raw, self_inf, v)) for v in VIEWS}
     if cosine:
-        out["cosine"] = cosine_scores(run, split)
+        out["cosine"] = cosine_scores(run.features_dir, split)
     return out
 
 
-def random_views(rand: dict[str, np.ndarray], split: str, names: list[str]) -> dict[str, np.ndarray | None]:
-    """The same views of the re-initialised model's scores (cosine: not computed for it)."""
-    return {v: (apply_view(rand[split], rand["self"], v) if v in VIEWS else None) for v in names}
+def random_views(rand: dict[str, np.ndarray], split: str, names: list[str], work: Path) -> dict[str, np.ndarray]:
+    """The same views of the re-initialised model's scores (cosine from its store in ``work``)."""
+    return {v: (apply_view(rand[split], rand["self"], v) if v in VIEWS else cosine_scores(work / "store", split))
+            for v in names}
 
 
 def choose_view(val_rows: dict[str, dict]) -> str:
@@ -158,7 +163,8 @@ def main() -> None:
     tables = {s: run.data.table(s) for s in ("train", "val", "test")}
     labels = {s: np.asarray(t["label"]) for s, t in tables.items()}
     labels["wrong"] = np.asarray(tables["train"]["noisy"], dtype=bool)
-    rand = None if args.no_random else random_model_scores(run, args.work)
+    random_splits = tuple(x for x in args.random_splits.split(",") if x)
+    rand = random_model_scores(run, args.work, random_splits) if random_splits else None
     lds_data = {}
     if args.lds_models:
         from trakscope.stages.lds import subset_margins
@@ -168,7 +174,7 @@ def main() -> None:
     rows = []
     for split in ("val", "test"):
         mats = view_matrices(run, split, not args.no_cosine)
-        rviews = random_views(rand, split, list(mats)) if rand is not None else {}
+        rviews = random_views(rand, split, list(mats), args.work) if rand is not None and split in rand else {}
         for view, m in mats.items():
             rows.append({"method": "trakscope", "variant": "run", "split": split, "view": view,
                          **checks(m, labels["train"], labels[split], labels["wrong"], rviews.get(view),
