@@ -30,6 +30,9 @@ def test_readme_snippet_runs_and_attributes_sensibly(tmp_path, monkeypatch, caps
     # the training examples that raise a digit's margin most are that digit (measured 1.00; chance 0.10)
     top5 = np.argsort(-scores, axis=0)[:5]
     assert (y[:1200][top5] == y[1200:1300][None, :]).mean() > 0.9
+    relative = ns["relative"]
+    np.testing.assert_allclose(relative, scores / np.sqrt(ns["self_influence"])[:, None], rtol=1e-5)
+    assert (y[:1200][ns["similar"]] == y[1200]).all()
     assert ns["self_influence"].shape == (1200,)
     # a rerun reuses the finished matrix and every featurized row
     path = tmp_path / "runs/notebook/trak/scores/train__test.npy"
