@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trakscope.attribution.views import DEFAULT_VIEW
+from trakscope.attribution.views import DEFAULT_VIEW, apply_view
 from trakscope.config import DataConfig, RunConfig
 from trakscope.io import read_csv, save_npy, write_csv, write_json
 from trakscope.methods.topk import top_k
@@ -327,3 +327,12 @@ def test_deleted_thumbnails_are_named_where_the_images_were(tiny_run, tmp_path, 
     shutil.copytree(tiny_run, whole)
     code, html, err = _report(whole, capsys)
     assert code == 0 and err == [] and 'class="missing gap"' not in html and page_data(html)["thumbs"]
+
+
+def test_view_top_k_in_chunks_is_top_k_of_the_whole_view():
+    rng = np.random.default_rng(1)
+    scores, self_inf = rng.normal(size=(50, 20)).astype(np.float32), rng.uniform(0.1, 5.0, 50)
+    for view in ("raw", "relative"):
+        whole = top_k(apply_view(scores, self_inf, view), 6)
+        chunked = payload.view_top_k(scores, self_inf, view, 6, chunk=3)
+        assert all(np.array_equal(whole[name], chunked[name]) for name in whole)

@@ -55,6 +55,15 @@ def read_self_influence(run: RunFolder) -> np.ndarray:
     return values
 
 
+def view_top_k(scores: np.ndarray, self_influence: np.ndarray | None, view: str, k: int,
+               chunk: int = 256) -> dict[str, np.ndarray]:
+    """:func:`~trakscope.methods.topk.top_k` of ``scores`` float ``[n_train, n_target]`` (memory-mapped) seen
+    through ``view``, ``chunk`` targets at a time: memory stays ``n_train * chunk`` floats, as for the raw scores."""
+    parts = [top_k(apply_view(np.asarray(scores[:, j:j + chunk]), self_influence, view), k)
+             for j in range(0, scores.shape[1], chunk)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def explorer_payload(run: RunFolder, k: int, self_influence: np.ndarray | None) -> dict[str, Any] | None:
     """Top-k attributions of every test example under every view, or None when ``scores/test.npy`` is missing.
 
@@ -69,7 +78,7 @@ def explorer_payload(run: RunFolder, k: int, self_influence: np.ndarray | None) 
         return None
     scores = run.results.scores("test")
     names = [v for v in VIEWS if v == "raw" or self_influence is not None]
-    views = {v: top_k(apply_view(scores, self_influence, v), k) for v in names}
+    views = {v: view_top_k(scores, self_influence, v, k) for v in names}
     return {"k": int(views["raw"]["pos_idx"].shape[1]),
             "views": {v: {name: b64(a) for name, a in tk.items()} for v, tk in views.items()},
             "default": DEFAULT_VIEW if DEFAULT_VIEW in views else "raw",
