@@ -30,6 +30,9 @@ def test_readme_snippet_runs_and_attributes_sensibly(tmp_path, monkeypatch, caps
     # the training examples that raise a digit's margin most are that digit (measured 1.00; chance 0.10)
     top5 = np.argsort(-scores, axis=0)[:5]
     assert (y[:1200][top5] == y[1200:1300][None, :]).mean() > 0.9
+    relative = ns["relative"]
+    np.testing.assert_allclose(relative, scores / np.sqrt(ns["self_influence"])[:, None], rtol=1e-5)
+    assert (y[:1200][ns["similar"]] == y[1200]).all()
     assert ns["self_influence"].shape == (1200,)
     # a rerun reuses the finished matrix and every featurized row
     path = tmp_path / "runs/notebook/trak/scores/train__test.npy"
@@ -177,3 +180,30 @@ def test_kronecker_blocks_narrower_than_proj_dim_are_widened_and_a_store_records
     TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False)  # 560 >= 256: kept at 16
     make_old(tmp_path / "narrow")
     assert TRAK(model, tmp_path / "narrow", proj_dim=256, progress=False).kron_k_used == 16
+
+
+def test_scores_view_relative_divides_each_row_by_sqrt_self_influence_of_the_same_checkpoints(tmp_path):
+    from trakscope import apply_view
+    from trakscope.attribution.views import ViewError
+
+    model, x, y = _tiny()
+    states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]
+    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    for state in states:
+        trak.featurize([(x, y)], split="train", checkpoint=state, n=30)
+        trak.featurize([(x[:5], y[:5])], split="test", checkpoint=state, n=5)
+    raw = np.asarray(trak.scores("train", "test")).copy()
+    assert np.array_equal(trak.scores("train", "test", view="raw"), raw)
+    for ckpts in (None, [1]):
+        self_inf = np.asarray(trak.self_influence(checkpoints=ckpts), dtype=np.float64)
+        sub = np.asarray(trak.scores("train", "test", checkpoints=ckpts, out=tmp_path / f"{ckpts}.npy"))
+        rel = trak.scores("train", "test", checkpoints=ckpts, out=tmp_path / f"{ckpts}.npy", view="relative")
+        np.testing.assert_allclose(rel, sub / np.sqrt(self_inf)[:, None], rtol=1e-5)
+        np.testing.assert_allclose(apply_view(sub, self_inf, "relative"), rel, rtol=1e-6)
+    assert np.array_equal(trak.scores("train", "test"), raw)  # the stored matrix is untouched
+    with pytest.raises(ViewError, match="unknown view 'cosine'; choose one of raw, relative"):
+        trak.scores("train", "test", view="cosine")
+    zero = np.array([4.0, 0.0])  # an example with no self-influence keeps a zero row instead of 0 / 0
+    assert apply_view(np.array([[2.0], [0.0]]), zero, "relative").tolist() == [[1.0], [0.0]]
+    with pytest.raises(ViewError, match="finite and >= 0"):
+        apply_view(np.ones((2, 1)), np.array([1.0, -1.0]), "relative")

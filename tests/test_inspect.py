@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from trakscope.attribution.views import DEFAULT_VIEW, VIEWS
 from trakscope.cli import main
 from trakscope.report.grid import fit_text
 from trakscope.run_folder import RunFolder
@@ -88,8 +89,9 @@ def test_class_changes_the_scores_and_the_header(tiny_run, tmp_path, capsys):
     assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--class", run.classes[other], "--top", "2",
                  "--png", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
-    assert f"highest scores: raise the margin of class '{run.classes[other]}' (chosen with --class)" in out
-    assert f"{int(np.argmax(found.scores)):>6}" in out.split("highest scores")[1].splitlines()[2]
+    assert f"highest {DEFAULT_VIEW} scores: raise the margin of class '{run.classes[other]}' (chosen with --class)" \
+        in out
+    assert f"{int(np.argmax(found.scores)):>6}" in out.split(f"highest {DEFAULT_VIEW} scores")[1].splitlines()[2]
 
 
 def test_headers_name_the_margin_even_on_a_misclassified_target(tiny_run):
@@ -98,8 +100,9 @@ def test_headers_name_the_margin_even_on_a_misclassified_target(tiny_run):
     wrong = int(np.flatnonzero(run.results.probs("test").argmax(1) != test["label"])[0])
     found = stage.inspect_target(run, "test", str(wrong))
     label = run.classes[test["label"][wrong]]
-    assert stage.headers(run.classes, found) == (f"highest scores: raise the margin of class '{label}' (the label)",
-                                                 f"lowest scores: lower the margin of class '{label}' (the label)")
+    assert stage.headers(run.classes, found) == (
+        f"highest {DEFAULT_VIEW} scores: raise the margin of class '{label}' (the label)",
+        f"lowest {DEFAULT_VIEW} scores: lower the margin of class '{label}' (the label)")
     assert stage.margin_role(2, 2, 2) == "the label and the predicted class"
 
 
@@ -109,14 +112,17 @@ def test_image_file_is_scored_on_the_fly_under_the_predicted_class(tiny_run, tmp
     j = int(np.flatnonzero(train["noisy"] == 0)[0])
     Image.fromarray(run.data.thumbs("train")[j]).save(tmp_path / "mine.png")
     png = tmp_path / "grid.png"
-    assert main(["inspect", "--run", str(tiny_run), "--image", str(tmp_path / "mine.png"), "--png", str(png)]) == 0
-    out = capsys.readouterr().out
-    predicted = run.classes[train["label"][j]]
-    assert f"ensemble predicts {predicted}" in out
-    assert f"highest scores: raise the margin of class '{predicted}' (the predicted class)" in out
-    top = [int(line.split()[1]) for line in out.split("highest scores")[1].split("lowest")[0].splitlines()[2:] if line]
-    assert len(top) == 8 and j in top  # the image is one of its own most positive training examples
-    assert png.stat().st_size > 1000
+    for view in VIEWS:
+        assert main(["inspect", "--run", str(tiny_run), "--image", str(tmp_path / "mine.png"), "--png", str(png),
+                     "--view", view]) == 0
+        out = capsys.readouterr().out
+        predicted = run.classes[train["label"][j]]
+        assert f"ensemble predicts {predicted}" in out
+        head = f"highest {view} scores"
+        assert f"{head}: raise the margin of class '{predicted}' (the predicted class)" in out
+        top = [int(line.split()[1]) for line in out.split(head)[1].split("lowest")[0].splitlines()[2:] if line]
+        assert len(top) == 8 and j in top  # the image is one of its own most positive training examples
+        assert png.stat().st_size > 1000
 
 
 def test_long_titles_wrap_to_the_tile_width():
@@ -124,3 +130,21 @@ def test_long_titles_wrap_to_the_tile_width():
     text = fit_text(f"#12  +0.1\nlabel {name}", 20)
     lines = text.split("\n")
     assert all(len(line) <= 20 for line in lines) and len(lines) == 3 and lines[-1].endswith("…")
+
+
+def test_views_rank_the_same_stored_column_and_every_output_names_its_view(tiny_run, capsys):
+    run = RunFolder(tiny_run)
+    raw = stage.inspect_target(run, "test", "3", top=5, view="raw")
+    rel = stage.inspect_target(run, "test", "3", top=5, view="relative")
+    stored, self_inf = run.results.scores("test")[:, 3], run.results.scores("self")
+    assert np.allclose(raw.scores, stored)
+    assert np.allclose(rel.scores, stored / np.sqrt(self_inf), rtol=1e-5)  # RelatIF: over sqrt(self-influence)
+    assert list(rel.top) == list(np.argsort(-(stored / np.sqrt(self_inf)), kind="stable")[:5])
+    assert (raw.png.name, rel.png.name) == ("test_3_raw.png", "test_3_relative.png")
+    assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "2", "--view", "raw"]) == 0
+    out = capsys.readouterr().out
+    assert "view: raw, counterfactual" in out and "highest raw scores" in out and (run.path / "inspect" /
+                                                                                  "test_3_raw.png").exists()
+    with pytest.raises(SystemExit):
+        main(["inspect", "--run", str(tiny_run), "--target", "3", "--view", "cosine"])
+    assert "invalid choice: 'cosine'" in capsys.readouterr().err

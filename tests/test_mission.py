@@ -97,8 +97,8 @@ def test_hf_resnet_on_food101_layout_run_inspect_detect_report(hf_dir, tmp_path,
     assert scores.shape == (len(train["index"]), 12) and np.isfinite(scores).all()
     _assert_scores_mean_what_they_say(scores, train, test)
     capsys.readouterr()
-    assert main(["inspect", "--run", str(out), "--target", "0", "--top", "3"]) == 0
-    highest = capsys.readouterr().out.split("highest scores")[1].split("lowest scores")[0].splitlines()[2:5]
+    assert main(["inspect", "--run", str(out), "--target", "0", "--top", "3", "--view", "raw"]) == 0
+    highest = capsys.readouterr().out.split("highest raw scores")[1].split("lowest raw scores")[0].splitlines()[2:5]
     assert all("images/apple_pie/" in line and "NOISY" not in line for line in highest), highest
     assert main(["detect", "--run", str(out), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
     metrics = _assert_suspects_found(run, train["noisy"].astype(bool))

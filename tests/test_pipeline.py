@@ -52,7 +52,8 @@ def _assert_ensemble_metrics(run_dir, metrics: dict, test_labels: np.ndarray) ->
 
 def test_inspect_prints_and_saves_grid(tiny_run, tmp_path, capsys):
     png = tmp_path / "grid.png"
-    assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "4", "--png", str(png)]) == 0
+    assert main(["inspect", "--run", str(tiny_run), "--target", "3", "--top", "4", "--png", str(png),
+                 "--view", "raw"]) == 0
     out = capsys.readouterr().out
     assert png.stat().st_size > 1000
     run = RunFolder(tiny_run)
@@ -60,7 +61,7 @@ def test_inspect_prints_and_saves_grid(tiny_run, tmp_path, capsys):
     best = int(np.argmax(column))
     assert f"     1 {best:>6}" in out
     label = run.classes[run.data.table("test")["label"][3]]
-    assert f"highest scores: raise the margin of class '{label}' (the label" in out
+    assert f"highest raw scores: raise the margin of class '{label}' (the label" in out
     assert "pushed this prediction up" not in out
 
 

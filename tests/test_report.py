@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trakscope.attribution.views import DEFAULT_VIEW, apply_view
 from trakscope.config import DataConfig, RunConfig
 from trakscope.io import read_csv, save_npy, write_csv, write_json
 from trakscope.methods.topk import top_k
@@ -53,6 +54,7 @@ def make_run(path: Path, n_train: int = 150, n_test: int = 40, thumb: int = 16, 
         save_npy(path / f"data/thumbs_{split}.npy", thumbs)
         save_npy(path / f"models/probs_{split}.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
     save_npy(path / "scores/test.npy", rng.normal(size=(n_train, n_test)).astype(np.float32))
+    save_npy(path / "scores/self.npy", rng.uniform(0.1, 10.0, n_train).astype(np.float32))
     seal_all(run)  # written by hand here: recorded as trakscope's stages record theirs
     run.results.write(run.metrics_path, "model_metrics",
                      {"models": [], "ensemble": {"val_acc": 0.91, "test_acc": 0.875}})
@@ -160,16 +162,27 @@ def test_page_escapes_every_class_name_and_embeds_exact_data(synth_run):
     assert "Content-Security-Policy" in html and "connect-src &#x27;none&#x27;" in html
 
 
-def test_explorer_payload_is_top_k_of_the_score_matrix(synth_run):
+def test_explorer_payload_is_top_k_of_the_score_matrix_in_every_view(synth_run):
     data = page_data(render(RunFolder(synth_run), k=7))
     x = data["explorer"]
-    pos = np.frombuffer(base64.b64decode(x["pos_idx"]), "<i4").reshape(-1, x["k"])
-    neg = np.frombuffer(base64.b64decode(x["neg_idx"]), "<i4").reshape(-1, x["k"])
-    scores = np.load(synth_run / "scores/test.npy")
-    assert pos.shape == (40, 7)
-    for j in (0, 13, 39):
-        assert pos[j].tolist() == np.argsort(-scores[:, j], kind="stable")[:7].tolist()
-        assert neg[j].tolist() == np.argsort(scores[:, j], kind="stable")[:7].tolist()
+    raw = np.load(synth_run / "scores/test.npy")
+    views = {"raw": raw, "relative": raw / np.sqrt(np.load(synth_run / "scores/self.npy"))[:, None]}
+    assert sorted(x["views"]) == sorted(views) and x["default"] == DEFAULT_VIEW
+    assert x["questions"]["raw"].startswith("counterfactual") and x["questions"]["relative"].startswith("relative")
+    for view, scores in views.items():
+        pos = np.frombuffer(base64.b64decode(x["views"][view]["pos_idx"]), "<i4").reshape(-1, x["k"])
+        neg = np.frombuffer(base64.b64decode(x["views"][view]["neg_idx"]), "<i4").reshape(-1, x["k"])
+        assert pos.shape == (40, 7)
+        for j in (0, 13, 39):
+            assert pos[j].tolist() == np.argsort(-scores[:, j], kind="stable")[:7].tolist()
+            assert neg[j].tolist() == np.argsort(scores[:, j], kind="stable")[:7].tolist()
+    assert not np.array_equal(np.argsort(-views["raw"], 0)[:7], np.argsort(-views["relative"], 0)[:7])
+
+
+def test_explorer_without_self_influence_offers_the_raw_view_only(synth_run):
+    (synth_run / "scores/self.npy").unlink()
+    x = page_data(render(RunFolder(synth_run), k=5))["explorer"]
+    assert list(x["views"]) == ["raw"] and x["default"] == "raw"
 
 
 def test_suspects_follow_ranking_csv(synth_run):
@@ -251,7 +264,8 @@ def test_report_of_a_real_tiny_run(tiny_run, tmp_path):
     path = write_report(run_dir, k=6)
     data = page_data(path.read_text())
     scores = np.load(run_dir / "scores/test.npy")
-    pos = np.frombuffer(base64.b64decode(data["explorer"]["pos_idx"]), "<i4").reshape(scores.shape[1], 6)
+    pos = np.frombuffer(base64.b64decode(data["explorer"]["views"]["raw"]["pos_idx"]), "<i4").reshape(
+        scores.shape[1], 6)
     assert pos[0].tolist() == np.argsort(-scores[:, 0], kind="stable")[:6].tolist()
     assert len(data["splits"]["train"]["label"]) == scores.shape[0]
 
@@ -313,3 +327,12 @@ def test_deleted_thumbnails_are_named_where_the_images_were(tiny_run, tmp_path, 
     shutil.copytree(tiny_run, whole)
     code, html, err = _report(whole, capsys)
     assert code == 0 and err == [] and 'class="missing gap"' not in html and page_data(html)["thumbs"]
+
+
+def test_view_top_k_in_chunks_is_top_k_of_the_whole_view():
+    rng = np.random.default_rng(1)
+    scores, self_inf = rng.normal(size=(50, 20)).astype(np.float32), rng.uniform(0.1, 5.0, 50)
+    for view in ("raw", "relative"):
+        whole = top_k(apply_view(scores, self_inf, view), 6)
+        chunked = payload.view_top_k(scores, self_inf, view, 6, chunk=3)
+        assert all(np.array_equal(whole[name], chunked[name]) for name in whole)

@@ -96,6 +96,7 @@ def test_choosing_a_test_example_shows_exactly_its_top_k(browser, synth_report, 
     scores = np.load(run_dir / "scores/test.npy")
     p = Page(browser, html)
     p.page.select_option("#ex-k", "12")
+    p.page.select_option("#ex-view", "raw")
     for j in (17, 0, 59):
         p.page.fill("#ex-index", str(j))
         p.page.dispatch_event("#ex-index", "change")
@@ -107,6 +108,26 @@ def test_choosing_a_test_example_shows_exactly_its_top_k(browser, synth_report, 
     assert p.indices("#query") == [third]
     assert p.indices("#pos-gallery .tile") == np.argsort(-scores[:, third], kind="stable")[:12].tolist()
     p.page.screenshot(path=str(tmp_path / "explorer_synthetic.png"))
+    p.assert_clean()
+
+
+def test_view_toggle_reranks_the_lists_and_says_what_each_view_answers(browser, synth_report):
+    run_dir, html = synth_report
+    raw = np.load(run_dir / "scores/test.npy")
+    relative = raw / np.sqrt(np.load(run_dir / "scores/self.npy"))[:, None]
+    p = Page(browser, html)
+    p.page.fill("#ex-index", "5")
+    p.page.dispatch_event("#ex-index", "change")
+    assert p.page.input_value("#ex-view") == "relative"  # the default view, chosen on val targets
+    assert p.indices("#pos-gallery .tile") == np.argsort(-relative[:, 5], kind="stable")[:8].tolist()
+    assert p.indices("#neg-gallery .tile") == np.argsort(relative[:, 5], kind="stable")[:8].tolist()
+    assert p.page.text_content("#ex-view-note").startswith("view relative: relative influence")
+    assert "(relative view)" in p.page.text_content("#pos-gallery h3")
+    p.page.select_option("#ex-view", "raw")
+    assert p.indices("#query") == [5]
+    assert p.indices("#pos-gallery .tile") == np.argsort(-raw[:, 5], kind="stable")[:8].tolist()
+    assert p.page.text_content("#ex-view-note").startswith("view raw: counterfactual")
+    assert "(raw view)" in p.page.text_content("#neg-gallery h3")
     p.assert_clean()
 
 
@@ -169,12 +190,12 @@ def test_screenshot_of_a_real_run(browser, tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     html = write_report(run_dir)
-    scores = np.load(run_dir / "scores/test.npy")
+    scores = np.load(run_dir / "scores/test.npy") / np.sqrt(np.load(run_dir / "scores/self.npy"))[:, None]
     p = Page(browser, html)
     p.page.select_option("#ex-k", "8")
     p.page.check("#ex-mis")  # a misclassified example is the interesting case
     j = p.indices("#query")[0]
-    assert p.indices("#pos-gallery .tile") == np.argsort(-scores[:, j], kind="stable")[:8].tolist()
+    assert p.indices("#pos-gallery .tile") == np.argsort(-scores[:, j], kind="stable")[:8].tolist()  # relative
     p.page.locator("#explorer").scroll_into_view_if_needed()
     p.page.wait_for_timeout(200)  # sprite sheets decode asynchronously
     shot = tmp_path / "explorer.png"

@@ -10,7 +10,9 @@ __version__ = "0.2.0"
 from .attribution.masks import dropconnect
 from .attribution.output import Margin, ModelOutput
 from .attribution.trak import TRAK
+from .attribution.views import DEFAULT_VIEW, VIEWS, apply_view
 from .config import SettingError
+from .methods.checks import class_detection, randomisation_correlation, top_k_cardinality, wrong_label_share
 from .methods.d3m import alignment_scores, auto_groups, group_losses
 from .methods.lds import ci95, lds, predicted_outputs, spearman_columns, subset_masks
 from .methods.metrics import average_precision, detection_metrics, recall_at_fraction, roc_auc
@@ -21,16 +23,20 @@ from .methods.topk import top_and_bottom, top_k
 from .stages.labels import label_issues
 
 __all__ = [
+    "DEFAULT_VIEW",
     "SCORERS",
     "STRATEGIES",
     "TRAK",
+    "VIEWS",
     "SettingError",
     "Margin",
     "ModelOutput",
     "alignment_scores",
+    "apply_view",
     "auto_groups",
     "average_precision",
     "ci95",
+    "class_detection",
     "cleanlab_quality",
     "d3m_scores",
     "detection_metrics",
@@ -39,6 +45,7 @@ __all__ = [
     "label_issues",
     "lds",
     "predicted_outputs",
+    "randomisation_correlation",
     "recall_at_fraction",
     "remove_and_retrain",
     "roc_auc",
@@ -47,6 +54,8 @@ __all__ = [
     "subset_masks",
     "top_and_bottom",
     "top_k",
+    "top_k_cardinality",
     "training_loss",
     "val_influence",
+    "wrong_label_share",
 ]

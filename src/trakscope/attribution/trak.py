@@ -43,6 +43,7 @@ from .projector import GradientProjector
 from .projectors import make_projector
 from .score import NonFiniteFeatures, gram, regularized_inverse, trak_scores
 from .store import SplitFeatures, StoreError, TrakStore, score_record_path
+from .views import apply_view, check_view
 
 Checkpoint = Mapping[str, torch.Tensor] | str | Path | None
 
@@ -271,14 +272,19 @@ class TRAK:
         return inv, lam
 
     def scores(self, train: str = "train", target: str = "test", *, out: Path | str | None = None,
-               checkpoints: Sequence[int] | None = None) -> np.ndarray:
+               checkpoints: Sequence[int] | None = None, view: str = "raw") -> np.ndarray:
         """float32 ``[n_train, n_target]`` ``scores[train, target]``, averaged over every checkpoint (memory-mapped).
 
         ``scores[i, j] = mean_k(X_k A_k^-1 Phi_k^T)[i, j] * mean_k(Q_k)[i]``; higher = training example ``i``
         raises target ``j``'s output more. Written to ``out`` (default: inside the store) with a ``.json``
         record beside it; a finished matrix with the same checkpoints and ridge is reused. ``checkpoints``
         restricts the average to those ids (e.g. to ask what fewer models would have given).
+
+        ``view`` (:data:`~trakscope.attribution.views.VIEWS`): ``raw``, the counterfactual scores above (the
+        stored matrix, memory-mapped), or ``relative``, each row over the square root of the training example's
+        self-influence under the same checkpoints (a new array in memory; the stored matrix is unchanged).
         """
+        check_view(view)
         out = Path(out) if out is not None else self.store.scores_path(train, target)
         ids = self._subset(self._require(train, target), checkpoints)
         record = {"train": train, "target": target, "checkpoints": ids, "ridge": self.ridge,
@@ -287,7 +293,10 @@ class TRAK:
             with self.store.writing():
                 self._write_scores(ids, train, target, out, record)
         dist.barrier()
-        return self.store.read_npy(out, mmap=True)
+        raw = self.store.read_npy(out, mmap=True)
+        if view == "raw":
+            return raw
+        return apply_view(raw, self.self_influence(train, checkpoints=checkpoints), view)
 
     def _subset(self, ids: list[int], checkpoints: Sequence[int] | None) -> list[int]:
         """``checkpoints`` (sorted, deduplicated), checked against the featurized ``ids``; None = all of them."""

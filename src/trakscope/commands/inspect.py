@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..attribution.views import DEFAULT_VIEW, VIEWS
 from ..report.grid import influence_grid
 from ..run_folder import RunFolder
 from ..stages.inspect import Inspection, headers, inspect_image, inspect_target, train_rows
@@ -28,22 +29,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "self-influence)")
     parser.add_argument("--top", type=int, default=8, help="how many highest and how many lowest to show")
     parser.add_argument("--png", default=None,
-                        help="where to save the grid (default: RUN/inspect/<split>_<target>.png)")
+                        help="where to save the grid (default: RUN/inspect/<split>_<target>_<view>.png)")
+    parser.add_argument("--view", default=DEFAULT_VIEW, choices=tuple(VIEWS),
+                        help="how to rank the training examples (default %(default)s, chosen on validation targets): "
+                             + "; ".join(f"{v.name}: {v.question}" for v in VIEWS.values()))
 
 
 def run(args: argparse.Namespace) -> int:
     folder = RunFolder(args.run)
     if args.image is not None:
-        found = inspect_image(folder, args.image, args.margin_class, args.top)
+        found = inspect_image(folder, args.image, args.margin_class, args.top, args.view)
     else:
-        found = inspect_target(folder, args.split, args.target, args.margin_class, args.top)
+        found = inspect_target(folder, args.split, args.target, args.margin_class, args.top, args.view)
     classes = folder.classes
     print(_describe(classes, found))
     tables = train_rows(folder, found)
     rows = {}
     for name, examples in zip(headers(classes, found), tables):
         print(f"\n{name}:")
-        print(f"  {'rank':>4} {'train':>6} {'score':>11} {'label':>12} {'true':>12}  source")
+        print(f"  {'rank':>4} {'train':>6} {found.view:>11} {'label':>12} {'true':>12}  source")
         for r, e in enumerate(examples):
             flag = "  NOISY" if e["noisy"] else ("  CANARY (flipped by --canaries)" if e["canary"] else "")
             print(f"  {r + 1:>4} {e['index']:>6} {e['score']:>11.4g} {e['label']:>12} {e['true']:>12}  "
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                 + (f", true {e['true']}" if e["noisy"] or e["canary"] else "")} for e in examples]
     png = args.png or found.png
     label = "" if found.label is None else f"\nlabel {classes[found.label]}"
-    title = f"{found.description}{label}\npredicted {classes[found.predicted]}"
+    title = f"{found.description}{label}\npredicted {classes[found.predicted]}\nview: {found.view}"
     influence_grid({"image": found.image, "title": title}, rows, png)
     folder.integrity.seal(Path(png))  # recorded where it is inside the run folder
     print(f"\ngrid saved to {png}")
@@ -63,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
 def _describe(classes: list[str], found: Inspection) -> str:
     label = "" if found.label is None else f"label {classes[found.label]}, "
     return (f"{found.description}: {label}ensemble predicts {classes[found.predicted]}\n"
-            f"scores are for the margin of class '{classes[found.margin_class]}' ({found.margin_role})")
+            f"scores are for the margin of class '{classes[found.margin_class]}' ({found.margin_role})\n"
+            f"view: {found.view}, {VIEWS[found.view].question}")

@@ -46,7 +46,10 @@ def build_data(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None =
         sheets = inputs.read(shown_in, run.thumbs_path(split), lambda s=split: sprite_sheets(run.data.thumbs(s)))
         if sheets is not None:
             data["thumbs"][split] = sheets
-    data["explorer"] = inputs.read("explorer", run.scores_path("test"), lambda: payload.explorer_payload(run, k))
+    self_influence = inputs.read("explorer", run.scores_path("self"), lambda: payload.read_self_influence(run)) \
+        if run.scores_path("test").exists() else None
+    data["explorer"] = inputs.read("explorer", run.scores_path("test"),
+                                   lambda: payload.explorer_payload(run, k, self_influence))
     data["suspects"] = inputs.read(("suspects", "detection"), run.ranking_path, lambda: payload.read_ranking(run))
     return data
 
@@ -130,9 +133,10 @@ def render(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None = Non
     body = [
         summary,
         _section(inputs, "explorer", "Explorer", _explorer_shell(data, run_dir),
-                 "Pick a test example: beside it are the training examples with the highest and lowest TRAK scores, "
-                 "i.e. those that most raise (positive) or lower (negative) the model's margin for the example's "
-                 "label.", (run.scores_path("test"),)),
+                 "Pick a test example: beside it are the training examples with the highest and lowest TRAK scores "
+                 "for the model's margin on the example's label, in the view chosen above them: raw (what leaving "
+                 "each one out would do) or relative (the same scores over each one's own influence).",
+                 (run.scores_path("test"),)),
         _section(inputs, "suspects", "Suspects", _suspects_shell(data, run_dir),
                  "Training examples most likely mislabeled, most suspicious first.", (run.ranking_path,)),
         _section(inputs, "detection", "Detection quality",
@@ -143,7 +147,8 @@ def render(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None = Non
                  "Retrain without the top-ranked examples of each strategy: does accuracy go up or down?",
                  (run.removal_results_path,)),
         _section(inputs, "lds", "Linear datamodeling score", sections.lds_section(*lds, run_dir),
-                 "How well the scores predict the margins of models retrained on random half-size subsets.",
+                 "How well the raw (counterfactual) scores predict the margins of models retrained on random "
+                 "half-size subsets.",
                  tuple(run.lds_results())),
     ]
     return _page(run, "".join(body), payload.embed_json(data))

@@ -1,7 +1,8 @@
 """The report's data: what the page's script needs, gathered from the run folder and kept compact.
 
-The explorer never sees the score matrix: for every test example only its ``k`` most positive and ``k``
-most negative training examples are kept (indices and scores), packed as base64 little-endian arrays.
+The explorer never sees the score matrix: for every test example and every view of the scores
+(:mod:`trakscope.attribution.views`) only its ``k`` highest and ``k`` lowest training examples are kept (indices
+and scores), packed as base64 little-endian arrays.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..attribution.views import DEFAULT_VIEW, VIEWS, apply_view, normaliser
 from ..io import read_csv
 from ..methods import registry
 from ..methods.topk import top_k
@@ -42,12 +44,45 @@ def split_table(run: RunFolder, split: str, probs: np.ndarray | None = None) -> 
     return out
 
 
-def explorer_payload(run: RunFolder, k: int) -> dict[str, Any] | None:
-    """Top-k attributions of every test example, or None when ``scores/test.npy`` is missing."""
+def read_self_influence(run: RunFolder) -> np.ndarray:
+    """float32 ``[n_train]`` ``scores/self.npy``, checked to be usable by the relative view.
+
+    Raises:
+        ViewError: negative or non-finite values (a damaged file).
+    """
+    values = run.results.scores("self", mmap=False)
+    normaliser(values)
+    return values
+
+
+def view_top_k(scores: np.ndarray, self_influence: np.ndarray | None, view: str, k: int,
+               chunk: int = 256) -> dict[str, np.ndarray]:
+    """:func:`~trakscope.methods.topk.top_k` of ``scores`` float ``[n_train, n_target]`` (memory-mapped) seen
+    through ``view``, ``chunk`` targets at a time: memory stays ``n_train * chunk`` floats, as for the raw scores."""
+    parts = [top_k(apply_view(np.asarray(scores[:, j:j + chunk]), self_influence, view), k)
+             for j in range(0, scores.shape[1], chunk)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def explorer_payload(run: RunFolder, k: int, self_influence: np.ndarray | None) -> dict[str, Any] | None:
+    """Top-k attributions of every test example under every view, or None when ``scores/test.npy`` is missing.
+
+    Args:
+        self_influence: float ``[n_train]`` ``scores/self.npy``; None (missing or damaged) offers the raw view only.
+
+    Returns:
+        ``k``, ``views`` {view: {``pos_idx``, ``pos_score``, ``neg_idx``, ``neg_score``} packed}, ``default`` (the
+        view shown first), ``questions`` {view: what it answers}.
+    """
     if not run.scores_path("test").exists():
         return None
-    tk = top_k(run.results.scores("test"), k)
-    return {"k": int(tk["pos_idx"].shape[1]), **{name: b64(a) for name, a in tk.items()}}
+    scores = run.results.scores("test")
+    names = [v for v in VIEWS if v == "raw" or self_influence is not None]
+    views = {v: view_top_k(scores, self_influence, v, k) for v in names}
+    return {"k": int(views["raw"]["pos_idx"].shape[1]),
+            "views": {v: {name: b64(a) for name, a in tk.items()} for v, tk in views.items()},
+            "default": DEFAULT_VIEW if DEFAULT_VIEW in views else "raw",
+            "questions": {v: VIEWS[v].question for v in names}}
 
 
 def read_ranking(run: RunFolder) -> dict[str, Any] | None:

@@ -76,7 +76,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("lds/{name}_per_target.csv", "per-target Spearman correlations behind an LDS result"),
     ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}.json", "a cached subset model's record"),
     ("lds/subsets/alpha{a}_seed{s}[_ep{E}]/model{i}_{split}.npy", "its margins on a split"),
-    ("inspect/{split}_{target}.png", "`trakscope inspect` grids"),
+    ("inspect/{split}_{target}_{view}.png", "`trakscope inspect` grids, one per view of the scores (`--view`)"),
     ("report/index.html", "the self-contained report"),
 )
 OWNED = ("data", "models", "features", "scores", "detect", "removal", "lds", "report", "inspect", "export",
@@ -237,8 +237,8 @@ class Layout:
         """``(model{i}.json, {split: model{i}_{split}.npy})`` of one cached subset model."""
         return folder / f"model{i}.json", {s: folder / f"model{i}_{s}.npy" for s in splits}
 
-    def inspect_path(self, split: str, target: int | str) -> Path:
-        return self.path / "inspect" / f"{split}_{target}.png"
+    def inspect_path(self, split: str, target: int | str, view: str) -> Path:
+        return self.path / "inspect" / f"{split}_{target}_{view}.png"
 
     @property
     def report_path(self) -> Path:

@@ -3,7 +3,8 @@
 A target is an example of the test, val or train split (by index, ``source_id`` or file name) or a new image file.
 Stored scores (``scores/<split>.npy``) are for the margin of each test and val target's own label; the margin of
 any other class, a training example and every new image are scored on the fly under every checkpoint of the run
-(nothing is stored).
+(nothing is stored). Either is then seen through a view (:mod:`trakscope.attribution.views`: raw or relative to
+self-influence).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from ..attribution.views import DEFAULT_VIEW, apply_view, check_view
 from ..data import TensorImages, decode_file
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
@@ -27,8 +29,8 @@ from .ensemble import Runtime, engine_checkpoints, engine_state, ensemble_predic
 class Inspection:
     """Who raised and who lowered the margin of one class on one target.
 
-    ``scores`` is float ``[n_train]`` (``scores[train]``: positive raises the margin of ``margin_class``);
-    ``top`` and ``bottom`` index the training split, most positive and most negative first.
+    ``scores`` is float ``[n_train]``, the raw scores seen through ``view`` (raw: positive raises the margin of
+    ``margin_class``); ``top`` and ``bottom`` index the training split, highest and lowest first.
     """
 
     description: str  # "test example 3 (digits:17)" or "image cat.png"
@@ -41,6 +43,7 @@ class Inspection:
     top: np.ndarray
     bottom: np.ndarray
     png: Path  # default place of the grid
+    view: str = "raw"  # the view of the scores (trakscope.attribution.views.VIEWS)
 
 
 def resolve_target(table: dict[str, np.ndarray], split: str, target: str) -> int:
@@ -122,9 +125,9 @@ def margin_role(margin_class: int, label: int | None, predicted: int) -> str:
 
 
 def headers(classes: list[str], found: Inspection) -> tuple[str, str]:
-    """Names of the two rows: which margin the highest and the lowest scores raise and lower."""
+    """Names of the two rows: which view's highest and lowest scores, and which margin they raise and lower."""
     what = f"the margin of class '{classes[found.margin_class]}' ({found.margin_role})"
-    return f"highest scores: raise {what}", f"lowest scores: lower {what}"
+    return f"highest {found.view} scores: raise {what}", f"lowest {found.view} scores: lower {what}"
 
 
 def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -139,13 +142,15 @@ def score_on_the_fly(run: RunFolder, x: torch.Tensor, labels: torch.Tensor) -> n
 
 
 def inspect_target(run: RunFolder, split: str, target: str, margin_class: str | None = None,
-                   top: int = 8) -> Inspection:
-    """Attribution of example ``target`` of ``split``; stored scores unless another class's margin is asked for, or
-    the target is a training example (scored on the fly: its own score is its self-influence).
+                   top: int = 8, view: str = DEFAULT_VIEW) -> Inspection:
+    """Attribution of example ``target`` of ``split`` seen through ``view``; stored scores unless another class's
+    margin is asked for, or the target is a training example (scored on the fly: its own score is its
+    self-influence).
 
     Raises:
         ValueError: ``target`` names no example of ``split`` (the message says which split has it, if one does).
     """
+    check_view(view)
     table, classes = run.data.table(split), run.classes
     try:
         i = resolve_target(table, split, target)
@@ -158,35 +163,45 @@ def inspect_target(run: RunFolder, split: str, target: str, margin_class: str | 
     else:
         x = run.data.dataset().split(split).images.batch(np.array([i]))
         column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)
-    png = run.inspect_path(split, i if c == label else f"{i}_class{c}")
+    png = run.inspect_path(split, (i if c == label else f"{i}_class{c}"), view)
     return _found(f"{split} example {i} ({table['source_id'][i]})", run.data.thumbs(split)[i], label, predicted, c,
-                  column, top, png)
+                  _seen(run, column, view), top, png, view)
 
 
-def inspect_image(run: RunFolder, path: Path | str, margin_class: str | None = None, top: int = 8) -> Inspection:
-    """Attribution of a new image file, decoded and normalised like the run's images, scored on the fly.
+def inspect_image(run: RunFolder, path: Path | str, margin_class: str | None = None, top: int = 8,
+                  view: str = DEFAULT_VIEW) -> Inspection:
+    """Attribution of a new image file, decoded and normalised like the run's images, scored on the fly and seen
+    through ``view``.
 
     Without ``margin_class`` the margin is the ensemble's predicted class.
     """
+    check_view(view)
     data = run.config.data.with_defaults()
     x, raw = decode_file(str(path), data)  # through the model's own preprocessing where the run records one
     predicted = int(ensemble_predict(run, {"image": x}).probs["image"][0].argmax())
     c = predicted if margin_class is None else resolve_class(run.classes, margin_class)
     column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)
     thumb = TensorImages(raw).thumbnails(np.array([0]), min(data.image_size, 64))[0]
-    png = run.inspect_path("image", f"{Path(path).stem}_class{c}")
-    return _found(f"image {path}", thumb, None, predicted, c, column, top, png)
+    png = run.inspect_path("image", f"{Path(path).stem}_class{c}", view)
+    return _found(f"image {path}", thumb, None, predicted, c, _seen(run, column, view), top, png, view)
+
+
+def _seen(run: RunFolder, column: np.ndarray, view: str) -> np.ndarray:
+    """float64 ``[n_train]`` raw scores of one target through ``view`` (``scores/self.npy`` read only if needed)."""
+    if view == "raw":
+        return column
+    return apply_view(column, run.results.scores("self"), view).astype(np.float64)
 
 
 def _found(description: str, image: np.ndarray, label: int | None, predicted: int, c: int, column: np.ndarray,
-           top: int, png: Path) -> Inspection:
+           top: int, png: Path, view: str) -> Inspection:
     if top < 1:
         raise ValueError("--top must be at least 1")
     if not np.isfinite(column).all():
         raise RunError(f"the scores of {description} are not finite; rerun `trakscope run`")
     hi, lo = top_and_bottom(column, top)
     return Inspection(description, image, label, predicted, c, margin_role(c, label, predicted), column, hi, lo,
-                      png)
+                      png, view)
 
 
 def train_rows(run: RunFolder, found: Inspection) -> list[list[dict]]:

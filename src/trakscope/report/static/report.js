@@ -114,11 +114,14 @@
 
   /* ================= explorer ================= */
   function Explorer(root) {
-    var X = D.explorer, K = X.k;
-    var pos = decode(X.pos_idx, Int32Array), posS = decode(X.pos_score, Float32Array);
-    var neg = decode(X.neg_idx, Int32Array), negS = decode(X.neg_score, Float32Array);
+    var X = D.explorer, K = X.k, VIEWS = Object.keys(X.views), lists = {};
+    VIEWS.forEach(function (v) {
+      var p = X.views[v];
+      lists[v] = { pos: decode(p.pos_idx, Int32Array), posS: decode(p.pos_score, Float32Array),
+                   neg: decode(p.neg_idx, Int32Array), negS: decode(p.neg_score, Float32Array) };
+    });
     var hasPred = Array.isArray(TEST.pred);
-    var st = { cls: -1, mis: false, page: 0, cur: 0, k: Math.min(8, K) };
+    var st = { cls: -1, mis: false, page: 0, cur: 0, k: Math.min(8, K), view: X["default"] };
     var PER_PAGE = 40;
 
     function matching() {
@@ -152,10 +155,15 @@
     var kSel = select(kOpts.map(function (k) { return [k, String(k)]; }), st.k, function (v) { st.k = +v; drawMain(); });
     kSel.id = "ex-k";
     controls.appendChild(labeled("top k", kSel));
+    var viewSel = select(VIEWS.map(function (v) { return [v, v]; }), st.view, function (v) { st.view = v; drawMain(); });
+    viewSel.id = "ex-view";
+    controls.appendChild(labeled("view", viewSel));
     controls.appendChild(button("← prev", function () { step(-1); }));
     controls.appendChild(button("next →", function () { step(1); }));
     var picker = el("div", "picker"), main = el("div", "explorer-main");
-    root.appendChild(controls); root.appendChild(picker); root.appendChild(main);
+    var viewNote = el("div", "muted view-note");
+    viewNote.id = "ex-view-note";
+    root.appendChild(controls); root.appendChild(viewNote); root.appendChild(picker); root.appendChild(main);
 
     function step(d) {
       var m = matching();
@@ -215,6 +223,10 @@
 
     function drawMain() {
       main.textContent = "";
+      viewNote.textContent = "view " + st.view + ": " + X.questions[st.view] +
+        (VIEWS.length > 1 ? " (the other: " + VIEWS.filter(function (v) { return v !== st.view; }).map(
+          function (v) { return v + ", " + X.questions[v]; }).join("; ") + ")" : "");
+      var L = lists[st.view];
       var i = st.cur, q = el("div", "query");
       q.id = "query";
       q.dataset.index = String(i);
@@ -232,10 +244,10 @@
       main.appendChild(q);
       var gs = el("div", "galleries");
       var name = "“" + className(TEST.label[i]) + "”";
-      gs.appendChild(gallery("pos-gallery", "Most positive", "training examples that push the model towards " + name,
-        pos, posS));
-      gs.appendChild(gallery("neg-gallery", "Most negative", "training examples that push it away from " + name,
-        neg, negS));
+      gs.appendChild(gallery("pos-gallery", "Most positive (" + st.view + " view)",
+        "training examples that push the model towards " + name, L.pos, L.posS));
+      gs.appendChild(gallery("neg-gallery", "Most negative (" + st.view + " view)",
+        "training examples that push it away from " + name, L.neg, L.negS));
       main.appendChild(gs);
     }
 
