@@ -201,8 +201,9 @@ def test_detect_suggests_labels_removal_relabels_export_and_label_issues(tiny_ru
     assert main(["export", "--run", str(run), "--strategy", "relabel-loss", "--fraction", "0.1"]) == 0
     keep = read_csv(run / "export" / "keep_relabel-loss_0.1.csv")
     relabeled = read_csv(run / "export" / "removed_relabel-loss_0.1.csv")
-    assert len(keep) == 200 and len(relabeled) == len(changed)
-    assert all(int(keep[int(r["index"])]["label"]) == int(r["suggested_label"]) for r in relabeled)
+    train_keep = [r for r in keep if r["split"] == "train"]  # the pool's validation carve-out follows (split=val)
+    assert len(train_keep) == 200 and len(relabeled) == len(changed)
+    assert all(int(train_keep[int(r["index"])]["label"]) == int(r["suggested_label"]) for r in relabeled)
     assert main(["export", "--run", str(run), "--strategy", "loss", "--fraction", "0.1"]) == 0
     removed = read_csv(run / "export" / "removed_loss_0.1.csv")
     assert all(r["suggested_label"] == str(suggested[int(r["index"])]) for r in removed)
