@@ -29,7 +29,7 @@ from .images import (
     batch_slices,
     iter_batches,
 )
-from .neighbours import nearest_confusion
+from .neighbours import lookalike_pairs, nearest_confusion
 from .splits import (
     CANARY_KINDS,
     CONFUSABLE_PAIRS,
@@ -116,9 +116,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.max_test is not None:
         test = test.subset(stratified_subset(test.labels, cfg.max_test, seed=cfg.seed + 3))
     noisy, flipped = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4, kind=cfg.noise_kind,
-                                 pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else ())
+                                 pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else (),
+                                 confusion=nearest_confusion(train.images, train.labels, seed=cfg.seed + 7)
+                                 if cfg.noise_kind == "lookalike" and cfg.noise > 0 else None)
     labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
-                                    confusion=_canary_confusion(cfg, train.images, noisy))
+                                    confusion=_canary_confusion(cfg, train.images, noisy),
+                                    pair_weights=lookalike_pairs(train.images, noisy, len(classes), seed=cfg.seed + 6)
+                                    if cfg.canary_kind == "pairs" and cfg.canaries > 0 else None)
     train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
@@ -127,7 +131,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 
 def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):
-    """``plant_canaries``' ``confusion`` for ``cfg.canary_kind``: None (uniform flips) or nearest neighbours."""
+    """``plant_canaries``' ``confusion`` for ``cfg.canary_kind``: None (uniform flips, and ``pairs``, which draws
+    its pairs instead) or nearest neighbours."""
     if cfg.canary_kind not in CANARY_KINDS:
         raise DataError(f"unknown canary kind {cfg.canary_kind!r}; choose one of {', '.join(CANARY_KINDS)}")
     return nearest_confusion(images, labels, seed=cfg.seed + 6) if cfg.canary_kind == "nearest" else None
