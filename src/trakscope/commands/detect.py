@@ -9,7 +9,7 @@ from .. import dist
 from ..config import Bound
 from ..methods import registry
 from ..methods.registry import SCORERS
-from ..report.tables import detection_table
+from ..report.tables import canary_count_lines, canary_estimate_table, detection_table, wrong_label_line
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
 from ..table_files import FORMATS
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name}: {SCORERS[name].description}")
     for name, facts in det.facts.items():
         print(SCORERS[name].flag.sentence(name, facts, _number))
+    if "wrong_labels" in det.info:
+        print(wrong_label_line(det.info["wrong_labels"]))
     if metrics is None:
         print("no planted noise and no canaries in this run: no detection metrics (rankings only; "
               "`trakscope run --canaries 0.01` plants known errors to measure on)")
@@ -76,4 +78,8 @@ def run(args: argparse.Namespace) -> int:
               f"(recall = share of them in the top k% of the whole ranking):")
         print(detection_table({"scorers": can["scorers"], "chance": can["chance"]}))
         print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
+        print("\nthese recalls are estimates: the canaries stand in for the data's own errors, which may be harder "
+              f"or easier to find; 95% intervals from the {can['n']} canaries (Wilson):")
+        print(canary_estimate_table(can))
+        print("\n".join(canary_count_lines(can, metrics["n_train"])))
     return 0

@@ -21,7 +21,7 @@ from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_ra
 from ..methods.scorers import resolve_groups
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
-from .canaries import canary_mask
+from .canaries import canary_estimates, canary_mask, wrong_label_estimate
 from .crossval import out_of_sample_probs
 from .groups import read_groups
 
@@ -30,7 +30,8 @@ from .groups import read_groups
 class Detection:
     """Scores of every scorer that ran (natural units, float64 ``[n_train]``) and what is known about them.
 
-    ``info`` holds ``groups``, ``n_groups`` and ``canary`` (bool ``[n_train]``); ``flags`` the bool ``[n_train]``
+    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``) and ``wrong_labels`` (the estimated
+    count, :func:`~.canaries.wrong_label_estimate`); ``flags`` the bool ``[n_train]``
     flags of each flagging scorer that ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
     """
 
@@ -106,6 +107,10 @@ class LazyInputs(Mapping[str, Any]):
             self._values[name] = self._providers[name](self._source, self)
         return self._values[name]
 
+    def computed(self, name: str) -> Any:
+        """The input ``name`` if a scorer already asked for it, else None (nothing is computed)."""
+        return self._values.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._providers
 
@@ -139,9 +144,12 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
     info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
             "canary": canary_mask(run, len(inputs["train_labels"]))}
+    flags = {n: r.flagged for n, r in ran.items() if r.flagged is not None}
+    oos = inputs.computed("oos_probs")  # the estimate of the wrong labels reads out-of-sample probabilities if any
+    info["wrong_labels"] = wrong_label_estimate(inputs["train_labels"], inputs["train_probs"] if oos is None else oos,
+                                                info["canary"], oos is not None, flags)
     return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
-                     info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
-                     facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+                     info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
 
 
 def ground_truth(run: RunFolder) -> str:
@@ -236,7 +244,10 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     if has_canaries:
         out["canaries"] = {"n": int(canary.sum()), "chance": _chance(canary),
                            "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
-                                       for n, s in det.scores.items()}}
+                                       for n, s in det.scores.items()},
+                           **canary_estimates(det.scores, canary, out["primary"])}  # estimates with 95% intervals
+    if "wrong_labels" in det.info:
+        out["wrong_labels"] = det.info["wrong_labels"]
     out.update(flag_summaries(det, noisy))
     return out
 

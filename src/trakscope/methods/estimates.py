@@ -1,0 +1,107 @@
+"""What a run can say about its own detection quality without ground truth: array in, array out.
+
+A recall measured on the canaries (labels trakscope flipped itself) stands for the recall on the data's own errors:
+it is an **estimate**, with two uncertainties, the canary count (binomial: the Wilson interval) and how far the
+canaries' difficulty sits from the real errors' (the spread between canary kinds, where several are compared).
+:func:`canaries_for_width` says how many canaries an interval width needs; :func:`estimated_wrong_labels` how many
+wrong labels the data itself holds (cleanlab's confident joint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .metrics import RECALL_FRACTIONS, inspection_order, recall_key
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+WIDTHS = (0.4, 0.3, 0.2, 0.1)  # full widths of the 95% interval that `detect` tabulates canary counts for
+
+
+def wilson_interval(found: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial share ``found / n`` (95% with the default ``z``).
+
+    ``n`` may be an effective count (a float). Returns ``(low, high)`` in ``[0, 1]``; ``(0, 1)`` when ``n`` is 0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(max(found / n, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def canaries_for_width(width: float, recall: float = 0.5, z: float = Z95) -> int:
+    """The fewest canaries whose Wilson 95% interval is at most ``width`` wide (full width) at a canary recall of
+    ``recall``; 0.5 is the worst case. Raises ValueError for a width outside ``(0, 1)``."""
+    if not 0.0 < width < 1.0:
+        raise ValueError(f"interval width must be in (0, 1), got {width}")
+    n = 1
+    while True:
+        low, high = wilson_interval(recall * n, n, z)
+        if high - low <= width:
+            return n
+        n = n + 1 if n < 64 else math.ceil(n * 1.02)
+
+
+def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None) -> dict[str, float]:
+    """A share measured on canaries, with its 95% interval.
+
+    Args:
+        hits: bool ``[m]``, True for each canary found (e.g. in the top 10% of the ranking).
+        kinds: int ``[m]``, the kind each canary was planted as (None: one kind). With several kinds the estimate
+            is the share over all canaries, and the Wilson interval is widened to cover every kind's own share:
+            how much the estimate depends on the canaries' design is part of its uncertainty.
+
+    Returns:
+        ``estimate``, ``low``, ``high`` and ``n`` (NaN estimate without canaries).
+    """
+    hits = np.asarray(hits, dtype=bool)
+    n = len(hits)
+    if n == 0:
+        return {"estimate": math.nan, "low": 0.0, "high": 1.0, "n": 0}
+    low, high = wilson_interval(float(hits.sum()), n)
+    if kinds is not None:
+        kinds = np.asarray(kinds)
+        shares = [float(hits[kinds == k].mean()) for k in np.unique(kinds)]
+        low, high = min(low, *shares), max(high, *shares)
+    return {"estimate": float(hits.mean()), "low": low, "high": high, "n": n}
+
+
+def recall_estimates(suspicion: np.ndarray, canary: np.ndarray, fractions: tuple[float, ...] = RECALL_FRACTIONS,
+                     kinds: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Recall at each inspected fraction estimated on the canaries, with its 95% interval.
+
+    Args:
+        suspicion: float ``[n]``, higher = inspected first (the whole training split's ranking).
+        canary: bool ``[n]``, the canaries.
+        kinds: int ``[n]``, each example's canary kind (read at the canaries only; None: one kind).
+
+    Returns:
+        ``{recall@10%: {estimate, low, high, n}}`` per fraction (see :func:`estimate_with_interval`).
+    """
+    s, c = np.asarray(suspicion, dtype=np.float64), np.asarray(canary, dtype=bool)
+    if s.ndim != 1 or s.shape != c.shape:
+        raise ValueError(f"suspicion and canary must be 1-D of the same length, got {s.shape} and {c.shape}")
+    order = inspection_order(s)
+    out = {}
+    for f in fractions:
+        top = np.zeros(len(s), dtype=bool)
+        top[order[: math.ceil(f * len(s) - 1e-9)]] = True
+        out[recall_key(f)] = estimate_with_interval(top[c], None if kinds is None else np.asarray(kinds)[c])
+    return out
+
+
+def estimated_wrong_labels(probs: np.ndarray, labels: np.ndarray) -> int:
+    """How many of ``labels`` (int ``[n]``) are wrong, estimated by cleanlab's calibrated confident joint of
+    ``probs`` (float ``[n, C]``, out-of-sample where they exist: in-sample probabilities of a network that fitted
+    its labels count too few)."""
+    # lazy: cleanlab (with pandas) is slow to import, and only detect's estimate needs it
+    from cleanlab.count import num_label_issues
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        return 0
+    return int(num_label_issues(labels, np.asarray(probs, dtype=np.float64),
+                                estimation_method="off_diagonal_calibrated"))
