@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         print(detection_table({"scorers": can["scorers"], "chance": can["chance"]}))
         print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
         print("\nthese recalls are estimates: the canaries stand in for the data's own errors, which may be harder "
-              f"or easier to find; 95% intervals from the {can['n']} canaries (Wilson):")
+              f"or easier to find; 95% intervals from the {can['n']} canaries (Wilson)"
+              + (": each canary weighted by the share of the data's estimated wrong labels (cleanlab's confident "
+                 "joint) in its (class, wrong label) pair over the share of canaries planted there, "
+                 f"{can['needed']['design']:.1f} canaries per effective one" if can.get("weighted") else "") + ":")
         print(canary_estimate_table(can))
         print("\n".join(canary_count_lines(can, metrics["n_train"])))
     return 0

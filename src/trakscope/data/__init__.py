@@ -42,6 +42,7 @@ from .splits import (
 
 __all__ = [
     "CANARY_KINDS",
+    "CANARY_SEED_OFFSET",
     "NOISE_KINDS",
     "DataError",
     "Dataset",
@@ -91,6 +92,9 @@ def _select_builtin_classes(classes: list[str], pool: ImageSplit, cfg: DataConfi
     return keep_names, ImageSplit(sub.images, remap(sub.labels), remap(sub.true_labels), sub.source_ids)
 
 
+CANARY_SEED_OFFSET = 6  # DataConfig.seed + this seeds the canaries' look-alike classes (pairs and nearest)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load, split, subset and plant noise as ``cfg`` says. Deterministic under ``cfg.seed``.
 
@@ -121,8 +125,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                                  if cfg.noise_kind == "lookalike" and cfg.noise > 0 else None)
     labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
                                     confusion=_canary_confusion(cfg, train.images, noisy),
-                                    pair_weights=lookalike_pairs(train.images, noisy, len(classes), seed=cfg.seed + 6)
-                                    if cfg.canary_kind == "pairs" and cfg.canaries > 0 else None)
+                                    pair_weights=_canary_pairs(cfg, train.images, noisy, len(classes)))
     train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
@@ -135,7 +138,15 @@ def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):
     its pairs instead) or nearest neighbours."""
     if cfg.canary_kind not in CANARY_KINDS:
         raise DataError(f"unknown canary kind {cfg.canary_kind!r}; choose one of {', '.join(CANARY_KINDS)}")
-    return nearest_confusion(images, labels, seed=cfg.seed + 6) if cfg.canary_kind == "nearest" else None
+    seed = cfg.seed + CANARY_SEED_OFFSET
+    return nearest_confusion(images, labels, seed=seed) if cfg.canary_kind == "nearest" else None
+
+
+def _canary_pairs(cfg: DataConfig, images: ImageSource, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """``plant_canaries``' ``pair_weights``: the look-alike pairs for ``--canary-kind pairs``, else None."""
+    if cfg.canary_kind != "pairs" or cfg.canaries == 0:
+        return None
+    return lookalike_pairs(images, labels, num_classes, seed=cfg.seed + CANARY_SEED_OFFSET)
 
 
 def _confusable_pairs(classes: list[str]) -> tuple[tuple[int, int], ...]:

@@ -131,3 +131,31 @@ def lookalike_pairs(images: ImageSource, labels: np.ndarray, num_classes: int, s
     estimated = error_pairs(probs, labels[pool], num_classes)
     uniform = uniform_pairs(labels, num_classes)
     return uniform if estimated.sum() == 0 else mix * estimated + (1 - mix) * uniform
+
+
+def nearest_pairs(images: ImageSource, labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """float64 ``[C, C]``: the (true class, wrong label) pair shares of ``--canary-kind nearest``, the share of the
+    pool (:func:`nearest_confusion`'s, same ``seed``) in each class whose nearest other label is each class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pool = stratified_subset(labels, POOL, seed) if len(labels) > POOL else np.arange(len(labels))
+    vote = nearest_confusion(images, labels, seed)(pool)
+    out = np.zeros((num_classes, num_classes))
+    ok = vote >= 0
+    np.add.at(out, (labels[pool][ok], vote[ok]), 1.0)
+    return out / max(len(pool), 1)
+
+
+def planting_pairs(kind: str, images: ImageSource | None, labels: np.ndarray, num_classes: int,
+                   seed: int) -> np.ndarray:
+    """float64 ``[C, C]``: the share of a canary of ``kind`` in each (true class, wrong label) pair, from the labels
+    before the canaries (int ``[n]``) and the seed they were planted with (``DataConfig.seed + 6``); ``images`` may be
+    None for ``random``. Raises ValueError for an unknown kind."""
+    if kind == "random":
+        return uniform_pairs(labels, num_classes)
+    if images is None:
+        raise ValueError(f"the pair shares of {kind} canaries need the training images")
+    if kind == "pairs":
+        return lookalike_pairs(images, labels, num_classes, seed)
+    if kind == "nearest":
+        return nearest_pairs(images, labels, num_classes, seed)
+    raise ValueError(f"unknown canary kind {kind!r}")

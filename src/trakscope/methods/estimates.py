@@ -45,7 +45,8 @@ def canaries_for_width(width: float, recall: float = 0.5, z: float = Z95) -> int
         n = n + 1 if n < 64 else math.ceil(n * 1.02)
 
 
-def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None) -> dict[str, float]:
+def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None,
+                           weights: np.ndarray | None = None) -> dict[str, float]:
     """A share measured on canaries, with its 95% interval.
 
     Args:
@@ -53,30 +54,39 @@ def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None) ->
         kinds: int ``[m]``, the kind each canary was planted as (None: one kind). With several kinds the estimate
             is the share over all canaries, and the Wilson interval is widened to cover every kind's own share:
             how much the estimate depends on the canaries' design is part of its uncertainty.
+        weights: float ``[m]`` >= 0, importance weights (None: all 1). The estimate is the weighted share and the
+            interval is Wilson's at the effective count ``(sum w)^2 / sum w^2`` (Kish), fewer than ``m`` when the
+            weights are uneven.
 
     Returns:
-        ``estimate``, ``low``, ``high`` and ``n`` (NaN estimate without canaries).
+        ``estimate``, ``low``, ``high``, ``n`` and ``n_effective`` (NaN estimate without canaries or weight).
     """
     hits = np.asarray(hits, dtype=bool)
-    n = len(hits)
-    if n == 0:
-        return {"estimate": math.nan, "low": 0.0, "high": 1.0, "n": 0}
-    low, high = wilson_interval(float(hits.sum()), n)
+    w = np.ones(len(hits)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != hits.shape or (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"weights must be finite, non-negative and one per canary, got shape {w.shape}")
+    n, total = len(hits), float(w.sum())
+    if n == 0 or total <= 0:
+        return {"estimate": math.nan, "low": 0.0, "high": 1.0, "n": n, "n_effective": 0.0}
+    share, n_eff = float(w[hits].sum() / total), total**2 / float((w**2).sum())
+    low, high = wilson_interval(share * n_eff, n_eff)
     if kinds is not None:
         kinds = np.asarray(kinds)
         shares = [float(hits[kinds == k].mean()) for k in np.unique(kinds)]
         low, high = min(low, *shares), max(high, *shares)
-    return {"estimate": float(hits.mean()), "low": low, "high": high, "n": n}
+    return {"estimate": share, "low": low, "high": high, "n": n, "n_effective": n_eff}
 
 
 def recall_estimates(suspicion: np.ndarray, canary: np.ndarray, fractions: tuple[float, ...] = RECALL_FRACTIONS,
-                     kinds: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                     kinds: np.ndarray | None = None,
+                     weights: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Recall at each inspected fraction estimated on the canaries, with its 95% interval.
 
     Args:
         suspicion: float ``[n]``, higher = inspected first (the whole training split's ranking).
         canary: bool ``[n]``, the canaries.
         kinds: int ``[n]``, each example's canary kind (read at the canaries only; None: one kind).
+        weights: float ``[n]``, each example's importance weight (read at the canaries only; None: all 1).
 
     Returns:
         ``{recall@10%: {estimate, low, high, n}}`` per fraction (see :func:`estimate_with_interval`).
@@ -89,7 +99,8 @@ def recall_estimates(suspicion: np.ndarray, canary: np.ndarray, fractions: tuple
     for f in fractions:
         top = np.zeros(len(s), dtype=bool)
         top[order[: math.ceil(f * len(s) - 1e-9)]] = True
-        out[recall_key(f)] = estimate_with_interval(top[c], None if kinds is None else np.asarray(kinds)[c])
+        out[recall_key(f)] = estimate_with_interval(top[c], None if kinds is None else np.asarray(kinds)[c],
+                                                    None if weights is None else np.asarray(weights)[c])
     return out
 
 
@@ -105,3 +116,20 @@ def estimated_wrong_labels(probs: np.ndarray, labels: np.ndarray) -> int:
         return 0
     return int(num_label_issues(labels, np.asarray(probs, dtype=np.float64),
                                 estimation_method="off_diagonal_calibrated"))
+
+
+def pair_weights(true: np.ndarray, given: np.ndarray, planted: np.ndarray, errors: np.ndarray) -> np.ndarray | None:
+    """Importance weights that make canaries stand for the data's own errors, pair by pair.
+
+    Args:
+        true, given: int ``[m]``, each canary's true class and the wrong label it was given.
+        planted: float ``[C, C]``, the share of canaries planted in each (true class, given label) pair.
+        errors: float ``[C, C]``, the estimated share of the data's own wrong labels in each pair.
+
+    Returns:
+        float64 ``[m]`` ``errors / planted`` at each canary's pair, scaled to mean 1 (0 where nothing was planted);
+        None when every weight is 0 (no canary sits in a pair the errors are estimated in).
+    """
+    share = np.asarray(planted, np.float64)[true, given]
+    w = np.where(share > 0, np.asarray(errors, np.float64)[true, given] / np.where(share > 0, share, 1.0), 0.0)
+    return None if w.sum() <= 0 else w / w.mean()

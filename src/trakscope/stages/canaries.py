@@ -10,14 +10,23 @@ labels the data itself holds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
-from ..data import ImageSplit
+from ..data import CANARY_SEED_OFFSET, ImageSplit
+from ..data.neighbours import error_pairs, planting_pairs
 from ..io import read_csv, write_csv
 from ..methods import registry
-from ..methods.estimates import WIDTHS, canaries_for_width, estimated_wrong_labels, recall_estimates, wilson_interval
+from ..methods.estimates import (
+    WIDTHS,
+    canaries_for_width,
+    estimated_wrong_labels,
+    pair_weights,
+    recall_estimates,
+    wilson_interval,
+)
 from ..run_folder import RunFolder
 
 COLUMNS = ("index", "source_id", "label", "true_label")
@@ -51,34 +60,52 @@ MAX_CANARY_SHARE = 0.05  # beyond this share of the training labels the canaries
 AT = "recall@10%"  # the recall the count table is computed at
 
 
-def canary_estimates(scores: Mapping[str, np.ndarray], canary: np.ndarray, primary: str) -> dict:
+def canary_estimates(scores: Mapping[str, np.ndarray], canary: np.ndarray, primary: str,
+                     weights: np.ndarray | None = None) -> dict:
     """metrics.json's canary estimates: every scorer's recall estimates with 95% intervals, and the counts needed.
 
     Args:
         scores: natural scores per scorer, float ``[n_train]``; canary: bool ``[n_train]``; primary: the scorer
-            that orders the suspects (its recall@10% sets the count table's recall).
+            that orders the suspects (its recall@10% sets the count table's recall); weights: float ``[n_train]``,
+            the canaries' importance weights (:func:`canary_weights`; None: every canary counts the same).
 
     Returns:
-        ``estimates`` (``{scorer: {recall@10%: {estimate, low, high, n}}}``, see
-        :func:`~trakscope.methods.estimates.recall_estimates`) and ``needed`` (:func:`canaries_needed`).
+        ``estimates`` (``{scorer: {recall@10%: {estimate, low, high, n, n_effective}}}``, weighted where there are
+        weights, see :func:`~trakscope.methods.estimates.recall_estimates`), ``weighted`` (bool), ``unweighted``
+        (the same without weights, only where there are weights) and ``needed`` (:func:`canaries_needed`).
     """
-    est = {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary) for n, s in scores.items()}
-    return {"estimates": est, "needed": canaries_needed(len(canary), int(canary.sum()), est[primary][AT]["estimate"])}
+    plain = {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary) for n, s in scores.items()}
+    est = plain if weights is None else {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary, weights=weights)
+                                         for n, s in scores.items()}
+    at = est[primary][AT]
+    design = at["n"] / at["n_effective"] if at["n_effective"] > 0 else 1.0  # uneven weights: fewer canaries count
+    out = {"estimates": est, "weighted": weights is not None,
+           "needed": canaries_needed(len(canary), int(canary.sum()), at["estimate"], design)}
+    if weights is not None:
+        out["unweighted"] = plain
+    return out
 
 
-def canaries_needed(n_train: int, n_canaries: int, recall: float) -> dict:
+def canaries_needed(n_train: int, n_canaries: int, recall: float, design: float = 1.0) -> dict:
     """How many canaries each 95% interval width needs (at ``recall`` and at the worst case 0.5), the width this
     run's ``n_canaries`` gives, and the recommended count: :data:`RECOMMENDED_WIDTH` at any recall, as a
-    ``--canaries`` fraction of ``n_train``, capped at :data:`MAX_CANARY_SHARE`."""
+    ``--canaries`` fraction of ``n_train``, capped at :data:`MAX_CANARY_SHARE`.
+
+    ``design``: canaries per effective canary (``n / n_effective`` of weighted canaries, 1 unweighted): every
+    count is multiplied by it, since uneven weights make each canary count for less.
+    """
     recall = 0.5 if not np.isfinite(recall) else float(recall)
-    low, high = wilson_interval(recall * n_canaries, n_canaries)
-    count = canaries_for_width(RECOMMENDED_WIDTH)
+    low, high = wilson_interval(recall * n_canaries / design, n_canaries / design)
+
+    def needed(width: float, at: float = 0.5) -> int:
+        return math.ceil(canaries_for_width(width, at) * design)
+
+    count = needed(RECOMMENDED_WIDTH)
     share = min(MAX_CANARY_SHARE, count / max(n_train, 1))
-    capped = max(1, round(share * n_train))
-    cap_low, cap_high = wilson_interval(0.5 * capped, capped)
-    return {"at_recall": recall, "width_now": high - low,
-            "widths": {f"{w:g}": {"at_recall": canaries_for_width(w, recall), "worst_case": canaries_for_width(w)}
-                       for w in WIDTHS},
+    effective = max(1.0, share * n_train / design)
+    cap_low, cap_high = wilson_interval(0.5 * effective, effective)
+    return {"at_recall": recall, "width_now": high - low, "design": design,
+            "widths": {f"{w:g}": {"at_recall": needed(w, recall), "worst_case": needed(w)} for w in WIDTHS},
             "recommended": count, "recommended_fraction": float(f"{share:.3g}"),
             "recommended_width": cap_high - cap_low}
 
@@ -97,3 +124,27 @@ def wrong_label_estimate(labels: np.ndarray, probs: np.ndarray, canary: np.ndarr
     return {"estimated": estimated_wrong_labels(probs[keep], labels[keep]), "among": int(keep.sum()),
             "probabilities": "out-of-sample (k-fold)" if out_of_sample else "in-sample (the ensemble's: too few)",
             "flagged": {n: int(f[keep].sum()) for n, f in (flags or {}).items()}}
+
+
+def canary_weights(run: RunFolder, labels: np.ndarray, probs: np.ndarray, canary: np.ndarray) -> np.ndarray | None:
+    """float64 ``[n_train]`` importance weights of the canaries (0 elsewhere), or None when there is nothing to weigh
+    by: for each canary, the share of the data's own wrong labels estimated in its (true class, given label) pair
+    (cleanlab's confident joint of the out-of-sample ``probs`` ``[n_train, C]``, canaries left out) over the share
+    of canaries planted in that pair (:func:`~trakscope.data.neighbours.planting_pairs`). Weighted, the canaries
+    stand for the errors the data holds: a canary in a pair the data's errors avoid counts little.
+    """
+    table, canary = canary_table(run), np.asarray(canary, dtype=bool)
+    if not len(table["index"]):
+        return None
+    n_classes, cfg = probs.shape[1], run.config.data
+    before = np.asarray(labels, dtype=np.int64).copy()
+    before[table["index"]] = table["true_label"]
+    images = None if cfg.canary_kind == "random" else run.data.dataset().train.images
+    planted = planting_pairs(cfg.canary_kind, images, before, n_classes, cfg.seed + CANARY_SEED_OFFSET)
+    data = error_pairs(probs[~canary], before[~canary], n_classes)
+    w = pair_weights(table["true_label"], table["label"], planted, data)
+    if w is None:
+        return None
+    out = np.zeros(len(canary))
+    out[table["index"]] = w
+    return out
