@@ -100,3 +100,35 @@ def test_pair_weights_carry_the_errors_share_over_the_planted_share():
     w = pair_weights(np.array([0, 1]), np.array([1, 0]), planted, errors)
     assert w[1] == pytest.approx(2 * w[0])
     assert pair_weights(np.array([2]), np.array([1]), planted, errors) is None
+
+
+def _canaries_metrics(weighted: bool) -> dict:
+    from trakscope.stages.canaries import canaries_needed
+
+    est = {"estimate": 0.5, "low": 0.29, "high": 0.71, "n": 18, "n_effective": 9.0 if weighted else 18.0}
+    return {"n": 18, "weighted": weighted,
+            "estimates": {"aum": {"recall@5%": est, "recall@10%": est, "recall@20%": est}},
+            "needed": canaries_needed(600, 18, 0.5, design=2.0 if weighted else 1.0)}
+
+
+def test_canary_counts_and_the_estimate_in_words():
+    from trakscope.report.sections import canary_estimate_html
+    from trakscope.report.tables import canary_count_lines, canary_estimate_table, wrong_label_line
+
+    plain, weighted = _canaries_metrics(False), _canaries_metrics(True)
+    assert plain["needed"]["recommended"] == 94 and weighted["needed"]["recommended"] == 188  # 2 per effective one
+    assert weighted["needed"]["width_now"] > plain["needed"]["width_now"]
+    assert plain["needed"]["widths"]["0.2"] == {"at_recall": 94, "worst_case": 94}
+    assert "| aum | 0.500 (0.290–0.710) |" in canary_estimate_table(plain)
+    lines = canary_count_lines(plain, 600)
+    assert "0.2: 94" in lines[0] and "more than 5% of these 600 training labels" in lines[1]
+    from trakscope.stages.canaries import canaries_needed
+
+    big = {**plain, "needed": canaries_needed(10000, 18, 0.5)}
+    assert "trakscope run --canaries 0.0094" in canary_count_lines(big, 10000)[1]
+    page = canary_estimate_html(weighted, 600)
+    assert "These recalls are estimates" in page and "0.500 (0.290–0.710)" in page and "weighted by the share" in page
+    assert "weighted" not in canary_estimate_html(plain, 600) and canary_estimate_html({}, 600) == ""
+    line = wrong_label_line({"estimated": 57, "among": 582, "probabilities": "out-of-sample (k-fold)",
+                             "flagged": {"cleanlab": 49}})
+    assert "about 57 of 582" in line and "cleanlab flags 49" in line and "an estimate" in line
