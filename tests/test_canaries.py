@@ -241,3 +241,23 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
     assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label
     assert not removed & set(idx) and len(keep) + len(removed) == 200
+    # with k-fold probabilities the canaries are weighted by the data's own error pairs (uniform canaries here)
+    assert main(["detect", "--run", str(run_dir), "--folds", "2", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(run.detect_metrics_path.read_text())
+    assert metrics["wrong_labels"]["probabilities"].startswith("out-of-sample") and "cleanlab flags" in out
+    from trakscope.data.neighbours import error_pairs, uniform_pairs
+    from trakscope.methods.estimates import pair_weights
+    from trakscope.stages.crossval import out_of_sample_probs
+
+    labels = run.data.table("train")["label"]
+    before = labels.copy()
+    before[idx] = [truth[i] for i in idx]  # the labels before the canaries
+    oos = out_of_sample_probs(run, 2, progress=False)
+    expected = pair_weights(before[idx], labels[idx], uniform_pairs(before, 10),
+                            error_pairs(oos[~mask], before[~mask], 10))
+    assert metrics["canaries"]["weighted"] == (expected is not None)
+    if expected is not None:
+        assert "unweighted" in metrics["canaries"] and "weighted by the share" in out
+        est = metrics["canaries"]["estimates"][metrics["primary"]]["recall@10%"]
+        assert est["n_effective"] == pytest.approx(expected.sum() ** 2 / (expected**2).sum())
