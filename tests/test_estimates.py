@@ -24,6 +24,7 @@ def test_wilson_interval_matches_scipy(found, n):
     ci = binomtest(found, n).proportion_ci(confidence_level=0.95, method="wilson")
     assert wilson_interval(found, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0  # exact ends
 
 
 def test_canaries_for_width_is_the_fewest_that_fit():

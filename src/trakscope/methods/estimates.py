@@ -29,7 +29,8 @@ def wilson_interval(found: float, n: float, z: float = Z95) -> tuple[float, floa
     p = min(max(found / n, 0.0), 1.0)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the ends are exact at 0 and 1 (the formula lands a rounding error short of them)
+    return (0.0 if p == 0 else max(0.0, centre - half)), (1.0 if p == 1 else min(1.0, centre + half))
 
 
 def canaries_for_width(width: float, recall: float = 0.5, z: float = Z95) -> int:
