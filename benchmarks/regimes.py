@@ -133,8 +133,9 @@ def canary_estimate(run: RunFolder, at: str = AT) -> dict:
     best = metrics["primary"]
     est = metrics["canaries"]["estimates"][best][at]
     truth = metrics["scorers"][best][at]
-    return {"best": best, "canary": metrics["canaries"]["scorers"][best][at], "planted": truth,
-            "low": est["low"], "high": est["high"], "n_canaries": metrics["canaries"]["n"],
+    return {"best": best, "canary": est["estimate"], "unweighted": metrics["canaries"]["scorers"][best][at],
+            "weighted": metrics["canaries"].get("weighted", False), "n_effective": est.get("n_effective"),
+            "planted": truth, "low": est["low"], "high": est["high"], "n_canaries": metrics["canaries"]["n"],
             "within": abs(est["estimate"] - truth) <= TOLERANCE, "covered": est["low"] <= truth <= est["high"],
             "wrong_labels": metrics.get("wrong_labels", {}).get("estimated"), "n_noisy": metrics["n_noisy"]}
 
@@ -194,10 +195,12 @@ def canary_vs_planted(metrics: dict, at: str = "recall@10%") -> str:
 
 
 def canary_kinds_table(kinds: dict) -> str:
-    lines = ["| canary kind | canaries | recommended scorer | canary R@10% (95% interval) | planted R@10% | gap | "
-             f"within ±{TOLERANCE:g} | covered | wrong labels: estimated / planted |", "|---" * 9 + "|"]
+    lines = ["| canary kind | canaries (effective) | recommended scorer | unweighted canary R@10% | canary estimate "
+             f"R@10% (95% interval) | planted R@10% | gap | within ±{TOLERANCE:g} | covered | wrong labels: estimated "
+             "/ planted |", "|---" * 10 + "|"]
     for kind, e in kinds.items():
-        lines.append(f"| {kind} | {e['n_canaries']} | {e['best']} | {e['canary']:.3f} "
+        eff = f" ({e['n_effective']:.1f})" if e.get("weighted") else ""
+        lines.append(f"| {kind} | {e['n_canaries']}{eff} | {e['best']} | {e['unweighted']:.3f} | {e['canary']:.3f} "
                      f"({e['low']:.3f}–{e['high']:.3f}) | {e['planted']:.3f} | {e['canary'] - e['planted']:+.3f} | "
                      f"{'yes' if e['within'] else 'no'} | "
                      f"{'yes' if e['covered'] else 'no'} | {e['wrong_labels']} / {e['n_noisy']} |")
