@@ -261,3 +261,20 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
         assert "unweighted" in metrics["canaries"] and "weighted by the share" in out
         est = metrics["canaries"]["estimates"][metrics["primary"]]["recall@10%"]
         assert est["n_effective"] == pytest.approx(expected.sum() ** 2 / (expected**2).sum())
+
+
+def test_mixed_canaries_are_half_pairs_half_nearest_and_replay():
+    from trakscope.data import CANARY_KINDS, plant_dataset_canaries
+
+    cfg = DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.05, canary_kind="mixed")
+    train = load_dataset(cfg).train
+    assert train.canary.sum() == 15 and not (train.canary & train.noisy).any()
+    before = np.where(train.canary, train.true_labels, train.labels)
+    labels, canary, kind = plant_dataset_canaries(cfg.with_defaults(), train.images, before, train.noisy, 10)
+    np.testing.assert_array_equal(canary, train.canary)  # detect replays the planting to know each canary's kind
+    np.testing.assert_array_equal(labels, train.labels)
+    assert (kind[~canary] == -1).all()
+    assert sorted(CANARY_KINDS[k] for k in kind[canary]) == ["nearest"] * 8 + ["pairs"] * 7
+    nearest = canary & (kind == CANARY_KINDS.index("nearest"))
+    expected = nearest_confusion(train.images, before, seed=6)(np.flatnonzero(nearest))
+    np.testing.assert_array_equal(labels[nearest], expected)  # the nearest half: each to its look-alike class

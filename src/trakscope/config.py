@@ -167,7 +167,8 @@ class DataConfig(CheckedSection):
                                       "16 x 16 pixel space: a confusion the data suggests, as real errors are) | "
                                       "pairs (half the canaries in the (class, wrong label) pairs where cleanlab's "
                                       "confident joint of pixel-space nearest neighbours puts the data's own "
-                                      "errors, half uniform)",
+                                      "errors, half uniform) | mixed (half pairs, half nearest: detect's interval "
+                                      "covers both kinds' estimates)",
                             legacy="random")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split", bound=POSITIVE)
     max_test: int | None = _opt(None, "seeded stratified subset of the test split", bound=POSITIVE)

@@ -8,6 +8,7 @@ carves test (if the source has none) and validation out of the training pool, ta
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -56,6 +57,7 @@ __all__ = [
     "describe_change",
     "iter_batches",
     "load_dataset",
+    "plant_dataset_canaries",
     "plant_noise",
     "stratified_split",
     "stratified_subset",
@@ -123,14 +125,38 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                                  pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else (),
                                  confusion=nearest_confusion(train.images, train.labels, seed=cfg.seed + 7)
                                  if cfg.noise_kind == "lookalike" and cfg.noise > 0 else None)
-    labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
-                                    confusion=_canary_confusion(cfg, train.images, noisy),
-                                    pair_weights=_canary_pairs(cfg, train.images, noisy, len(classes)))
+    labels, canary, _ = plant_dataset_canaries(cfg, train.images, noisy, flipped, len(classes))
     train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.dataset} is empty; add data or change the split fractions")
     return Dataset(cfg.dataset, classes, train, val, test).normalized(cfg.mean, cfg.std)
+
+
+def plant_dataset_canaries(cfg: DataConfig, images: ImageSource, noisy: np.ndarray, flipped: np.ndarray,
+                           num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The canaries of ``cfg`` on the training labels ``noisy`` (int ``[n]``, after the planted noise ``flipped``).
+
+    ``mixed`` plants half (rounded down) as ``pairs`` and the rest as ``nearest`` among the examples left.
+
+    Returns:
+        ``(labels, canary, kind)``: int64 ``[n]``, bool ``[n]``, and int8 ``[n]`` the index in :data:`CANARY_KINDS`
+        of each canary's kind (-1 elsewhere); ``detect`` replays this to know each canary's kind.
+    """
+    if cfg.canary_kind != "mixed":
+        labels, canary = plant_canaries(noisy, num_classes, cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
+                                        confusion=_canary_confusion(cfg, images, noisy),
+                                        pair_weights=_canary_pairs(cfg, images, noisy, num_classes))
+        return labels, canary, np.where(canary, CANARY_KINDS.index(cfg.canary_kind), -1).astype(np.int8)
+    n = int(round(cfg.canaries * len(noisy)))
+    half = dataclasses.replace(cfg, canary_kind="pairs", canaries=(n // 2) / len(noisy))
+    first, canary1, kind1 = plant_dataset_canaries(half, images, noisy, flipped, num_classes)
+    rest = dataclasses.replace(cfg, canary_kind="nearest", canaries=(n - n // 2) / len(noisy), seed=cfg.seed)
+    labels, canary2 = plant_canaries(first, num_classes, rest.canaries, seed=cfg.seed + 8,
+                                     exclude=np.asarray(flipped, bool) | canary1,
+                                     confusion=_canary_confusion(rest, images, noisy))
+    kind = np.where(canary2, CANARY_KINDS.index("nearest"), kind1).astype(np.int8)
+    return labels, canary1 | canary2, kind
 
 
 def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):

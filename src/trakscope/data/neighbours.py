@@ -158,4 +158,7 @@ def planting_pairs(kind: str, images: ImageSource | None, labels: np.ndarray, nu
         return lookalike_pairs(images, labels, num_classes, seed)
     if kind == "nearest":
         return nearest_pairs(images, labels, num_classes, seed)
+    if kind == "mixed":  # half pairs, half nearest
+        return 0.5 * lookalike_pairs(images, labels, num_classes, seed) + 0.5 * nearest_pairs(images, labels,
+                                                                                               num_classes, seed)
     raise ValueError(f"unknown canary kind {kind!r}")

@@ -118,7 +118,7 @@ def _plant_confusable(labels: np.ndarray, n_flip: int, pairs: tuple[tuple[int, i
     return noisy, flipped
 
 
-CANARY_KINDS = ("random", "nearest", "pairs")
+CANARY_KINDS = ("random", "nearest", "pairs", "mixed")
 
 
 def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,

@@ -53,8 +53,8 @@ def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None,
     Args:
         hits: bool ``[m]``, True for each canary found (e.g. in the top 10% of the ranking).
         kinds: int ``[m]``, the kind each canary was planted as (None: one kind). With several kinds the estimate
-            is the share over all canaries, and the Wilson interval is widened to cover every kind's own share:
-            how much the estimate depends on the canaries' design is part of its uncertainty.
+            is the share over all canaries, and the Wilson interval is widened to cover every kind's own (weighted)
+            share: how much the estimate depends on the canaries' design is part of its uncertainty.
         weights: float ``[m]`` >= 0, importance weights (None: all 1). The estimate is the weighted share and the
             interval is Wilson's at the effective count ``(sum w)^2 / sum w^2`` (Kish), fewer than ``m`` when the
             weights are uneven.
@@ -73,7 +73,8 @@ def estimate_with_interval(hits: np.ndarray, kinds: np.ndarray | None = None,
     low, high = wilson_interval(share * n_eff, n_eff)
     if kinds is not None:
         kinds = np.asarray(kinds)
-        shares = [float(hits[kinds == k].mean()) for k in np.unique(kinds)]
+        shares = [float(w[hits & (kinds == k)].sum() / w[kinds == k].sum()) for k in np.unique(kinds)
+                  if w[kinds == k].sum() > 0]
         low, high = min(low, *shares), max(high, *shares)
     return {"estimate": share, "low": low, "high": high, "n": n, "n_effective": n_eff}
 

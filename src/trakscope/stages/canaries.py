@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..data import CANARY_SEED_OFFSET, ImageSplit
+from ..data import CANARY_KINDS, CANARY_SEED_OFFSET, ImageSplit, plant_dataset_canaries
 from ..data.neighbours import error_pairs, planting_pairs
 from ..io import read_csv, write_csv
 from ..methods import registry
@@ -61,25 +61,27 @@ AT = "recall@10%"  # the recall the count table is computed at
 
 
 def canary_estimates(scores: Mapping[str, np.ndarray], canary: np.ndarray, primary: str,
-                     weights: np.ndarray | None = None) -> dict:
+                     weights: np.ndarray | None = None, kinds: np.ndarray | None = None) -> dict:
     """metrics.json's canary estimates: every scorer's recall estimates with 95% intervals, and the counts needed.
 
     Args:
         scores: natural scores per scorer, float ``[n_train]``; canary: bool ``[n_train]``; primary: the scorer
             that orders the suspects (its recall@10% sets the count table's recall); weights: float ``[n_train]``,
-            the canaries' importance weights (:func:`canary_weights`; None: every canary counts the same).
+            the canaries' importance weights (:func:`canary_weights`; None: every canary counts the same);
+            kinds: int ``[n_train]``, each canary's kind where several were planted (:func:`canary_kinds`).
 
     Returns:
         ``estimates`` (``{scorer: {recall@10%: {estimate, low, high, n, n_effective}}}``, weighted where there are
         weights, see :func:`~trakscope.methods.estimates.recall_estimates`), ``weighted`` (bool), ``unweighted``
         (the same without weights, only where there are weights) and ``needed`` (:func:`canaries_needed`).
     """
-    plain = {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary) for n, s in scores.items()}
-    est = plain if weights is None else {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary, weights=weights)
-                                         for n, s in scores.items()}
+    plain = {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary, kinds=kinds) for n, s in scores.items()}
+    est = plain if weights is None else {
+        n: recall_estimates(registry.SCORERS[n].suspicion(s), canary, kinds=kinds, weights=weights)
+        for n, s in scores.items()}
     at = est[primary][AT]
     design = at["n"] / at["n_effective"] if at["n_effective"] > 0 else 1.0  # uneven weights: fewer canaries count
-    out = {"estimates": est, "weighted": weights is not None,
+    out = {"estimates": est, "weighted": weights is not None, "kinds": _kind_counts(kinds, canary),
            "needed": canaries_needed(len(canary), int(canary.sum()), at["estimate"], design)}
     if weights is not None:
         out["unweighted"] = plain
@@ -137,8 +139,7 @@ def canary_weights(run: RunFolder, labels: np.ndarray, probs: np.ndarray, canary
     if not len(table["index"]):
         return None
     n_classes, cfg = probs.shape[1], run.config.data
-    before = np.asarray(labels, dtype=np.int64).copy()
-    before[table["index"]] = table["true_label"]
+    before = _labels_before(run, labels)
     images = None if cfg.canary_kind == "random" else run.data.dataset().train.images
     planted = planting_pairs(cfg.canary_kind, images, before, n_classes, cfg.seed + CANARY_SEED_OFFSET)
     data = error_pairs(probs[~canary], before[~canary], n_classes)
@@ -148,3 +149,31 @@ def canary_weights(run: RunFolder, labels: np.ndarray, probs: np.ndarray, canary
     out = np.zeros(len(canary))
     out[table["index"]] = w
     return out
+
+
+def _kind_counts(kinds: np.ndarray | None, canary: np.ndarray) -> dict[str, int]:
+    """``{kind: canaries}`` where several kinds were planted, else empty."""
+    if kinds is None:
+        return {}
+    values, counts = np.unique(np.asarray(kinds)[canary], return_counts=True)
+    return {CANARY_KINDS[int(v)]: int(c) for v, c in zip(values, counts)}
+
+
+def _labels_before(run: RunFolder, labels: np.ndarray) -> np.ndarray:
+    """int64 ``[n_train]``: the training labels before the canaries were flipped (their true labels put back)."""
+    table = canary_table(run)
+    before = np.asarray(labels, dtype=np.int64).copy()
+    before[table["index"]] = table["true_label"]
+    return before
+
+
+def canary_kinds(run: RunFolder, labels: np.ndarray) -> np.ndarray | None:
+    """int8 ``[n_train]``: each canary's kind (an index in ``CANARY_KINDS``, -1 elsewhere) where ``--canary-kind
+    mixed`` planted several, replayed from the run's data and configuration; None for a single kind."""
+    cfg = run.config.data
+    if cfg.canary_kind != "mixed" or not len(canary_table(run)["index"]):
+        return None
+    flipped = run.data.table("train")["noisy"].astype(bool)
+    _, _, kind = plant_dataset_canaries(cfg, run.data.dataset().train.images, _labels_before(run, labels), flipped,
+                                        len(run.classes))
+    return kind

@@ -21,7 +21,7 @@ from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_ra
 from ..methods.scorers import resolve_groups
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
-from .canaries import canary_estimates, canary_mask, canary_weights, wrong_label_estimate
+from .canaries import canary_estimates, canary_kinds, canary_mask, canary_weights, wrong_label_estimate
 from .crossval import out_of_sample_probs
 from .groups import read_groups
 
@@ -149,6 +149,7 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     info["wrong_labels"] = wrong_label_estimate(inputs["train_labels"], inputs["train_probs"] if oos is None else oos,
                                                 info["canary"], oos is not None, flags)
     info["canary_weights"] = None if oos is None else canary_weights(run, inputs["train_labels"], oos, info["canary"])
+    info["canary_kinds"] = canary_kinds(run, inputs["train_labels"])
     return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
                      info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
 
@@ -246,7 +247,8 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
         out["canaries"] = {"n": int(canary.sum()), "chance": _chance(canary),
                            "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
                                        for n, s in det.scores.items()},
-                           **canary_estimates(det.scores, canary, out["primary"], det.info.get("canary_weights"))}
+                           **canary_estimates(det.scores, canary, out["primary"], det.info.get("canary_weights"),
+                                              det.info.get("canary_kinds"))}
     if "wrong_labels" in det.info:
         out["wrong_labels"] = det.info["wrong_labels"]
     out.update(flag_summaries(det, noisy))
