@@ -94,6 +94,10 @@ def canary_count_lines(canaries: Mapping[str, Any], n_train: int) -> list[str]:
                       f"{need['recommended_width']:.2f}")
     else:
         lines[-1] += f": `trakscope run --canaries {frac:g}`"
+    if need.get("design", 1.0) >= 2.0:
+        lines.append(f"the canaries' weights are uneven ({need['design']:.1f} canaries per effective one): the data's "
+                     "errors sit in (class, wrong label) pairs few canaries were planted in; canaries planted where "
+                     "the data's errors are (`--canary-kind pairs` or `mixed`) need fewer")
     return lines
 
 
