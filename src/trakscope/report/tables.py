@@ -105,5 +105,5 @@ def wrong_label_line(wrong: Mapping[str, Any]) -> str:
     """The estimated count of the data's own wrong labels next to how many each flagging scorer flags."""
     flagged = "".join(f"; {name} flags {k}" for name, k in wrong.get("flagged", {}).items())
     return (f"estimated wrong labels in the data: about {wrong['estimated']} of {wrong['among']} (an estimate: "
-            f"cleanlab's calibrated confident joint on {wrong['probabilities']} probabilities, canaries left "
+            f"cleanlab's confident joint on {wrong['probabilities']} probabilities, canaries left "
             f"out){flagged}")

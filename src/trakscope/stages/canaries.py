@@ -114,7 +114,7 @@ def canaries_needed(n_train: int, n_canaries: int, recall: float, design: float 
 
 def wrong_label_estimate(labels: np.ndarray, probs: np.ndarray, canary: np.ndarray, out_of_sample: bool,
                          flags: Mapping[str, np.ndarray] | None = None) -> dict:
-    """How many of the data's own labels are wrong (the canaries left out), by cleanlab's calibrated confident joint,
+    """How many of the data's own labels are wrong (the canaries left out), by cleanlab's confident joint,
     next to how many each flagging scorer flags among them.
 
     Args:
