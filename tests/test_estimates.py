@@ -134,3 +134,20 @@ def test_canary_counts_and_the_estimate_in_words():
     line = wrong_label_line({"estimated": 57, "among": 582, "probabilities": "out-of-sample (k-fold)",
                              "flagged": {"cleanlab": 49}})
     assert "about 57 of 582" in line and "cleanlab flags 49" in line and "an estimate" in line
+
+
+def test_weighted_canary_estimates_cover_the_unweighted_one():
+    from trakscope.stages.canaries import canary_estimates
+
+    rng = np.random.default_rng(3)
+    scores = {"loss": rng.normal(size=200)}  # loss: high = suspicious
+    canary = np.zeros(200, bool)
+    canary[:20] = True
+    scores["loss"][:10] += 5  # ten canaries on top, ten among the rest
+    weights = np.zeros(200)
+    weights[:20] = np.r_[np.full(10, 0.1), np.full(10, 1.9)]  # the weights favour the canaries not found
+    out = canary_estimates(scores, canary, "loss", weights)
+    est, plain = out["estimates"]["loss"]["recall@10%"], out["unweighted"]["loss"]["recall@10%"]
+    assert plain["estimate"] == pytest.approx(0.5) and est["estimate"] == pytest.approx(0.05)
+    assert est["low"] <= est["estimate"] and est["high"] >= plain["estimate"] and out["weighted"]
+    assert canary_estimates(scores, canary, "loss")["estimates"]["loss"]["recall@10%"] == plain
