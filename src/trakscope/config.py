@@ -162,7 +162,7 @@ class DataConfig(CheckedSection):
                                 "in data/canaries.csv): known errors to measure detection on data without ground "
                                 "truth; export restores their labels",
                         bound=MINORITY)  # known errors among right labels: a minority, or they measure nothing
-    canary_kind: str = _opt("random", "random (flip a canary to a uniformly chosen other class) | nearest (to the "
+    canary_kind: str = _opt("pairs", "random (flip a canary to a uniformly chosen other class) | nearest (to the "
                                       "class most common among its 10 nearest training images of another label, in "
                                       "16 x 16 pixel space: a confusion the data suggests, as real errors are) | "
                                       "pairs (half the canaries in the (class, wrong label) pairs where cleanlab's "
