@@ -231,9 +231,18 @@ def _dattri_task(w: Work, loss_kind: str):
     return AttributionTask(loss_func=loss, model=model, checkpoints=list(w.states)), model
 
 
+# dattri's TRAK settings: its own benchmarks (experiments/benchmark_result*.py in dattri 0.3.0) use proj_dim 512 on
+# MNIST and CIFAR and 2048 on the larger models, and never set `regularization` (default 0); its search grid for the
+# influence-function attributors' regularization is 1e-5 .. 1 (10 added here). Each pair: one variant, chosen on val.
+DATTRI_PROJ_DIMS = (512, 2048)
+DATTRI_REGS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
 def m_dattri_trak(w: Work, store: Path) -> tuple:
-    """dattri's TRAKAttributor with its defaults (proj_dim 512, regularization 0), the given checkpoints."""
+    """dattri's TRAKAttributor on the given checkpoints, at its documented settings and around them (variants of
+    proj_dim and regularization, the best on val is reported); output log(p / (1 - p)), as dattri's TRAK examples."""
     from dattri.algorithm.trak import TRAKAttributor
+
     task, model = _dattri_task(w, "margin")
 
     def correct_p(params, data):  # dattri 0.3 hands this the unflattened parameter dict
@@ -241,13 +250,27 @@ def m_dattri_trak(w: Work, store: Path) -> tuple:
         return torch.exp(-F.cross_entropy(torch.func.functional_call(model, params, image.unsqueeze(0)),
                                           label.unsqueeze(0)))
 
-    att = TRAKAttributor(task=task, correct_probability_func=correct_p, device="cpu",
-                         projector_kwargs={"device": "cpu"})
-    t0 = time.perf_counter()
-    att.cache(loader(w.x_train, w.y_train, w.dattri_batch))
-    t1 = time.perf_counter()
-    scores = att.attribute(loader(w.x_target, w.y_target, w.dattri_batch)).detach().numpy().astype(np.float32)
-    return scores, t1 - t0, time.perf_counter() - t1, "proj_dim 512, regularization 0 (defaults)"
+    variants, fit, tgt, times = {}, [], [], {}
+    for dim in DATTRI_PROJ_DIMS:
+        for reg in DATTRI_REGS:
+            att = TRAKAttributor(task=task, correct_probability_func=correct_p, device="cpu", regularization=reg,
+                                 projector_kwargs={"device": "cpu", "proj_dim": dim})
+            t0 = time.perf_counter()
+            try:
+                att.cache(loader(w.x_train, w.y_train, w.dattri_batch))
+            except RuntimeError as e:  # X^T X without a ridge is singular where proj_dim > n_train
+                times[f"{dim}, {reg:g}"] = f"failed: {str(e).splitlines()[0][:80]}"
+                continue
+            t1 = time.perf_counter()
+            s = att.attribute(loader(w.x_target, w.y_target, w.dattri_batch)).detach().numpy()
+            fit.append(t1 - t0)
+            tgt.append(time.perf_counter() - t1)
+            times[dim] = (round(t1 - t0, 1), round(tgt[-1], 1))
+            default = " (defaults)" if (dim, reg) == (512, 0.0) else ""
+            variants[f"proj_dim {dim}, regularization {reg:g}{default}"] = s.astype(np.float32)
+    notes = (f"{len(variants)} variants (proj_dim x regularization), best on val; fit and targets are the mean per "
+             f"variant; per proj_dim (fit s, targets s) of one variant: {times}")
+    return variants, float(np.mean(fit)), float(np.mean(tgt)), notes
 
 
 def m_dattri_tracin(w: Work, store: Path) -> tuple:
@@ -459,7 +482,7 @@ def build_run(args: argparse.Namespace) -> RunFolder:
     """The run folder at ``--out``: an existing one is used as it is (its checkpoints are what every method gets)."""
     from trakscope.cli import main as trakscope_main
 
-    if RunFolder(args.out).checkpoint_paths(required=False):
+    if (args.out / "config.json").exists() and RunFolder(args.out).checkpoint_paths(required=False):
         return RunFolder(args.out)
 
     flags = ["--out", str(args.out), "--dataset", "mnist", "--model", args.model, "--max-train", str(args.max_train),

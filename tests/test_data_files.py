@@ -76,7 +76,7 @@ def food_cfg(root: Path, **kw) -> DataConfig:
 def test_food101_classes_by_name_share_one_map(tmp_path: Path, at_food101_dir: bool) -> None:
     base = make_food101(tmp_path)
     root = base if at_food101_dir else tmp_path
-    classes, train, test = load_food101(food_cfg(root, classes=("sushi", "apple_pie")))
+    classes, train, test = load_food101(food_cfg(root, classes=("apple_pie", "sushi")))
     assert classes == ["apple_pie", "sushi"]
     assert (len(train), len(test)) == (12, 6)
     for split, first_id in ((train, 1000), (test, 5000)):
@@ -185,7 +185,7 @@ def test_imagefolder_split_layout(tmp_path: Path) -> None:
         _save(tmp_path / "test" / c / "t.bmp", color, fmt="BMP")
     (tmp_path / "train" / "tacos" / "notes.txt").write_text("not an image")
     (tmp_path / "train" / "tacos" / ".hidden.jpg").write_bytes(b"")
-    classes, train, test = load_imagefolder(folder_cfg(tmp_path, classes=("tacos", "baklava")))
+    classes, train, test = load_imagefolder(folder_cfg(tmp_path, classes=("baklava", "tacos")))
     assert classes == ["baklava", "tacos"]
     assert (len(train), len(test)) == (10, 2)  # 3 + nested + val, per class
     assert train.source_ids[:5] == ["train/baklava/a0.JPG", "train/baklava/a1.JPG", "train/baklava/a2.JPG",
@@ -260,7 +260,7 @@ def test_hf_parquet_names_selection_and_remap(tmp_path: Path) -> None:
     _assert_labels_match_pixels(classes, train)
     _assert_labels_match_pixels(classes, test)
     ds = load_dataset(hf_cfg(tmp_path, classes=("tacos", "sushi"), val_fraction=0.2, noise=0.25))
-    assert ds.classes == ["sushi", "tacos"] and (len(ds.train), len(ds.val), len(ds.test)) == (8, 2, 4)
+    assert ds.classes == ["tacos", "sushi"] and (len(ds.train), len(ds.val), len(ds.test)) == (8, 2, 4)
     assert ds.train.noisy.sum() == 2
     _assert_labels_match_pixels(ds.classes, ds.val)
 

@@ -34,7 +34,7 @@ def test_training_loss_and_suspicion_direction():
     assert _suspicion("loss", loss)[1] > _suspicion("loss", loss)[0]
     assert _suspicion("d3m", np.array([1.0, -1.0]))[1] > 0  # negative A_i is suspicious
     assert set(SCORERS) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab", "aum",
-                            "trak_loo"}
+                            "trak_loo", "trak_loo_leverage"}
     assert _suspicion("aum", np.array([2.0, -1.0]))[1] > 0 and _suspicion("trak_loo", np.array([2.0, -1.0]))[1] > 0
 
 

@@ -162,7 +162,7 @@ def test_detect_removal_export_end_to_end(tiny_run, tmp_path, monkeypatch, capsy
     assert sorted(int(r["index"]) for r in rows) == list(range(len(train)))
     metrics = json.loads((run / "detect" / "metrics.json").read_text())
     assert set(metrics["scorers"]) == {"self_influence", "val_same_label", "val_all", "d3m", "loss", "cleanlab", "aum",
-                                       "trak_loo"}  # one checkpoint per member: nothing earlier than the final one
+                                       "trak_loo"}  # trak_loo_leverage is opt-in (detect --leverage)
     assert metrics["scorers"]["d3m"]["roc_auc"] > 0.5  # planted noise ranks above chance, even on tiny data
     assert (run / "detect" / "crossval" / "fold1.npy").exists()
     assert "| d3m |" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from .methods.registry import SCORERS, STRATEGIES
 from .methods.removal import remove_and_retrain, select_removed
 from .methods.scorers import cleanlab_quality, d3m_scores, training_loss, val_influence
 from .methods.topk import top_and_bottom, top_k
+from .stages.labels import label_issues
 
 __all__ = [
     "SCORERS",
@@ -35,6 +36,7 @@ __all__ = [
     "detection_metrics",
     "dropconnect",
     "group_losses",
+    "label_issues",
     "lds",
     "predicted_outputs",
     "recall_at_fraction",

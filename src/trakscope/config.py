@@ -101,7 +101,8 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors arg
 
     Metadata keys: ``bound`` (a :class:`~trakscope.settings.Bound`: the numbers allowed, checked whenever the
     section is made: command line, ``config.json`` and the ``TRAK`` engine alike), ``choices`` (the names allowed),
-    ``flag`` (its command-line flag where not ``--field-name``), ``runtime`` (how to run, not what to compute:
+    ``flag`` (its command-line flag where not ``--field-name``), ``hidden`` (no flag: filled by trakscope itself),
+    ``runtime`` (how to run, not what to compute:
     left out of :func:`defining_dict`), ``paths``, ``prefixes`` (see ``commands/_config_args.py``) and ``legacy``:
     for a field added after run folders existed, the value that a ``config.json`` without it means (what trakscope
     did before). A field at its legacy value is left out of :func:`fingerprint_dict`, so that adding it keeps every
@@ -142,11 +143,15 @@ class DataConfig(CheckedSection):
 
     dataset: str = _opt("mnist", "mnist | digits | food101 | imagefolder | hf-parquet")
     data_root: str | None = _opt(None, "local folder holding the dataset (food101, imagefolder, hf-parquet)")
-    classes: tuple[str, ...] | None = _opt(None, "class names to keep (default: the first 10 alphabetically)")
+    classes: tuple[str, ...] | None = _opt(None, "class names to keep, class k being the k-th name given; a model's "
+                                                 "label map (hf: id2label, --class-map) gives them in its head's "
+                                                 "order (default: the first 10 alphabetically)")
     num_classes: int = _opt(10, "how many classes to keep when --classes is not given",
                             bound=Bound(2))  # a margin z_y - logsumexp_{k != y} z_k needs another class
-    image_size: int | None = _opt(None, f"side of the square image fed to the model (default: an hf: model's "
-                                        f"processor size, else {DEFAULT_IMAGE_SIZE})", bound=Bound(MIN_IMAGE_SIZE))
+    image_size: int | None = _opt(None, f"side of the square image fed to the model (default: the model's own "
+                                        f"preprocessing's, else {DEFAULT_IMAGE_SIZE}; giving it, --mean or --std "
+                                        "replaces the model's own preprocessing with trakscope's resize)",
+                                  bound=Bound(MIN_IMAGE_SIZE))
     mean: tuple[float, ...] | None = _opt(None, "per-channel RGB mean subtracted from pixels in [0, 1] "
                                                 "(default: the model's own, ImageNet's for most)")
     std: tuple[float, ...] | None = _opt(None, "per-channel RGB std the centred pixels are divided by "
@@ -178,6 +183,9 @@ class DataConfig(CheckedSection):
                                 bound=FRACTION)
     seed: int = _opt(0, "seed of the split, the subsets and the planted noise", flag="--data-seed",
                      bound=NON_NEGATIVE)  # numpy refuses negative seeds
+    preprocessing: dict[str, Any] | None = _opt(
+        None, "the model library's own preprocessing (trakscope.data.preprocess), filled from the model before "
+              "config.json is written; None: trakscope's resize", hidden=True, legacy=None)
 
     def with_defaults(self) -> DataConfig:
         """This configuration with model-independent defaults where a field is None (size 32, ImageNet stats).
@@ -205,6 +213,10 @@ class ModelConfig(CheckedSection):
                                           "resnet18 with --weights imagenet: torchvision's ImageNet file")
     download: bool = _opt(False, "let transformers, timm or torchvision fetch pretrained weights or configs "
                                  "that are not on this machine (never done otherwise)", runtime=True)
+    class_map: str | None = _opt(None, "the class order of the model's head: a file with a JSON list of class names "
+                                       "or one name per line (line k = output k); checked against the data's "
+                                       "classes. hf: models use their config.json id2label without it",
+                                 paths=True, legacy=None)
     checkpoints: tuple[str, ...] | None = _opt(None, "already-trained checkpoints of this architecture to attribute "
                                                      "instead of training (.safetensors, or .pt/.pth/.bin read with "
                                                      "weights_only), one ensemble member each", paths=True)
@@ -268,8 +280,9 @@ class TrakConfig(CheckedSection):
                          "checkpoints: a free ensemble when a model has one checkpoint, e.g. imported; checkpoints "
                          "along a trajectory gain little from it (BENCHMARKS.md, LDS versus training compute)",
                       bound=NON_NEGATIVE, legacy=0)
-    mask_p: float = _opt(0.3, "fraction of the conv / linear weights (nn.Conv* / nn.Linear modules' weights; "
-                              "embeddings, norms, biases and cls / position tokens are kept) each mask zeroes (the "
+    mask_p: float = _opt(0.3, "fraction of the conv / linear weights (nn.Conv* / nn.Linear modules' weights and "
+                              "nn.MultiheadAttention's in-projection weights; embeddings, norms, biases and cls / "
+                              "position tokens are kept) each mask zeroes (the "
                               "rest scaled by 1 / (1 - p); chosen by val LDS)", bound=OPEN_FRACTION, legacy=0.3)
 
 

@@ -183,3 +183,37 @@ class AttentionFallback(FallbackLayer):
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, nn.MultiheadAttention)
+
+
+def model_per_example_grads(model: nn.Module, params: dict[str, nn.Parameter], inputs: Any, labels: torch.Tensor,
+                            output) -> dict[str, torch.Tensor]:
+    """Exact ``[b, *p.shape]`` gradients of ``output(model(x_i), y_i)`` for each named parameter, through the whole
+    model: for the layers whose Kronecker blocks failed the projector's self-check (:mod:`.selfcheck`), wherever
+    in the model their weights are used.
+
+    One ``vmap(grad(...))`` over the batch, in float32 with every other parameter a constant; a model torch.func
+    cannot batch is differentiated one example at a time with autograd instead.
+
+    Args:
+        params: qualified name (as in ``model.named_parameters()``) -> parameter.
+        inputs: ``[b, ...]`` tensor, or a dict of them passed by name.
+        output: the attributed function of ``([b, C] logits, [b] labels)`` -> ``[b]``.
+    """
+    flat, spec = tree_flatten(inputs)
+    batched = [isinstance(t, torch.Tensor) and t.dim() > 0 for t in flat]
+
+    def one(live: dict, flat_in: list, label: list[torch.Tensor]) -> torch.Tensor:
+        flat_in = [t.unsqueeze(0) if is_b else t for t, is_b in zip(flat_in, batched, strict=True)]
+        x = tree_unflatten(flat_in, spec)
+        args, kwargs = ((), x) if isinstance(x, dict) else ((x,), {})
+        logits = logits_of(functional_call(model, live, args, kwargs)).float()
+        return output(logits, label[0].unsqueeze(0)).sum()
+
+    detached = {n: p.detach() for n, p in params.items()}
+    in_dims = (None, [0 if b else None for b in batched], [0])
+    try:
+        with torch.no_grad():  # only the named parameters are differentiated (torch.func ignores no_grad)
+            return vmap(grad(one), in_dims=in_dims)(detached, flat, [labels])
+    except RuntimeError:
+        with torch.enable_grad():
+            return _one_by_one(one, detached, flat, batched, [labels])

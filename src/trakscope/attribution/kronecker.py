@@ -13,6 +13,12 @@ goes through an exact per-module fallback (``torch.func`` per-example gradients 
 no trainable parameter is left out; frozen ones (``requires_grad=False``) are not features, as in the dense
 projector. Each kind is one class (:mod:`.tracked`, :mod:`.norms`, :mod:`.fallback`), listed in :data:`KINDS`.
 
+The projector checks itself (:mod:`.selfcheck`): on the first batch it is called with, each layer's block summed
+over a few examples must equal the same projection of autograd's batch gradient. A layer that fails (a hook that
+never fires, a weight also used outside its module's forward) keeps its block and its projection matrices, but
+its per-example gradients are computed exactly through the whole model (:func:`.fallback.model_per_example_grads`)
+and projected by them; :attr:`KroneckerProjector.check` records which.
+
 Each layer contributes a ``k_out * k_in`` block (the fallback one per parameter); the concatenation (the
 *natural width*) is optionally mapped to ``proj_dim`` by one more seeded Rademacher matrix
 (:attr:`KroneckerProjector.final_projection`). Entries are ``N(0, 1/k)`` (and ``+-1/sqrt(proj_dim)``), so
@@ -26,6 +32,7 @@ Weight gradients are never computed: the backward pass asks only for gradients o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,10 +42,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.calling import Inputs, call_model
 from ..precision import autocast
-from .fallback import AttentionFallback, FallbackLayer
+from .fallback import AttentionFallback, FallbackLayer, model_per_example_grads
 from .norms import BatchNormActLayer, BatchNormLayer, GroupNormLayer, LayerNormLayer
 from .output import ModelOutput
 from .projector import GradientProjector
+from .selfcheck import batch_gradient, check_layers, plain_cpu_float32, probe_of, true_float32
 from .tracked import CallState, ConvLayer, EmbeddingLayer, GroupedConvLayer, LinearLayer, TrackedLayer
 
 KINDS: tuple[type[TrackedLayer], ...] = (
@@ -144,6 +152,8 @@ class KroneckerProjector(GradientProjector):
     Attributes:
         layers: the tracked layers, in ``named_modules`` order.
         natural_dim: total width of their blocks.
+        check: the self-check's record (:meth:`.selfcheck.SelfCheck.record`), None until the first call.
+        exact_layers: the layers that failed it, whose blocks are computed exactly.
         final_projection: ``[natural_dim, proj_dim]`` Rademacher ``+-1/sqrt(proj_dim)`` matrix that mixes the
             concatenated blocks into ``proj_dim`` features; None when ``proj_dim`` is 0 or the natural width.
     """
@@ -165,6 +175,8 @@ class KroneckerProjector(GradientProjector):
         self.layers = build_layers(model, k_in, k_out, layer_k or {}, gen)
         self._device = torch.device("cpu")  # where the layers' projection matrices are
         self.natural_dim = sum(layer.width for layer in self.layers)
+        self.check: dict | None = None
+        self.exact_layers: list[TrackedLayer] = []
         self.final_projection: torch.Tensor | None = None
         if proj_dim not in (0, self.natural_dim):
             signs = torch.randint(0, 2, (self.natural_dim, proj_dim), generator=gen).float()
@@ -176,22 +188,36 @@ class KroneckerProjector(GradientProjector):
         return self.natural_dim if self.final_projection is None else self.final_projection.shape[1]
 
     def __call__(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs (``[b, ...]`` tensor or dict of them), ``[b]`` labels -> (float32 ``[b, dim]``, ``[b, C]`` logits)."""
+        """Inputs (``[b, ...]`` tensor or dict of them), ``[b]`` labels -> (float32 ``[b, dim]``, ``[b, C]`` logits).
+
+        The first call checks the projector on this batch's first examples (:meth:`self_check`), unless a check
+        was adopted (:meth:`adopt`)."""
         feats, logits = self.natural_features(inputs, labels)
+        if self.check is None:
+            self.self_check(inputs, labels, feats)
         if self.final_projection is not None:
             self.final_projection = self.final_projection.to(feats.device)
             feats = feats @ self.final_projection
         return feats, logits
 
     def natural_features(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer blocks ``P_out^T G P_in`` (row-major) concatenated: ``[b, natural_dim]``, and ``[b, C]`` logits."""
+        """Per-layer blocks ``P_out^T G P_in`` (row-major) concatenated: ``[b, natural_dim]``, and ``[b, C]`` logits.
+
+        The blocks of the layers that failed the self-check (:attr:`exact_layers`) are computed exactly."""
+        feats, logits = self._kronecker(inputs, labels, self.precision)
+        if self.exact_layers:
+            self._fill_exact(feats, inputs, labels)
+        return feats, logits
+
+    def _kronecker(self, inputs: Inputs, labels: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's block from its hooks during one forward and backward pass (``[b, natural_dim]``), logits."""
         if self.model.training:
             raise RuntimeError("KroneckerProjector needs the model in eval mode (BatchNorm on running statistics)")
         device = self.layers[0].params[0].device
         self._to(device)
         state = CallState()
         with torch.enable_grad(), self._hooked(state):
-            with autocast(self.precision, device):
+            with autocast(precision, device):
                 logits = call_model(self.model, _detached(inputs))
             logits = logits.float()  # the output function and TRAK's Q in float32 (no copy when already so)
             total = self.output(logits, labels).sum()
@@ -203,6 +229,55 @@ class KroneckerProjector(GradientProjector):
             for finish in state.finishers:
                 finish()
         return state.feats, logits.detach()
+
+    def self_check(self, inputs: Inputs, labels: torch.Tensor, feats: torch.Tensor | None = None) -> dict:
+        """Check every layer's block on the batch's first examples against autograd (:mod:`.selfcheck`), in IEEE
+        float32; adopt the outcome (failed layers are computed exactly from now on) and return its record.
+
+        Args:
+            feats: ``[b, natural_dim]`` this batch's blocks, just computed by :meth:`natural_features` before any
+                check: where featurization is plain float32 on the CPU their first rows are compared as they are;
+                elsewhere (bf16 autocast, a GPU's TF32) the probe is projected again in IEEE float32. The blocks of
+                failed layers in ``feats`` are then recomputed exactly, in place.
+        """
+        x, y = probe_of(_detached(inputs), labels)
+        device = self.layers[0].params[0].device
+        reuse = feats is not None and plain_cpu_float32(self.precision, device)
+        with true_float32(device):
+            probe = feats[: len(y)] if reuse else self._kronecker(x, y, "fp32")[0]
+            grads = batch_gradient(self.model, [p for layer in self.layers for p in layer.params], x, y, self.output)
+        self.adopt(check_layers(self.layers, probe, grads, len(y)).record())
+        if self.exact_layers:
+            failed = ", ".join(f"{e['layer']} ({e['error']:.2g})" for e in self.check["exact"][:5])
+            warnings.warn(f"trakscope: {len(self.exact_layers)} layers' Kronecker blocks disagree with autograd's "
+                          f"gradient (relative error {failed}); their features are computed exactly, through the "
+                          "whole model (slower)", stacklevel=2)
+            if feats is not None:
+                self._fill_exact(feats, inputs, labels)
+        return self.check
+
+    def adopt(self, record: dict) -> None:
+        """Take a self-check's record (:meth:`self_check`'s, or one a store kept for these weights) as this one's.
+
+        Raises:
+            ValueError: the record names a layer this projector does not have.
+        """
+        by_name = {layer.name: layer for layer in self.layers}
+        names = [entry["layer"] for entry in record["exact"]]
+        unknown = sorted(set(names) - by_name.keys())
+        if unknown:
+            raise ValueError(f"the self-check record names layers this model does not have: {unknown}")
+        self.check, self.exact_layers = record, [by_name[n] for n in names]
+
+    def _fill_exact(self, feats: torch.Tensor, inputs: Inputs, labels: torch.Tensor) -> None:
+        """Overwrite the blocks of :attr:`exact_layers` in ``[b, natural_dim]`` ``feats`` with their exact
+        per-example gradients through the whole model, projected by each layer's own matrices."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        params = {names[id(p)]: p for layer in self.exact_layers for p in layer.params}
+        grads = model_per_example_grads(self.model, params, _detached(inputs), labels, self.output)
+        with torch.no_grad():
+            for layer in self.exact_layers:
+                feats[:, layer.block] = layer.project_grads([grads[names[id(p)]] for p in layer.params])
 
     def _to(self, device: torch.device) -> None:
         if device != self._device:

@@ -7,8 +7,13 @@ spirit of Deng et al. 2024, "Efficient Ensembles Improve Training Data Attributi
 training compute") measures it against independent models and trajectory checkpoints.
 
 What is masked is decided per parameter from the model's modules (:func:`masked_weights`): the ``weight`` of every
-``nn.Linear`` and ``nn.Conv*`` / ``nn.ConvTranspose*`` module, subclasses included. Embedding tables, norms,
-biases, buffers and free parameters (a ViT's ``cls_token`` and ``pos_embed``) are kept as they are.
+``nn.Linear`` and ``nn.Conv*`` / ``nn.ConvTranspose*`` module, subclasses included, and the input-projection
+weights of every ``nn.MultiheadAttention`` (``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
+``v_proj_weight`` when keys and values have their own widths). Those are linear maps' weights that the module
+applies itself rather than through an ``nn.Linear``; its ``out_proj`` is an ``nn.Linear`` and masked as one, so
+without them a torchvision ViT (built on ``nn.MultiheadAttention``) would have half of each attention masked
+while timm's and Hugging Face's ViTs (``nn.Linear`` q/k/v) have all of it. Embedding tables, norms, biases
+(``in_proj_bias`` too), buffers and free parameters (a ViT's ``cls_token`` and ``pos_embed``) are kept as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ..config import check_setting
 
 MASKED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d)
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+"""``nn.MultiheadAttention``'s own linear weights (the packed q/k/v projection, or the three separate ones)."""
 SEED_SCHEME = ("torch.Generator seeded numpy.random.SeedSequence([proj_seed, member, mask]).generate_state(1, "
                "uint64)[0]; torch.rand(shape) per masked weight in state-dict order; kept where < 1 - p")
 
@@ -35,10 +42,17 @@ def check_masks(masks: int, p: float) -> None:
 
 
 def masked_weights(model: nn.Module) -> list[str]:
-    """The state-dict names of the weights DropConnect masks: ``{module}.weight`` of every conv / linear module
-    of ``model`` (:data:`MASKED_MODULES`, subclasses included), in module order."""
-    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
-            if isinstance(module, MASKED_MODULES) and isinstance(module.weight, torch.Tensor)]
+    """The state-dict names of the weights DropConnect masks, in module order: ``{module}.weight`` of every conv /
+    linear module of ``model`` (:data:`MASKED_MODULES`, subclasses included) and the input-projection weights of
+    every ``nn.MultiheadAttention`` (:data:`ATTENTION_WEIGHTS`, those it has)."""
+    names = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, MASKED_MODULES) and isinstance(module.weight, torch.Tensor):
+            names.append(prefix + "weight")
+        elif isinstance(module, nn.MultiheadAttention):
+            names += [prefix + w for w in ATTENTION_WEIGHTS if isinstance(getattr(module, w), torch.Tensor)]
+    return names
 
 
 def mask_generator(seed: int | Sequence[int]) -> torch.Generator:
@@ -50,9 +64,9 @@ def mask_generator(seed: int | Sequence[int]) -> torch.Generator:
 
 def dropconnect(state: dict[str, torch.Tensor], p: float, seed: int | Sequence[int],
                 weights: nn.Module | Iterable[str]) -> dict[str, torch.Tensor]:
-    """A copy of ``state`` whose conv and linear weights keep each entry with probability ``1 - p``, scaled by
-    ``1 / (1 - p)``; every other tensor (embedding tables, norms, biases, buffers, free parameters such as a
-    ``cls_token``) is kept as it is.
+    """A copy of ``state`` whose conv and linear weights (``nn.MultiheadAttention``'s input projections included)
+    keep each entry with probability ``1 - p``, scaled by ``1 / (1 - p)``; every other tensor (embedding tables, norms,
+    biases, buffers, free parameters such as a ``cls_token``) is kept as it is.
 
     Args:
         state: a state dict (any shapes).

@@ -22,13 +22,14 @@ from ..config import check_setting
 from ..io import atomic_path, create_memmap
 
 
-def gram(features: np.ndarray, block: int = 8192) -> np.ndarray:
-    """float64 ``[d, d]`` ``X^T X`` of ``[n, d]`` features, accumulated in row blocks."""
+def gram(features: np.ndarray, block: int = 8192, weights: np.ndarray | None = None) -> np.ndarray:
+    """float64 ``[d, d]`` ``X^T X`` of ``[n, d]`` features (``X^T W X`` with ``weights`` ``[n]``), in row blocks."""
     d = features.shape[1]
     out = torch.zeros(d, d, dtype=torch.float64)
     for s in range(0, features.shape[0], block):
         x = torch.from_numpy(np.asarray(features[s : s + block], dtype=np.float64))
-        out.addmm_(x.T, x)
+        wx = x if weights is None else x * torch.from_numpy(np.asarray(weights[s : s + block], np.float64))[:, None]
+        out.addmm_(wx.T, x)
     return out.numpy()
 
 

@@ -4,7 +4,10 @@ Layout (every name in this folder is written here and nowhere else)::
 
     meta.json                       featurization settings and the model's architecture (parameter names and
                                     shapes); a reopened store with other settings or another architecture is refused
-    checkpoints.json                [{"id": k, "digest": sha256 of the state dict}] in registration order
+    checkpoints.json                [{"id": k, "digest": sha256 of the state dict}] in registration order; with the
+                                    Kronecker projector, "kronecker_check": its self-check on checkpoint k's first
+                                    featurized batch (probe size, tolerance, largest passing error, and the layers
+                                    whose features are computed exactly instead, with their parameters and errors)
     record.json                     size, sha256, shape and dtype of every finished file (``store_files``)
     .lock                           held (``flock``) by the one process writing the store, with its pid
     rows/{split}.npy                int64 [n, 3] per row: digest of its inputs, its label, 1 once seen; a row
@@ -434,6 +437,31 @@ class TrakStore:
                 self.write_json(self.checkpoints_path,
                                 sorted([*records, {"id": k, "digest": digest}], key=lambda r: r["id"]))
             return k
+
+    def kronecker_check(self, k: int) -> dict | None:
+        """The Kronecker projector's self-check recorded for checkpoint ``k`` (None before its first featurization).
+
+        Raises:
+            StoreError: the record is damaged.
+        """
+        check = next((r.get("kronecker_check") for r in self.checkpoint_records() if r["id"] == k), None)
+        if check is not None and not (isinstance(check, dict) and isinstance(check.get("exact"), list) and all(
+                isinstance(e, dict) and isinstance(e.get("layer"), str) for e in check["exact"])):
+            raise StoreError(f"{self.checkpoints_path} holds a damaged Kronecker self-check for checkpoint {k}; "
+                             f"{RESTART}")
+        return check
+
+    def kronecker_exact(self) -> dict[str, list[str]]:
+        """Checkpoint id (as a string) -> the layers its Kronecker self-check sent to the exact path; only the
+        checkpoints with some (empty when every layer passed, or with the dense projector)."""
+        checks = {r["id"]: self.kronecker_check(r["id"]) for r in self.checkpoint_records()}
+        return {str(k): [e["layer"] for e in c["exact"]] for k, c in checks.items() if c and c["exact"]}
+
+    def record_kronecker_check(self, k: int, check: dict) -> None:
+        """Keep the Kronecker projector's self-check of registered checkpoint ``k`` (:meth:`kronecker_check`)."""
+        with self.writing():
+            records = [{**r, "kronecker_check": check} if r["id"] == k else r for r in self.checkpoint_records()]
+            self.write_json(self.checkpoints_path, records)
 
     def checkpoint_ids(self) -> list[int]:
         """Registered checkpoint ids, ascending."""

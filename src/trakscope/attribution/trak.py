@@ -37,7 +37,7 @@ from ..models.calling import Inputs, inputs_to
 from ..models.weights import read_state_file
 from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, RowCount, check_fixed_order, featurize_into, numbered
-from .kronecker import widened_k
+from .kronecker import KroneckerProjector, widened_k
 from .output import Margin, ModelOutput
 from .projector import GradientProjector
 from .projectors import make_projector
@@ -159,6 +159,8 @@ class TRAK:
             batches = ((idx, to_memory_format(x, self.memory_format), y) for idx, x, y in batches)
             featurize_into(projector, batches, store, self.output.out_to_loss, self.device, (rank, world),
                            self.progress and rank == 0, f"featurize ckpt {k} {split}", rows)
+            if rank == 0:
+                self._record_check(projector, k)
             if count is not None and count.rows != n:
                 raise StoreError(f"the batches for split {split!r} held {count.rows} examples, but n={n}; pass "
                                  "every example once (or n= the number the batches hold)")
@@ -194,8 +196,20 @@ class TRAK:
         return k
 
     def _projector(self, k: int) -> GradientProjector:
-        return make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
-                              self.kron_k_used, output=self.output, precision=self.precision)
+        """Checkpoint ``k``'s projector; a Kronecker one takes the self-check the store kept for ``k``, if any."""
+        projector = make_projector(self.projector, self.model, self.proj_dim, self.seed + k, self.proj_type,
+                                   self.kron_k_used, output=self.output, precision=self.precision)
+        check = self.store.kronecker_check(k) if isinstance(projector, KroneckerProjector) else None
+        if check is not None:
+            projector.adopt(check)
+        return projector
+
+    def _record_check(self, projector: GradientProjector, k: int) -> None:
+        """Keep a Kronecker projector's first self-check under checkpoint ``k``: every later projector of ``k``
+        adopts it, so a resumed or later split computes the same layers exactly."""
+        check = getattr(projector, "check", None)
+        if check is not None and self.store.kronecker_check(k) is None:
+            self.store.record_kronecker_check(k, check)
 
     def features(self, inputs: Inputs, labels: torch.Tensor, checkpoint: Checkpoint = None,
                  checkpoint_id: int | None = None) -> tuple[np.ndarray, int]:

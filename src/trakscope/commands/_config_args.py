@@ -131,12 +131,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section} settings")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if f.metadata.get("hidden"):
+                continue
             kind, kw = _base_type(hints[f.name]), {"help": f.metadata["help"], "dest": _dest(section, f.name)}
             if kind is bool:
                 group.add_argument(flag_name(section, f.name), action=argparse.BooleanOptionalAction, default=f.default,
                                    **kw)
             elif kind is tuple and f.metadata.get("paths"):  # files: space-separated, stored absolute
                 group.add_argument(flag_name(section, f.name), default=f.default, metavar="FILE", nargs="+",
+                                   type=lambda s: str(Path(s).expanduser().resolve()), **kw)
+            elif f.metadata.get("paths"):  # one file, stored absolute
+                group.add_argument(flag_name(section, f.name), default=f.default, metavar="FILE",
                                    type=lambda s: str(Path(s).expanduser().resolve()), **kw)
             elif kind is tuple:
                 group.add_argument(flag_name(section, f.name), default=f.default, metavar="A,B,...", type=_names, **kw)
@@ -153,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """
     parts = {}
     for section, cls in SECTIONS.items():
-        values = {f.name: getattr(args, _dest(section, f.name)) for f in dataclasses.fields(cls)}
+        values = {f.name: getattr(args, _dest(section, f.name)) for f in dataclasses.fields(cls)
+                  if not f.metadata.get("hidden")}
         parts[section] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     return RunConfig(**parts)

@@ -9,7 +9,13 @@ from .. import dist
 from ..config import Bound
 from ..methods import registry
 from ..methods.registry import SCORERS
-from ..report.tables import canary_count_lines, canary_estimate_table, detection_table, wrong_label_line
+from ..report.tables import (
+    canary_count_lines,
+    canary_estimate_table,
+    detection_table,
+    suggestion_table,
+    wrong_label_line,
+)
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
 from ..table_files import FORMATS
@@ -47,13 +53,15 @@ def _number(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     run_folder = RunFolder(args.run, data_root=args.data_root)
-    scorers = [n for n, s in SCORERS.items() if not (s.skip and s.skip.dest and getattr(args, s.skip.dest))]
+    scorers = [n for n, s in SCORERS.items()
+               if not (s.skip and s.skip.dest and s.skip.leaves_out(getattr(args, s.skip.dest)))]
     det, metrics = run_detection(run_folder, args.groups, args.folds, device=rt.device, progress=rt.progress,
                                  fmt=args.fmt, scorers=scorers)
     if dist.rank() != 0:  # under torchrun rank 0 speaks for all
         return 0
     print(f"ranking of {len(det.predicted)} training examples: {run_folder.ranking_path} "
           f"(rows sorted by {primary_scorer(det)}_rank, most suspicious first: inspect_order)")
+    print(f"suggested labels (suggested_label) from the {det.suggestion_source.replace('_', '-')} probabilities")
     if args.fmt == "parquet":
         print(f"the same table as Parquet: {run_folder.ranking_parquet_path}")
     if ground_truth(run_folder) == "unknown":
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(SCORERS[name].flag.sentence(name, facts, _number))
     if "wrong_labels" in det.info:
         print(wrong_label_line(det.info["wrong_labels"]))
+    for name, why in det.info["left_out"].items():
+        print(f"  {name} left out: {why}")
     if metrics is None:
         print("no planted noise and no canaries in this run: no detection metrics (rankings only; "
               "`trakscope run --canaries 0.01` plants known errors to measure on)")
@@ -85,4 +95,9 @@ def run(args: argparse.Namespace) -> int:
                  f"{can['needed']['design']:.1f} canaries per effective one" if can.get("weighted") else "") + ":")
         print(canary_estimate_table(can))
         print("\n".join(canary_count_lines(can, metrics["n_train"])))
+    if "suggestions" in metrics:
+        sug = metrics["suggestions"]
+        print(f"\nsuggested labels ({det.suggestion_source.replace('_', '-')} probabilities): how often the suggestion "
+              f"is the true label among the top of {sug['scorer']}'s ranking:")
+        print(suggestion_table(sug))
     return 0

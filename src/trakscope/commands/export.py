@@ -32,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else None
     out = export_lists(run_folder, args.strategy, args.fraction, args.seed, out_dir, args.fmt)
     print(f"{args.strategy}: keep {out.n_keep} training examples -> {out.keep_path}")
-    print(f"removed {out.n_removed} (with reasons) -> {out.removed_path}")
+    if registry.strategy(args.strategy).relabels:
+        print(f"relabeled {out.n_removed} to their suggested label (with reasons; the keep-list holds the new labels) "
+              f"-> {out.removed_path}")
+    else:
+        print(f"removed {out.n_removed} (with reasons) -> {out.removed_path}")
     if out.n_canaries:
         print(f"canaries: the {out.n_canaries} labels trakscope flipped itself (--canaries) are in the keep-list "
               f"with their true labels restored ({out.n_canaries_selected} of them selected by {args.strategy}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import dist
 from ..config import FRACTION, POSITIVE
@@ -10,7 +11,7 @@ from ..methods import registry
 from ..methods.registry import DEFAULT_STRATEGIES
 from ..methods.removal import DEFAULT_FRACTIONS
 from ..report.plots import removal_png
-from ..report.tables import removal_table
+from ..report.tables import relabel_table, removal_table
 from ..run_folder import RunFolder
 from ..stages.detect import load_ranking
 from ..stages.removal import run_removal
@@ -69,5 +70,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nremove and retrain, {args.seeds} seed(s) each; test accuracy "
           f"({summary['n_noisy']} planted wrong labels among {summary['n_train']}):")
     print(removal_table(summary))
+    if summary.get("relabel_vs_remove"):
+        print("\nrelabel instead of remove, the same selection (paired over seeds; positive = relabelling is better):")
+        print(relabel_table(summary))
+    if "warning" in summary.get("imported", {}):
+        print(f"trakscope: warning: {summary['imported']['warning']}", file=sys.stderr)
     print(f"results: {run_folder.removal_results_path}; plot: {run_folder.removal_plot_path}")
     return 0

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard an existing run folder whose settings differ")
+    parser.add_argument("--accept-low-accuracy", action="store_true",
+                        help="attribute --checkpoints that score at chance here, or far below the accuracy their "
+                             "safetensors metadata records (key `accuracy`), instead of stopping before featurizing "
+                             "(trakscope is then likely reading them unlike they were trained)")
     add_runtime_arguments(parser)
     add_config_arguments(parser)
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
         if dist.rank() != 0:
             run_folder.data.record(dataset)  # checks rank 0's fingerprint, caches the dataset
-        run_pipeline(run_folder, rt)
+        run_pipeline(run_folder, rt, accept_low_accuracy=args.accept_low_accuracy)
         if dist.rank() == 0:
             _summary(run_folder)
     return 0

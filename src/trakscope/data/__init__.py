@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config import DataConfig
 from .builtin import load_digits, load_mnist
-from .files import load_food101, load_hf_parquet, load_imagefolder
+from .files import available_classes as _file_classes
+from .files import library_preprocess, load_food101, load_hf_parquet, load_imagefolder
 from .images import (
     DataError,
     Dataset,
@@ -28,9 +30,12 @@ from .images import (
     NormalizedImages,
     TensorImages,
     batch_slices,
+    decode_image,
     iter_batches,
+    normalize_uint8,
 )
 from .neighbours import lookalike_pairs, nearest_confusion
+from .preprocess import LibraryPreprocess
 from .splits import (
     CANARY_KINDS,
     CONFUSABLE_PAIRS,
@@ -50,9 +55,12 @@ __all__ = [
     "FileImages",
     "ImageSource",
     "ImageSplit",
+    "LibraryPreprocess",
     "NormalizedImages",
     "TensorImages",
+    "available_classes",
     "batch_slices",
+    "decode_file",
     "dataset_fingerprint",
     "describe_change",
     "iter_batches",
@@ -69,7 +77,8 @@ DATASETS = ("mnist", "digits", "food101", "imagefolder", "hf-parquet")
 def _load_source(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit | None]:
     """``(classes, train_pool, test_pool or None)`` from the named source."""
     if cfg.dataset in ("mnist", "digits"):
-        classes, pool = (load_mnist if cfg.dataset == "mnist" else load_digits)(cfg.image_size)
+        classes, pool = (load_mnist if cfg.dataset == "mnist" else load_digits)(cfg.image_size,
+                                                                                library_preprocess(cfg))
         return (*_select_builtin_classes(classes, pool, cfg), None)
     if cfg.dataset == "food101":
         return load_food101(cfg)
@@ -78,6 +87,37 @@ def _load_source(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit | N
     if cfg.dataset == "hf-parquet":
         return load_hf_parquet(cfg)
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def available_classes(cfg: DataConfig) -> list[str]:
+    """Every class name the source of ``cfg`` offers, read without decoding an image (a label map is checked
+    against these before anything is written).
+
+    Raises:
+        DataError: the source is missing or malformed.
+    """
+    if cfg.dataset in ("mnist", "digits"):
+        return [str(c) for c in range(10)]
+    if cfg.dataset in DATASETS:
+        return _file_classes(cfg)
+    raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def decode_file(path: str, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image file decoded as the run's images are: ``(float32 [1, 3, S, S] model input, uint8 [1, 3, S, S])``,
+    through the model library's preprocessing where ``cfg`` records one, else trakscope's resize and ``cfg``'s
+    mean and std.
+
+    Raises:
+        DataError: the image cannot be read.
+    """
+    cfg = cfg.with_defaults()
+    preprocess = library_preprocess(cfg)
+    if preprocess is None:
+        raw = decode_image(path, cfg.image_size)[None]
+        return normalize_uint8(raw, cfg.mean, cfg.std), raw
+    x = FileImages([path], cfg.image_size, preprocess=preprocess).batch(np.array([0]))
+    return x, preprocess.to_uint8(x)
 
 
 def _select_builtin_classes(classes: list[str], pool: ImageSplit, cfg: DataConfig) -> tuple[list[str], ImageSplit]:

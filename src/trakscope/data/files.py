@@ -5,9 +5,14 @@ with ``labels == true_labels``; :func:`trakscope.data.load_dataset` does the spl
 noise planting. trakscope never downloads: a missing or malformed folder is a :class:`DataError` that
 shows the expected layout.
 
-Class choice is the same for every loader: ``cfg.classes`` picks classes by name, otherwise the first
-``cfg.num_classes`` names in alphabetical order are kept (all of them if there are fewer). Class ``k``
-is the ``k``-th of the chosen names in sorted order, one map shared by both splits.
+Class choice is the same for every loader: ``cfg.classes`` picks classes by name, in the order given (a model's
+label map, filled in by ``trakscope.models.resolve_config``, gives it that way), otherwise the first
+``cfg.num_classes`` names in alphabetical order are kept (all of them if there are fewer). Class ``k`` is the
+``k``-th of the chosen names, one map shared by both splits. :func:`available_classes` lists a source's class
+names without reading its images.
+
+Images are decoded by trakscope's own resize, or by the model library's (``cfg.preprocessing``, see
+:mod:`trakscope.data.preprocess`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .images import DataError, FileImages, ImageSource, ImageSplit, decode_image
+from .images import DataError, FileImages, ImageSource, ImageSplit, decode_image, open_rgb, preprocessed
+from .preprocess import LibraryPreprocess, PreprocessError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 NEVER_DOWNLOADS = "trakscope never downloads data; put the files there yourself."
@@ -66,7 +72,7 @@ def _data_root(cfg: DataConfig, layout: str) -> Path:
 
 
 def choose_classes(available: Sequence[str], cfg: DataConfig) -> list[str]:
-    """The chosen class names, sorted: ``cfg.classes`` or the first ``cfg.num_classes`` alphabetically.
+    """The chosen class names: ``cfg.classes`` in its order, or the first ``cfg.num_classes`` alphabetically.
 
     Raises:
         DataError: an unknown or repeated name, or fewer than two classes.
@@ -78,7 +84,7 @@ def choose_classes(available: Sequence[str], cfg: DataConfig) -> list[str]:
             raise DataError(f"unknown class name(s) {unknown} in {cfg.dataset}; {_name_hint(unknown, names)}")
         if len(set(cfg.classes)) != len(cfg.classes):
             raise DataError(f"repeated class name(s) in {list(cfg.classes)}")
-        chosen = sorted(cfg.classes)
+        chosen = list(cfg.classes)
     else:
         if cfg.num_classes < 1:
             raise DataError(f"num_classes must be positive, got {cfg.num_classes}")
@@ -142,9 +148,22 @@ def load_food101(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit]:
     return classes, splits[0], splits[1]
 
 
+def library_preprocess(cfg: DataConfig) -> LibraryPreprocess | None:
+    """The model library's preprocessing recorded in ``cfg.preprocessing`` (None: trakscope's own resize).
+
+    Raises:
+        DataError: the record cannot be rebuilt; the message says what to do.
+    """
+    try:
+        return LibraryPreprocess.from_record(cfg.preprocessing)
+    except PreprocessError as e:
+        raise DataError(str(e)) from None
+
+
 def _file_split(paths: Sequence[Path], labels: Sequence[int], ids: Sequence[str], cfg: DataConfig) -> ImageSplit:
     y = np.asarray(labels, dtype=np.int64)
-    return ImageSplit(FileImages([str(p) for p in paths], cfg.image_size), y, y.copy(), list(ids))
+    images = FileImages([str(p) for p in paths], cfg.image_size, preprocess=library_preprocess(cfg))
+    return ImageSplit(images, y, y.copy(), list(ids))
 
 
 # --------------------------------------------------------------------------------------------- image folder
@@ -214,26 +233,39 @@ class BytesImages(ImageSource):
     ``names[i]`` (the source id) is what a decoding error reports.
     """
 
-    def __init__(self, blobs: Sequence[bytes], names: Sequence[str], size: int):
+    def __init__(self, blobs: Sequence[bytes], names: Sequence[str], size: int,
+                 preprocess: LibraryPreprocess | None = None):
         if len(blobs) != len(names):
             raise ValueError("blobs and names must have the same length")
-        self.blobs, self.names, self.size = list(blobs), list(names), size
+        self.blobs, self.names, self.size, self.preprocess = list(blobs), list(names), size, preprocess
 
     def __len__(self) -> int:
         return len(self.blobs)
 
     def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is not None:
+            return self.preprocess.to_uint8(self.batch(indices))
         out = [self._decode(int(i)) for i in np.asarray(indices)]
         return torch.stack(out) if out else torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
 
-    def _decode(self, i: int) -> torch.Tensor:
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is None:
+            return super().batch(indices)
+        out = [preprocessed(open_rgb(self._bytes(int(i)), self.names[int(i)]), self.preprocess, self.names[int(i)])
+               for i in np.asarray(indices)]
+        return torch.stack(out) if out else torch.zeros(0, 3, self.size, self.size)
+
+    def _bytes(self, i: int) -> io.BytesIO:
         if not self.blobs[i]:
             raise DataError(f"cannot read image {self.names[i]}: no image bytes")
-        return decode_image(io.BytesIO(self.blobs[i]), self.size, name=self.names[i])
+        return io.BytesIO(self.blobs[i])
+
+    def _decode(self, i: int) -> torch.Tensor:
+        return decode_image(self._bytes(i), self.size, name=self.names[i])
 
     def subset(self, indices: np.ndarray) -> BytesImages:
         idx = [int(i) for i in np.asarray(indices)]
-        return BytesImages([self.blobs[i] for i in idx], [self.names[i] for i in idx], self.size)
+        return BytesImages([self.blobs[i] for i in idx], [self.names[i] for i in idx], self.size, self.preprocess)
 
 
 def _split_tags(rel: Path) -> set[str]:
@@ -313,14 +345,14 @@ def _read_parquet_split(
         except (OSError, ValueError) as e:  # pyarrow's errors derive from these
             raise DataError(f"cannot read parquet file {f}: {e}") from None
     y = np.asarray(labels, dtype=np.int64)
-    return ImageSplit(BytesImages(blobs, ids, cfg.image_size), y, y.copy(), ids)
+    return ImageSplit(BytesImages(blobs, ids, cfg.image_size, library_preprocess(cfg)), y, y.copy(), ids)
 
 
 def load_hf_parquet(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit | None]:
     """Hugging Face image-classification parquet shards (e.g. Food-101's) from a local folder, read with pyarrow.
 
     Labels are mapped to names with the dataset's ClassLabel order, classes are chosen by name and
-    renumbered ``0..K-1`` in sorted order. The chosen rows' encoded images are held in memory
+    renumbered ``0..K-1`` in the chosen order. The chosen rows' encoded images are held in memory
     (about 50 kB per Food-101 image) and decoded on demand. ``source_id`` is ``<file>#<row>``.
     """
     try:
@@ -335,3 +367,23 @@ def load_hf_parquet(cfg: DataConfig) -> tuple[list[str], ImageSplit, ImageSplit 
     train = _read_parquet_split(root, train_files, old_to_new, cfg, pq)
     test = _read_parquet_split(root, test_files, old_to_new, cfg, pq) if test_files else None
     return classes, train, test
+
+
+def available_classes(cfg: DataConfig) -> list[str]:
+    """Every class name the file source of ``cfg`` offers (its folder names, meta file or parquet metadata),
+    read without decoding an image.
+
+    Raises:
+        DataError: the source is missing or malformed; the message shows the expected layout.
+    """
+    if cfg.dataset == "food101":
+        return sorted(_read_food101_meta(_food101_dir(cfg) / "meta" / "train.json"))
+    if cfg.dataset == "imagefolder":
+        root = _data_root(cfg, IMAGEFOLDER_LAYOUT)
+        return list(_class_dirs(root / "train" if (root / "train").is_dir() else root))
+    try:
+        import pyarrow.parquet as pq  # lazy: pyarrow is optional (the hf extra), only for hf-parquet
+    except ImportError:
+        raise DataError("hf-parquet needs pyarrow: pip install 'trakscope[hf]'") from None
+    root = _data_root(cfg, HF_PARQUET_LAYOUT)
+    return _parquet_class_names(root, _parquet_files(root)[0], pq)

@@ -4,7 +4,9 @@ An :class:`ImageSplit` holds labels, true labels and stable source ids as arrays
 :class:`ImageSource`: either tensors in memory (:class:`TensorImages`, for the built-in datasets) or
 files decoded on demand (:class:`FileImages`, for Food-101 and image folders). Pixels reach the model
 as float32 ``[b, 3, S, S]`` batches normalised with the ImageNet statistics, or with the model's own
-(:class:`NormalizedImages`, which :func:`~trakscope.data.load_dataset` puts around every split).
+(:class:`NormalizedImages`, which :func:`~trakscope.data.load_dataset` puts around every split). A source
+given a :class:`~trakscope.data.preprocess.LibraryPreprocess` hands over the model library's own output
+instead (its resize, crop and normalisation), which :class:`NormalizedImages` passes on unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 
 from ..config import IMAGENET_MEAN as IMAGENET_MEAN_RGB
 from ..config import IMAGENET_STD as IMAGENET_STD_RGB
+from .preprocess import LibraryPreprocess
 
 IMAGENET_MEAN = torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
@@ -42,6 +45,7 @@ class ImageSource:
     """Pixels of one split. Subclasses implement ``__len__``, ``uint8`` and ``subset``."""
 
     in_memory = False  # True where decoding costs nothing, so worker processes would only add overhead
+    preprocess: LibraryPreprocess | None = None  # set: batch() is the model library's own output, normalised
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -67,23 +71,34 @@ class ImageSource:
 
 
 class TensorImages(ImageSource):
-    """Images held in memory as uint8 ``[n, 3, S, S]``."""
+    """Images held in memory as uint8 ``[n, 3, H, W]`` (``H = W = S`` unless a ``preprocess`` makes them ``S``)."""
 
     in_memory = True
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: torch.Tensor, preprocess: LibraryPreprocess | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 [n, 3, S, S], got {images.dtype} {tuple(images.shape)}")
-        self.images = images
+        self.images, self.preprocess = images, preprocess
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+    def _stored(self, indices: np.ndarray) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
 
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is None:
+            return self._stored(indices)
+        return self.preprocess.to_uint8(self.batch(indices))
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is None:
+            return super().batch(indices)
+        stored = self._stored(indices)
+        return torch.stack([self.preprocess(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in stored])
+
     def subset(self, indices: np.ndarray) -> TensorImages:
-        return TensorImages(self.uint8(indices))
+        return TensorImages(self._stored(indices), self.preprocess)
 
 
 class NormalizedImages(ImageSource):
@@ -98,6 +113,10 @@ class NormalizedImages(ImageSource):
     def in_memory(self) -> bool:
         return self.source.in_memory
 
+    @property
+    def preprocess(self) -> LibraryPreprocess | None:  # type: ignore[override]
+        return self.source.preprocess
+
     def __len__(self) -> int:
         return len(self.source)
 
@@ -108,6 +127,8 @@ class NormalizedImages(ImageSource):
         return NormalizedImages(self.source.subset(indices), self.mean, self.std)
 
     def batch(self, indices: np.ndarray) -> torch.Tensor:
+        if self.source.preprocess is not None:  # the model library's own output, normalised as it does
+            return self.source.batch(indices)
         return normalize_uint8(self.uint8(np.asarray(indices)), self.mean, self.std)
 
 
@@ -138,47 +159,84 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = None) -> torch.Tensor:
-    """Decode one image (a path or a binary file object) to uint8 ``[3, size, size]``.
+def open_rgb(source: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Decode one image (a path or a binary file object) to an 8-bit RGB PIL image at its own size.
 
     Any mode Pillow opens is accepted: greyscale, palette, CMYK, with alpha (dropped), and 16-bit or float
-    images, which are scaled by their depth into 8 bits. The short side is resized to ``size * 256 / 224``
-    and the centre ``size x size`` square is cropped.
+    images, which are scaled by their depth into 8 bits.
 
     Raises:
         DataError: the image is missing or cannot be decoded; the message names ``name`` (default: the path).
     """
     try:
         with Image.open(source) as im:
-            im = _to_rgb(im)
-            w, h = im.size
-            scale = size * 256 / 224 / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
+            return _to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {name if name is not None else source}: {e}") from None
+
+
+def decode_image(source: str | Path | BinaryIO, size: int, name: str | None = None) -> torch.Tensor:
+    """Decode one image (a path or a binary file object) to uint8 ``[3, size, size]``: trakscope's own resize.
+
+    The image is read by :func:`open_rgb`, its short side resized to ``size * 256 / 224`` (bilinear) and the
+    centre ``size x size`` square cropped.
+
+    Raises:
+        DataError: the image is missing or cannot be decoded; the message names ``name`` (default: the path).
+    """
+    im = open_rgb(source, name)
+    try:
+        w, h = im.size
+        scale = size * 256 / 224 / min(w, h)
+        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
         raise DataError(f"cannot read image {name if name is not None else source}: {e}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-class FileImages(ImageSource):
-    """Images decoded from files on demand (resize short side, centre crop to ``size``)."""
+def preprocessed(image: Image.Image, preprocess: LibraryPreprocess, name: str) -> torch.Tensor:
+    """``preprocess(image)``: float32 ``[3, S, S]``; a library's failure on one image names it.
 
-    def __init__(self, paths: Sequence[str], size: int, reader: Callable[[str, int], torch.Tensor] = decode_image):
+    Raises:
+        DataError: the library could not prepare the image; the message names ``name``.
+    """
+    try:
+        return preprocess(image)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"the model's {preprocess.library} preprocessing failed on image {name}: {e}") from None
+
+
+class FileImages(ImageSource):
+    """Images decoded from files on demand: trakscope's resize (short side, centre crop to ``size``) through
+    ``reader``, or the model library's own ``preprocess`` where one is given."""
+
+    def __init__(self, paths: Sequence[str], size: int, reader: Callable[[str, int], torch.Tensor] = decode_image,
+                 preprocess: LibraryPreprocess | None = None):
         self.paths = list(paths)
         self.size = size
         self.reader = reader
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is not None:
+            return self.preprocess.to_uint8(self.batch(indices))
         return torch.stack([self.reader(self.paths[int(i)], self.size) for i in np.asarray(indices)])
 
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        if self.preprocess is None:
+            return super().batch(indices)
+        paths = [self.paths[int(i)] for i in np.asarray(indices)]
+        return torch.stack([preprocessed(open_rgb(p), self.preprocess, p) for p in paths])
+
     def subset(self, indices: np.ndarray) -> FileImages:
-        return FileImages([self.paths[int(i)] for i in np.asarray(indices)], self.size, self.reader)
+        return FileImages([self.paths[int(i)] for i in np.asarray(indices)], self.size, self.reader, self.preprocess)
 
 
 @dataclass

@@ -74,6 +74,27 @@ def removal_reason(strategy: str, ranking: dict[str, np.ndarray], index: int) ->
     return f"{s.scorer}={score[index]:.4g} (rank {rank} of {len(score)}: {s.description})"
 
 
+def relabeled_labels(strategy: str, selected: np.ndarray, ranking: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The training labels a relabel strategy trains with, or None for a strategy that removes.
+
+    Args:
+        strategy: a name or alias in :data:`~.registry.STRATEGIES`.
+        selected: sorted int64 indices :func:`select_removed` chose.
+        ranking: ``label`` (given) and ``suggested_label`` int ``[n_train]`` (``detect/ranking.csv``'s columns).
+
+    Returns:
+        int64 ``[n_train]``: the given labels, with ``selected`` given their suggested label.
+    """
+    if registry.strategy(strategy).relabels is None:
+        return None
+    if "suggested_label" not in ranking or "label" not in ranking:
+        raise ValueError("detect/ranking.csv has no suggested_label column (written by an older trakscope); rerun "
+                         "`trakscope detect`, or drop the relabel strategies")
+    labels = np.asarray(ranking["label"], dtype=np.int64).copy()
+    labels[selected] = np.asarray(ranking["suggested_label"], dtype=np.int64)[selected]
+    return labels
+
+
 def indices_hash(indices: np.ndarray) -> str:
     """Short SHA-256 of a sorted index array (identifies a selection in the cache)."""
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
@@ -132,7 +153,9 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
     Each row has the test accuracy per seed, its mean and SE, ``delta_vs_full`` (difference of means) and
     ``paired_delta`` / ``paired_se``: mean and SE over seeds of ``acc(strategy, seed) - acc(full, seed)``, which
     removes the seed-to-seed spread the two share. Where ``evaluate`` gave per-example correctness and test groups
-    were known, ``worst_group_acc`` (per seed, mean, SE, paired delta and SE) stands beside it.
+    were known, ``worst_group_acc`` (per seed, mean, SE, paired delta and SE) stands beside it. A relabel strategy's
+    row has ``action: relabel`` (its ``n_removed`` and ``n_noisy_removed`` count the selection it relabels) and
+    ``n_corrected``; ``relabel_vs_remove`` (:func:`relabel_versus_remove`) compares it with its remove twin.
     """
     ref_acc = {r["seed"]: r["test_acc"] for r in references}
     ref_worst = {r["seed"]: r["worst_group_acc"] for r in references if r.get("worst_group_acc") is not None}
@@ -157,6 +180,7 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
             row["worst_group_acc"] = worst
             row["worst_group_mean"], row["worst_group_se"] = mean_se(worst)
             row["worst_group_paired_delta"], row["worst_group_paired_se"] = paired_delta(worst, ref_worst, seeds)
+        row.update(_relabel_facts(rs))
         rows.append(row)
     reference = {"test_acc": [r["test_acc"] for r in references], "mean": ref_mean, "se": ref_se,
                  "seeds": [r["seed"] for r in references],
@@ -164,10 +188,57 @@ def summarize(results: list[dict], references: list[dict], n_train: int, n_noisy
     if len(ref_worst) == len(references):
         reference["worst_group_acc"] = [ref_worst[r["seed"]] for r in references]
         reference["worst_group_mean"], reference["worst_group_se"] = mean_se(reference["worst_group_acc"])
-    return {"n_train": n_train, "n_noisy": n_noisy, "reference": reference, "rows": rows}
+    out = {"n_train": n_train, "n_noisy": n_noisy, "reference": reference, "rows": rows}
+    versus = relabel_versus_remove(rows)
+    if versus:
+        out["relabel_vs_remove"] = versus
+    return out
 
 
-Evaluate = Callable[[Job, np.ndarray, int], "float | Mapping"]
+def _relabel_facts(results: list[dict]) -> dict:
+    """``action: relabel`` and the mean ``n_corrected`` over seeds, for a relabel strategy's results ({} else)."""
+    if not any(r.get("action") == "relabel" for r in results):
+        return {}
+    out: dict = {"action": "relabel"}
+    if all("n_corrected" in r for r in results):
+        out["n_corrected"] = float(np.mean([r["n_corrected"] for r in results]))
+    return out
+
+
+def _paired(a: Mapping, b: Mapping, key: str) -> dict | None:
+    """Mean and SE over the seeds both rows ran of ``a[key] - b[key]`` (per-seed lists), or None."""
+    if a.get(key) is None or b.get(key) is None:
+        return None
+    other = dict(zip(b["seeds"], b[key]))
+    diffs = [v - other[s] for v, s in zip(a[key], a["seeds"]) if s in other]
+    if not diffs:
+        return None
+    mean, se = mean_se(diffs)
+    return {"delta": mean, "se": se, "n_seeds": len(diffs)}
+
+
+def relabel_versus_remove(rows: list[dict]) -> list[dict]:
+    """Relabel against remove on the same selection: per relabel row of :func:`summarize` whose remove twin ran at
+    the same fraction, the paired difference over seeds of test accuracy (``delta``, ``se``, ``n_seeds``) and, where
+    known, of worst-group accuracy (``worst_group_delta``, ``worst_group_se``). Positive = relabelling is better."""
+    by = {(r["strategy"], r["fraction"]): r for r in rows}
+    out = []
+    for r in rows:
+        twin = registry.STRATEGIES[r["strategy"]].relabels if r["strategy"] in registry.STRATEGIES else None
+        if twin is None or (twin, r["fraction"]) not in by:
+            continue
+        acc = _paired(r, by[(twin, r["fraction"])], "test_acc")
+        if acc is None:
+            continue
+        entry = {"relabel": r["strategy"], "remove": twin, "fraction": r["fraction"], **acc}
+        worst = _paired(r, by[(twin, r["fraction"])], "worst_group_acc")
+        if worst is not None:
+            entry["worst_group_delta"], entry["worst_group_se"] = worst["delta"], worst["se"]
+        out.append(entry)
+    return out
+
+
+Evaluate = Callable[..., "float | Mapping"]  # (job, keep, seed), and labels= for a relabel strategy
 
 
 def planned_evaluations(ranking: Mapping[str, np.ndarray], *,
@@ -191,11 +262,25 @@ def planned_evaluations(ranking: Mapping[str, np.ndarray], *,
     return out
 
 
+def _entry(job: Job, seed: int, selected: np.ndarray, labels: np.ndarray | None, noisy: np.ndarray,
+           true_labels: np.ndarray | None, got: dict) -> dict:
+    """One retrain's record: what was selected (removed, or relabeled when ``labels`` is given) and its accuracy."""
+    entry = {"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
+             "seed": seed, "n_removed": int(len(selected)), "n_noisy_removed": int(noisy[selected].sum()),
+             "removed_sha256": indices_hash(selected), "test_acc": got["test_acc"],
+             "worst_group_acc": got.get("worst_group_acc")}
+    if labels is not None:
+        entry["action"] = "relabel"
+        if true_labels is not None:  # relabeled to their true label: the errors the relabel fixed
+            entry["n_corrected"] = int((labels[selected] == true_labels[selected])[noisy[selected]].sum())
+    return entry
+
+
 def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
                        strategies: tuple[str, ...] = registry.DEFAULT_STRATEGIES,
                        fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seeds: int = 3, base_seed: int = 0,
                        noisy: np.ndarray | None = None, test_groups: np.ndarray | None = None,
-                       on_job: Callable[[Job], None] | None = None) -> dict:
+                       on_job: Callable[[Job], None] | None = None, true_labels: np.ndarray | None = None) -> dict:
     """Retrain without each strategy's selection, ``seeds`` times, and summarise accuracy against full data.
 
     Args:
@@ -205,8 +290,12 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
             once per seed with every row (the full-data reference, ``job.strategy == "full"``), in the order of
             :func:`planned_evaluations`. It may instead return ``{"test_acc": ..., "correct": bool [n_test],
             "source": ...}``: with ``correct`` and ``test_groups``, worst-group accuracy is reported too; ``source``
-            says where a reference came from.
+            says where a reference came from. For a relabel strategy (``relabel-...``) it is called as
+            ``evaluate(job, keep, seed, labels=labels)`` with every row kept and ``labels`` int64 ``[n_train]``
+            the labels to train with (:func:`relabeled_labels`; ``ranking`` then needs ``label`` and
+            ``suggested_label``).
         noisy: bool ``[n_train]`` planted wrong labels, to count how many each selection removed.
+        true_labels: int ``[n_train]`` true labels where known, to count how many wrong labels a relabel fixed.
         test_groups: int ``[n_test]`` group of each test example (e.g. its class) for worst-group accuracy.
         on_job: called before each job (a progress bar's hook).
 
@@ -221,14 +310,15 @@ def remove_and_retrain(ranking: Mapping[str, np.ndarray], evaluate: Evaluate, *,
     for job, seed, removed in plan:
         if on_job:
             on_job(job)
-        got = _as_result(evaluate(job, np.setdiff1d(every, removed), seed), test_groups)
+        labels = None if job.strategy == "full" else relabeled_labels(job.strategy, removed, ranking)
+        if labels is None:
+            got = _as_result(evaluate(job, np.setdiff1d(every, removed), seed), test_groups)
+        else:  # a relabel strategy: every row is kept, the selection trains with its suggested label
+            got = _as_result(evaluate(job, every, seed, labels=labels), test_groups)
         if job.strategy == "full":
             references.append({"seed": seed, **got})
             continue
-        results.append({"strategy": job.strategy, "fraction": None if math.isnan(job.fraction) else job.fraction,
-                        "seed": seed, "n_removed": int(len(removed)), "n_noisy_removed": int(noisy[removed].sum()),
-                        "removed_sha256": indices_hash(removed), "test_acc": got["test_acc"],
-                        "worst_group_acc": got.get("worst_group_acc")})
+        results.append(_entry(job, seed, removed, labels, noisy, true_labels, got))
     return summarize(results, references, n, int(noisy.sum()))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..attribution.score import gram, regularized_inverse
 from .d3m import alignment_scores, auto_groups, group_losses
 
 
@@ -154,6 +155,55 @@ def loo_margin_of(given: np.ndarray, self_scores: np.ndarray) -> np.ndarray:
     py = np.clip(np.asarray(given, dtype=np.float64), 1e-12, 1 - 1e-12)
     weight = float(np.mean(py * (1 - py)))
     return _log_odds(py) - np.asarray(self_scores, dtype=np.float64) / max(weight, 1e-12)
+
+
+def leverage(features: np.ndarray, weights: np.ndarray, ridge: float, block: int = 8192) -> np.ndarray:
+    """Each example's leverage under the Gauss-Newton kernel of the margin loss: ``h_i = x_i^T H^-1 x_i``.
+
+    ``H = X^T W X + lambda I`` with ``W = diag(weights)`` (``p (1 - p)`` of the given label) and ``lambda = ridge *
+    mean(diag(X^T W X))``, TRAK's relative ridge on the weighted kernel (see :func:`regularized_inverse`).
+
+    Args:
+        features: float ``[n, d]`` one checkpoint's training features (may be memory-mapped).
+        weights: float ``[n]`` non-negative Hessian weights of the same checkpoint.
+        ridge: > 0, relative to the mean diagonal of ``X^T W X``.
+        block: rows processed at once.
+
+    Returns:
+        float64 ``[n]`` ``h_i >= 0``; ``weights_i * h_i < 1`` (the example's share of ``H`` along ``x_i``).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    inv = regularized_inverse(gram(features, weights=w, block=block), ridge)[0]
+    out = np.empty(len(w), dtype=np.float64)
+    for s in range(0, len(w), block):
+        x = np.asarray(features[s : s + block], dtype=np.float64)
+        out[s : s + block] = ((x @ inv) * x).sum(1)
+    return out
+
+
+def loo_margin_leverage(given: np.ndarray, leverages: np.ndarray) -> np.ndarray:
+    """Leave-one-out margin by a Newton step per checkpoint, with each checkpoint's own probabilities and leverage.
+
+    At checkpoint ``k`` the loss of the margin ``f`` is ``log(1 + exp(-f))``: gradient ``-(1 - p)``, Hessian weight
+    ``w = p (1 - p)``. Leaving example ``i`` out moves the weights by ``-H_{-i}^-1 (1 - p_i) x_i`` (one Newton step
+    from the optimum) and, by Sherman-Morrison, ``x_i^T H_{-i}^-1 x_i = h_i / (1 - w_i h_i)``, so its margin drops by
+    ``(1 - p_i) h_i / (1 - w_i h_i)``: exact to second order for a convex model such as logistic regression.
+
+    Args:
+        given: float ``[K, n]`` probability of the given label under each checkpoint (``1 - Q``, as featurized).
+        leverages: float ``[K, n]`` :func:`leverage` of each checkpoint, weighted by that checkpoint's ``p (1 - p)``.
+
+    Returns:
+        float64 ``[n]`` the mean over checkpoints of ``margin_k - (1 - p_k) h_k / (1 - w_k h_k)``; **low =
+        suspicious** (the label is not supported without the example itself).
+    """
+    py = np.clip(np.asarray(given, dtype=np.float64), 1e-12, 1 - 1e-12)
+    h = np.asarray(leverages, dtype=np.float64)
+    if py.shape != h.shape or py.ndim != 2:
+        raise ValueError(f"given and leverages must both be [checkpoints, n_train], got {py.shape} and {h.shape}")
+    w = py * (1 - py)
+    drop = (1 - py) * h / np.clip(1 - w * h, 1e-12, None)
+    return (_log_odds(py) - drop).mean(axis=0)
 
 
 def area_under_margin(aum: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What every model family provides: a network for ``C`` classes, and the preprocessing its weights expect.
+"""What every model family provides: a network for ``C`` classes, the preprocessing its weights expect, and the
+class order of its head where the model records one.
 
 A family is one source of architectures (trakscope's built-ins, Hugging Face, timm, torchvision). Adding one
 is adding a :class:`ModelFamily` subclass and an entry in ``trakscope.models.FAMILIES``.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from ..data.preprocess import LibraryPreprocess
 from .weights import WeightsError, load_fitting, read_state_file
 
 WEIGHTS = ("random", "imagenet", "pretrained")
@@ -41,6 +43,12 @@ def wants_pretrained(cfg: ModelConfig) -> bool:
     return cfg.weights != "random"
 
 
+def weights_from_elsewhere(cfg: ModelConfig) -> bool:
+    """True when the weights attributed were not trained from scratch on trakscope's inputs: pretrained weights,
+    ``--weights-path`` or imported ``--checkpoints`` (so the model's own preprocessing is what they expect)."""
+    return wants_pretrained(cfg) or cfg.weights_path is not None or bool(cfg.checkpoints)
+
+
 class ModelFamily:
     """One source of architectures, named ``<prefix>:<spec>`` on the command line (built-ins: ``<spec>``).
 
@@ -61,6 +69,15 @@ class ModelFamily:
         """Input size and normalisation the model expects (default: ImageNet statistics, no size)."""
         return IMAGENET
 
+    def library_preprocess(self, spec: str, cfg: ModelConfig) -> LibraryPreprocess | None:
+        """The model library's own preprocessing (resize, crop, normalisation), or None: trakscope's resize with
+        :meth:`preprocessing`'s statistics (the default)."""
+        return None
+
+    def label_map(self, spec: str, cfg: ModelConfig) -> list[str] | None:
+        """Class names in the order of the head's outputs where the model itself records them (default: None)."""
+        return None
+
     def reads_weights_path(self, spec: str, cfg: ModelConfig) -> bool:
         """True where :meth:`network` itself reads ``cfg.weights_path`` (it then means something else)."""
         return False
@@ -74,4 +91,5 @@ class ModelFamily:
         return model
 
 
-__all__ = ["IMAGENET", "WEIGHTS", "ModelFamily", "Preprocessing", "WeightsError", "wants_pretrained"]
+__all__ = ["IMAGENET", "WEIGHTS", "ModelFamily", "Preprocessing", "WeightsError", "wants_pretrained",
+           "weights_from_elsewhere"]

@@ -1,11 +1,13 @@
 """``hf:<folder or hub id>``: any transformers ``AutoModelForImageClassification``, with a head for our classes.
 
 Everything is read with ``local_files_only=True`` (a local folder, or the Hugging Face cache) unless
-``ModelConfig.download`` is set. Preprocessing comes from the model's own ``preprocessor_config.json``.
+``ModelConfig.download`` is set. Preprocessing is the model's own image processor (``preprocessor_config.json``,
+through ``AutoImageProcessor``), and the class order its ``config.json`` ``id2label`` where it names classes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.preprocess import LibraryPreprocess
 from ..progress import on_terminal
 from .base import ModelFamily, Preprocessing, WeightsError, wants_pretrained
 from .weights import one_line
@@ -23,6 +26,7 @@ from .weights import one_line
 # The logger transformers' from_pretrained writes its "LOAD REPORT" to (the head re-initialised for our classes).
 REPORT_LOGGER = "transformers.modeling_utils"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")  # what transformers names a class it was not told the name of
 
 
 class LoadReportOnce(logging.Filter):
@@ -79,16 +83,49 @@ class HFModels(ModelFamily):
         return model.float().train()
 
     def preprocessing(self, spec: str, cfg: ModelConfig) -> Preprocessing:
-        from transformers import AutoImageProcessor  # lazy: transformers is optional (the hf extra), slow to import
-
-        quiet_transformers()
-        with hf_errors(spec, cfg, "preprocessor_config.json"):
-            processor = AutoImageProcessor.from_pretrained(spec, local_files_only=not cfg.download)
+        processor = image_processor(spec, cfg)
         return Preprocessing(
             size=processor_size(processor),
             mean=tuple(float(v) for v in processor.image_mean),
             std=tuple(float(v) for v in processor.image_std),
         )
+
+    def library_preprocess(self, spec: str, cfg: ModelConfig) -> LibraryPreprocess | None:
+        """The processor's own settings (its ``to_dict()``), applied by transformers itself to every image."""
+        processor = image_processor(spec, cfg)
+        size = processor_size(processor)
+        if size is None:
+            return None
+        normalizes = getattr(processor, "do_normalize", True)
+        mean = tuple(float(v) for v in processor.image_mean) if normalizes else (0.0, 0.0, 0.0)
+        std = tuple(float(v) for v in processor.image_std) if normalizes else (1.0, 1.0, 1.0)
+        settings = json.dumps(json.loads(processor.to_json_string()), sort_keys=True)
+        return LibraryPreprocess("transformers", settings, size, mean, std)  # type: ignore[arg-type]
+
+    def label_map(self, spec: str, cfg: ModelConfig) -> list[str] | None:
+        """``config.json``'s ``id2label`` in output order, or None where it only has ``LABEL_i`` placeholders."""
+        from transformers import AutoConfig  # lazy: transformers is optional (the hf extra), slow to import
+
+        with hf_errors(spec, cfg, "config.json"):
+            config = AutoConfig.from_pretrained(spec, local_files_only=not cfg.download)
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        if sorted(id2label) != list(range(len(id2label))):
+            return None
+        names = [id2label[i] for i in range(len(id2label))]
+        return None if all(_DEFAULT_LABEL.fullmatch(n) for n in names) else names
+
+
+def image_processor(spec: str, cfg: ModelConfig) -> Any:
+    """The model's own image processor, through ``AutoImageProcessor`` (local files unless ``cfg.download``).
+
+    Raises:
+        WeightsError: ``preprocessor_config.json`` is not on this machine; the message says what to do.
+    """
+    from transformers import AutoImageProcessor  # lazy: transformers is optional (the hf extra), slow to import
+
+    quiet_transformers()
+    with hf_errors(spec, cfg, "preprocessor_config.json"):
+        return AutoImageProcessor.from_pretrained(spec, local_files_only=not cfg.download)
 
 
 def label_maps(num_classes: int, classes: Sequence[str] | None) -> dict[str, dict]:

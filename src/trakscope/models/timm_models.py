@@ -1,19 +1,23 @@
 """``timm:<name>``: any ``timm.create_model`` architecture with ``num_classes`` outputs.
 
 Pretrained weights are read from the Hugging Face cache or torch's hub cache; only ``ModelConfig.download``
-lets timm fetch them.
+lets timm fetch them. Where the weights come from elsewhere (pretrained, ``--weights-path``, ``--checkpoints``),
+images are prepared by timm itself: ``resolve_data_config`` of the model's pretrained configuration, then
+``create_transform`` (eval).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained
+from ..config import ModelConfig, SettingError
+from ..data.preprocess import LibraryPreprocess
+from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained, weights_from_elsewhere
 
 
 class TimmModels(ModelFamily):
@@ -36,6 +40,26 @@ class TimmModels(ModelFamily):
         if pretrained is None:
             return IMAGENET
         return Preprocessing(size=None, mean=tuple(pretrained.mean), std=tuple(pretrained.std))
+
+    def library_preprocess(self, spec: str, cfg: ModelConfig) -> LibraryPreprocess | None:
+        """timm's eval transform of the model's pretrained configuration, where the weights come from elsewhere.
+
+        Raises:
+            SettingError: the configuration's input is not square (trakscope feeds square images).
+        """
+        from timm.data import resolve_data_config  # lazy: timm is optional (the hf extra)
+        from timm.models import get_pretrained_cfg
+
+        pretrained = get_pretrained_cfg(spec)
+        if pretrained is None or not weights_from_elsewhere(cfg):
+            return None
+        data = resolve_data_config({}, pretrained_cfg=pretrained.to_dict())
+        _, height, width = data["input_size"]
+        if height != width:
+            raise SettingError("--image-size", f"timm:{spec} expects {height} x {width} inputs and trakscope feeds "
+                                               "square ones; give --image-size N to use trakscope's own resize")
+        settings = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}, sort_keys=True)
+        return LibraryPreprocess("timm", settings, int(height), tuple(data["mean"]), tuple(data["std"]))
 
 
 def local_weights_file(spec: str) -> Path:

@@ -3,10 +3,13 @@
 The network is always built with ``weights=None, num_classes=C`` so that a pretrained run and
 :func:`~trakscope.train.load_trained` give the same architecture; pretrained weights are then loaded from
 torch's hub cache, the 1000-class head left freshly initialised. Only ``ModelConfig.download`` fetches them.
+Where the weights come from elsewhere (pretrained, ``--weights-path``, ``--checkpoints``), images are prepared by
+the ``DEFAULT`` weights' own ``transforms()``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.preprocess import LibraryPreprocess
 from ..progress import on_terminal
-from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained
+from .base import IMAGENET, ModelFamily, Preprocessing, WeightsError, wants_pretrained, weights_from_elsewhere
 from .weights import load_fitting
 
 
@@ -47,6 +51,20 @@ class TorchvisionModels(ModelFamily):
         if mean is None or std is None:
             return IMAGENET
         return Preprocessing(size=None, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+    def library_preprocess(self, spec: str, cfg: ModelConfig) -> LibraryPreprocess | None:
+        """The ``DEFAULT`` weights' ``transforms()`` (resize, centre crop, normalise), where the weights come from
+        elsewhere; recorded by the weights' name, e.g. ``ResNet18_Weights.IMAGENET1K_V1``."""
+        weights = default_weights(spec)
+        if weights is None or not weights_from_elsewhere(cfg):
+            return None
+        transform = weights.transforms()
+        crop = getattr(transform, "crop_size", None)
+        if not crop or not hasattr(transform, "mean"):
+            return None  # not the classification transform (a detection or video model's)
+        settings = json.dumps({"weights": f"{type(weights).__name__}.{weights.name}"})
+        mean, std = tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
+        return LibraryPreprocess("torchvision", settings, int(crop[0]), mean, std)  # type: ignore[arg-type]
 
 
 def default_weights(spec: str) -> Any | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import RunConfig
 from ..io import atomic_path, read_json
 from ..run_folder import RunFolder
 from . import payload, sections
@@ -61,15 +62,14 @@ def summary_section(run: RunFolder, data: dict[str, Any], inputs: ReportInputs) 
     acc = metrics["ensemble"] if metrics else {}
     meta = inputs.read("summary", run.scores_meta_path, lambda: dict(read_json(run.scores_meta_path)))
     n_ckpt = meta.get("checkpoints") if meta else None
-    timings = run.results.timings()
+    timings = _stage_timings(run)
     cards = [
         ("dataset", cfg.data.dataset, f"{cfg.data.image_size}×{cfg.data.image_size} px"),
         ("classes", len(data["classes"]), _class_list(data["classes"])),
         ("train / val / test", " / ".join(f"{sizes[s]:,}" if s in sizes else "—" for s in ("train", "val", "test")),
          "examples"),
         ("planted noise", f"{noisy:,}", f"{cfg.data.noise:.0%} of training labels flipped"),
-        ("model", cfg.model.name, f"{cfg.model.weights} init · ensemble of {cfg.train.ensemble} · "
-                                  f"{cfg.train.epochs} epochs"),
+        ("model", cfg.model.name, _model_card(cfg)),
         ("ensemble accuracy", "—" if acc.get("test_acc") is None else f"{acc['test_acc']:.1%}",
          "test" + ("" if acc.get("val_acc") is None else f" · val {acc['val_acc']:.1%}")),
         ("TRAK", f"{cfg.trak.projector} · {cfg.trak.proj_dim}",
@@ -83,6 +83,24 @@ def summary_section(run: RunFolder, data: dict[str, Any], inputs: ReportInputs) 
     return (f'<section id="summary">{inputs.notes("summary")}<div class="cards">{html_cards}</div>'
             f'<details><summary>all settings and timings</summary>{sections.key_value_table(cfg.to_dict())}{detail}'
             "</details></section>")
+
+
+def _model_card(cfg: RunConfig) -> str:
+    """The model card's line: how trakscope trained the ensemble, or that its checkpoints were imported."""
+    if cfg.model.checkpoints:
+        n = len(cfg.model.checkpoints)
+        masks = f" · {cfg.trak.masks} DropConnect masks each" if cfg.trak.masks else ""
+        return f"imported · {n} checkpoint{'s' if n > 1 else ''} trained elsewhere{masks}"
+    return f"{cfg.model.weights} init · ensemble of {cfg.train.ensemble} · {cfg.train.epochs} epochs"
+
+
+def _stage_timings(run: RunFolder) -> dict[str, float]:
+    """``timings.json``, with an imported run's ``train`` (written before imports were timed as such) called
+    ``import``: nothing was trained."""
+    timings = run.results.timings()
+    if run.config.model.checkpoints and "train" in timings and "import" not in timings:
+        timings = {("import" if k == "train" else k): v for k, v in timings.items()}
+    return timings
 
 
 def _top_stages(timings: dict[str, float]) -> list[tuple[str, float]]:

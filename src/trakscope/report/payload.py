@@ -58,7 +58,8 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
         the canaries, else the first of :data:`~trakscope.methods.registry.PRIMARY` present), ``primary``,
         ``order`` {scorer: training indices, most suspicious first}, ``score`` {scorer: ``[n_train]`` natural scores,
         4 digits},
-        ``predicted`` ``[n_train]``, ``descriptions`` {scorer: text}.
+        ``predicted`` ``[n_train]``, ``descriptions`` {scorer: text}; where ``detect`` wrote suggested labels,
+        ``suggested`` ``[n_train]``, ``suggested_prob`` ``[n_train]`` (3 digits) and ``suggestion_source``.
     """
     if not run.ranking_path.exists():
         return None
@@ -70,8 +71,13 @@ def read_ranking(run: RunFolder) -> dict[str, Any] | None:
     order = {n: np.argsort(ranking[f"{n}_rank"], kind="stable").tolist() for n in scorers}
     score = {n: [float(f"{v:.4g}") for v in ranking[n]] for n in scorers}
     predicted = ranking.get("predicted", np.full(len(ranking["index"]), -1)).tolist()
-    return {"scorers": scorers, "primary": scorers[0] if scorers else None, "order": order, "score": score,
-            "predicted": predicted, "descriptions": {n: registry.SCORERS[n].description for n in scorers}}
+    out = {"scorers": scorers, "primary": scorers[0] if scorers else None, "order": order, "score": score,
+           "predicted": predicted, "descriptions": {n: registry.SCORERS[n].description for n in scorers}}
+    if "suggested_label" in ranking:
+        out.update(suggested=ranking["suggested_label"].tolist(),
+                   suggested_prob=[round(float(p), 3) for p in ranking["suggested_prob"]],
+                   suggestion_source=str(ranking["suggestion_source"][0]) if len(ranking["index"]) else None)
+    return out
 
 
 def lds_results(run: RunFolder, inputs: ReportInputs) -> tuple[list[tuple[str, Any]], np.ndarray | None]:

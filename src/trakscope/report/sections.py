@@ -109,6 +109,7 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
     if isinstance(metrics, Mapping) and isinstance(metrics.get("wrong_labels"), Mapping):
         parts.append(f'<p class="muted">{esc(tables.wrong_label_line(metrics["wrong_labels"]))}.</p>')
     parts += flag_notes(metrics)
+    parts += suggestion_part(metrics)
     return "".join(parts)
 
 
@@ -137,6 +138,24 @@ def _interval(e: Any) -> str:
     if not isinstance(e, Mapping) or not all(_is_number(e.get(k)) for k in ("estimate", "low", "high")):
         return "n/a"
     return f"{e['estimate']:.3f} ({e['low']:.3f}–{e['high']:.3f})"
+
+
+def suggestion_part(metrics: Any) -> list[str]:
+    """How often the suggested label is the true one among the primary scorer's top (``detect/metrics.json``'s
+    ``suggestions``): a heading, a note on where the suggestions come from, a table; nothing where absent."""
+    sug = metrics.get("suggestions") if isinstance(metrics, Mapping) else None
+    if not isinstance(sug, Mapping):
+        return []
+    rows = [[truth, top, q.get("n_flagged"), q.get("n_flagged_wrong"), q.get("suggestion_correct_on_wrong"),
+             q.get("suggestion_correct")]
+            for truth in ("planted", "canaries") if isinstance(sug.get(truth), Mapping)
+            for top, q in sug[truth].items() if isinstance(q, Mapping)]
+    source = "k-fold out-of-sample" if sug.get("source") == "out_of_sample" else "the ensemble's (in-sample)"
+    head = ["known errors", "flagged", "examples", "wrong labels among them", "suggestion right (on them)",
+            "suggestion right (all flagged)"]
+    return [f"<h3>Suggested labels</h3><p class=\"muted\">The suggested label is the most probable class under "
+            f"{esc(source)} probabilities; flagged = the top of {esc(sug.get('scorer'))}'s ranking.</p>",
+            table(head, rows, "metrics")]
 
 
 def flag_notes(metrics: Any) -> list[str]:
@@ -190,7 +209,8 @@ def removal_rows(results: Any) -> list[dict[str, Any]]:
 
 
 def removal_section(results: Any, run_dir: str) -> str:
-    """Test accuracy vs fraction removed per strategy (error bars = SE over seeds), the full-data line, the table."""
+    """Test accuracy vs fraction removed per strategy (error bars = SE over seeds), the full-data line, the table;
+    on imported checkpoints their own accuracy as a row, and the warning when the full-data retrains are far from it."""
     if results is None:
         return missing("trakscope removal", run_dir, "remove-and-retrain results")
     rows = removal_rows(results)
@@ -202,14 +222,35 @@ def removal_section(results: Any, run_dir: str) -> str:
                                int(results.get("seeds", 0)))
     table_rows = [["full data", "0", "0", "0", ref.get("mean"), ref.get("se"), len(ref.get("test_acc") or []), None,
                    None, ref.get("worst_group_mean"), None, None]]
+    own = results.get("imported") if isinstance(results.get("imported"), Mapping) else {}
+    if _is_number(own.get("test_acc")):  # imported checkpoints: their own accuracy beside the full-data retrains'
+        table_rows.append(["imported checkpoints (not retrained)", "0", "0", "0", own["test_acc"], None,
+                           None, None, None, None, None, None])
     table_rows += [[r["strategy"], f"{100 * r['removed_fraction']:.1f}", _count(r.get("n_removed")),
                     _count(r.get("n_noisy_removed")), r["mean"], r.get("se"), len(r.get("test_acc") or []),
                     r.get("delta_vs_full"), r.get("paired_se"), r.get("worst_group_mean"),
                     r.get("worst_group_paired_delta"), r.get("worst_group_paired_se")] for r in rows]
     head = ["strategy", "removed (%)", "removed", "planted noise removed", "test accuracy", "SE", "seeds",
             "Δ vs full data", "paired SE of Δ", "worst-group acc", "Δ worst-group (paired)", "its SE"]
-    return f'<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
-        head, table_rows, "metrics")
+    warning = f'<p class="missing">{esc(own["warning"])}</p>' if isinstance(own.get("warning"), str) else ""
+    return f'{warning}<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
+        head, table_rows, "metrics") + relabel_part(results)
+
+
+def relabel_part(results: Mapping[str, Any]) -> str:
+    """Relabel against remove on the same selection (``relabel_vs_remove`` of ``removal/results.json``): the paired
+    difference over seeds of test and worst-group accuracy; empty where no relabel strategy ran beside its twin."""
+    versus = [v for v in results.get("relabel_vs_remove") or [] if isinstance(v, Mapping)]
+    if not versus:
+        return ""
+    rows = [[v.get("relabel"), v.get("remove"), v.get("fraction"), v.get("delta"), v.get("se"),
+             v.get("delta") / v["se"] if _is_number(v.get("delta")) and v.get("se") else None,
+             v.get("worst_group_delta"), v.get("worst_group_se"), v.get("n_seeds")] for v in versus]
+    head = ["relabel", "vs remove", "selected (share)", "Δ test accuracy (paired)", "its SE", "Δ / SE",
+            "Δ worst-group (paired)", "its SE", "seeds"]
+    return ('<h3>Relabel instead of remove</h3><p class="muted">The same selection given its suggested label instead '
+            "of removed; positive = relabelling is better (mean over seeds of the same-seed difference).</p>"
+            + table(head, rows, "metrics"))
 
 
 def _count(v: Any) -> Any:

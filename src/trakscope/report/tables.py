@@ -28,7 +28,8 @@ def _signed(mean: float | None, se: float | None) -> str:
 def removal_table(summary: dict) -> str:
     """Markdown table: strategy, fraction removed, planted-noisy removed, test accuracy mean ± SE, the paired
     difference to the full-data model of the same seed (mean ± SE over seeds), and worst-group accuracy with its
-    paired difference where known."""
+    paired difference where known. On imported checkpoints their own accuracy (mean over the members) stands under
+    the full-data row, with its difference to it."""
     ref = summary["reference"]
     worst = "worst_group_mean" in ref
     heads = ["strategy", "removed", "noisy removed", "test acc (mean ± SE)", "Δ vs full, paired (± SE)"]
@@ -37,6 +38,10 @@ def removal_table(summary: dict) -> str:
         heads += ["worst-group acc", "Δ worst-group, paired"]
         full += [_pm(ref["worst_group_mean"], ref["worst_group_se"]), "—"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), "| " + " | ".join(full) + " |"]
+    if "imported" in summary:  # the checkpoints the user gave, beside the full-data retrains of trakscope's recipe
+        own = summary["imported"]
+        lines.append("| " + " | ".join(["imported checkpoints (not retrained)", "0", "—", _pm(own["test_acc"], None),
+                                         _signed(-own["full_minus_imported"], None)] + ["—"] * (len(heads) - 5)) + " |")
     order = {s: i for i, s in enumerate(summary.get("strategies", []))}
     for r in sorted(summary["rows"], key=lambda r: (order.get(r["strategy"], len(order)), r["removed_fraction"])):
         removed = f"{r['removed_fraction'] * 100:.1f}% ({r['n_removed']:g})"
@@ -107,3 +112,36 @@ def wrong_label_line(wrong: Mapping[str, Any]) -> str:
     return (f"estimated wrong labels in the data: about {wrong['estimated']} of {wrong['among']} (an estimate: "
             f"cleanlab's confident joint on {wrong['probabilities']} probabilities, canaries left "
             f"out){flagged}")
+
+
+def _share(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def suggestion_table(suggestions: Mapping[str, Any]) -> str:
+    """Markdown table of ``detect/metrics.json``'s ``suggestions``: per truth (planted noise, canaries) and top share
+    flagged by the primary scorer, how often the suggested label is the true one."""
+    heads = ["known errors", "flagged", "wrong labels flagged", "suggestion right (on them)",
+             "suggestion right (all flagged)"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for truth in ("planted", "canaries"):
+        for top, q in (suggestions.get(truth) or {}).items():
+            cells = [truth, f"{top} ({q['n_flagged']})", str(q["n_flagged_wrong"]),
+                     _share(q["suggestion_correct_on_wrong"]), _share(q["suggestion_correct"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def relabel_table(summary: Mapping[str, Any]) -> str:
+    """Markdown table of ``removal/results.json``'s ``relabel_vs_remove``: the paired difference over seeds of
+    relabelling the selection instead of removing it (test accuracy and worst-group accuracy), ± SE, and Δ / SE."""
+    heads = ["relabel", "vs remove", "selected", "Δ test acc, paired (± SE)", "Δ / SE", "Δ worst-group (± SE)",
+             "seeds"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in summary.get("relabel_vs_remove", []):
+        ratio = f"{r['delta'] / r['se']:+.1f}" if r.get("se") else "—"
+        cells = [r["relabel"], r["remove"], "—" if r["fraction"] is None else f"{r['fraction'] * 100:g}%",
+                 _signed(r["delta"], r.get("se")), ratio,
+                 _signed(r.get("worst_group_delta"), r.get("worst_group_se")), str(r["n_seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -54,12 +54,16 @@ LAYOUT: tuple[tuple[str, str], ...] = (
                             "each with a `.json` record"),
     ("scores/{target}.json", "the record of a score matrix: checkpoints, ridge, lambdas, shape"),
     ("scores/self.npy", "float32 `[n_train]` self-influence `scores[i, i]`"),
-    ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints"),
+    ("scores/meta.json", "projector, dimension, lambda per checkpoint, number of checkpoints; `kronecker_exact`: "
+                         "checkpoint -> the layers the Kronecker projector's self-check computed exactly (when any)"),
     ("detect/ranking.csv", "every scorer's natural score and rank (1 = inspect first) per training example, sorted "
                            "by the primary scorer (`inspect_order`), class names beside labels, `ground_truth` "
-                           "(`planted`, or `unknown`: then `true_label` is empty and `noisy` 0 means unverified)"),
+                           "(`planted`, or `unknown`: then `true_label` is empty and `noisy` 0 means unverified), "
+                           "`suggested_label` (name, probability, and `suggestion_source`: `out_of_sample` k-fold "
+                           "or `ensemble` probabilities)"),
     ("detect/ranking.parquet", "the same table as Parquet, with `trakscope detect --format parquet`"),
-    ("detect/metrics.json", "each scorer's quality against planted noise (`kind: detect_metrics`)"),
+    ("detect/metrics.json", "each scorer's quality against planted noise (`kind: detect_metrics`), and how often "
+                            "the suggested label is the true one among the flagged (`suggestions`)"),
     ("detect/crossval/folds.npy", "k-fold assignment of the training split (cleanlab's cross-validation)"),
     ("detect/crossval/fold{f}.npy", "out-of-sample probabilities of fold `f`, cached"),
     ("removal/results.json", "remove-and-retrain experiment (`kind: removal_results`)"),

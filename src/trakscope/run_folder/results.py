@@ -91,8 +91,9 @@ class Results:
     def ranking(self, scorers: tuple[str, ...], flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """``detect/ranking.csv`` in example-index order: ``<scorer>`` -> float64 natural scores ``[n_train]``.
 
-        Also ``index``, ``noisy`` (bool), ``predicted`` and, when present, ``<scorer>_rank`` (int64, 1 = inspect
-        first) and the flag columns named in ``flags`` (bool, e.g. ``cleanlab_issue``).
+        Also ``index``, ``noisy`` (bool), ``predicted``, ``label``, ``suggested_label`` (int64),
+        ``suggested_prob`` (float64), ``suggestion_source`` (str) and, when present, ``<scorer>_rank`` (int64,
+        1 = inspect first) and the flag columns named in ``flags`` (bool, e.g. ``cleanlab_issue``).
 
         Raises:
             RunError: absent, truncated, or not matching ``data/train.csv``.
@@ -144,6 +145,9 @@ def _ranking_columns(rows: list[dict[str, str]], n_train: int, scorers: tuple[st
     out = {"index": index[order], "noisy": _column(rows, "noisy", int)[order].astype(bool)}
     if "predicted" in rows[0]:
         out["predicted"] = _column(rows, "predicted", int)[order]
+    for name, kind in (("label", int), ("suggested_label", int), ("suggested_prob", float), ("suggestion_source", str)):
+        if rows[0].get(name, "") != "":  # suggestions: written by detect since suggested labels were added
+            out[name] = _column(rows, name, kind)[order]
     for n in scorers:
         if f"{n}_score" in rows[0]:
             out[n] = _column(rows, f"{n}_score", float)[order]

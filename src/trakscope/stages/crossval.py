@@ -6,6 +6,8 @@ not train on it. Each fold is trained through :func:`trakscope.train.train_model
 ``detect/crossval/fold{f}.npy``, so an interrupted run resumes at the next fold.
 
 Under torchrun, fold ``f`` is trained by rank ``f % world``; every rank then reads every fold from the cache.
+A user's ``train_fn`` (:mod:`.recipe`) trains the folds instead; they are then neither read from nor written to the
+cache, which holds the run's own recipe's folds.
 """
 
 from __future__ import annotations
@@ -18,21 +20,30 @@ from ..io import load_npy, save_npy
 from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
 from ..train import predict_logits, train_final_model
+from .recipe import TrainFn, say_recipe, user_network
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
 
 
-def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progress: bool = True) -> np.ndarray:
+def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progress: bool = True,
+                        train_fn: TrainFn | None = None) -> np.ndarray:
     """float32 ``[n_train, C]`` probabilities of each training example from the fold model that held it out.
 
     Folds already cached under ``detect/crossval/`` with the same fold assignment are reused. Under torchrun
-    each rank trains its share of the missing folds (rank 0 alone drops stale ones first).
+    each rank trains its share of the missing folds (rank 0 alone drops stale ones first). ``train_fn``: the user's
+    recipe (single process, uncached); the recipe is said first on an imported run or with ``train_fn``.
     """
     dataset = run.data.dataset()
     labels = dataset.train.labels
     folds = fold_assignment(labels, k, run.config.train.seed)
+    say_recipe(run, "cross-validation", train_fn)
+    if train_fn is not None:
+        probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
+        for f in range(k):
+            probs[folds == f] = _fold_probs(run, folds, f, k, device, progress, train_fn)
+        return probs
     if dist.rank() == 0:
         _drop_stale(run, folds)
     dist.barrier()  # no rank looks for cached folds before stale ones are gone
@@ -48,14 +59,22 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     return probs
 
 
-def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, progress: bool) -> None:
-    """Train without fold ``f`` and cache its held-out probabilities as ``detect/crossval/fold{f}.npy``."""
+def _fold_probs(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, progress: bool,
+                train_fn: TrainFn | None = None) -> np.ndarray:
+    """float32 ``[n_f, C]`` probabilities of fold ``f``'s examples from a model trained without them."""
     cfg, dataset = run.config, run.data.dataset()
-    model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed, keep=np.flatnonzero(folds != f),
-                              device=device, progress=progress, desc=f"cross-validation fold {f + 1}/{k}")
+    keep = np.flatnonzero(folds != f)
+    model = train_final_model(cfg.model, cfg.train, dataset, seed=cfg.train.seed, keep=keep, device=device,
+                              progress=progress, desc=f"cross-validation fold {f + 1}/{k}") if train_fn is None \
+        else user_network(train_fn, dataset, keep, cfg.train.seed, device)
     logits = predict_logits(model, dataset.train.images, np.flatnonzero(folds == f), device=device,
                             num_workers=cfg.train.num_workers)
-    save_npy(run.fold_probs_path(f), _softmax(logits).astype(np.float32))
+    return _softmax(logits).astype(np.float32)
+
+
+def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, progress: bool) -> None:
+    """Train without fold ``f`` and cache its held-out probabilities as ``detect/crossval/fold{f}.npy``."""
+    save_npy(run.fold_probs_path(f), _fold_probs(run, folds, f, k, device, progress))
     run.integrity.seal(run.fold_probs_path(f))
 
 

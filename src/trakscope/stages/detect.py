@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import dist
+from ..methods import labels as suggestions
 from ..methods import registry
 from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_rank, recall_key, roc_auc
 from ..methods.scorers import resolve_groups
@@ -23,16 +24,20 @@ from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
 from .canaries import canary_estimates, canary_kinds, canary_mask, canary_weights, wrong_label_estimate
 from .crossval import out_of_sample_probs
+from .ensemble import chance_level
 from .groups import read_groups
+from .leverage import checkpoint_fit
+from .recipe import TrainFn
 
 
 @dataclass
 class Detection:
     """Scores of every scorer that ran (natural units, float64 ``[n_train]``) and what is known about them.
 
-    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``) and ``wrong_labels`` (the estimated
-    count, :func:`~.canaries.wrong_label_estimate`); ``flags`` the bool ``[n_train]``
-    flags of each flagging scorer that ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
+    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``), ``left_out`` (scorer -> why an input
+    it needs was withheld, see :class:`Source`) and ``wrong_labels`` (the estimated count,
+    :func:`~.canaries.wrong_label_estimate`); ``flags`` the bool ``[n_train]`` flags of each flagging scorer that
+    ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
     """
 
     scores: dict[str, np.ndarray]
@@ -40,17 +45,26 @@ class Detection:
     info: dict = field(default_factory=dict)
     flags: dict[str, np.ndarray] = field(default_factory=dict)
     facts: dict[str, dict] = field(default_factory=dict)
+    suggested: np.ndarray | None = None  # int64 [n_train] suggested labels (methods/labels.py)
+    suggested_prob: np.ndarray | None = None  # float64 [n_train] their probabilities
+    suggestion_source: str = suggestions.ENSEMBLE  # out_of_sample (k-fold) or ensemble
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where detect's inputs come from: the run folder and the options that shape them (see :func:`compute_scores`)."""
+    """Where detect's inputs come from: the run folder and the options that shape them (see :func:`compute_scores`).
+
+    ``withheld`` is filled by the providers: input name -> why it was withheld (None given to the scorers), e.g.
+    out-of-sample probabilities at chance.
+    """
 
     run: RunFolder
     groups: str = "classes"
     folds: int | None = 3
     device: str = "cpu"
     progress: bool = True
+    train_fn: TrainFn | None = None
+    withheld: dict[str, str] = field(default_factory=dict)
 
 
 Provider = Callable[[Source, Mapping[str, Any]], Any]
@@ -63,14 +77,24 @@ def _group_ids(src: Source, inputs: Mapping[str, Any]) -> np.ndarray:
 
 
 def _oos_probs(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
-    """float ``[n_train, C]`` k-fold out-of-sample probabilities (timed), or None without folds."""
+    """float ``[n_train, C]`` k-fold out-of-sample probabilities (timed), or None without folds, and None (withheld,
+    said in ``src.withheld``) when their accuracy on the labels is at chance (:func:`~.ensemble.chance_level`): the
+    retrains did not learn the data, and their probabilities must not choose or order suspects."""
     if src.folds is None:
         return None
     t0 = time.perf_counter()
-    oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress)
+    oos = out_of_sample_probs(src.run, src.folds, device=src.device, progress=src.progress, train_fn=src.train_fn)
     if dist.rank() == 0:
         src.run.results.record_timing("detect_crossval", time.perf_counter() - t0)
-    return oos
+    labels = inputs["train_labels"]
+    acc = float((oos.argmax(1) == labels).mean())
+    chance = chance_level(acc, labels)
+    if chance is None:
+        return oos
+    src.withheld["oos_probs"] = (f"{src.folds}-fold out-of-sample accuracy {acc:.3f} is at chance ({chance}); those "
+                                 "probabilities are not used to choose or order suspects: the retrains' recipe did "
+                                 "not learn this data")
+    return None
 
 
 def _aum(src: Source, inputs: Mapping[str, Any]) -> np.ndarray | None:
@@ -91,6 +115,7 @@ PROVIDERS: dict[str, Provider] = {
     "folds": lambda src, _: src.folds,
     "oos_probs": _oos_probs,
     "aum": _aum,
+    "checkpoint_fit": lambda src, _: checkpoint_fit(src.run, src.device),
 }
 
 
@@ -107,10 +132,6 @@ class LazyInputs(Mapping[str, Any]):
             self._values[name] = self._providers[name](self._source, self)
         return self._values[name]
 
-    def computed(self, name: str) -> Any:
-        """The input ``name`` if a scorer already asked for it, else None (nothing is computed)."""
-        return self._values.get(name)
-
     def __contains__(self, name: object) -> bool:
         return name in self._providers
 
@@ -120,9 +141,14 @@ class LazyInputs(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._providers)
 
+    def computed(self, name: str) -> Any:
+        """The input ``name`` if a scorer already read it, else None (nothing is computed)."""
+        return self._values.get(name)
+
 
 def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scorer]:
-    """The registered scorers named in ``names`` (None: all), in registry order.
+    """The registered scorers named in ``names`` (None: :func:`~trakscope.methods.registry.default_scorers`), in
+    registry order.
 
     Raises:
         ValueError: a name that is not registered.
@@ -130,28 +156,46 @@ def selected_scorers(names: Collection[str] | None = None) -> list[registry.Scor
     unknown = sorted(set(names or ()) - set(registry.SCORERS))
     if unknown:
         raise ValueError(f"unknown scorer {', '.join(unknown)}; choose from {', '.join(registry.SCORERS)}")
-    return [s for n, s in registry.SCORERS.items() if names is None or n in names]
+    chosen = registry.default_scorers() if names is None else names
+    return [s for n, s in registry.SCORERS.items() if n in chosen]
 
 
 def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3,
-                   device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None) -> Detection:
-    """Run the registered scorers (``scorers``: their names; None: all) on the run folder.
+                   device: str = "cpu", progress: bool = True, scorers: Collection[str] | None = None,
+                   train_fn: TrainFn | None = None) -> Detection:
+    """Run the registered scorers (``scorers``: their names; None: all but the opt-in ones) on the run folder.
 
     ``cleanlab_folds`` is the k of the cross-validation that gives out-of-sample probabilities (cleanlab's input);
-    None computes none. A scorer is left out when an input it needs is None (see :class:`~.registry.Skip`).
+    None computes none; ``train_fn`` trains its folds instead of the run's recipe (:mod:`.recipe`). A scorer is left
+    out when an input it needs is None (see :class:`~.registry.Skip`); ``info["left_out"]`` says why where a
+    provider withheld it.
     """
-    inputs = LazyInputs(Source(run, groups, cleanlab_folds, device, progress))
-    ran = {s.name: scored for s in selected_scorers(scorers) if (scored := s.run(inputs)) is not None}
+    src = Source(run, groups, cleanlab_folds, device, progress, train_fn)
+    inputs = LazyInputs(src)
+    chosen = selected_scorers(scorers)
+    ran = {s.name: scored for s in chosen if (scored := s.run(inputs)) is not None}
+    left_out = {s.name: why for s in chosen for name, why in src.withheld.items() if name in s.needs}
     info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
-            "canary": canary_mask(run, len(inputs["train_labels"]))}
+            "canary": canary_mask(run, len(inputs["train_labels"])), "left_out": left_out}
     flags = {n: r.flagged for n, r in ran.items() if r.flagged is not None}
     oos = inputs.computed("oos_probs")  # the estimate of the wrong labels reads out-of-sample probabilities if any
     info["wrong_labels"] = wrong_label_estimate(inputs["train_labels"], inputs["train_probs"] if oos is None else oos,
                                                 info["canary"], oos is not None, flags)
     info["canary_weights"] = None if oos is None else canary_weights(run, inputs["train_labels"], oos, info["canary"])
     info["canary_kinds"] = canary_kinds(run, inputs["train_labels"])
-    return Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
-                     info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+    det = Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
+                    info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+    return with_suggestions(det, inputs)
+
+
+def with_suggestions(det: Detection, inputs: LazyInputs) -> Detection:
+    """``det`` with suggested labels: from the k-fold out-of-sample probabilities where a scorer computed them
+    (nothing is trained for them alone), else from the ensemble's probabilities."""
+    oos = inputs.computed("oos_probs")
+    probs = inputs["train_probs"] if oos is None else oos
+    det.suggested, det.suggested_prob = suggestions.suggested_labels(probs)
+    det.suggestion_source = suggestions.ENSEMBLE if oos is None else suggestions.OUT_OF_SAMPLE
+    return det
 
 
 def ground_truth(run: RunFolder) -> str:
@@ -193,13 +237,18 @@ def primary_scorer(det: Detection) -> str:
     return registry.default_primary(det.scores)
 
 
+# ranking.csv's (and export's removed list's) suggestion columns (see suggestion_cells)
+SUGGESTION_COLUMNS = ["suggested_label", "suggested_label_name", "suggested_prob", "suggestion_source"]
+
+
 def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]:
     """Header and rows of ``detect/ranking.csv``, ordered by :func:`primary_scorer`'s rank (inspected first on top).
 
     ``inspect_order`` is 1..n in that order; ``<scorer>_score`` is the natural score (float, 9 significant
     digits), ``<scorer>_rank`` 1 = inspected first (most suspicious). Class names stand beside every label;
     ``true_label`` and ``true_label_name`` are None (empty) unless noise was planted (:func:`ground_truth`) or
-    the example is a canary (``canary`` 1, ``ground_truth=canary``). Each flag a scorer set (``cleanlab_issue``) is a
+    the example is a canary (``canary`` 1, ``ground_truth=canary``). The :data:`SUGGESTION_COLUMNS` follow
+    (:func:`suggestion_cells`). Each flag a scorer set (``cleanlab_issue``) is a
     last column, 1 = flagged.
     """
     train, classes = run.data.table("train"), run.classes
@@ -209,6 +258,7 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
     canary = det.info.get("canary")
     header = ["inspect_order", "index", "source_id", "label", "label_name", "predicted", "predicted_name",
               "ground_truth", "true_label", "true_label_name", "noisy", "canary"]
+    header += SUGGESTION_COLUMNS
     header += [f"{n}_{kind}" for n in names for kind in ("score", "rank")]
     flagged = [n for n in names if n in det.flags]
     header += [registry.SCORERS[n].flag.column for n in flagged]
@@ -217,11 +267,36 @@ def ranking_rows(run: RunFolder, det: Detection) -> tuple[list[str], list[list]]
         label, pred = int(train["label"][i]), int(det.predicted[i])
         row = [order, int(train["index"][i]), str(train["source_id"][i]), label, classes[label], pred, classes[pred],
                *truth_columns(run, i, train, known, canary), int(canary is not None and canary[i])]
+        row += suggestion_cells(det, int(i), classes)
         for n in names:
             row += [float(f"{det.scores[n][i]:.9g}"), int(ranks[n][i])]
         row += [int(det.flags[n][i]) for n in flagged]
         rows.append(row)
     return header, rows
+
+
+def suggestion_cells(det: Detection, i: int, classes: list[str]) -> list:
+    """The :data:`SUGGESTION_COLUMNS` of training example ``i``: the suggested label, its name, its probability
+    (6 significant digits) and where it comes from (``out_of_sample`` k-fold or ``ensemble`` probabilities); empty
+    where ``det`` has no suggestions."""
+    if det.suggested is None or det.suggested_prob is None:
+        return [None] * len(SUGGESTION_COLUMNS)
+    suggested = int(det.suggested[i])
+    return [suggested, classes[suggested], float(f"{det.suggested_prob[i]:.6g}"), det.suggestion_source]
+
+
+def suggestion_metrics(run: RunFolder, det: Detection, noisy: np.ndarray, canary: np.ndarray | None) -> dict:
+    """How often the suggested label is the true one among the primary scorer's top 5/10/20%: on the planted wrong
+    labels (``planted``, where there are) and on the canaries (``canaries``, where there are); see
+    :func:`~trakscope.methods.labels.suggestion_quality`. ``source`` says where the suggestions come from."""
+    primary = primary_scorer(det)
+    suspicion = registry.SCORERS[primary].suspicion(det.scores[primary])
+    true = run.data.table("train")["true_label"]
+    out: dict = {"source": det.suggestion_source, "scorer": primary}
+    for name, wrong in (("planted", noisy), ("canaries", canary)):
+        if wrong is not None and wrong.any():
+            out[name] = suggestions.suggestion_quality(suspicion, det.suggested, true, wrong)
+    return out
 
 
 def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
@@ -252,6 +327,8 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     if "wrong_labels" in det.info:
         out["wrong_labels"] = det.info["wrong_labels"]
     out.update(flag_summaries(det, noisy))
+    if det.suggested is not None and det.scores:
+        out["suggestions"] = suggestion_metrics(run, det, noisy, canary)
     return out
 
 
@@ -264,6 +341,8 @@ def flag_summaries(det: Detection, noisy: np.ndarray) -> dict[str, dict | str]:
             continue
         if name in det.facts:
             out[name] = {**det.facts[name], **s.flag.quality(det.flags[name], noisy)}
+        elif name in det.info.get("left_out", {}):
+            out[name] = f"skipped ({det.info['left_out'][name]})"
         else:
             out[name] = f"skipped ({s.skip.option or s.skip.why})" if s.skip else "skipped"
     return out
@@ -276,18 +355,19 @@ def _chance(truth: np.ndarray) -> dict:
 
 
 def run_detection(run: RunFolder, groups: str = "classes", cleanlab_folds: int | None = 3, device: str = "cpu",
-                  progress: bool = True, fmt: str = "csv",
-                  scorers: Collection[str] | None = None) -> tuple[Detection, dict | None]:
+                  progress: bool = True, fmt: str = "csv", scorers: Collection[str] | None = None,
+                  train_fn: TrainFn | None = None) -> tuple[Detection, dict | None]:
     """Compute, write ``detect/ranking.csv`` (and ``detect/metrics.json`` under planted noise or canaries), time it.
 
     With ``fmt="parquet"`` the same table is also written as ``detect/ranking.parquet`` (the CSV is what the
-    other stages read, so it is always written). ``scorers``: the names to run (None: all, see
-    :func:`compute_scores`). Under torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
+    other stages read, so it is always written). ``scorers``: the names to run (None: all but the opt-in ones, see
+    :func:`compute_scores`); ``train_fn``: the user's recipe for the cross-validation folds (:mod:`.recipe`). Under
+    torchrun the folds are shared out (:mod:`.crossval`) and rank 0 writes.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
-    det = compute_scores(run, groups, cleanlab_folds, device, progress, scorers)
+    det = compute_scores(run, groups, cleanlab_folds, device, progress, scorers, train_fn)
     metrics = quality_metrics(run, det)
     if dist.rank() == 0:  # under torchrun every rank has the same scores; one writes them
         header, rows = ranking_rows(run, det)

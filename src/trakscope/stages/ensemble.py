@@ -45,6 +45,30 @@ def _checkpoint_meta(path: Path) -> dict[str, str]:
         return fh.metadata() or {}
 
 
+def recorded_accuracy(path: str | Path) -> float | None:
+    """The accuracy a checkpoint file says its model reached where it was trained: the safetensors metadata key
+    ``accuracy`` (a number in [0, 1], e.g. ``save_file(state, path, metadata={"accuracy": "0.63"})``); None for a
+    file without it (or a torch file, which has no metadata).
+
+    Raises:
+        RunError: a value that is not a number in [0, 1], naming the file.
+    """
+    try:
+        value = _checkpoint_meta(Path(path)).get("accuracy")
+    except (SafetensorError, OSError):
+        return None  # not a safetensors file: a torch file read with weights_only
+    if value is None:
+        return None
+    try:
+        acc = float(value)
+    except ValueError:
+        acc = float("nan")
+    if not 0.0 <= acc <= 1.0:
+        raise RunError(f"--checkpoints {path}: its metadata accuracy={value!r} is not a number in [0, 1]; save it "
+                       "as a fraction, e.g. safetensors.torch.save_file(state, path, metadata={'accuracy': '0.63'})")
+    return acc
+
+
 def load_checkpoint(run: RunFolder, path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict, refused when it is cut short, was written by a run with other settings, or is
     not what this run wrote.
@@ -225,3 +249,17 @@ def ensemble_predict(run: RunFolder, sources: Mapping[str, Source], device: str 
             member[name] = p.argmax(1)
         predicted.append(member)
     return EnsemblePrediction(probs, predicted)
+
+
+def chance_level(acc: float, labels: np.ndarray) -> str | None:
+    """``majority class 0.100 of 40`` when accuracy ``acc`` cannot be told apart from always predicting the
+    majority class of int ``labels`` ``[n]``, else None.
+
+    Chance is the majority class's share ``p``; "near" means within two binomial standard errors
+    ``sqrt(p (1 - p) / n)`` above it (or anywhere below).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    p, n = counts.max() / counts.sum(), int(counts.sum())
+    if acc > p + 2 * np.sqrt(p * (1 - p) / n):
+        return None
+    return f"majority class {p:.3f} of {n}"

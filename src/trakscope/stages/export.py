@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from ..methods import registry
-from ..methods.removal import removal_reason, select_removed
+from ..methods.removal import relabeled_labels, removal_reason, select_removed
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_rows
 from .canaries import canary_mask
-from .detect import ground_truth, load_ranking, truth_columns
+from .detect import SUGGESTION_COLUMNS, ground_truth, load_ranking, truth_columns
 
 KEEP_COLUMNS = ["index", "source_id", "label", "label_name"]
 REMOVED_COLUMNS = [*KEEP_COLUMNS, "ground_truth", "true_label", "true_label_name", "noisy", "reason"]
+REMOVED_COLUMNS += SUGGESTION_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,25 @@ class Exported:
     n_canaries_selected: int  # of them, how many the strategy would have removed
 
 
+def _suggestion(ranking: dict[str, np.ndarray], i: int, classes: list[str]) -> list:
+    """The suggestion columns of training example ``i`` from ``detect/ranking.csv`` (empty where it has none)."""
+    if "suggested_label" not in ranking:
+        return [None] * len(SUGGESTION_COLUMNS)
+    suggested = int(ranking["suggested_label"][i])
+    return [suggested, classes[suggested], float(ranking["suggested_prob"][i]), str(ranking["suggestion_source"][i])]
+
+
 def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
                  out_dir: Path | None = None, fmt: str = "csv") -> Exported:
     """Write ``keep_<name>.<fmt>`` and ``removed_<name>.<fmt>``.
 
     Both list ``index`` (row of ``data/train.csv``), ``source_id`` (stable id in the source dataset), ``label``
     and ``label_name``; the removed list adds ``ground_truth`` (``planted`` or ``unknown``), ``true_label`` and
-    ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown) and ``reason``.
+    ``true_label_name`` (empty when unknown), ``noisy`` (planted flip; 0 when unknown), ``reason`` and the
+    suggested label (``suggested_label``, its name, ``suggested_prob`` and ``suggestion_source``; empty where
+    ``detect/ranking.csv`` predates suggestions). A relabel strategy (``relabel-...``) removes nothing: its
+    keep-list holds every example, those it selected with their suggested label, and its ``removed_`` list the
+    examples whose label it changes (``label`` the given one, ``suggested_label`` the new one).
 
     Canaries (``--canaries``) were flipped by trakscope, not by the data: every canary is in the keep-list with
     its true label restored, even one the strategy selected (it is not the data's error).
@@ -51,17 +64,20 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
     removed = selected[~canary[selected]]
     keep = np.setdiff1d(np.arange(len(train["index"])), removed)
     s = registry.strategy(strategy)
+    relabeled = relabeled_labels(s.name, removed, ranking)
+    if relabeled is not None:  # relabel: every example is kept, the changed ones are listed
+        keep, removed = np.arange(len(train["index"])), removed[relabeled[removed] != train["label"][removed]]
     name = s.name if s.threshold else f"{s.name}_{fraction:g}"
     keep_path, removed_path = run.export_paths(name, out_dir, fmt)
 
-    def base(i: int) -> list:
-        label = int(train["true_label"][i] if canary[i] else train["label"][i])
+    def base(i: int, trained: np.ndarray | None = None) -> list:
+        label = int(train["true_label"][i] if canary[i] else (train["label"] if trained is None else trained)[i])
         return [int(train["index"][i]), str(train["source_id"][i]), label, classes[label]]
 
-    write_rows(keep_path, KEEP_COLUMNS, [base(i) for i in keep], fmt)
+    write_rows(keep_path, KEEP_COLUMNS, [base(i, relabeled) for i in keep], fmt)
     write_rows(removed_path, REMOVED_COLUMNS,
-               [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i))]
-                for i in removed], fmt)
+               [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i)),
+                 *_suggestion(ranking, int(i), classes)] for i in removed], fmt)
     run.integrity.seal(keep_path, removed_path)  # trakscope's (those inside the run folder): --overwrite removes them
     return Exported(keep_path, removed_path, len(keep), len(removed), int(canary.sum()),
                     int(canary[selected].sum()))

@@ -14,8 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from ..data import TensorImages
-from ..data.images import decode_image, normalize_uint8
+from ..data import TensorImages, decode_file
 from ..methods.topk import top_and_bottom
 from ..run_folder import RunError, RunFolder
 from .detect import ground_truth
@@ -138,8 +137,7 @@ def inspect_image(run: RunFolder, path: Path | str, margin_class: str | None = N
     Without ``margin_class`` the margin is the ensemble's predicted class.
     """
     data = run.config.data.with_defaults()
-    raw = decode_image(path, data.image_size)[None]
-    x = normalize_uint8(raw, data.mean, data.std)
+    x, raw = decode_file(str(path), data)  # through the model's own preprocessing where the run records one
     predicted = int(ensemble_predict(run, {"image": x}).probs["image"][0].argmax())
     c = predicted if margin_class is None else resolve_class(run.classes, margin_class)
     column = score_on_the_fly(run, x, torch.tensor([c]))[:, 0].astype(np.float64)

@@ -21,6 +21,7 @@ from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, pred
 from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
+from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
@@ -37,8 +38,8 @@ def _cached_margins(run: RunFolder, folder: Path, i: int, expect: dict, sizes: d
     if not meta_path.exists() or any(run.integrity.damaged(p) for p in (meta_path, *paths.values())):
         return None  # an unverified cache is retrained over
     meta = read_json(meta_path)
-    if any(meta.get(key) != value for key, value in expect.items()):
-        return None
+    if any(meta.get(key) != value for key, value in expect.items()) or meta.get("recipe") != expect.get("recipe"):
+        return None  # another subset, seed, setting or recipe (a train_fn's name; none: the run's own)
     out = {}
     for split, n in sizes.items():
         path = paths[split]
@@ -51,25 +52,29 @@ def _cached_margins(run: RunFolder, folder: Path, i: int, expect: dict, sizes: d
 
 
 def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float, seed: int,
-                         epochs: int | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+                         epochs: int | None = None, device: str = "cpu",
+                         train_fn: TrainFn | None = None) -> dict[str, np.ndarray]:
     """float32 ``[n_split]`` margins (own label) on test and val of subset model ``i``, trained once and cached.
 
     The model is the run's architecture trained with the run's settings (``epochs`` overrides the number
-    of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`. The cache is
-    written margins first and ``model{i}.json`` last, so an interrupted model is retrained on resume.
+    of epochs) on the kept examples ``mask`` (bool ``[n_train]``), seed :func:`model_seed`, or ``train_fn``'s network
+    (:mod:`.recipe`; its name recorded as ``recipe``). The cache is written margins first and ``model{i}.json`` last,
+    so an interrupted model is retrained on resume.
     """
     cfg, dataset = run.config, run.data.dataset()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
     expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
-              "epochs": train_cfg.epochs}
+              "epochs": train_cfg.epochs, **({"recipe": recipe_tag(train_fn)} if train_fn else {})}
     sizes = {split: len(dataset.split(split)) for split in TARGET_SPLITS}
     cached = _cached_margins(run, folder, i, expect, sizes)
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    net = train_final_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=np.flatnonzero(mask),
-                            device=device, progress=False)
+    keep = np.flatnonzero(mask)
+    net = train_final_model(cfg.model, train_cfg, dataset, seed=expect["seed"], keep=keep, device=device,
+                            progress=False) if train_fn is None else \
+        user_network(train_fn, dataset, keep, expect["seed"], device)
     out = {}
     for split in TARGET_SPLITS:
         part = dataset.split(split)
@@ -85,21 +90,26 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
 
 
 def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
-                   epochs: int | None = None, device: str = "cpu", progress: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Masks bool ``[k, n_train]`` and observed margins float32 ``[k, n_split]`` of the ``k`` subset models."""
+                   epochs: int | None = None, device: str = "cpu", progress: bool = True,
+                   train_fn: TrainFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Masks bool ``[k, n_train]`` and observed margins float32 ``[k, n_split]`` of the ``k`` subset models (trained
+    by ``train_fn`` where given, which ``epochs`` cannot override)."""
     if split not in TARGET_SPLITS:
         raise ValueError(f"split must be one of {TARGET_SPLITS}, got {split!r}")
+    if epochs is not None and train_fn is not None:
+        raise ValueError(f"epochs={epochs} overrides trakscope's recipe, not {recipe_tag(train_fn)}: set the epochs "
+                         "inside your train_fn and leave epochs=None")
+    say_recipe(run, "lds", train_fn)
     masks = subset_masks(len(run.data.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
     for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
-        subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)
+        subset_model_margins(run, masks[i], i, alpha, seed, epochs, device, train_fn)
     dist.barrier()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     run.integrity.seal_pending(*(p for i in range(k) for p in folder.glob(f"model{i}[._]*")))  # other ranks' models
     dist.barrier()  # recorded before any rank verifies them
-    rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device)[split] for i in range(k)]
+    rows = [subset_model_margins(run, masks[i], i, alpha, seed, epochs, device, train_fn)[split] for i in range(k)]
     return masks, np.stack(rows)
 
 
@@ -138,7 +148,8 @@ def read_score_matrix(path: Path, split: str) -> np.ndarray:
 
 def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, split: str = "test",
             max_targets: int | None = None, scores_path: Path | None = None, epochs: int | None = None,
-            out: Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+            out: Path | None = None, device: str = "cpu", progress: bool = True,
+            train_fn: TrainFn | None = None) -> dict:
     """Train (or reuse) the subset models, score an attribution against them, write the result JSON.
 
     Args:
@@ -146,6 +157,7 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
             ``scores/{split}.npy``.
         epochs: train subset models for this many epochs instead of the run's (recorded in the result).
         out: result JSON; default ``lds.json`` for the run's scores, ``lds/lds_<stem>.json`` for ``scores_path``.
+        train_fn: the user's recipe for the subset models (:mod:`.recipe`), recorded as ``recipe`` in the result.
 
     Returns:
         the dictionary written to ``out``; per-target correlations go to ``lds/<out stem>_per_target.csv``.
@@ -156,7 +168,7 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
     n_train, n_split = len(run.data.dataset().train), len(run.data.dataset().split(split))
     if scores.shape != (n_train, n_split):
         raise ValueError(f"scores have shape {scores.shape}; expected [n_train, n_{split}] = ({n_train}, {n_split})")
-    masks, margins = subset_margins(run, alpha, k, seed, split, epochs, device, progress)
+    masks, margins = subset_margins(run, alpha, k, seed, split, epochs, device, progress, train_fn)
     targets = choose_targets(n_split, max_targets, seed)
     predicted = predicted_outputs(np.asarray(scores[:, targets]), masks)
     mean, per_target = lds(predicted, margins[:, targets])
@@ -165,7 +177,8 @@ def run_lds(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 0, spli
               "split": split, "targets": len(targets), "targets_defined": int((~np.isnan(per_target)).sum()),
               **source, "output": "margin of the target's label", "correlation": "Spearman over subset models",
               "train_epochs": int(_subset_train_config(run, epochs).epochs), "epochs_overridden": epochs is not None,
-              "subset_models": run.relative(run.lds_subset_dir(alpha, seed, epochs))}
+              "subset_models": run.relative(run.lds_subset_dir(alpha, seed, epochs)),
+              **({"recipe": recipe_tag(train_fn)} if train_fn else {})}
     if out is None:
         out = run.lds_result_path(None if scores_path is None else Path(scores_path).stem)
     if dist.rank() == 0:

@@ -34,6 +34,7 @@ from ..train import MarginRecorder, load_trained, train_model
 from .canaries import write_canaries
 from .ensemble import (
     Runtime,
+    chance_level,
     checkpoint_damaged,
     describe_checkpoint,
     engine_checkpoints,
@@ -43,6 +44,7 @@ from .ensemble import (
     kernel_files,
     masks_record,
     member_of,
+    recorded_accuracy,
     self_files,
     trak_engine,
 )
@@ -118,7 +120,8 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
     """Attribute models trained elsewhere: copy ``model.checkpoints`` in as ensemble members, then write metrics.
 
     Each file (safetensors, or a torch file read with ``weights_only``) must load strictly into the configured
-    architecture; it is stored as ``model{m}_ckpt0`` with the run's fingerprint and its source path.
+    architecture; it is stored as ``model{m}_ckpt0`` with the run's fingerprint, its source path and the accuracy
+    its metadata records (:func:`~.ensemble.recorded_accuracy`), if any.
     """
     cfg = run.config
     if dist.rank() == 0:
@@ -132,13 +135,20 @@ def import_checkpoints(run: RunFolder, rt: Runtime) -> None:
                 raise RunError(f"checkpoint {source} does not fit --model {cfg.model.name} with "
                                f"{len(run.data.dataset().classes)} classes: {str(e).splitlines()[0]}") from e
             meta = {"fingerprint": fingerprint(cfg), "model": str(m), "source": str(source), "checkpoint": "0"}
+            recorded = recorded_accuracy(source)
+            if recorded is not None:
+                meta["accuracy"] = str(recorded)
             save_tensors(run.checkpoint_path(m, 0), state, metadata=meta)
         ensemble_metrics(run, rt)
     dist.barrier()
 
 
 def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
-    """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``."""
+    """``models/metrics.json`` (accuracy of every member and of the ensemble) and ``models/probs_<split>.npy``.
+
+    An imported checkpoint's row also holds ``recorded_acc``, the accuracy its file records (None where it records
+    none); imported checkpoints are checked by :func:`check_imported`, not warned about here.
+    """
     cfg, dataset = run.config, run.data.dataset()
     aum = [p for p in map(run.aum_path, range(cfg.train.ensemble)) if p.exists() and cfg.model.checkpoints is None]
     run.integrity.seal_pending(*run.checkpoint_paths(), *aum)  # every rank's files are on disk now (after the barrier)
@@ -150,31 +160,77 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
                "source": cfg.model.checkpoints[m] if imported else "trained by trakscope"}
         for name in SPLITS[1:]:  # val and test
             row[f"{name}_acc"] = float((predicted.member_predicted[m][name] == dataset.split(name).true_labels).mean())
+        if imported:
+            row["recorded_acc"] = recorded_accuracy(path)
         models.append(row)
     ensemble = {f"{n}_acc": float((probs[n].argmax(1) == dataset.split(n).true_labels).mean()) for n in ("val", "test")}
     for name in SPLITS:
         save_npy(run.probs_path(name), probs[name].astype(np.float32))
     run.integrity.seal(*(run.probs_path(name) for name in SPLITS))
     run.results.write(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
-    warning = chance_warning(ensemble["val_acc"], dataset.val.true_labels)
+    warning = None if cfg.model.checkpoints else chance_warning(ensemble["val_acc"], dataset.val.true_labels)
     if warning:
         print(f"trakscope: warning: {warning}", file=sys.stderr)
 
 
 def chance_warning(val_acc: float, val_labels: np.ndarray) -> str | None:
-    """A warning when validation accuracy cannot be told apart from always predicting the majority class.
-
-    Chance is the majority class's share ``p`` of the validation split; "near" means within two binomial
-    standard errors ``sqrt(p (1 - p) / n)``. Attributions of such a model, and removal experiments on it,
-    say little.
+    """A warning when the validation accuracy of an ensemble trakscope trained cannot be told apart from always
+    predicting the majority class (:func:`~.ensemble.chance_level`). Attributions of such a model, and removal
+    experiments on it, say little.
     """
-    counts = np.bincount(np.asarray(val_labels, dtype=np.int64))
-    p, n = counts.max() / counts.sum(), int(counts.sum())
-    if val_acc > p + 2 * np.sqrt(p * (1 - p) / n):
+    chance = chance_level(val_acc, val_labels)
+    if chance is None:
         return None
-    return (f"the ensemble is at chance level (val accuracy {val_acc:.3f}, majority class {p:.3f} of {n}); "
+    return (f"the ensemble is at chance level (val accuracy {val_acc:.3f}, {chance}); "
             "attributions and removal results of such a model say little: train longer (--epochs), check --lr, "
             "or check the data and labels")
+
+
+# What makes checkpoints trained elsewhere score at chance when trakscope reads them (the remedies are flags of run).
+IMPORT_CAUSES = ("likely causes: preprocessing that is not the model's (--image-size, --mean, --std), a class order "
+                 "that is not the model's (--classes in the order of its head), or another architecture or head "
+                 "than --model")
+
+
+def imported_accuracy_problem(metrics: dict, val_labels: np.ndarray, n_test: int) -> str | None:
+    """What is wrong with imported checkpoints' accuracy (``models/metrics.json``), or None: the ensemble at chance on
+    val (:func:`~.ensemble.chance_level`), or a member whose test accuracy is far below the accuracy its file
+    records: more than 5 points and more than two binomial standard errors of the recorded one on ``n_test``.
+    """
+    val_acc = metrics["ensemble"]["val_acc"]
+    chance = chance_level(val_acc, val_labels)
+    if chance is not None:
+        return f"the imported checkpoints score at chance (val accuracy {val_acc:.3f}, {chance})"
+    for row in metrics["models"]:
+        recorded = row.get("recorded_acc")
+        if recorded is None:
+            continue
+        margin = max(0.05, 2 * np.sqrt(recorded * (1 - recorded) / n_test))
+        if recorded - row["test_acc"] > margin:
+            return (f"imported checkpoint {row['source']} scores {row['test_acc']:.3f} on test here, far below the "
+                    f"accuracy {recorded:.3f} its metadata records")
+    return None
+
+
+def check_imported(run: RunFolder, accept_low_accuracy: bool = False) -> None:
+    """Stop before featurizing imported checkpoints that trakscope reads wrongly (:func:`imported_accuracy_problem`),
+    on every run of the folder until the user accepts them; ``models/metrics.json`` stays for them to look at.
+
+    Raises:
+        RunError: the problem, its likely causes and the flag that attributes the checkpoints anyway.
+    """
+    metrics = run.results.read(run.metrics_path, "model_metrics", "trakscope run")
+    problem = imported_accuracy_problem(metrics, run.data.table("val")["true_label"],
+                                        len(run.data.table("test")["index"]))
+    if problem is None:
+        return
+    if accept_low_accuracy:
+        print(f"trakscope: warning: {problem}; {IMPORT_CAUSES}; attributing them anyway (--accept-low-accuracy)",
+              file=sys.stderr)
+        return
+    raise RunError(f"{problem}: trakscope does not read them as they were trained; {IMPORT_CAUSES}; "
+                   f"{run.relative(run.metrics_path)} has each checkpoint's accuracy; `trakscope run --out {run.path} "
+                   "--accept-low-accuracy` attributes them anyway")
 
 
 def split_batches(split: ImageSplit, rows: np.ndarray, batch_size: int, num_workers: int
@@ -251,10 +307,12 @@ def score(run: RunFolder, trak: TRAK) -> None:
         raise RunError(f"{path}: {e}; check that model's training (a lower --lr), or remove that checkpoint") from e
     if dist.rank() == 0:
         masks = masks_record(run)  # recorded only with --masks: a run without them writes what it always did
+        exact = store.kronecker_exact()  # likewise only when the Kronecker self-check sent layers to the exact path
         write_json(run.scores_meta_path, {
             "projector": run.config.trak.projector, "proj_dim": meta["proj_dim"],
             "checkpoints": len(meta["checkpoints"]), "lambda": meta["lambda"], "ridge": meta["ridge"],
-            "score": meta["score"], **({"dropconnect": masks} if masks else {})})
+            "score": meta["score"], **({"dropconnect": masks} if masks else {}),
+            **({"kronecker_exact": exact} if exact else {})})
         run.integrity.seal(*(p for p in made if p.exists()))
     dist.barrier()
 
@@ -335,8 +393,12 @@ def _repair_store(run: RunFolder, bad, n_checkpoints: int) -> None:
         run.integrity.discard(*self_files(store), store.meta_path, store.checkpoints_path, *scores)
 
 
-def run_pipeline(run: RunFolder, rt: Runtime) -> None:
-    """All stages in order; each skips what is already on disk and whole, and redoes what is damaged."""
+def run_pipeline(run: RunFolder, rt: Runtime, accept_low_accuracy: bool = False) -> None:
+    """All stages in order; each skips what is already on disk and whole, and redoes what is damaged.
+
+    Imported checkpoints are checked before they are featurized (:func:`check_imported`, on every run: a rerun
+    stops again); ``accept_low_accuracy`` turns that stop into a warning.
+    """
     if dist.rank() == 0:
         for name, what in repair(run):
             print(f"{name} is {what}; recomputing it", flush=True)
@@ -348,13 +410,16 @@ def run_pipeline(run: RunFolder, rt: Runtime) -> None:
     bar = progress_bar(total=sum(cost.values()), desc="trakscope run", unit="ex", disable=not rt.progress, position=0,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     bar.update(cost["data"])
+    imported = bool(run.config.model.checkpoints)
     if not run.metrics_path.exists() or not all(run.probs_path(s).exists() for s in SPLITS):
-        bar.set_description_str("trakscope run: train")
-        with timed(run, "train"):
-            (import_checkpoints if run.config.model.checkpoints else train_ensemble)(run, rt)
-    elif run.config.model.checkpoints is None and not run.aum_path().exists() and dist.rank() == 0:
+        bar.set_description_str("trakscope run: " + ("import" if imported else "train"))
+        with timed(run, "import" if imported else "train"):
+            (import_checkpoints if imported else train_ensemble)(run, rt)
+    elif not imported and not run.aum_path().exists() and dist.rank() == 0:
         ensemble_aum(run)  # removed by repair, while the members' AUM are whole
     bar.update(cost["train"])
+    if imported:
+        check_imported(run, accept_low_accuracy)
     if not all(p.exists() for p in score_files(run)):
         bar.set_description_str("trakscope run: featurize")
         with timed(run, "featurize"):

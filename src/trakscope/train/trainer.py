@@ -51,6 +51,10 @@ class MarginRecorder:
     Every time a training example passes through the network (training mode, augmented as trained), its margin
     ``logit[given label] - max(other logits)`` is added; :meth:`aum` is the mean over the epochs it was seen.
     A flipped label keeps a low (negative) margin for as long as the network has not memorised it.
+
+    Every epoch counts, the learning-rate tail included. Pleiss et al. stop at the first decay of a step schedule;
+    under trakscope's one-cycle schedule that is the end of the warm-up, and every shorter window detected planted
+    noise worse on validation (``benchmarks/aum_window.py``, BENCHMARKS.md "AUM: which epochs to average").
     """
 
     def __init__(self, n_train: int):

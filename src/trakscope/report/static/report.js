@@ -300,6 +300,14 @@
       document.body.appendChild(a); a.click(); a.remove();
       setTimeout(function () { URL.revokeObjectURL(url); }, 5000);
     }
+    function suggestionChip(i) {  // the suggested label (out-of-sample where detect had them), with its probability
+      var sug = S.suggested[i], keep = sug === TRAIN.label[i];
+      var chip = el("span", "chip suggest " + (keep ? "ok" : "wrong"),
+        "suggested: " + className(sug) + " (" + Math.round(100 * S.suggested_prob[i]) + "%)");
+      chip.title = (keep ? "the suggestion keeps the given label" : "suggested label") + ", from the " +
+        String(S.suggestion_source).replace("_", "-") + " probabilities";
+      return chip;
+    }
     function csvCell(s) { return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
 
     function draw() {
@@ -325,6 +333,7 @@
       shown.forEach(function (i) {
         var p = S.predicted[i] >= 0 ? S.predicted[i] : (TRAIN.pred ? TRAIN.pred[i] : -1);
         var chip = p >= 0 ? el("span", "chip " + (p === TRAIN.label[i] ? "ok" : "wrong"), "pred: " + className(p)) : null;
+        if (S.suggested) chip = suggestionChip(i);
         var t = trainTile(i, scores ? scores[i] : NaN, chip);
         var badge = el("span", "rank" + (drop.has(i) ? " flagged" : ""), String(rank[i]));
         badge.title = "rank " + rank[i] + " by " + st.scorer + (drop.has(i) ? " (flagged)" : "");
