@@ -10,12 +10,18 @@ from PIL import Image
 
 from trakscope.config import DataConfig
 from trakscope.data import load_dataset
-from trakscope.data.neighbours import nearest_confusion, nearest_other_labels, pixel_features
+from trakscope.data.neighbours import (
+    lookalike_pairs,
+    nearest_confusion,
+    nearest_other_labels,
+    neighbour_probs,
+    pixel_features,
+    uniform_pairs,
+)
 from trakscope.data.splits import plant_canaries, plant_noise
 from trakscope.io import read_csv
-from trakscope.methods import registry
 from trakscope.methods.metrics import roc_auc
-from trakscope.methods.registry import SCORERS
+from trakscope.methods.registry import SCORERS, default_scorers
 from trakscope.run_folder import RunFolder
 
 
@@ -83,7 +89,9 @@ def test_nearest_other_label_votes_among_other_labels_only():
 
 
 def test_canary_kind_reaches_the_dataset():
-    random = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.1)).train
+    assert DataConfig().canary_kind == "pairs"  # the default since the regimes benchmark measured it best
+    random = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.1,
+                                     canary_kind="random")).train
     nearest = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.1,
                                       canary_kind="nearest")).train
     np.testing.assert_array_equal(random.canary, nearest.canary)
@@ -94,6 +102,61 @@ def test_canary_kind_reaches_the_dataset():
     assert (nearest.labels[rows] == expected).all() and (nearest.labels[rows] != random.labels[rows]).any()
     with pytest.raises(Exception, match="canary kind"):
         load_dataset(DataConfig(dataset="digits", max_train=300, canaries=0.1, canary_kind="closest"))
+
+
+def test_pair_canaries_follow_the_pair_weights():
+    labels = np.repeat(np.arange(4), 100)
+    noisy, flipped = plant_noise(labels, 4, 0.1, seed=0)
+    only = np.zeros((4, 4))
+    only[2, 3] = 1.0  # every canary a 2 labelled 3
+    flipped_labels, canary = plant_canaries(noisy, 4, 0.05, seed=1, exclude=flipped, pair_weights=only)
+    assert canary.sum() == 20 and not (canary & flipped).any()
+    assert (noisy[canary] == 2).all() and (flipped_labels[canary] == 3).all()
+    np.testing.assert_array_equal(flipped_labels[~canary], noisy[~canary])
+    again = plant_canaries(noisy, 4, 0.05, seed=1, exclude=flipped, pair_weights=only)
+    np.testing.assert_array_equal(again[0], flipped_labels)  # seeded
+    half = np.zeros((4, 4))
+    half[0, 1] = half[1, 0] = 1.0  # two pairs, equal weight; the diagonal is ignored
+    np.fill_diagonal(half, 5.0)
+    both, canary = plant_canaries(labels, 4, 0.25, seed=2, pair_weights=half)
+    pairs = list(zip(labels[canary].tolist(), both[canary].tolist()))
+    assert set(pairs) == {(0, 1), (1, 0)} and 35 <= pairs.count((0, 1)) <= 65
+    with pytest.raises(ValueError, match="no free example"):  # 100 examples of class 2, 150 canaries asked there
+        plant_canaries(labels, 4, 0.375, seed=2, pair_weights=only)
+    with pytest.raises(ValueError, match="pair weights"):
+        plant_canaries(labels, 4, 0.05, seed=2, pair_weights=-only)
+
+
+def test_lookalike_pairs_find_the_pairs_the_noise_is_in():
+    images, labels = _paired_classes(per_class=60)
+    given = labels.copy()
+    swap = np.flatnonzero(labels == 0)[::4]  # a quarter of class 0 labelled 1: the data's own errors
+    given[swap] = 1
+    weights = lookalike_pairs(images, given, 6, seed=0, mix=1.0)
+    assert weights.sum() == pytest.approx(1) and np.diag(weights).sum() == 0
+    assert weights[0, 1] > 0.5 > weights[1, 0]  # [true class, given label]: a 0 given the label 1
+    mixed = lookalike_pairs(images, given, 6, seed=0)
+    np.testing.assert_allclose(mixed, 0.5 * weights + 0.5 * uniform_pairs(given, 6))
+    assert (mixed + np.eye(6) > 0).all()  # every pair keeps some canaries
+    probs = neighbour_probs(pixel_features(images, np.arange(len(labels))), given, 6)
+    assert probs.shape == (360, 6) and np.allclose(probs.sum(1), 1) and (probs > 0).all()
+
+
+def test_lookalike_noise_flips_to_the_neighbours_vote():
+    images, labels = _paired_classes()
+    noisy, flipped = plant_noise(labels, 6, 0.2, seed=0, kind="lookalike",
+                                 confusion=nearest_confusion(images, labels, seed=0))
+    assert flipped.sum() == 60 and (noisy[flipped] != labels[flipped]).all()
+    assert (noisy[flipped] == (labels ^ 1)[flipped]).mean() > 0.95  # the look-alike partner
+    np.testing.assert_array_equal(flipped, plant_noise(labels, 6, 0.2, seed=0)[1])  # the same rows as symmetric
+    with pytest.raises(ValueError, match="confusion"):
+        plant_noise(labels, 6, 0.2, seed=0, kind="lookalike")
+    ds = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, noise_kind="lookalike", canaries=0.05,
+                                 canary_kind="pairs")).train
+    assert ds.noisy.sum() == 30 and ds.canary.sum() == 15 and not (ds.noisy & ds.canary).any()
+    again = load_dataset(DataConfig(dataset="digits", max_train=300, noise=0.1, noise_kind="lookalike", canaries=0.05,
+                                    canary_kind="pairs")).train
+    np.testing.assert_array_equal(again.labels, ds.labels)
 
 
 def test_confusable_noise_flips_only_within_pairs():
@@ -130,7 +193,7 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["--dataset", "digits", "--model", "tiny_cnn", "--max-train", "200", "--max-test", "60", "--epochs", "6",
             "--ensemble", "2", "--batch-size", "32", "--lr", "0.1", "--proj-dim", "64", "--projector", "dense",
-            "--canaries", "0.05", "--no-progress", "--device", "cpu"]
+            "--canaries", "0.05", "--canary-kind", "random", "--no-progress", "--device", "cpu"]
     assert main(["run", "--out", str(run_dir), *args]) == 0
     assert "canaries: 10 further labels" in capsys.readouterr().out
     run = RunFolder(run_dir)
@@ -143,13 +206,21 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     assert main(["detect", "--run", str(run_dir), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "estimated on canaries: 10 labels" in out
+    assert "these recalls are estimates" in out and "95% interval" in out
+    assert "recommended: 94 canaries" in out and "more than 5% of these 200 training labels" in out
+    assert "estimated wrong labels in the data: about" in out
     metrics = json.loads(run.detect_metrics_path.read_text())
     assert metrics["scorers"] == {} and metrics["n_noisy"] == 0
     can = metrics["canaries"]["scorers"]
-    assert set(can) == set(registry.default_scorers()) - {"cleanlab"}
+    assert set(can) == set(default_scorers()) - {"cleanlab"}  # the opt-in scorers do not run by default
     best = max(can, key=lambda n: can[n]["roc_auc"])
     # measured: val_all best at 0.997 (loss 0.990, trak_loo 0.989, d3m 0.983, aum 0.977, self_influence 0.944)
     assert metrics["primary"] == best and can[best]["roc_auc"] > 0.95
+    est = metrics["canaries"]["estimates"][best]["recall@10%"]
+    assert est["estimate"] == can[best]["recall@10%"] and est["n"] == 10
+    assert est["low"] <= est["estimate"] <= est["high"] and not metrics["canaries"]["weighted"]  # no k-fold: unweighted
+    assert metrics["canaries"]["needed"]["widths"]["0.2"]["worst_case"] == 94
+    assert metrics["wrong_labels"]["among"] == 190 and metrics["wrong_labels"]["probabilities"].startswith("in-sample")
     rows = read_csv(run.ranking_path)
     assert rows[0][f"{best}_rank"] == "1"  # ranking.csv is ordered by the best scorer on the canaries
     marked = sorted(int(r["index"]) for r in rows if r["canary"] == "1")
@@ -174,6 +245,43 @@ def test_canaries_end_to_end_without_planted_noise(tmp_path, capsys):
     truth = {int(r["index"]): int(r["true_label"]) for r in canaries}
     assert all(keep[i] == truth[i] for i in idx)  # every canary kept, with its true label
     assert not removed & set(idx) and len(keep) + len(removed) == 200
+    # with k-fold probabilities the canaries are weighted by the data's own error pairs (uniform canaries here)
+    assert main(["detect", "--run", str(run_dir), "--folds", "2", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(run.detect_metrics_path.read_text())
+    assert metrics["wrong_labels"]["probabilities"].startswith("out-of-sample") and "cleanlab flags" in out
+    from trakscope.data.neighbours import error_pairs, uniform_pairs
+    from trakscope.methods.estimates import pair_weights
+    from trakscope.stages.crossval import out_of_sample_probs
+
+    labels = run.data.table("train")["label"]
+    before = labels.copy()
+    before[idx] = [truth[i] for i in idx]  # the labels before the canaries
+    oos = out_of_sample_probs(run, 2, progress=False)
+    expected = pair_weights(before[idx], labels[idx], uniform_pairs(before, 10),
+                            error_pairs(oos[~mask], before[~mask], 10))
+    assert metrics["canaries"]["weighted"] == (expected is not None)
+    if expected is not None:
+        assert "unweighted" in metrics["canaries"] and "weighted by the share" in out
+        est = metrics["canaries"]["estimates"][metrics["primary"]]["recall@10%"]
+        assert est["n_effective"] == pytest.approx(expected.sum() ** 2 / (expected**2).sum())
+
+
+def test_mixed_canaries_are_half_pairs_half_nearest_and_replay():
+    from trakscope.data import CANARY_KINDS, plant_dataset_canaries
+
+    cfg = DataConfig(dataset="digits", max_train=300, noise=0.1, canaries=0.05, canary_kind="mixed")
+    train = load_dataset(cfg).train
+    assert train.canary.sum() == 15 and not (train.canary & train.noisy).any()
+    before = np.where(train.canary, train.true_labels, train.labels)
+    labels, canary, kind = plant_dataset_canaries(cfg.with_defaults(), train.images, before, train.noisy, 10)
+    np.testing.assert_array_equal(canary, train.canary)  # detect replays the planting to know each canary's kind
+    np.testing.assert_array_equal(labels, train.labels)
+    assert (kind[~canary] == -1).all()
+    assert sorted(CANARY_KINDS[k] for k in kind[canary]) == ["nearest"] * 8 + ["pairs"] * 7
+    nearest = canary & (kind == CANARY_KINDS.index("nearest"))
+    expected = nearest_confusion(train.images, before, seed=6)(np.flatnonzero(nearest))
+    np.testing.assert_array_equal(labels[nearest], expected)  # the nearest half: each to its look-alike class
 
 
 @pytest.fixture(scope="module")

@@ -160,14 +160,20 @@ class DataConfig(CheckedSection):
                              "never on by default: your data stays as it is)",
                      bound=MINORITY)  # at half or more, the flipped labels are what a model learns
     noise_kind: str = _opt("symmetric", "symmetric (flip to a uniformly chosen other class) | confusable (flip "
-                                        "between the confusable digits 4-9, 3-5, 7-1)")
+                                        "between the confusable digits 4-9, 3-5, 7-1) | lookalike (flip to the "
+                                        "class most common among its 10 nearest training images of another label, "
+                                        "in 16 x 16 pixel space: look-alike errors on any dataset)")
     canaries: float = _opt(0.0, "fraction of training labels flipped as canaries (disjoint from --noise, recorded "
                                 "in data/canaries.csv): known errors to measure detection on data without ground "
                                 "truth; export restores their labels",
                         bound=MINORITY)  # known errors among right labels: a minority, or they measure nothing
-    canary_kind: str = _opt("random", "random (flip a canary to a uniformly chosen other class) | nearest (to the "
+    canary_kind: str = _opt("pairs", "random (flip a canary to a uniformly chosen other class) | nearest (to the "
                                       "class most common among its 10 nearest training images of another label, in "
-                                      "16 x 16 pixel space: a confusion the data suggests, as real errors are)",
+                                      "16 x 16 pixel space: a confusion the data suggests, as real errors are) | "
+                                      "pairs (half the canaries in the (class, wrong label) pairs where cleanlab's "
+                                      "confident joint of pixel-space nearest neighbours puts the data's own "
+                                      "errors, half uniform) | mixed (half pairs, half nearest: detect's interval "
+                                      "covers both kinds' estimates)",
                             legacy="random")
     max_train: int | None = _opt(None, "seeded stratified subset of the training split", bound=POSITIVE)
     max_test: int | None = _opt(None, "seeded stratified subset of the test split", bound=POSITIVE)

@@ -9,7 +9,13 @@ from .. import dist
 from ..config import Bound
 from ..methods import registry
 from ..methods.registry import SCORERS
-from ..report.tables import detection_table, suggestion_table
+from ..report.tables import (
+    canary_count_lines,
+    canary_estimate_table,
+    detection_table,
+    suggestion_table,
+    wrong_label_line,
+)
 from ..run_folder import RunFolder
 from ..stages.detect import ground_truth, primary_scorer, run_detection
 from ..table_files import FORMATS
@@ -64,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name}: {SCORERS[name].description}")
     for name, facts in det.facts.items():
         print(SCORERS[name].flag.sentence(name, facts, _number))
+    if "wrong_labels" in det.info:
+        print(wrong_label_line(det.info["wrong_labels"]))
     for name, why in det.info["left_out"].items():
         print(f"  {name} left out: {why}")
     if metrics is None:
@@ -80,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
               f"(recall = share of them in the top k% of the whole ranking):")
         print(detection_table({"scorers": can["scorers"], "chance": can["chance"]}))
         print(f"suspects and ranking.csv are ordered by {metrics['primary']}, the best ROC-AUC on the canaries")
+        print("\nthese recalls are estimates: the canaries stand in for the data's own errors, which may be harder "
+              f"or easier to find; 95% intervals from the {can['n']} canaries (Wilson)"
+              + (": each canary weighted by the share of the data's estimated wrong labels (cleanlab's confident "
+                 "joint) in its (class, wrong label) pair over the share of canaries planted there, "
+                 f"{can['needed']['design']:.1f} canaries per effective one" if can.get("weighted") else "") + ":")
+        print(canary_estimate_table(can))
+        print("\n".join(canary_count_lines(can, metrics["n_train"])))
     if "suggestions" in metrics:
         sug = metrics["suggestions"]
         print(f"\nsuggested labels ({det.suggestion_source.replace('_', '-')} probabilities): how often the suggestion "

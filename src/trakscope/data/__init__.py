@@ -9,6 +9,7 @@ source's own validation split instead, where it has one), takes the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from .images import (
     iter_batches,
     normalize_uint8,
 )
-from .neighbours import nearest_confusion
+from .neighbours import lookalike_pairs, nearest_confusion
 from .preprocess import LibraryPreprocess
 from .splits import (
     CANARY_KINDS,
@@ -48,6 +49,7 @@ from .splits import (
 
 __all__ = [
     "CANARY_KINDS",
+    "CANARY_SEED_OFFSET",
     "NOISE_KINDS",
     "DataError",
     "Dataset",
@@ -64,6 +66,7 @@ __all__ = [
     "describe_change",
     "iter_batches",
     "load_dataset",
+    "plant_dataset_canaries",
     "plant_noise",
     "stratified_split",
     "stratified_subset",
@@ -132,6 +135,9 @@ def _select_builtin_classes(classes: list[str], pool: ImageSplit, cfg: DataConfi
     return keep_names, ImageSplit(sub.images, remap(sub.labels), remap(sub.true_labels), sub.source_ids)
 
 
+CANARY_SEED_OFFSET = 6  # DataConfig.seed + this seeds the canaries' look-alike classes (pairs and nearest)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load, split, subset and plant noise as ``cfg`` says. Deterministic under ``cfg.seed``.
 
@@ -160,9 +166,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.max_test is not None:
         test = test.subset(stratified_subset(test.labels, cfg.max_test, seed=cfg.seed + 3))
     noisy, flipped = plant_noise(train.labels, len(classes), cfg.noise, seed=cfg.seed + 4, kind=cfg.noise_kind,
-                                 pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else ())
-    labels, canary = plant_canaries(noisy, len(classes), cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
-                                    confusion=_canary_confusion(cfg, train.images, noisy))
+                                 pairs=_confusable_pairs(classes) if cfg.noise_kind == "confusable" else (),
+                                 confusion=nearest_confusion(train.images, train.labels, seed=cfg.seed + 7)
+                                 if cfg.noise_kind == "lookalike" and cfg.noise > 0 else None)
+    labels, canary, _ = plant_dataset_canaries(cfg, train.images, noisy, flipped, len(classes))
     train = ImageSplit(train.images, labels, train.true_labels, train.source_ids, canary)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
@@ -194,13 +201,46 @@ def _own_validation(cfg: DataConfig, classes: list[str]) -> ImageSplit:
                     f"detect's D3M and validation-influence scorers ({', '.join(VALIDATION_SCORERS)}) score every "
                     "training example against it. Use --val-fraction 0.1 (the default: carved from the training "
                     f"pool and listed in `export`'s keep-list with split=val){add.format(root=root)}")
+def plant_dataset_canaries(cfg: DataConfig, images: ImageSource, noisy: np.ndarray, flipped: np.ndarray,
+                           num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The canaries of ``cfg`` on the training labels ``noisy`` (int ``[n]``, after the planted noise ``flipped``).
+
+    ``mixed`` plants half (rounded down) as ``pairs`` and the rest as ``nearest`` among the examples left.
+
+    Returns:
+        ``(labels, canary, kind)``: int64 ``[n]``, bool ``[n]``, and int8 ``[n]`` the index in :data:`CANARY_KINDS`
+        of each canary's kind (-1 elsewhere); ``detect`` replays this to know each canary's kind.
+    """
+    if cfg.canary_kind != "mixed":
+        labels, canary = plant_canaries(noisy, num_classes, cfg.canaries, seed=cfg.seed + 5, exclude=flipped,
+                                        confusion=_canary_confusion(cfg, images, noisy),
+                                        pair_weights=_canary_pairs(cfg, images, noisy, num_classes))
+        return labels, canary, np.where(canary, CANARY_KINDS.index(cfg.canary_kind), -1).astype(np.int8)
+    n = int(round(cfg.canaries * len(noisy)))
+    half = dataclasses.replace(cfg, canary_kind="pairs", canaries=(n // 2) / len(noisy))
+    first, canary1, kind1 = plant_dataset_canaries(half, images, noisy, flipped, num_classes)
+    rest = dataclasses.replace(cfg, canary_kind="nearest", canaries=(n - n // 2) / len(noisy), seed=cfg.seed)
+    labels, canary2 = plant_canaries(first, num_classes, rest.canaries, seed=cfg.seed + 8,
+                                     exclude=np.asarray(flipped, bool) | canary1,
+                                     confusion=_canary_confusion(rest, images, noisy))
+    kind = np.where(canary2, CANARY_KINDS.index("nearest"), kind1).astype(np.int8)
+    return labels, canary1 | canary2, kind
 
 
 def _canary_confusion(cfg: DataConfig, images: ImageSource, labels: np.ndarray):
-    """``plant_canaries``' ``confusion`` for ``cfg.canary_kind``: None (uniform flips) or nearest neighbours."""
+    """``plant_canaries``' ``confusion`` for ``cfg.canary_kind``: None (uniform flips, and ``pairs``, which draws
+    its pairs instead) or nearest neighbours."""
     if cfg.canary_kind not in CANARY_KINDS:
         raise DataError(f"unknown canary kind {cfg.canary_kind!r}; choose one of {', '.join(CANARY_KINDS)}")
-    return nearest_confusion(images, labels, seed=cfg.seed + 6) if cfg.canary_kind == "nearest" else None
+    seed = cfg.seed + CANARY_SEED_OFFSET
+    return nearest_confusion(images, labels, seed=seed) if cfg.canary_kind == "nearest" else None
+
+
+def _canary_pairs(cfg: DataConfig, images: ImageSource, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """``plant_canaries``' ``pair_weights``: the look-alike pairs for ``--canary-kind pairs``, else None."""
+    if cfg.canary_kind != "pairs" or cfg.canaries == 0:
+        return None
+    return lookalike_pairs(images, labels, num_classes, seed=cfg.seed + CANARY_SEED_OFFSET)
 
 
 def _confusable_pairs(classes: list[str]) -> tuple[tuple[int, int], ...]:

@@ -56,17 +56,21 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 # Class-conditional flips between digits that people confuse (real label errors are not uniform).
 CONFUSABLE_PAIRS = (("4", "9"), ("3", "5"), ("7", "1"))
-NOISE_KINDS = ("symmetric", "confusable")
+NOISE_KINDS = ("symmetric", "confusable", "lookalike")
 
 
 def plant_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int, kind: str = "symmetric",
-                pairs: tuple[tuple[int, int], ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+                pairs: tuple[tuple[int, int], ...] = (),
+                confusion: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flip a seeded ``rate`` fraction of labels.
 
     Args:
         kind: ``symmetric`` flips to a different, uniformly chosen class; ``confusable`` flips an example of a
-            class in ``pairs`` to its partner (only such examples are flipped).
+            class in ``pairs`` to its partner (only such examples are flipped); ``lookalike`` flips seeded random
+            examples each to the class ``confusion`` returns for it (the class it looks like, on any dataset).
         pairs: class-id pairs ``(a, b)`` for ``confusable``; each flips both ways.
+        confusion: for ``lookalike``, int ``[m]`` sorted rows -> int ``[m]`` their wrong labels; a value that is
+            negative or the example's own label falls back to the uniform flip.
 
     Returns:
         ``(noisy_labels, flipped)``: int64 ``[n]`` and bool ``[n]``; ``flipped`` marks exactly
@@ -86,11 +90,18 @@ def plant_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int, ki
     n_flip = int(round(rate * len(labels)))
     if kind == "confusable":
         return _plant_confusable(labels, n_flip, pairs, rng)
+    if kind == "lookalike" and confusion is None:
+        raise ValueError("lookalike noise needs the confusion of each example (data.neighbours.nearest_confusion)")
     flipped = np.zeros(len(labels), dtype=bool)
     flipped[rng.permutation(len(labels))[:n_flip]] = True
     shift = rng.integers(1, max(num_classes, 2), size=len(labels))
-    noisy = np.where(flipped, (labels + shift) % num_classes, labels)
-    return noisy.astype(np.int64), flipped
+    noisy = (labels + shift) % num_classes
+    rows = np.flatnonzero(flipped)
+    if kind == "lookalike" and len(rows):
+        wrong = np.asarray(confusion(rows), dtype=np.int64)
+        usable = (wrong >= 0) & (wrong < num_classes) & (wrong != labels[rows])
+        noisy[rows[usable]] = wrong[usable]
+    return np.where(flipped, noisy, labels).astype(np.int64), flipped
 
 
 def _plant_confusable(labels: np.ndarray, n_flip: int, pairs: tuple[tuple[int, int], ...],
@@ -107,12 +118,13 @@ def _plant_confusable(labels: np.ndarray, n_flip: int, pairs: tuple[tuple[int, i
     return noisy, flipped
 
 
-CANARY_KINDS = ("random", "nearest")
+CANARY_KINDS = ("random", "nearest", "pairs", "mixed")
 
 
 def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
                    exclude: np.ndarray | None = None,
-                   confusion: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   confusion: Callable[[np.ndarray], np.ndarray] | None = None,
+                   pair_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flip a seeded ``rate`` fraction of labels as canaries: known errors planted to measure detection.
 
     Canaries are drawn among examples not in ``exclude`` (the planted-noise flips), so they are disjoint from the
@@ -123,6 +135,10 @@ def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
     Args:
         confusion: int ``[m]`` sorted canary rows -> int ``[m]`` their wrong labels; a value that is negative or
             the example's own label falls back to the uniform flip.
+        pair_weights: float ``[C, C]``, the weight of a canary of class ``y`` flipped to ``s`` at ``[y, s]`` (the
+            diagonal is ignored). Each canary's pair is drawn from these weights and its example uniformly among
+            the free examples of class ``y``: the canaries follow a class-conditional error pattern (see
+            :func:`~.neighbours.lookalike_pairs`). Overrides ``confusion``.
 
     Returns:
         ``(labels_with_canaries, canary)``: int64 ``[n]`` and bool ``[n]`` (exactly ``round(rate * n)`` True).
@@ -136,6 +152,8 @@ def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
     if n > len(free):
         raise ValueError(f"{n} canaries asked, only {len(free)} examples are not already flipped")
     rng = np.random.default_rng(seed)
+    if pair_weights is not None:
+        return _pair_canaries(labels, free, n, np.asarray(pair_weights, dtype=np.float64), rng)
     canary = np.zeros(len(labels), dtype=bool)
     canary[rng.permutation(free)[:n]] = True
     shift = rng.integers(1, max(num_classes, 2), size=len(labels))
@@ -146,3 +164,23 @@ def plant_canaries(labels: np.ndarray, num_classes: int, rate: float, seed: int,
         usable = (wrong >= 0) & (wrong < num_classes) & (wrong != labels[rows])
         flipped[rows[usable]] = wrong[usable]
     return np.where(canary, flipped, labels).astype(np.int64), canary
+
+
+def _pair_canaries(labels: np.ndarray, free: np.ndarray, n: int, weights: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` canaries whose (class, wrong label) pairs are drawn one at a time from ``weights`` ``[C, C]``, each
+    on a seeded random free example of that class (a class with no free example left drops out of the draw)."""
+    c = weights.shape[0]
+    if weights.shape != (c, c) or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"pair weights must be a finite non-negative square matrix, got shape {weights.shape}")
+    weights = weights * (1 - np.eye(c))
+    queues = {y: list(rng.permutation(free[labels[free] == y])) for y in range(c)}
+    noisy, canary = labels.copy(), np.zeros(len(labels), dtype=bool)
+    for _ in range(n):
+        live = weights * np.array([len(queues[y]) > 0 for y in range(c)])[:, None]
+        if live.sum() <= 0:
+            raise ValueError("the pair weights leave no free example to flip; give weight to more classes")
+        y, s = divmod(int(rng.choice(c * c, p=(live / live.sum()).ravel())), c)
+        row = int(queues[y].pop())
+        noisy[row], canary[row] = s, True
+    return noisy.astype(np.int64), canary

@@ -112,3 +112,4 @@ def detection_metrics(
     for f in fractions:
         out[recall_key(f)] = recall_at_fraction(suspicion, truth, f)
     return out
+

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..methods import registry
+from ..methods.metrics import RECALL_FRACTIONS, recall_key
 from ..run_folder import RunFolder
-from . import plots
+from . import plots, tables
 
 
 def esc(value: Any) -> str:
@@ -104,9 +105,39 @@ def detection_section(metrics: Any, ranking: Mapping[str, Any] | None, noisy: np
                          "ROC-AUC on the canaries.</p>")
             parts.append(table(["scorer", *cols], [[name, *(r.get(c) for c in cols)] for name, r in can_rows],
                                "metrics"))
+        parts.append(canary_estimate_html(canaries, metrics.get("n_train")))
+    if isinstance(metrics, Mapping) and isinstance(metrics.get("wrong_labels"), Mapping):
+        parts.append(f'<p class="muted">{esc(tables.wrong_label_line(metrics["wrong_labels"]))}.</p>')
     parts += flag_notes(metrics)
     parts += suggestion_part(metrics)
     return "".join(parts)
+
+
+def canary_estimate_html(canaries: Mapping[str, Any], n_train: Any) -> str:
+    """Every scorer's canary recalls with their 95% intervals, said to be estimates, and the canary counts needed
+    (``detect/metrics.json``'s ``canaries.estimates`` and ``canaries.needed``; empty where they are absent)."""
+    est = canaries.get("estimates")
+    if not isinstance(est, Mapping) or not est:
+        return ""
+    weighted = " each canary weighted by the share of the data's estimated wrong labels in its (class, wrong " \
+               "label) pair over the share of canaries planted there;" if canaries.get("weighted") else ""
+    lead = (f"These recalls are estimates: the canaries stand in for the data's own errors, which may be harder or "
+            f"easier to find. 95% intervals (Wilson) from the {fmt(canaries.get('n'))} canaries;{weighted} a recall "
+            "of the data's own errors outside the interval is possible where the canaries do not resemble them.")
+    keys = [recall_key(f) for f in RECALL_FRACTIONS]
+    rows = [[name, *(_interval(e.get(k)) for k in keys)] for name, e in est.items() if isinstance(e, Mapping)]
+    out = f'<p class="muted">{esc(lead)}</p>' + table(["scorer", *(f"{k} (95% interval)" for k in keys)], rows,
+                                                       "metrics")
+    if isinstance(canaries.get("needed"), Mapping) and isinstance(n_train, int):
+        out += "".join(f'<p class="muted">{esc(line)}.</p>' for line in tables.canary_count_lines(canaries, n_train))
+    return out
+
+
+def _interval(e: Any) -> str:
+    """``0.722 (0.491–0.875)`` from ``{estimate, low, high}``; n/a otherwise."""
+    if not isinstance(e, Mapping) or not all(_is_number(e.get(k)) for k in ("estimate", "low", "high")):
+        return "n/a"
+    return f"{e['estimate']:.3f} ({e['low']:.3f}–{e['high']:.3f})"
 
 
 def suggestion_part(metrics: Any) -> list[str]:

@@ -82,6 +82,49 @@ def detection_table(metrics: Mapping[str, Any], recall_fractions: tuple[float, .
     return "\n".join(lines)
 
 
+def canary_estimate_table(canaries: Mapping[str, Any], recall_fractions: tuple[float, ...] = RECALL_FRACTIONS) -> str:
+    """Every scorer's recall estimated on the canaries, each with its 95% interval (``metrics.json``'s
+    ``canaries.estimates``), as a Markdown table: ``0.722 (0.491–0.875)``."""
+    heads = ["scorer"] + [f"R@{f * 100:g}% (95% interval)" for f in recall_fractions]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for name, est in canaries["estimates"].items():
+        cells = [f"{e['estimate']:.3f} ({e['low']:.3f}–{e['high']:.3f})" if (e := est.get(recall_key(f))) else "n/a"
+                 for f in recall_fractions]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def canary_count_lines(canaries: Mapping[str, Any], n_train: int) -> list[str]:
+    """How many canaries each 95% interval width needs (``canaries.needed``) and the recommended count."""
+    need, n = canaries["needed"], canaries["n"]
+    widths = need["widths"]
+    at = ", ".join(f"{w}: {v['at_recall']}" for w, v in widths.items())
+    worst = ", ".join(f"{w}: {v['worst_case']}" for w, v in widths.items())
+    lines = [f"canaries a 95% interval of each full width needs, at recall {need['at_recall']:.2f}: {at} "
+             f"(at recall 0.5, the worst case: {worst}); this run's {n} give a width of {need['width_now']:.2f}",
+             f"recommended: {need['recommended']} canaries (a width of at most 0.2, about ±0.1, at any recall)"]
+    frac = need["recommended_fraction"]
+    if round(frac * n_train) < need["recommended"]:
+        lines[-1] += (f"; that is more than {frac:.0%} of these {n_train} training labels, and canaries are wrong "
+                      f"labels the models learn from: at --canaries {frac:g} the width is "
+                      f"{need['recommended_width']:.2f}")
+    else:
+        lines[-1] += f": `trakscope run --canaries {frac:g}`"
+    if need.get("design", 1.0) >= 2.0:
+        lines.append(f"the canaries' weights are uneven ({need['design']:.1f} canaries per effective one): the data's "
+                     "errors sit in (class, wrong label) pairs few canaries were planted in; canaries planted where "
+                     "the data's errors are (`--canary-kind pairs` or `mixed`) need fewer")
+    return lines
+
+
+def wrong_label_line(wrong: Mapping[str, Any]) -> str:
+    """The estimated count of the data's own wrong labels next to how many each flagging scorer flags."""
+    flagged = "".join(f"; {name} flags {k}" for name, k in wrong.get("flagged", {}).items())
+    return (f"estimated wrong labels in the data: about {wrong['estimated']} of {wrong['among']} (an estimate: "
+            f"cleanlab's confident joint on {wrong['probabilities']} probabilities, canaries left "
+            f"out){flagged}")
+
+
 def _share(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 

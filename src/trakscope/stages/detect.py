@@ -22,7 +22,7 @@ from ..methods.metrics import RECALL_FRACTIONS, detection_metrics, inspection_ra
 from ..methods.scorers import resolve_groups
 from ..run_folder import RunFolder
 from ..table_files import FORMATS, write_parquet
-from .canaries import canary_mask
+from .canaries import canary_estimates, canary_kinds, canary_mask, canary_weights, wrong_label_estimate
 from .crossval import out_of_sample_probs
 from .ensemble import chance_level
 from .groups import read_groups
@@ -34,8 +34,9 @@ from .recipe import TrainFn
 class Detection:
     """Scores of every scorer that ran (natural units, float64 ``[n_train]``) and what is known about them.
 
-    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``) and ``left_out`` (scorer -> why an input
-    it needs was withheld, see :class:`Source`); ``flags`` the bool ``[n_train]`` flags of each flagging scorer that
+    ``info`` holds ``groups``, ``n_groups``, ``canary`` (bool ``[n_train]``), ``left_out`` (scorer -> why an input
+    it needs was withheld, see :class:`Source`) and ``wrong_labels`` (the estimated count,
+    :func:`~.canaries.wrong_label_estimate`); ``flags`` the bool ``[n_train]`` flags of each flagging scorer that
     ran (:class:`~.registry.Flag`) and ``facts`` their summaries.
     """
 
@@ -176,9 +177,14 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     left_out = {s.name: why for s in chosen for name, why in src.withheld.items() if name in s.needs}
     info = {"groups": str(groups), "n_groups": int(inputs["group_ids"].max()) + 1,
             "canary": canary_mask(run, len(inputs["train_labels"])), "left_out": left_out}
+    flags = {n: r.flagged for n, r in ran.items() if r.flagged is not None}
+    oos = inputs.computed("oos_probs")  # the estimate of the wrong labels reads out-of-sample probabilities if any
+    info["wrong_labels"] = wrong_label_estimate(inputs["train_labels"], inputs["train_probs"] if oos is None else oos,
+                                                info["canary"], oos is not None, flags)
+    info["canary_weights"] = None if oos is None else canary_weights(run, inputs["train_labels"], oos, info["canary"])
+    info["canary_kinds"] = canary_kinds(run, inputs["train_labels"])
     det = Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
-                    info, flags={n: r.flagged for n, r in ran.items() if r.flagged is not None},
-                    facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
+                    info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
     return with_suggestions(det, inputs)
 
 
@@ -315,7 +321,11 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
     if has_canaries:
         out["canaries"] = {"n": int(canary.sum()), "chance": _chance(canary),
                            "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
-                                       for n, s in det.scores.items()}}
+                                       for n, s in det.scores.items()},
+                           **canary_estimates(det.scores, canary, out["primary"], det.info.get("canary_weights"),
+                                              det.info.get("canary_kinds"))}
+    if "wrong_labels" in det.info:
+        out["wrong_labels"] = det.info["wrong_labels"]
     out.update(flag_summaries(det, noisy))
     if det.suggested is not None and det.scores:
         out["suggestions"] = suggestion_metrics(run, det, noisy, canary)
