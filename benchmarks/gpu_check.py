@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from trakscope.run_folder import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 # make demo's commands (Makefile), with the device and no progress bars added
 DEMO = (
@@ -64,7 +66,7 @@ def demo(out_dir: Path, device: str) -> dict:
         steps[name] = _timed(cmd, out_dir / f"demo-{name}.log")
         if steps[name]["rc"] != 0:
             break
-    timings = run / "timings.json"
+    timings = RunFolder(run).timings_path
     main3 = [steps[s]["seconds"] for s in ("run", "detect", "removal") if s in steps]
     return {"run_folder": str(run), "steps": steps, "run_detect_removal_s": round(sum(main3), 2),
             "stage_timings": json.loads(timings.read_text()) if timings.exists() else None}

@@ -482,7 +482,7 @@ def build_run(args: argparse.Namespace) -> RunFolder:
     """The run folder at ``--out``: an existing one is used as it is (its checkpoints are what every method gets)."""
     from trakscope.cli import main as trakscope_main
 
-    if (args.out / "config.json").exists() and RunFolder(args.out).checkpoint_paths(required=False):
+    if RunFolder(args.out).config_path.exists() and RunFolder(args.out).checkpoint_paths(required=False):
         return RunFolder(args.out)
 
     flags = ["--out", str(args.out), "--dataset", "mnist", "--model", args.model, "--max-train", str(args.max_train),

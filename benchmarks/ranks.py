@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from trakscope.run_folder import RunFolder
+
 STAGES = (
     ("run", ["run", "--out", "{run}", "--noise", "0.1", "--ensemble", "2", "--epochs", "6"]),
     ("detect", ["detect", "--run", "{run}", "--folds", "2"]),
@@ -28,7 +30,10 @@ STAGES = (
                  "--strategies", "positive,negative,random"]),
     ("lds", ["lds", "--run", "{run}", "--models", "8", "--max-targets", "200"]),
 )
-COMPARED = ("scores/test.npy", "scores/self.npy", "detect/ranking.csv", "removal/results.json", "lds.json")
+COMPARED = {  # the outputs that must agree, by what the run folder calls them
+    "test scores": lambda run: run.scores_path("test"), "self-influence": lambda run: run.scores_path("self"),
+    "ranking": lambda run: run.ranking_path, "removal": lambda run: run.removal_results_path,
+    "lds": lambda run: run.lds_path}
 VOLATILE = {"seconds", "wall_s", "created", "timings"}  # keys that hold times, not results
 
 
@@ -67,8 +72,9 @@ def configuration(ranks: int, work: Path) -> dict:
             subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
         seconds[name] = round(time.perf_counter() - start, 2)
         print(f"ranks={ranks} {name}: {seconds[name]} s", file=sys.stderr, flush=True)
-    return {"seconds": seconds, "digests": {p: _digest(run / p) for p in COMPARED},
-            "stage_timings": json.loads((run / "timings.json").read_text())}
+    folder = RunFolder(run)
+    return {"seconds": seconds, "digests": {name: _digest(path(folder)) for name, path in COMPARED.items()},
+            "stage_timings": json.loads(folder.timings_path.read_text())}
 
 
 def main() -> None:

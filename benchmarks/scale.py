@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trakscope.run_folder import RunFolder
+
 SHAPES = ("disc", "ring", "square", "frame", "triangle", "diamond", "cross", "x", "bars_across", "bars_down")
 FLOOR_SAMPLE = 256
 
@@ -116,7 +118,6 @@ def floor_seconds(run_dir: Path, device: str = "cpu") -> dict:
     from trakscope.attribution.output import margin
     from trakscope.data import iter_batches
     from trakscope.models.calling import call_model
-    from trakscope.run_folder import RunFolder
     from trakscope.stages.ensemble import engine_checkpoints, load_member
 
     run = RunFolder(run_dir)
@@ -159,7 +160,7 @@ def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
         print(f"scale: N={n} {args.image_size}px {name}: {result}", file=sys.stderr, flush=True)
         if result["rc"] != 0:
             return out
-    timings = json.loads((run / "timings.json").read_text())
+    timings = json.loads(RunFolder(run).timings_path.read_text())
     floor = floor_seconds(run, args.device)
     work_units = floor["rows"] * floor["checkpoints"]
     out["timings"] = timings

@@ -77,7 +77,7 @@ def logistic_case(n: int, d: int, sep: float, lam: float, seed: int) -> dict:
 def ranking_case(work: Path, name: str) -> dict:
     """Detection quality of both scorers (and loss) on one validation run, and the diagnostics."""
     folder = work / name
-    if not (folder / "detect" / "metrics.json").exists():
+    if not RunFolder(folder).detect_metrics_path.exists():
         assert cli(["run", "--out", str(folder), *BASE, *CASES[name]]) == 0
         assert cli(["detect", "--run", str(folder), "--no-cleanlab", "--no-progress"]) == 0
     run = RunFolder(folder)
