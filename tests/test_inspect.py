@@ -67,8 +67,11 @@ def test_a_training_file_as_target_names_its_training_index_and_suggests_split_t
                  "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"train example {i} ({source})") and png.stat().st_size > 1000
-    found = stage.inspect_target(run, "train", str(i), top=3)
-    assert np.isclose(found.scores[i], run.results.scores("self")[i], rtol=1e-3)  # its own score: self-influence
+    own = run.results.scores("self")[i]
+    found = stage.inspect_target(run, "train", str(i), top=3, view="raw")
+    assert np.isclose(found.scores[i], own, rtol=1e-3)  # its own raw score: its self-influence
+    found = stage.inspect_target(run, "train", str(i), top=3, view="relative")
+    assert np.isclose(found.scores[i], np.sqrt(own), rtol=1e-3)  # relative: self-influence over its square root
 
 
 def test_stored_scores_are_the_labels_margin_and_on_the_fly_scoring_reproduces_them(tiny_run):
