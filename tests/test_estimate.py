@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import trakscope
 from trakscope.cli import main
 from trakscope.methods.folds import fold_assignment
 from trakscope.methods.lds import subset_masks
@@ -105,3 +110,19 @@ def test_lds_counts_the_subset_models_not_cached_at_its_own_epochs(tiny_run, tmp
     assert line.startswith("LDS subset models (alpha=0.5): 1 of 4 trainings to do (3 already done)")
     assert "no time estimate" in line and "timings.json records no `train` time" in line
     assert np.isfinite(json.loads((path / "lds.json").read_text())["lds_mean"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on loopback is tested on Linux")
+def test_under_torchrun_the_estimate_is_shared_by_the_ranks_and_said_once(tiny_run, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run, path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(trakscope.__file__).parents[1]),
+                                                         *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trakscope",
+           "--", "lds", "--run", str(path), "--models", "3", "--epochs", "1", *CPU]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [line] = _plan_lines(proc.stdout, "LDS subset models (alpha=0.5)")  # rank 0 speaks for both
+    speed = _speed(RunFolder(path))
+    assert line == plan_line("LDS subset models (alpha=0.5)", [100] * 3, 1, 0, speed, world=2)
+    assert f"about {300 * speed / 2:.0f} s, shared by 2 ranks (total {300 * speed:.0f} s)" in line
