@@ -116,13 +116,14 @@ def test_lds_counts_the_subset_models_not_cached_at_its_own_epochs(tiny_run, tmp
 def test_under_torchrun_the_estimate_is_shared_by_the_ranks_and_said_once(tiny_run, tmp_path):
     path = tmp_path / "run"
     shutil.copytree(tiny_run, path)
+    assert main(["detect", "--run", str(path), "--no-cleanlab", *CPU]) == 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(trakscope.__file__).parents[1]),
                                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trakscope",
-           "--", "lds", "--run", str(path), "--models", "3", "--epochs", "1", *CPU]
+           "--", "removal", "--run", str(path), "--strategies", "random", "--fractions", "0.1", "--seeds", "2", *CPU]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [line] = _plan_lines(proc.stdout, "LDS subset models (alpha=0.5)")  # rank 0 speaks for both
-    speed = _speed(RunFolder(path))
-    assert line == plan_line("LDS subset models (alpha=0.5)", [100] * 3, 1, 0, speed, world=2)
-    assert f"about {300 * speed / 2:.0f} s, shared by 2 ranks (total {300 * speed:.0f} s)" in line
+    [line] = _plan_lines(proc.stdout, "remove and retrain")  # every rank plans, rank 0 speaks for both
+    speed = _speed(RunFolder(path))  # two random retrains keep 180 each; the full-data references are the members
+    assert line == plan_line("remove and retrain", [180, 180], 6, 2, speed, world=2)
+    assert f"about {180 * 6 * speed:.0f} s, shared by 2 ranks (total {2 * 180 * 6 * speed:.0f} s)" in line
