@@ -48,6 +48,10 @@ def test_no_measured_speed_says_so_instead_of_guessing():
     old = plan_line("cross-validation", [100, 100], 6, 0, None)
     assert "no time estimate" in old and "timings.json records no `train` time" in old
     assert plan_line("cross-validation", [], 6, 3, None) == "cross-validation: 0 of 3 trainings to do (3 already done)"
+    own = plan_line("cross-validation", [100, 100], 6, 0, 0.005, recipe="train_fn mine.fit")  # a speed, not theirs
+    assert own == ("cross-validation: 2 of 2 trainings to do (0 already done), 100 examples each on average: no time "
+                   "estimate, this run has no measured training speed: they train with your train_fn mine.fit, which "
+                   "this run has not timed")
 
 
 def _speed(run: RunFolder) -> float:
