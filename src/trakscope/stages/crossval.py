@@ -20,7 +20,8 @@ from ..io import load_npy, save_npy
 from ..methods.folds import fold_assignment
 from ..run_folder import RunFolder
 from ..train import predict_logits, train_final_model
-from .recipe import TrainFn, say_recipe, user_network
+from .estimate import announce_trainings
+from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,12 +41,15 @@ def out_of_sample_probs(run: RunFolder, k: int = 3, device: str = "cpu", progres
     folds = fold_assignment(labels, k, run.config.train.seed)
     say_recipe(run, "cross-validation", train_fn)
     if train_fn is not None:
+        announce_trainings(run, "cross-validation", [int((folds != f).sum()) for f in range(k)],
+                           run.config.train.epochs, done=0, recipe=recipe_tag(train_fn))  # uncached: all k
         probs = np.zeros((len(labels), len(dataset.classes)), dtype=np.float32)
         for f in range(k):
             probs[folds == f] = _fold_probs(run, folds, f, k, device, progress, train_fn)
         return probs
     if dist.rank() == 0:
         _drop_stale(run, folds)
+        _announce_folds(run, folds, k)
     dist.barrier()  # no rank looks for cached folds before stale ones are gone
     for f in range(dist.rank(), k, dist.world_size()):
         if not run.fold_probs_path(f).exists():
@@ -76,6 +80,13 @@ def _train_fold(run: RunFolder, folds: np.ndarray, f: int, k: int, device: str, 
     """Train without fold ``f`` and cache its held-out probabilities as ``detect/crossval/fold{f}.npy``."""
     save_npy(run.fold_probs_path(f), _fold_probs(run, folds, f, k, device, progress))
     run.integrity.seal(run.fold_probs_path(f))
+
+
+def _announce_folds(run: RunFolder, folds: np.ndarray, k: int) -> None:
+    """Say how many folds are still to train (each on the examples outside it) and about how long they take."""
+    pending = [f for f in range(k) if not run.fold_probs_path(f).exists()]
+    announce_trainings(run, "cross-validation", [int((folds != f).sum()) for f in pending], run.config.train.epochs,
+                       done=k - len(pending))
 
 
 def _drop_stale(run: RunFolder, folds: np.ndarray) -> None:

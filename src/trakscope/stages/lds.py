@@ -21,6 +21,7 @@ from ..methods.lds import choose_targets, ci95, lds, mask_hash, model_seed, pred
 from ..progress import progress_bar
 from ..run_folder import TARGET_SPLITS, RunFolder, fingerprint
 from ..train import predict_logits, train_final_model
+from .estimate import announce_trainings
 from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
@@ -51,6 +52,26 @@ def _cached_margins(run: RunFolder, folder: Path, i: int, expect: dict, sizes: d
     return out
 
 
+def _subset_expect(run: RunFolder, mask: np.ndarray, i: int, seed: int, epochs: int | None,
+                   train_fn: TrainFn | None = None) -> dict:
+    """What the cache of subset model ``i`` (kept examples bool ``[n_train]`` ``mask``) must record to be reused."""
+    return {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(run.config),
+            "epochs": _subset_train_config(run, epochs).epochs,
+            **({"recipe": recipe_tag(train_fn)} if train_fn else {})}
+
+
+def _announce_subsets(run: RunFolder, masks: np.ndarray, alpha: float, seed: int, epochs: int | None,
+                      train_fn: TrainFn | None = None) -> None:
+    """Say how many of the subset models (bool ``[k, n_train]`` ``masks``) are still to train, and how long."""
+    folder, dataset = run.lds_subset_dir(alpha, seed, epochs), run.data.dataset()
+    sizes = {split: len(dataset.split(split)) for split in TARGET_SPLITS}
+    pending = [i for i, mask in enumerate(masks)
+               if _cached_margins(run, folder, i, _subset_expect(run, mask, i, seed, epochs, train_fn), sizes) is None]
+    announce_trainings(run, f"LDS subset models (alpha={alpha:g})", [int(masks[i].sum()) for i in pending],
+                       _subset_train_config(run, epochs).epochs, done=len(masks) - len(pending),
+                       recipe=recipe_tag(train_fn))
+
+
 def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float, seed: int,
                          epochs: int | None = None, device: str = "cpu",
                          train_fn: TrainFn | None = None) -> dict[str, np.ndarray]:
@@ -64,8 +85,7 @@ def subset_model_margins(run: RunFolder, mask: np.ndarray, i: int, alpha: float,
     cfg, dataset = run.config, run.data.dataset()
     folder = run.lds_subset_dir(alpha, seed, epochs)
     train_cfg = _subset_train_config(run, epochs)
-    expect = {"mask_sha256": mask_hash(mask), "seed": model_seed(seed, i), "fingerprint": fingerprint(cfg),
-              "epochs": train_cfg.epochs, **({"recipe": recipe_tag(train_fn)} if train_fn else {})}
+    expect = _subset_expect(run, mask, i, seed, epochs, train_fn)
     sizes = {split: len(dataset.split(split)) for split in TARGET_SPLITS}
     cached = _cached_margins(run, folder, i, expect, sizes)
     if cached is not None:
@@ -102,6 +122,9 @@ def subset_margins(run: RunFolder, alpha: float = 0.5, k: int = 20, seed: int = 
     say_recipe(run, "lds", train_fn)
     masks = subset_masks(len(run.data.dataset().train), alpha, k, seed)
     rank, world = dist.rank(), dist.world_size()
+    if rank == 0:
+        _announce_subsets(run, masks, alpha, seed, epochs, train_fn)
+    dist.barrier()  # announced from the cache as it was, before any rank adds to it
     mine = [i for i in range(k) if i % world == rank]  # under torchrun each rank trains its share into the cache
     for i in progress_bar(mine, desc=f"LDS subset models (alpha={alpha:g})", disable=not progress or rank != 0):
         subset_model_margins(run, masks[i], i, alpha, seed, epochs, device, train_fn)

@@ -38,6 +38,7 @@ from ..train import predict_logits, train_final_model
 from .canaries import canary_mask, canary_table, with_true_canary_labels
 from .detect import load_ranking
 from .ensemble import member_logits
+from .estimate import announce_trainings
 from .groups import read_groups
 from .recipe import TrainFn, recipe_tag, say_recipe, user_network
 
@@ -204,6 +205,10 @@ def share_retrains(run: RunFolder, plan: list[tuple[Job, int, np.ndarray]], devi
     pending = [(job, seed, removed, labels) for job, seed, removed, labels in trained
                if not (job.strategy == "full" and ensemble_member(run, seed, train_fn) is not None)
                and cached_retrain(run, job, seed, removed, labels, recipe) is None]
+    n_train = len(run.data.table("train")["index"])
+    announce_trainings(run, "remove and retrain",
+                       [n_train - (0 if labels is not None else len(rows)) for _, _, rows, labels in pending],
+                       run.config.train.epochs, done=len(plan) - len(pending), recipe=recipe)
     dist.barrier()  # every rank has looked at the same cache before any rank adds to it
     mine = pending[dist.rank()::dist.world_size()]
     bar = progress_bar(mine, desc="remove and retrain", disable=not progress)
