@@ -66,6 +66,21 @@ def _copies(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     return one, two
 
 
+def _removed_in_one_process(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Two detected copies of the run, ``one`` with removal done in this process; and the removal arguments."""
+    from trakscope.cli import main
+
+    one, _ = _copies(tiny_run, tmp_path)
+    assert main(["detect", "--run", str(one), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
+    two = tmp_path / "two"
+    shutil.rmtree(two)
+    shutil.copytree(one, two)
+    removal_args = ["--strategies", "random,loss", "--fractions", "0.1", "--seeds", "2", "--no-progress",
+                    "--device", "cpu"]
+    assert main(["removal", "--run", str(one), *removal_args]) == 0
+    return one, two, removal_args
+
+
 def test_torchrun_two_ranks_match_single_process(tiny_run, tmp_path):
     out = tmp_path / "dist"
     _torchrun(["-m", "trakscope"], ["run", "--out", str(out), *TINY_RUN_ARGS])
@@ -111,16 +126,7 @@ def test_detect_folds_shared_out_over_two_ranks_match_one_process(tiny_run, tmp_
 
 def test_removal_retrains_shared_out_over_two_ranks_match_one_process(tiny_run, tmp_path):
     """Four retrains, two per rank; the full-data references stay the ensemble members; a lost retrain is redone."""
-    from trakscope.cli import main
-
-    one, _ = _copies(tiny_run, tmp_path)
-    assert main(["detect", "--run", str(one), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
-    two = tmp_path / "two"
-    shutil.rmtree(two)
-    shutil.copytree(one, two)
-    removal_args = ["--strategies", "random,loss", "--fractions", "0.1", "--seeds", "2", "--no-progress",
-                    "--device", "cpu"]
-    assert main(["removal", "--run", str(one), *removal_args]) == 0
+    one, two, removal_args = _removed_in_one_process(tiny_run, tmp_path)
     trained = _logged_torchrun(tmp_path, ["removal", "--run", str(two), *removal_args])
     assert [len(trained[r]) for r in (0, 1)] == [2, 2] and len(set(trained[0] + trained[1])) == 4
     results = (two / "removal/results.json").read_bytes()
@@ -145,16 +151,7 @@ def test_removal_retrains_shared_out_over_two_ranks_match_one_process(tiny_run, 
 def test_a_rank_killed_mid_way_resumes_on_rerun(tiny_run, tmp_path):
     """Rank 1 dies (SIGKILL-like ``os._exit``) right after its first retrain, before writing it; torchrun stops
     the job. The rerun trains only what no rank wrote, and the results equal one process's."""
-    from trakscope.cli import main
-
-    one, _ = _copies(tiny_run, tmp_path)
-    assert main(["detect", "--run", str(one), "--no-cleanlab", "--no-progress", "--device", "cpu"]) == 0
-    two = tmp_path / "two"
-    shutil.rmtree(two)
-    shutil.copytree(one, two)
-    removal_args = ["--strategies", "random,loss", "--fractions", "0.1", "--seeds", "2", "--no-progress",
-                    "--device", "cpu"]
-    assert main(["removal", "--run", str(one), *removal_args]) == 0
+    one, two, removal_args = _removed_in_one_process(tiny_run, tmp_path)
     script = tmp_path / "dies.py"
     script.write_text(LOGGED_CLI.replace(
         "    return original(*args, keep=keep, seed=seed, **kwargs)",

@@ -12,19 +12,7 @@ import pytest
 from trakscope.attribution.score import gram, regularized_inverse, trak_scores
 from trakscope.methods import scorers
 
-
-def _fit(x: np.ndarray, s: np.ndarray, lam: float, w: np.ndarray | None = None) -> np.ndarray:
-    """``[d]`` weights minimising ``sum_i log(1 + exp(-s_i w.x_i)) + lam/2 |w|^2`` by Newton's method, to machine
-    precision (``x`` ``[n, d]``, ``s`` ``[n]`` +-1 labels)."""
-    w = np.zeros(x.shape[1]) if w is None else w.copy()
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-s * (x @ w)))
-        grad = lam * w - x.T @ (s * (1 - p))
-        step = np.linalg.solve((x * (p * (1 - p))[:, None]).T @ x + lam * np.eye(x.shape[1]), grad)
-        w -= step
-        if np.abs(step).max() < 1e-12:
-            break
-    return w
+from .test_detect import _fit_margin_logistic
 
 
 def _two_models(n: int = 100, d: int = 30, lam: float = 0.1, seed: int = 3) -> dict:
@@ -39,9 +27,10 @@ def _two_models(n: int = 100, d: int = 30, lam: float = 0.1, seed: int = 3) -> d
     maps = [np.c_[raw, np.ones(n)], np.c_[np.tanh(raw @ rng.normal(size=(d, d)) * 2 / np.sqrt(d)), np.ones(n)]]
     out = {"y": y, "lam": lam, "margin": [], "p": [], "phi": [], "drop": []}
     for x in maps:
-        w = _fit(x, s, lam)
+        w = _fit_margin_logistic(x, s, lam)
         margin = s * (x @ w)
-        loo = np.array([s[i] * x[i] @ _fit(np.delete(x, i, 0), np.delete(s, i), lam, w) for i in range(n)])
+        loo = np.array([s[i] * x[i] @ _fit_margin_logistic(np.delete(x, i, 0), np.delete(s, i), lam, w)
+                        for i in range(n)])
         out["margin"].append(margin)
         out["p"].append(1 / (1 + np.exp(-margin)))
         out["phi"].append(s[:, None] * x)
