@@ -32,6 +32,20 @@ SMALL = RunConfig(data=DataConfig(dataset="digits", max_train=200), model=ModelC
 OLD_FINGERPRINTS = {RunConfig(train=TrainConfig(epochs=8)): "003072660a018a5d", SMALL: "35aeba0b53e629b7"}
 
 
+def test_the_canary_kind_counts_only_where_canaries_are_planted():
+    """Without canaries the kind changes nothing: an old folder (kind ``random``, the default then) keeps its
+    fingerprint and compares equal to the same flags today (default ``pairs``); with canaries it is a setting."""
+    from trakscope.config import config_diff
+
+    def with_kind(kind: str, canaries: float) -> RunConfig:
+        return dataclasses.replace(SMALL, data=dataclasses.replace(SMALL.data, canary_kind=kind, canaries=canaries))
+
+    assert fingerprint(with_kind("random", 0.0)) == fingerprint(with_kind("pairs", 0.0)) == OLD_FINGERPRINTS[SMALL]
+    assert config_diff(with_kind("random", 0.0), with_kind("pairs", 0.0)) == []
+    assert fingerprint(with_kind("random", 0.05)) != fingerprint(with_kind("pairs", 0.05))
+    assert config_diff(with_kind("random", 0.05), with_kind("pairs", 0.05)) == ["data.canary_kind: 'random' -> 'pairs'"]
+
+
 def _support(monkeypatch, level: str, why: str = "mocked hardware") -> None:
     monkeypatch.setattr(precision, "bf16_support", lambda device: (level, why))
     monkeypatch.setattr(precision, "_WARNED", set())

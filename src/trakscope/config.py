@@ -377,8 +377,12 @@ def legacy_values() -> dict[tuple[str, str], Any]:
 
 
 def defining_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """:meth:`RunConfig.to_dict` without the runtime fields: what a run folder's results depend on."""
-    skip = runtime_fields()
+    """:meth:`RunConfig.to_dict` without the runtime fields: what a run folder's results depend on.
+
+    ``data.canary_kind`` is left out where no canaries are planted (it changes nothing then), so that a folder made
+    before its default became ``pairs`` keeps its fingerprint and resumes with the same flags.
+    """
+    skip = runtime_fields() | ({("data", "canary_kind")} if cfg.data.canaries == 0 else set())
     return {s: {k: v for k, v in part.items() if (s, k) not in skip} for s, part in cfg.to_dict().items()}
 
 
