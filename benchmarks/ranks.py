@@ -1,7 +1,7 @@
 """What sharing trainings over torchrun ranks buys: ``make demo``'s stages (and ``lds``) with 2 ranks x 1 thread
 against 1 process x 2 threads, on the same machine, one after the other, with their results compared.
 
-    python benchmarks/ranks.py --out benchmarks/ranks.json          # about 2 x 8 min on 2 cores
+    python benchmarks/ranks.py --out benchmarks/ranks.json          # about 2 x 7 min on 2 cores
 
 Each configuration gets its own run folder (``--work``); every stage's wall time is measured around the command,
 and the outputs that must agree (scores, ranking, removal and LDS results) are compared byte for byte. The ratio
@@ -28,7 +28,7 @@ STAGES = (
     ("detect", ["detect", "--run", "{run}", "--folds", "2"]),
     ("removal", ["removal", "--run", "{run}", "--fractions", "0.05", "--seeds", "1",
                  "--strategies", "positive,negative,random"]),
-    ("lds", ["lds", "--run", "{run}", "--models", "8", "--max-targets", "200"]),
+    ("lds", ["lds", "--run", "{run}", "--models", "{lds_models}", "--max-targets", "200"]),
 )
 COMPARED = {  # the outputs that must agree, by what the run folder calls them
     "test scores": lambda run: run.scores_path("test"), "self-influence": lambda run: run.scores_path("self"),
@@ -37,8 +37,8 @@ COMPARED = {  # the outputs that must agree, by what the run folder calls them
 VOLATILE = {"seconds", "wall_s", "created", "timings"}  # keys that hold times, not results
 
 
-def _command(stage_args: list[str], run: Path, ranks: int) -> tuple[list[str], dict]:
-    args = [a.format(run=run) for a in stage_args] + ["--no-progress", "--device", "cpu"]
+def _command(stage_args: list[str], run: Path, ranks: int, lds_models: int) -> tuple[list[str], dict]:
+    args = [a.format(run=run, lds_models=lds_models) for a in stage_args] + ["--no-progress", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": str(2 // ranks)}
     if ranks == 1:
         return [sys.executable, "-m", "trakscope", *args, "--threads", "2"], env
@@ -61,12 +61,12 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(json.dumps(strip(json.loads(path.read_text())), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def configuration(ranks: int, work: Path) -> dict:
+def configuration(ranks: int, work: Path, lds_models: int) -> dict:
     run = work / f"ranks{ranks}"
     shutil.rmtree(run, ignore_errors=True)
     seconds = {}
     for name, stage_args in STAGES:
-        cmd, env = _command(stage_args, run, ranks)
+        cmd, env = _command(stage_args, run, ranks, lds_models)
         start = time.perf_counter()
         with (work / f"ranks{ranks}-{name}.log").open("w") as log:
             subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -81,9 +81,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/ranks"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/ranks.json"))
+    parser.add_argument("--lds-models", type=int, default=4, help="LDS subset models (3 at least)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    one, two = configuration(1, args.work), configuration(2, args.work)
+    one, two = configuration(1, args.work, args.lds_models), configuration(2, args.work, args.lds_models)
     ratios = {s: round(one["seconds"][s] / two["seconds"][s], 2) for s in one["seconds"]}
     same = {p: one["digests"][p] == two["digests"][p] for p in COMPARED}
     doc = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
