@@ -161,9 +161,14 @@ def test_suspects_grid_matches_ranking_csv_and_keep_list_downloads(browser, synt
         p.page.click("#sus-download")
     path = tmp_path / "keep.csv"
     dl.value.save_as(path)
-    kept = [int(r["index"]) for r in read_csv(path)]
+    listed = read_csv(path)
+    kept = [int(r["index"]) for r in listed if r["split"] == "train"]
     dropped = {int(r["index"]) for r in by_loss[:10]}
     assert len(kept) == len(rows) - 10 and not dropped & set(kept)
+    # as `trakscope export`: the validation split carved from the same pool follows, so retraining loses only the drop
+    val = read_csv(run_dir / "data/val.csv")
+    assert [(r["index"], r["source_id"], r["label"]) for r in listed if r["split"] == "val"] == \
+        [(r["index"], r["source_id"], r["label"]) for r in val] and len(listed) == len(kept) + len(val)
     p.assert_clean()
 
 

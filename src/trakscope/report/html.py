@@ -38,7 +38,8 @@ def build_data(run: RunFolder, k: int = DEFAULT_K, inputs: ReportInputs | None =
     A missing or damaged thumbnail, probability, score or ranking file is left out and noted in ``inputs``.
     """
     inputs = inputs if inputs is not None else ReportInputs(run)
-    data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {}}
+    data: dict[str, Any] = {"classes": [str(c) for c in run.classes], "splits": {}, "thumbs": {},
+                            "keep": payload.keep_list_extras(run)}
     for split in ("train", "test"):
         shown_in = ("explorer", "suspects") if split == "train" else ("explorer",)
         probs = inputs.read(shown_in, run.probs_path(split), lambda s=split: run.results.probs(s))

@@ -18,6 +18,7 @@ from ..io import read_csv
 from ..methods import registry
 from ..methods.topk import top_k
 from ..run_folder import RunFolder
+from ..stages.canaries import canary_table
 from .inputs import ReportInputs
 
 
@@ -41,6 +42,20 @@ def split_table(run: RunFolder, split: str, probs: np.ndarray | None = None) -> 
     if probs is not None:
         out["pred"] = probs.argmax(axis=1).tolist()
         out["conf"] = [round(float(p), 3) for p in probs.max(axis=1)]
+    return out
+
+
+def keep_list_extras(run: RunFolder) -> dict[str, Any]:
+    """What the suspects' keep-list download needs beyond the training table to list what ``trakscope export`` does:
+    the canaries (never dropped, kept with their true label) and the validation split carved from the same pool
+    (``split=val``; none for a validation split of the data's own, ``--val-fraction 0``)."""
+    canaries = canary_table(run)
+    out: dict[str, Any] = {"canary": canaries["index"].tolist(), "canary_true": canaries["true_label"].tolist(),
+                           "val": None}
+    if run.config.data.val_fraction > 0:
+        val = run.data.table("val")
+        out["val"] = {"index": val["index"].tolist(), "source_id": [str(s) for s in val["source_id"]],
+                      "label": val["label"].tolist()}
     return out
 
 

@@ -300,12 +300,23 @@
       for (var r = 0; r < Math.min(st.flag, order.length); r++) set.add(order[r]);
       return set;
     }
+    // As `trakscope export` lists it: the training examples not dropped (canaries never are, and keep their true
+    // label), then the validation split carved from the same pool (split=val), so that retraining loses only the drop.
+    var KEEP = D.keep || {}, CANARY = new Map();
+    (KEEP.canary || []).forEach(function (i, j) { CANARY.set(i, KEEP.canary_true[j]); });
+    function dropped(drop) {
+      var out = new Set();
+      drop.forEach(function (i) { if (!CANARY.has(i)) out.add(i); });
+      return out;
+    }
     function download() {
-      var drop = flagged(), lines = ["index,source_id,label"];
+      var drop = dropped(flagged()), lines = ["index,split,source_id,label"], V = KEEP.val;
       for (var i = 0; i < TRAIN.n; i++) {
         if (drop.has(i)) continue;
-        lines.push(i + "," + csvCell(TRAIN.source_id[i]) + "," + TRAIN.label[i]);
+        var label = CANARY.has(i) ? CANARY.get(i) : TRAIN.label[i];
+        lines.push(i + ",train," + csvCell(TRAIN.source_id[i]) + "," + label);
       }
+      if (V) for (var v = 0; v < V.index.length; v++) lines.push(V.index[v] + ",val," + csvCell(V.source_id[v]) + "," + V.label[v]);
       var url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
       var a = el("a");
       a.href = url; a.download = "keep_" + st.scorer.replace(/[^A-Za-z0-9_-]/g, "_") + "_drop" + drop.size + ".csv";
@@ -339,7 +350,9 @@
       info.textContent = (about ? st.scorer + ": " + about + ". " : "") +
         rows.length + " training examples · " + drop.size + " flagged by " + st.scorer +
         (nNoisy ? " (" + noisyFlagged + " of them planted noise, of " + nNoisy + ")" : "") +
-        " · the keep-list holds the other " + (TRAIN.n - drop.size);
+        " · the keep-list holds the other " + (TRAIN.n - dropped(drop).size) + " training examples" +
+        (KEEP.val ? " and the " + KEEP.val.index.length + " validation examples carved from the same pool" : "") +
+        (KEEP.canary && KEEP.canary.length ? " (canaries kept, with their true label)" : "");
       grid.textContent = "";
       var scores = S.score[st.scorer];
       shown.forEach(function (i) {
