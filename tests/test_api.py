@@ -96,13 +96,19 @@ def test_other_settings_are_refused_and_ridge_only_rescores(tmp_path):
     assert (np.asarray(again.self_influence()) < first).all()  # a larger ridge shrinks every self-influence
 
 
-def test_a_checkpoint_subset_and_a_new_ridge_reuse_the_features_and_the_gram(tmp_path):
+def _two_checkpoint_store(path):
+    """The tiny model, its data, two checkpoints of it, and a store featurized on both (30 train, 5 test)."""
     model, x, y = _tiny()
     states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]
-    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
+    trak = TRAK(model, path, proj_dim=16, progress=False)
     for state in states:
         trak.featurize([(x, y)], split="train", checkpoint=state, n=30)
         trak.featurize([(x[:5], y[:5])], split="test", checkpoint=state, n=5)
+    return model, x, y, states, trak
+
+
+def test_a_checkpoint_subset_and_a_new_ridge_reuse_the_features_and_the_gram(tmp_path):
+    model, x, y, states, trak = _two_checkpoint_store(tmp_path / "s")
     full = np.asarray(trak.scores("train", "test")).copy()
     first = np.asarray(trak.scores("train", "test", out=tmp_path / "first.npy", checkpoints=[0]))
     alone = TRAK(model, tmp_path / "alone", proj_dim=16, progress=False)
@@ -186,12 +192,7 @@ def test_scores_view_relative_divides_each_row_by_sqrt_self_influence_of_the_sam
     from trakscope import apply_view
     from trakscope.attribution.views import ViewError
 
-    model, x, y = _tiny()
-    states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]
-    trak = TRAK(model, tmp_path / "s", proj_dim=16, progress=False)
-    for state in states:
-        trak.featurize([(x, y)], split="train", checkpoint=state, n=30)
-        trak.featurize([(x[:5], y[:5])], split="test", checkpoint=state, n=5)
+    model, x, y, states, trak = _two_checkpoint_store(tmp_path / "s")
     raw = np.asarray(trak.scores("train", "test")).copy()
     assert np.array_equal(trak.scores("train", "test", view="raw"), raw)
     for ckpts in (None, [1]):

@@ -276,17 +276,24 @@ def _striped_folder(root: Path, n_train: int, n_test: int) -> Path:
     return root
 
 
+def _through_own_processor(model_dir: Path, folder: Path):
+    """The folder's model, and ``folder``'s images as its own processor prepares them with their labels in its
+    label map: ``(model, pixel_values [n, 3, S, S], labels [n])``."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.ResNetForImageClassification.from_pretrained(model_dir)
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    files = sorted(folder.glob("*/*.png"))
+    x = processor([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
+    y = torch.tensor([model.config.label2id[f.parent.name] for f in files])
+    return model, x, y
+
+
 def _train_with_transformers(model_dir: Path, root: Path, out: Path) -> list[Path]:
     """The user's side: the folder's model trained on ``root/train`` through its own processor, in its own
     (non-alphabetical) label order; two checkpoints of one run saved as safetensors."""
-    transformers = pytest.importorskip("transformers")
     from safetensors.torch import save_file
 
-    model = transformers.ResNetForImageClassification.from_pretrained(model_dir)
-    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    files = sorted((root / "train").glob("*/*.png"))
-    x = processor([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
-    y = torch.tensor([model.config.label2id[f.parent.name] for f in files])
+    model, x, y = _through_own_processor(model_dir, root / "train")
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     saved = []
@@ -304,14 +311,9 @@ def _train_with_transformers(model_dir: Path, root: Path, out: Path) -> list[Pat
 
 def _transformers_accuracy(model_dir: Path, root: Path, checkpoints: list[Path]) -> tuple[list[float], float]:
     """Test accuracy of each checkpoint and of their mean softmax, computed with transformers alone."""
-    transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
-    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    model = transformers.ResNetForImageClassification.from_pretrained(model_dir)
-    files = sorted((root / "test").glob("*/*.png"))
-    x = processor([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
-    y = torch.tensor([model.config.label2id[f.parent.name] for f in files])
+    model, x, y = _through_own_processor(model_dir, root / "test")
     probs = []
     for path in checkpoints:
         model.load_state_dict(load_file(str(path)))
