@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shapes import make_folder
 
 from trakscope.cli import main as cli
 from trakscope.io import load_npy
@@ -79,6 +80,12 @@ CASES: dict[str, dict] = {
                 "--max-test", "300", "--val-fraction", "0.05", "--noise", "0.1", "--epochs", "12", "--batch-size",
                 "16", "--lr", "0.01", "--ensemble", "2", "--proj-dim", "256"],
         "folds": 2, "removal": (ALL, "0.05,0.1")},
+    "shapes": {  # (f) look-alike noise on data other than digits: generated shapes (benchmarks/shapes.py) at 32 px,
+        # whose look-alike classes (disc/ring, square/frame, cross/X, bars across/down) are where the flips go
+        "what": "(f) look-alike noise on generated shapes (not digits; 15% of all labels): timm:test_resnet, 600 "
+                "train, 32 px, 8 epochs, augmented",
+        "shapes": (700, 500), "run": [*SMALL, "--image-size", "32", "--noise", "0.15", "--noise-kind", "lookalike"],
+        "folds": 3, "removal": (ALL, "0.05,0.1")},
 }
 # Every case runs once per canary kind (the first also gets removal): which canaries predict planted-noise recall?
 CANARY_KINDS = ("pairs", "nearest", "random")
@@ -118,9 +125,18 @@ def extras(run: RunFolder) -> dict:
     return out
 
 
+def run_flags(case: dict, folder: Path) -> list[str]:
+    """The case's run flags; a case on generated shapes also gets its image folder, written once beside ``folder``."""
+    if "shapes" not in case:
+        return case["run"]
+    n_train, n_test = case["shapes"]
+    root = make_folder(folder.parent / f"shapes_{n_train}_{n_test}", n_train, n_test, 32)
+    return [*case["run"], "--dataset", "imagefolder", "--data-root", str(root)]
+
+
 def run_and_detect(folder: Path, case: dict, canary_kind: str) -> RunFolder:
     """``trakscope run`` with this case's flags and canaries of ``canary_kind``, then ``detect``."""
-    assert cli(["run", "--out", str(folder), *BASE, "--canary-kind", canary_kind, *case["run"]]) == 0
+    assert cli(["run", "--out", str(folder), *BASE, "--canary-kind", canary_kind, *run_flags(case, folder)]) == 0
     folds = ["--no-cleanlab"] if case["folds"] is None else ["--folds", str(case["folds"])]
     assert cli(["detect", "--run", str(folder), *folds, "--no-progress"]) == 0
     return RunFolder(folder)

@@ -18,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from regimes import BASE, CASES, strategy_for, versus_random
+from regimes import BASE, CASES, run_flags, strategy_for, versus_random
 
 from trakscope.cli import main as cli
 from trakscope.report.tables import relabel_table, removal_table, suggestion_table
@@ -31,7 +31,7 @@ def run_case(name: str, case: dict, work: Path, seeds: int) -> dict:
     """Run, detect and remove/relabel/random-retrain one case; its metrics and removal results."""
     t0 = time.perf_counter()
     folder = work / name
-    assert cli(["run", "--out", str(folder), *BASE, "--canary-kind", "random", *case["run"]]) == 0
+    assert cli(["run", "--out", str(folder), *BASE, "--canary-kind", "random", *run_flags(case, folder)]) == 0
     assert cli(["detect", "--run", str(folder), "--folds", str(case["folds"] or 2), "--no-progress"]) == 0
     run = RunFolder(folder)
     metrics = json.loads(run.detect_metrics_path.read_text())
