@@ -80,6 +80,12 @@ def floor_seconds(run_dir: Path, device: str = "cpu") -> dict:
     return {"s_per_example_checkpoint": per, "rows": rows, "checkpoints": len(checkpoints)}
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What a size's results depend on besides N: a results file is resumed only under the same settings."""
+    return {k: getattr(args, k) for k in ("image_size", "model", "weights", "epochs", "ensemble",
+                                          "checkpoints_per_model", "folds", "lds_models", "device")}
+
+
 def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
     """The whole pipeline at ``n`` training examples; per stage seconds, peak RSS, disk after it."""
     data = make_folder(work / f"data_{n}_{args.image_size}", n + n // 10, max(200, n // 10), args.image_size)
@@ -90,16 +96,19 @@ def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
     stages = {
         "run": ["run", "--out", str(run), "--dataset", "imagefolder", "--data-root", str(data), "--model", args.model,
                 "--weights", args.weights, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-                "--ensemble", "2", "--val-fraction", str(1 / 11), *common],
-        "detect": ["detect", "--run", str(run), "--folds", "2", *common],
+                "--ensemble", str(args.ensemble), "--checkpoints-per-model", str(args.checkpoints_per_model),
+                "--val-fraction", str(1 / 11), *common],
+        "detect": ["detect", "--run", str(run), "--folds", str(args.folds), *common],
         "removal": ["removal", "--run", str(run), "--fractions", "0.05", "--seeds", "1", "--strategies", "positive",
                     *common],
         "lds": ["lds", "--run", str(run), "--models", str(args.lds_models), "--max-targets", "200", *common],
     }
-    out: dict = {"n_train": n, "image_size": args.image_size, "model": args.model, "stages": {}}
+    out: dict = {"n_train": n, **settings(args), "stages": {}}
     for name, stage_args in stages.items():
+        load_before = os.getloadavg()[0]
         result = run_stage(stage_args, log)
         result["disk_mb"] = round(disk_bytes(run) / 2**20, 1)
+        result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
         out["stages"][name] = result
         print(f"scale: N={n} {args.image_size}px {name}: {result}", file=sys.stderr, flush=True)
         if result["rc"] != 0:
@@ -111,6 +120,23 @@ def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
     out["floor"] = {**floor, "seconds": round(floor["s_per_example_checkpoint"] * work_units, 2)}
     out["featurize_over_floor"] = round(timings["featurize"] / out["floor"]["seconds"], 3)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is empty on Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def finished(doc: dict, n: int, args: argparse.Namespace) -> dict | None:
+    """A size already measured under the same settings with every stage done, or None."""
+    for r in doc.get("results", []):
+        same = all(r.get(k) == v for k, v in settings(args).items())
+        if r["n_train"] == n and same and "featurize_over_floor" in r:
+            return r
+    return None
 
 
 def fit(results: list[dict]) -> dict[str, dict]:
@@ -158,8 +184,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--model", default="resnet18", help="a trakscope model name (built-in, hf:, timm:, ...)")
     parser.add_argument("--weights", default="random", help="random or imagenet")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lds-models", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--ensemble", type=int, default=2, help="independently seeded models")
+    parser.add_argument("--checkpoints-per-model", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=2, help="detect's cross-validation folds")
+    parser.add_argument("--lds-models", type=int, default=3, help="subset models (lds needs at least 3)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("runs/scale"), help="generated data and run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
@@ -170,11 +199,13 @@ def main() -> None:
         chart(args.chart, args.png)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": cpu_model(),
+               "affinity": sorted(os.sched_getaffinity(0)), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: list[dict] = []
     start = time.perf_counter()
     for n in (int(s) for s in args.sizes.split(",")):
-        results.append(pipeline(n, args, args.work))
+        results.append(finished(previous, n, args) or pipeline(n, args, args.work))  # a rerun resumes
         doc = {"machine": machine, "command": " ".join(sys.argv), "results": results, "fit": fit(results),
                "wall_s": round(time.perf_counter() - start)}
         args.out.write_text(json.dumps(doc, indent=1))  # what is done so far survives an interruption
