@@ -67,6 +67,17 @@ def test_dict_batches_and_logits_objects_are_accepted(tmp_path):
     np.testing.assert_allclose(wrapped.self_influence(), plain.self_influence(), rtol=1e-4, atol=1e-7)
 
 
+def test_a_checkpoint_saved_from_a_ddp_or_compiled_wrapper_loads_as_the_same_checkpoint(tmp_path):
+    model, x, y = _tiny()
+    state = {k: v + 0.05 for k, v in model.state_dict().items()}
+    wrapped = {f"module._orig_mod.{k}": v for k, v in state.items()}  # DistributedDataParallel around torch.compile
+    plain = TRAK(model, tmp_path / "a", proj_dim=16, progress=False)
+    plain.featurize([(x, y)], split="train", checkpoint=state, n=30)
+    again = TRAK(model, tmp_path / "b", proj_dim=16, progress=False)
+    again.featurize([(x, y)], split="train", checkpoint=wrapped, n=30)
+    np.testing.assert_array_equal(again.self_influence(), plain.self_influence())
+
+
 def test_every_checkpoint_counts_and_missing_splits_are_named(tmp_path):
     model, x, y = _tiny()
     states = [{k: v + 0.05 * i for k, v in model.state_dict().items()} for i in range(2)]

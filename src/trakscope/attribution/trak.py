@@ -34,7 +34,7 @@ from .. import dist
 from ..config import TrakConfig
 from ..io import read_json, save_npy
 from ..models.calling import Inputs, inputs_to
-from ..models.weights import read_state_file
+from ..models.weights import read_state_file, unwrapped
 from ..precision import featurize_precision, memory_format, to_memory_format
 from .featurize import IndexedBatch, RowCount, check_fixed_order, featurize_into, numbered
 from .kronecker import KroneckerProjector, widened_k
@@ -187,7 +187,8 @@ class TRAK:
         the store. The model stays so: :meth:`featurize` and :meth:`features` put the user's model back."""
         if checkpoint is not None:
             state = read_state_file(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-            self.model.load_state_dict(state, strict=True)
+            # a state saved from DistributedDataParallel or torch.compile: its wrapper's prefix off, as `run` does
+            self.model.load_state_dict(unwrapped(state, self.model.state_dict()), strict=True)
         self.model.eval()
         digest = state_digest(self.model.state_dict())
         if dist.world_size() > 1 and checkpoint_id is None:
