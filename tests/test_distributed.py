@@ -86,6 +86,9 @@ def test_torchrun_two_ranks_match_single_process(tiny_run, tmp_path):
     _torchrun(["-m", "trakscope"], ["run", "--out", str(out), *TINY_RUN_ARGS])
     for name in ("test", "val", "self"):
         assert np.array_equal(np.load(out / "scores" / f"{name}.npy"), np.load(tiny_run / "scores" / f"{name}.npy"))
+    # the ensemble's training was shared by 2 ranks: the estimates read one process's speed from it
+    assert json.loads((out / "models" / "metrics.json").read_text())["train_ranks"] == 2
+    assert "train_ranks" not in json.loads((tiny_run / "models" / "metrics.json").read_text())
 
 
 def test_lds_subset_models_shared_out_over_two_ranks_match_one_process(tiny_run, tmp_path):

@@ -27,6 +27,11 @@ def test_speed_and_estimate_are_exact_on_a_fake_timings_record():
     timings = {"data": 1.0, "train": 12.0, "featurize": 30.0}  # 2 members x 6 epochs x 200 examples in 12 s
     speed = seconds_per_example_epoch(timings, members=2, epochs=6, n_train=200, imported=False)
     assert speed == pytest.approx(12.0 / 2400)
+    # an ensemble trained by 2 torchrun ranks: its 12 s were each rank's half, one process would take 24 s
+    assert seconds_per_example_epoch(timings, members=2, epochs=6, n_train=200, imported=False,
+                                     ranks=2) == pytest.approx(24.0 / 2400)
+    assert seconds_per_example_epoch(timings, members=2, epochs=6, n_train=200, imported=False,
+                                     ranks=4) == pytest.approx(24.0 / 2400)  # 2 members: 2 ranks worked
     assert estimate_seconds([100, 150], 8, speed) == pytest.approx(10.0)  # 250 example x 8 epochs x 5 ms
     assert estimate_seconds([100, 150], 8, speed, world=2) == pytest.approx(5.0)  # two ranks share two trainings
     assert estimate_seconds([100], 8, speed, world=4) == pytest.approx(4.0)  # one training: one rank works

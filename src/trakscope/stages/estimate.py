@@ -7,8 +7,8 @@ whose ``timings.json`` has no ``train`` time) the line says so instead of guessi
 are shared by the ranks, so the wall time is the total divided by the ranks that share them.
 
 The speed includes what the ``train`` stage does besides the optimiser steps (data loading, the ensemble's
-predictions on every split), as each retrain also loads data and predicts; it is measured on the ranks that
-trained the ensemble, so an ensemble trained under torchrun makes the estimate of a single process too short.
+predictions on every split), as each retrain also loads data and predicts. An ensemble trained under torchrun
+records how many ranks shared its members (``models/metrics.json``'s ``train_ranks``): the speed is one process's.
 """
 
 from __future__ import annotations
@@ -16,21 +16,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .. import dist
+from ..io import read_json
 from ..run_folder import RunFolder
 
 
 def seconds_per_example_epoch(timings: Mapping[str, object], *, members: int, epochs: int, n_train: int,
-                              imported: bool) -> float | None:
-    """Measured seconds per training example per epoch: ``timings["train"] / (members * epochs * n_train)``.
+                              imported: bool, ranks: int = 1) -> float | None:
+    """Measured seconds per training example per epoch of one process:
+    ``timings["train"] * min(ranks, members) / (members * epochs * n_train)``.
 
-    None where nothing was measured: imported checkpoints (their ``train`` time is the import), no positive
-    ``train`` time in ``timings`` (an older folder, a damaged ``timings.json``), or no example-epochs.
+    ``ranks``: the torchrun ranks that shared the ensemble's members (``models/metrics.json``'s ``train_ranks``),
+    whose wall time covers only their share. None where nothing was measured: imported checkpoints (their ``train``
+    time is the import), no positive ``train`` time in ``timings`` (an older folder, a damaged ``timings.json``),
+    or no example-epochs.
     """
     seconds = timings.get("train")
     work = members * epochs * n_train
     if imported or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0 or work <= 0:
         return None
-    return float(seconds) / work
+    return float(seconds) * min(max(ranks, 1), members) / work
 
 
 def estimate_seconds(examples: Sequence[int], epochs: int, speed: float | None, world: int = 1) -> float | None:
@@ -87,6 +91,15 @@ def _no_speed(imported: bool, recipe: str | None) -> str:
     return "timings.json records no `train` time (a folder from an older trakscope, or a damaged timings.json)"
 
 
+def training_ranks(run: RunFolder) -> int:
+    """The torchrun ranks that trained the ensemble (``models/metrics.json``'s ``train_ranks``; 1 where it says
+    none: one process, an older folder, or no readable metrics)."""
+    if not run.metrics_path.exists() or run.integrity.damaged(run.metrics_path):
+        return 1
+    ranks = read_json(run.metrics_path).get("train_ranks", 1)
+    return ranks if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks > 0 else 1
+
+
 def announce_trainings(run: RunFolder, what: str, examples: Sequence[int], epochs: int, done: int,
                        recipe: str | None = None) -> str:
     """Print (rank 0) and return :func:`plan_line` for ``run``, at the speed its ensemble's training measured.
@@ -97,7 +110,8 @@ def announce_trainings(run: RunFolder, what: str, examples: Sequence[int], epoch
     cfg = run.config
     imported = bool(cfg.model.checkpoints)
     speed = seconds_per_example_epoch(run.results.timings(), members=cfg.train.ensemble, epochs=cfg.train.epochs,
-                                      n_train=len(run.data.dataset().train), imported=imported)
+                                      n_train=len(run.data.dataset().train), imported=imported,
+                                      ranks=training_ranks(run))
     line = plan_line(what, examples, epochs, done, speed, dist.world_size(), imported, recipe)
     if dist.rank() == 0:
         print(line, flush=True)

@@ -168,7 +168,8 @@ def ensemble_metrics(run: RunFolder, rt: Runtime) -> None:
     for name in SPLITS:
         save_npy(run.probs_path(name), probs[name].astype(np.float32))
     run.integrity.seal(*(run.probs_path(name) for name in SPLITS))
-    run.results.write(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble})
+    shared = {"train_ranks": dist.world_size()} if dist.world_size() > 1 else {}  # what timings' train was shared by
+    run.results.write(run.metrics_path, "model_metrics", {"models": models, "ensemble": ensemble, **shared})
     warning = None if cfg.model.checkpoints else chance_warning(ensemble["val_acc"], dataset.val.true_labels)
     if warning:
         print(f"trakscope: warning: {warning}", file=sys.stderr)
