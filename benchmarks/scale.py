@@ -139,11 +139,22 @@ def finished(doc: dict, n: int, args: argparse.Namespace) -> dict | None:
     return None
 
 
+STAGE_PARTS = ("train", "featurize", "score", "detect", "removal", "lds")  # run = train + featurize + score (+ data)
+
+
+def part_seconds(r: dict) -> dict[str, float]:
+    """One result's seconds per stage, ``run`` split into its parts (timings.json), the others wall time."""
+    t = r["timings"]
+    return {"train": t["train"], "featurize": t["featurize"], "score": t["score"],
+            **{k: r["stages"][k]["seconds"] for k in ("detect", "removal", "lds")}}
+
+
 def fit(results: list[dict]) -> dict[str, dict]:
-    """Per stage, seconds = a * N^b fitted in log-log over the sizes, and seconds per example at each size."""
+    """Per stage part, seconds = a * N^b fitted in log-log over the sizes, and ms per training example at each."""
+    done = sorted((r for r in results if "timings" in r), key=lambda r: r["n_train"])
     out = {}
-    for stage in ("run", "detect", "removal", "lds"):
-        pts = [(r["n_train"], r["stages"][stage]["seconds"]) for r in results if stage in r["stages"]]
+    for stage in STAGE_PARTS:
+        pts = [(r["n_train"], part_seconds(r)[stage]) for r in done]
         if len(pts) >= 2:
             b, log_a = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
             out[stage] = {"exponent": round(float(b), 3), "a": float(math.exp(log_a)),
@@ -151,28 +162,54 @@ def fit(results: list[dict]) -> dict[str, dict]:
     return out
 
 
+def table(doc: dict) -> str:
+    """Markdown: per size, each part's seconds and ms per training example, peak RSS, disk, featurize / floor."""
+    head = ["N", *STAGE_PARTS, "total (s)", "peak RSS (MB)", "disk (MB)", "featurize / fwd+bwd"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted((r for r in doc["results"] if "timings" in r), key=lambda r: r["n_train"]):
+        parts, n = part_seconds(r), r["n_train"]
+        cells = [f"{parts[k]:,.0f} s ({1000 * parts[k] / n:.1f} ms)" for k in STAGE_PARTS]
+        rss = max(v["peak_rss_mb"] for v in r["stages"].values())
+        disk = max(v["disk_mb"] for v in r["stages"].values())
+        total = sum(v["seconds"] for v in r["stages"].values())
+        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {total:,.0f} | {rss:,} | {disk:,.0f} | "
+                     f"{r['featurize_over_floor']:.2f} |")
+    return "\n".join(lines)
+
+
 def chart(files: list[Path], png: Path) -> None:
-    """Seconds per stage against N (log-log), one panel per results file; featurize/floor printed in the title."""
+    """Per results file: seconds per stage part against N (log-log) above, and where each N's time goes (share of
+    the total per part) below; featurize / floor in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(files), figsize=(5.5 * len(files), 4), squeeze=False)
-    for ax, path in zip(axes[0], files):
+    fig, axes = plt.subplots(2, len(files), figsize=(5.8 * len(files), 7.6), squeeze=False)
+    colours = dict(zip(STAGE_PARTS, plt.get_cmap("tab10").colors))
+    for col, path in enumerate(files):
         doc = json.loads(path.read_text())
-        results = doc["results"]
-        for stage in ("run", "detect", "removal", "lds"):
-            pts = [(r["n_train"], r["stages"][stage]["seconds"]) for r in results if stage in r["stages"]]
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=stage)
-        ratios = ", ".join(f"{r['featurize_over_floor']:.2f}" for r in results if "featurize_over_floor" in r)
+        results = sorted((r for r in doc["results"] if "timings" in r), key=lambda r: r["n_train"])
+        ns = [r["n_train"] for r in results]
+        top, bottom = axes[0][col], axes[1][col]
+        for stage in STAGE_PARTS:
+            top.loglog(ns, [part_seconds(r)[stage] for r in results], marker="o", label=stage, color=colours[stage])
+        ratios = ", ".join(f"{r['featurize_over_floor']:.2f}" for r in results)
         r0 = results[0]
-        ax.set_title(f"{r0['model']} at {r0['image_size']} px\nfeaturize / fwd+bwd: {ratios}", fontsize=10)
-        ax.set_xlabel("training examples N")
-        ax.set_ylabel("wall time (s)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"trakscope stage cost vs dataset size ({doc['machine']['cpus']} CPUs)", fontsize=11)
+        top.set_title(f"{r0['model']} at {r0['image_size']} px, {r0['ensemble']} models x {r0['epochs']} epochs\n"
+                      f"featurize / plain fwd+bwd: {ratios}", fontsize=10)
+        top.set(xlabel="training examples N", ylabel="wall time (s)")
+        top.grid(True, which="both", alpha=0.3)
+        top.legend(fontsize=8, ncol=2)
+        left = np.zeros(len(results))
+        for stage in STAGE_PARTS:
+            share = np.array([part_seconds(r)[stage] / sum(part_seconds(r).values()) for r in results])
+            bottom.barh([f"N={n:,}" for n in ns], share, left=left, color=colours[stage], label=stage)
+            left += share
+        bottom.set(xlabel="share of the pipeline's time", xlim=(0, 1), title="where the time goes")
+    fig.suptitle(f"trakscope stage cost vs dataset size ({doc['machine'].get('processor', '')}, "
+                 f"{len(doc['machine'].get('affinity', [])) or doc['machine']['cpus']} core, one torch thread)",
+                 fontsize=11)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
@@ -192,11 +229,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=Path("runs/scale"), help="generated data and run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
-    parser.add_argument("--chart", type=Path, nargs="*", help="only draw the chart from these results files")
+    parser.add_argument("--chart", type=Path, nargs="*",
+                        help="only draw the chart from these results files and print their tables")
     parser.add_argument("--png", type=Path, default=Path("docs/scale.png"))
     args = parser.parse_args()
     if args.chart:
         chart(args.chart, args.png)
+        for path in args.chart:
+            print(f"{path}:\n{table(json.loads(path.read_text()))}\n")
         return
     args.work.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": cpu_model(),
