@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -127,29 +129,48 @@ def train_model(
     for epoch in bar:
         model.train()
         order = keep[torch.randperm(len(keep), generator=gen).numpy()]
-        correct = seen = 0
-        for idx, x in iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers, merge_short=True):
-            if train_cfg.augment:
-                x = random_crop(x, 2, gen)
-            x, y = to_memory_format(x.to(device), fmt), labels[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, train_cfg.lr)
-            with autocast(precision, device):  # bf16: the forward pass only; the loss and the weights stay fp32
-                logits = call_model(model, x)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if margins is not None:
-                margins.update(idx, logits, y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        bar.set_postfix(loss=f"{loss.item():.3f}", train_acc=f"{correct / seen:.3f}")
+        batches = iter_batches(train.images, order, train_cfg.batch_size, train_cfg.num_workers, merge_short=True)
+        step, loss, train_acc = _train_epoch(model, opt, batches, labels, _Steps(step, total, train_cfg.lr),
+                                             train_cfg.augment, gen, device, fmt, precision, margins)
+        bar.set_postfix(loss=f"{loss:.3f}", train_acc=f"{train_acc:.3f}")
         if epoch in keep_at:
             checkpoints.append({k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                                 for k, v in model.state_dict().items()})
     return checkpoints
+
+
+class _Steps(NamedTuple):
+    """Where the learning-rate schedule stands: ``done`` optimiser steps of ``total``, peak rate ``lr``."""
+
+    done: int
+    total: int
+    lr: float
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterable[tuple[np.ndarray, torch.Tensor]],
+                 labels: torch.Tensor, steps: _Steps, augment: bool, gen: torch.Generator, device: torch.device | str,
+                 fmt: torch.memory_format, precision: str, margins: MarginRecorder | None) -> tuple[int, float, float]:
+    """One epoch of SGD over ``batches`` (``(indices, images)`` pairs); returns the steps done so far in the
+    schedule, the last batch's loss and the epoch's training accuracy."""
+    step, correct, seen = steps.done, 0, 0
+    for idx, x in batches:
+        if augment:
+            x = random_crop(x, 2, gen)
+        x, y = to_memory_format(x.to(device), fmt), labels[idx].to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps.total, steps.lr)
+        with autocast(precision, device):  # bf16: the forward pass only; the loss and the weights stay fp32
+            logits = call_model(model, x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if margins is not None:
+            margins.update(idx, logits, y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+    return step, loss.item(), correct / seen
 
 
 def load_trained(model_cfg: ModelConfig, num_classes: int, state_dict: dict[str, torch.Tensor],
