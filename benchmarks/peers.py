@@ -8,6 +8,7 @@ Settings a peer leaves to the user (a damping) are chosen on the **val** targets
     python benchmarks/peers.py --out /tmp/peers/run_i                      # case (i): tiny_cnn, 1,000 MNIST
     python benchmarks/peers.py --out /tmp/peers/run_i --methods kronfluence_ekfac   # some methods (cached rows reused)
     python benchmarks/peers.py --out /tmp/peers/run_i --work /tmp/peers/traj --trajectory  # model 0's 4 checkpoints
+    python benchmarks/peers.py --out /tmp/peers/run_i --random-model  # the same on a re-initialised model (views.py)
 
 Wall time is split into ``fit`` (everything that depends on the training set only: featurizing it, factors,
 kernels) and ``targets`` (featurizing and scoring the val + test targets); peak memory is the worker's

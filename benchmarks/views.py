@@ -13,10 +13,12 @@ For a run folder (``trakscope run``; the demo's is ``make demo``'s ``runs/demo``
 
 A benchmark-only view, ``cosine`` (the cosine of projected gradients, mean over checkpoints, read from the run's
 feature store), is measured beside them. ``--peers WORK`` adds the rows of ``benchmarks/peers.py``'s score
-matrices (their raw scores; val targets are their first ``n_val`` columns).
+matrices (their raw scores; val targets are their first ``n_val`` columns), and ``--peers-random WORK`` their
+randomisation check against the same methods rerun by ``peers.py --random-model``.
 
     PYTHONPATH=src python benchmarks/views.py --run runs/demo --work /tmp/views --lds-models 20
-    PYTHONPATH=src python benchmarks/views.py --run /tmp/peers/run_i --work /tmp/views_i --peers /tmp/peers/run_i_peers
+    PYTHONPATH=src python benchmarks/views.py --run /tmp/peers/run_i --work /tmp/views_i \
+        --peers /tmp/peers/run_i_peers --peers-random /tmp/peers/run_i_peers_random
 """
 
 from __future__ import annotations
