@@ -8,6 +8,7 @@ Settings a peer leaves to the user (a damping) are chosen on the **val** targets
     python benchmarks/peers.py --out /tmp/peers/run_i                      # case (i): tiny_cnn, 1,000 MNIST
     python benchmarks/peers.py --out /tmp/peers/run_i --methods kronfluence_ekfac   # some methods (cached rows reused)
     python benchmarks/peers.py --out /tmp/peers/run_i --work /tmp/peers/traj --trajectory  # model 0's 4 checkpoints
+    python benchmarks/peers.py --out /tmp/peers/run_i --random-model  # the same on a re-initialised model (views.py)
 
 Wall time is split into ``fit`` (everything that depends on the training set only: featurizing it, factors,
 kernels) and ``targets`` (featurizing and scoring the val + test targets); peak memory is the worker's
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import views
 
 from trakscope.io import load_npy, save_npy, write_json
 from trakscope.methods.lds import ci95, lds, predicted_outputs
@@ -78,11 +80,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dattri-batch", type=int, default=64,
                    help="batch of dattri's vmapped per-example gradients (each batch holds batch x parameters floats)")
     p.add_argument("--redo", action="store_true", help="recompute rows whose scores are cached")
+    p.add_argument("--random-model", action="store_true",
+                   help="the model-randomisation check: every method gets the re-initialised model (views.py's, "
+                        "seed 42) in place of each of its checkpoints; work folder <out>_peers_random by default")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     case = p.parse_known_args()[0].case
     p.set_defaults(**CASES[case])
     args = p.parse_args()
-    args.work = args.work or args.out.parent / f"{args.out.name}_peers"
+    args.work = args.work or args.out.parent / f"{args.out.name}_peers{'_random' if args.random_model else ''}"
     return args
 
 
@@ -113,7 +118,8 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64):
 class Work:
     """What a worker needs: the model, the checkpoints' state dicts, train and target tensors (val then test)."""
 
-    def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False, all_checkpoints: bool = False):
+    def __init__(self, run: RunFolder, n_models: int, trajectory: bool = False, all_checkpoints: bool = False,
+                 random_model: bool = False):
         from trakscope.io import load_tensors
         from trakscope.models import build_model
         from trakscope.train import architecture_only
@@ -122,6 +128,8 @@ class Work:
         self.paths = run.checkpoint_paths() if all_checkpoints else final_checkpoints(run, n_models, trajectory)
         self.trajectory = trajectory
         self.states = [load_tensors(p) for p in self.paths]  # as files: the folder may predate newer config fields
+        if random_model:  # the randomisation check: each checkpoint re-initialised alike (views.random_model)
+            self.states = [dict(views.random_model(run).state_dict())] * len(self.paths)
         self.model = build_model(architecture_only(run.config.model), len(ds.classes))
         self.model.load_state_dict(self.states[0])
         self.model.eval()
@@ -441,7 +449,7 @@ def run_worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     # <method>_all_ckpts: the method given every checkpoint of the run (trakscope's default: members x trajectory)
     all_ckpts = name.endswith("_all_ckpts")
-    w = Work(run, args.use_models, args.trajectory, all_checkpoints=all_ckpts)
+    w = Work(run, args.use_models, args.trajectory, all_checkpoints=all_ckpts, random_model=args.random_model)
     w.dattri_batch = args.dattri_batch
     subset = w.restrict(args.subset) if name in args.subset_methods.split(",") else None
     load_s = time.perf_counter() - t0
@@ -502,7 +510,8 @@ def spawn(args: argparse.Namespace, name: str) -> dict | None:
            "--worker", name, "--use-models", str(args.use_models), "--threads", str(args.threads),
            "--models", str(args.models), "--alpha", str(args.alpha), "--subset", str(args.subset),
            "--dattri-batch", str(args.dattri_batch),
-           "--subset-methods", args.subset_methods] + (["--trajectory"] if args.trajectory else [])
+           "--subset-methods", args.subset_methods] + (["--trajectory"] if args.trajectory else []) + (
+               ["--random-model"] if args.random_model else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     print(f"[{name}] ...", flush=True)
     t0 = time.perf_counter()

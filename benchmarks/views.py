@@ -13,10 +13,12 @@ For a run folder (``trakscope run``; the demo's is ``make demo``'s ``runs/demo``
 
 A benchmark-only view, ``cosine`` (the cosine of projected gradients, mean over checkpoints, read from the run's
 feature store), is measured beside them. ``--peers WORK`` adds the rows of ``benchmarks/peers.py``'s score
-matrices (their raw scores; val targets are their first ``n_val`` columns).
+matrices (their raw scores; val targets are their first ``n_val`` columns), and ``--peers-random WORK`` their
+randomisation check against the same methods rerun by ``peers.py --random-model``.
 
     PYTHONPATH=src python benchmarks/views.py --run runs/demo --work /tmp/views --lds-models 20
-    PYTHONPATH=src python benchmarks/views.py --run /tmp/peers/run_i --work /tmp/views_i --peers /tmp/peers/run_i_peers
+    PYTHONPATH=src python benchmarks/views.py --run /tmp/peers/run_i --work /tmp/views_i \
+        --peers /tmp/peers/run_i_peers --peers-random /tmp/peers/run_i_peers_random
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from trakscope.methods.checks import class_detection, randomisation_correlation,
 from trakscope.methods.lds import ci95, lds, predicted_outputs
 from trakscope.run_folder import RunFolder
 
+RANDOM_SEED = 42  # quanda's ModelRandomizationMetric default; it re-seeds before every checkpoint, so all are alike
 SANITY_MAX = 0.5  # a view whose scores correlate above this with a random model's fails the randomisation check
 
 
@@ -43,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="the re-initialised model's TRAK store and the results")
     p.add_argument("--lds-models", type=int, default=20, help="LDS subset models (0: no LDS)")
     p.add_argument("--peers", type=Path, default=None, help="benchmarks/peers.py work folder: check its matrices too")
+    p.add_argument("--peers-random", type=Path, default=None,
+                   help="benchmarks/peers.py --random-model work folder: the peers' randomisation check")
     p.add_argument("--random-splits", default="val,test",
                    help="target splits of the model-randomisation check (empty: skip it)")
     p.add_argument("--no-cosine", action="store_true", help="skip the benchmark-only cosine view")
@@ -66,6 +71,20 @@ def cosine_scores(store_root: Path, split: str) -> np.ndarray:
     return (total / len(ids)).astype(np.float32)
 
 
+def random_model(run: RunFolder, seed: int = RANDOM_SEED):
+    """The run's architecture with every parameter freshly initialised by its builder under ``seed`` (eval mode):
+    the re-initialised model of the randomisation check, for trakscope's rows and (``peers.py --random-model``,
+    one copy per checkpoint) the peers'."""
+    import torch  # only this check needs a model
+
+    from trakscope.models import build_model
+    from trakscope.train import architecture_only
+
+    n_classes = len(run.data.dataset().classes)
+    torch.manual_seed(seed)
+    return build_model(architecture_only(run.config.model), n_classes).eval()
+
+
 def random_model_scores(run: RunFolder, work: Path, targets: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Raw scores ``{target split: matrix, "self": ...}`` of a re-initialised model (same architecture and TRAK
     settings), cached in ``work`` (its store resumes an interrupted featurization)."""
@@ -76,12 +95,9 @@ def random_model_scores(run: RunFolder, work: Path, targets: tuple[str, ...]) ->
 
     from trakscope import TRAK
     from trakscope.data import iter_batches
-    from trakscope.models import build_model
-    from trakscope.train import architecture_only
 
-    torch.manual_seed(42)  # quanda's default seed; every parameter freshly initialised by the builder
     ds, cfg = run.data.dataset(), run.config
-    model = build_model(architecture_only(cfg.model), len(ds.classes)).eval()
+    model = random_model(run)
     t = cfg.trak
     trak = TRAK(model, work / "store", projector=t.projector, proj_dim=t.proj_dim, kron_k=t.kron_k,
                 proj_type=t.proj_type, ridge=t.ridge, seed=t.seed, progress=True)
@@ -139,21 +155,30 @@ def choose_view(val_rows: dict[str, dict]) -> str:
 
 
 # --- peers ----------------------------------------------------------------------------------------
-def peer_rows(run: RunFolder, peers: Path, labels: dict, lds_data: dict) -> list[dict]:
-    """The checks of every peer matrix in a peers.py work folder (val and test), raw scores as the peer gave them."""
+def peer_rows(peers: Path, labels: dict, lds_data: dict, peers_random: Path | None = None) -> list[dict]:
+    """The checks of every peer matrix in a peers.py work folder (val and test), raw scores as the peer gave them;
+    with ``peers_random`` (a ``peers.py --random-model`` work folder), their randomisation correlation against the
+    same method and variant there (none where that folder lacks it)."""
     rows = []
     for rec_path in sorted(peers.glob("record_*.json")):
         rec = json.loads(rec_path.read_text())
         if rec.get("subset") or rec["method"] == "baseline":
             continue
+        random = _peer_random_files(peers_random, rec_path.name)
         for variant, fname in rec["variants"].items():
             s, n_val = load_npy(peers / fname), rec["n_val"]
+            r = load_npy(peers_random / random[variant]) if variant in random else None
             for split, cols in (("val", slice(0, n_val)), ("test", slice(n_val, None))):
-                m = np.asarray(s[:, cols])
                 rows.append({"method": rec["method"], "variant": variant, "split": split, "view": "raw",
-                             **checks(m, labels["train"], labels[split], labels["wrong"], None,
-                                      lds_data.get(split))})
+                             **checks(np.asarray(s[:, cols]), labels["train"], labels[split], labels["wrong"],
+                                      None if r is None else np.asarray(r[:, cols]), lds_data.get(split))})
     return rows
+
+
+def _peer_random_files(peers_random: Path | None, record_name: str) -> dict[str, str]:
+    """``{variant: score file}`` of the same method's record in a ``--random-model`` work folder (empty if none)."""
+    path = None if peers_random is None else peers_random / record_name
+    return json.loads(path.read_text())["variants"] if path is not None and path.exists() else {}
 
 
 def main() -> None:
@@ -181,7 +206,7 @@ def main() -> None:
                                   lds_data.get(split))})
     chosen = choose_view({r["view"]: r for r in rows if r["split"] == "val"})
     if args.peers is not None:
-        rows += peer_rows(run, args.peers, labels, lds_data)
+        rows += peer_rows(args.peers, labels, lds_data, args.peers_random)
     report(rows, chosen, args.work)
 
 
