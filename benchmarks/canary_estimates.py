@@ -53,27 +53,31 @@ def estimate(folder: Path) -> dict | None:
 
 def table(rows: list[dict]) -> str:
     lines = ["| run folder | canary kind | scorer | unweighted | estimate (95% interval) | effective canaries | "
-             f"truth | gap | within ±{TOLERANCE:g} | covered | wrong labels: estimated / planted |", "|---" * 11 + "|"]
+             f"interval width | truth | gap | within ±{TOLERANCE:g} | covered | wrong labels: estimated / planted |",
+             "|---" * 12 + "|"]
     for r in rows:
         e = r["estimate"]
         lines.append(f"| {r['folder']} | {r['kind']} | {r['best']} | {r['unweighted']:.3f} | {e['estimate']:.3f} "
-                     f"({e['low']:.3f}–{e['high']:.3f}) | {e['n_effective']:.1f} of {e['n']} | {r['truth']:.3f} | "
+                     f"({e['low']:.3f}–{e['high']:.3f}) | {e['n_effective']:.1f} of {e['n']} | "
+                     f"{e['high'] - e['low']:.3f} | {r['truth']:.3f} | "
                      f"{e['estimate'] - r['truth']:+.3f} | {'yes' if r['within'] else 'no'} | "
                      f"{'yes' if r['covered'] else 'no'} | {r['wrong_labels']} / {r['n_noisy']} |")
     return "\n".join(lines)
 
 
 def summary(rows: list[dict]) -> str:
-    """Per canary kind: how many runs met each half of the goal, and the mean absolute gap of both estimates."""
+    """Per canary kind: how many runs met each half of the goal, the mean absolute gap of both estimates and the
+    mean interval width."""
     lines = ["| canary kind | runs | within ±0.1 | covered | both | mean abs gap (estimate) | mean abs gap "
-             "(unweighted) |",
-             "|---" * 7 + "|"]
+             "(unweighted) | mean interval width |",
+             "|---" * 8 + "|"]
     for kind in dict.fromkeys(r["kind"] for r in rows):
         rs = [r for r in rows if r["kind"] == kind]
         gap = np.mean([abs(r["estimate"]["estimate"] - r["truth"]) for r in rs])
         plain = np.mean([abs(r["unweighted"] - r["truth"]) for r in rs])
+        width = np.mean([r["estimate"]["high"] - r["estimate"]["low"] for r in rs])
         lines.append(f"| {kind} | {len(rs)} | {sum(r['within'] for r in rs)} | {sum(r['covered'] for r in rs)} | "
-                     f"{sum(r['within'] and r['covered'] for r in rs)} | {gap:.3f} | {plain:.3f} |")
+                     f"{sum(r['within'] and r['covered'] for r in rs)} | {gap:.3f} | {plain:.3f} | {width:.3f} |")
     return "\n".join(lines)
 
 
