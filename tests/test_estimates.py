@@ -128,6 +128,9 @@ def test_canary_counts_and_the_estimate_in_words():
     big = {**plain, "needed": canaries_needed(10000, 18, 0.5)}
     assert "trakscope run --canaries 0.0094" in canary_count_lines(big, 10000)[1]
     assert len(lines) == 2 and "canaries per effective one" in canary_count_lines(weighted, 600)[2]
+    one = {**plain["estimates"]["aum"]["recall@10%"], "capped": True}
+    capped = {**plain, "estimates": {"aum": {"recall@10%": one}}}
+    assert canary_count_lines(capped, 600)[2].startswith("capped (aum): the canaries found claim more recall")
     page = canary_estimate_html(weighted, 600)
     assert "These recalls are estimates" in page and "0.500 (0.290–0.710)" in page and "weighted by the share" in page
     assert "weighted" not in canary_estimate_html(plain, 600) and canary_estimate_html({}, 600) == ""
