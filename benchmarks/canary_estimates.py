@@ -7,7 +7,8 @@
 measured in minutes. The truth is the planted-noise recall@10% of the scorer that orders the suspects; "before the
 cap" is the estimate without the cap at the room the top 10% leaves the estimated wrong labels.
 
-    python benchmarks/canary_estimates.py /tmp/regimes [/tmp/regimes-mixed ...]
+    python benchmarks/canary_estimates.py /tmp/regimes [/tmp/regimes-mixed ...] [--save rows.json]
+    python benchmarks/canary_estimates.py rows.json /tmp/more-regimes  # earlier rows and new folders together
 """
 
 from __future__ import annotations
@@ -90,10 +91,20 @@ def summary(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("work", type=Path, nargs="+", help="folders holding the regimes benchmark's run folders")
+    parser.add_argument("work", type=Path, nargs="+", help="folders holding the regimes benchmark's run folders, "
+                        "or rows.json files an earlier call saved (their rows are reused, not recomputed)")
+    parser.add_argument("--save", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    rows = [r for w in args.work for f in sorted(w.iterdir()) if f.is_dir() and (r := estimate(f)) is not None]
+    rows = [r for w in args.work for r in (json.loads(w.read_text()) if w.is_file() else folder_rows(w))]
+    if args.save:
+        args.save.write_text(json.dumps(rows, indent=1))
     print(table(rows) + "\n\n" + summary(rows))
+
+
+def folder_rows(work: Path) -> list[dict]:
+    """The rows of every run folder under ``work`` that ``detect`` measured, named ``work/folder``."""
+    rows = [r for f in sorted(work.iterdir()) if f.is_dir() and (r := estimate(f)) is not None]
+    return [{**r, "folder": f"{work.name}/{r['folder']}"} for r in rows]
 
 
 if __name__ == "__main__":
