@@ -128,9 +128,6 @@ def test_canary_counts_and_the_estimate_in_words():
     big = {**plain, "needed": canaries_needed(10000, 18, 0.5)}
     assert "trakscope run --canaries 0.0094" in canary_count_lines(big, 10000)[1]
     assert len(lines) == 2 and "canaries per effective one" in canary_count_lines(weighted, 600)[2]
-    one = {**plain["estimates"]["aum"]["recall@10%"], "capped": True}
-    capped = {**plain, "estimates": {"aum": {"recall@10%": one}}}
-    assert canary_count_lines(capped, 600)[2].startswith("capped (aum): the canaries found claim more recall")
     page = canary_estimate_html(weighted, 600)
     assert "These recalls are estimates" in page and "0.500 (0.290–0.710)" in page and "weighted by the share" in page
     assert "weighted" not in canary_estimate_html(plain, 600) and canary_estimate_html({}, 600) == ""
@@ -154,24 +151,3 @@ def test_weighted_canary_estimates_cover_the_unweighted_one():
     assert plain["estimate"] == pytest.approx(0.5) and est["estimate"] == pytest.approx(0.05)
     assert est["low"] <= est["estimate"] and est["high"] >= plain["estimate"] and out["weighted"]
     assert canary_estimates(scores, canary, "loss")["estimates"]["loss"]["recall@10%"] == plain
-
-
-def test_canary_estimates_are_capped_at_the_room_left_for_the_wrong_labels():
-    from trakscope.methods.estimates import capped_estimate, room_for_errors
-    from trakscope.stages.canaries import canary_estimates
-
-    loss = np.zeros(100)  # loss: high = suspicious; the top 10 are examples 0-9
-    loss[:10] = np.arange(20, 10, -1)
-    canary = np.zeros(100, bool)
-    canary[[0, 2, 4, 6, 50]] = True  # 4 of the 5 canaries in the top 10: 6 places left for the data's own errors
-    room = room_for_errors(loss, canary, 12)
-    assert room["recall@10%"] == pytest.approx(6 / 12) and room["recall@5%"] == pytest.approx((5 - 3) / 12)
-    assert room_for_errors(loss, canary, 0)["recall@10%"] == math.inf
-    capped = canary_estimates({"loss": loss}, canary, "loss", n_wrong=12)["estimates"]["loss"]["recall@10%"]
-    plain = canary_estimates({"loss": loss}, canary, "loss")["estimates"]["loss"]["recall@10%"]
-    assert plain["estimate"] == pytest.approx(0.8) and "room" not in plain  # no count: no cap
-    assert capped["estimate"] == pytest.approx(0.5) and capped["capped"] and capped["room"] == pytest.approx(0.5)
-    assert capped["low"] <= 0.5 and capped["high"] == plain["high"]  # the interval covers the capped estimate
-    roomy = canary_estimates({"loss": loss}, canary, "loss", n_wrong=6)["estimates"]["loss"]["recall@10%"]
-    assert roomy["estimate"] == pytest.approx(0.8) and not roomy["capped"]  # room 1.0: nothing to cap
-    assert capped_estimate({"estimate": math.nan, "low": 0.0, "high": 1.0}, 0.5)["estimate"] != 0.5  # NaN stays

@@ -106,37 +106,6 @@ def recall_estimates(suspicion: np.ndarray, canary: np.ndarray, fractions: tuple
     return out
 
 
-def room_for_errors(suspicion: np.ndarray, canary: np.ndarray, n_wrong: int,
-                    fractions: tuple[float, ...] = RECALL_FRACTIONS) -> dict[str, float]:
-    """The most recall the data's own wrong labels can reach at each inspected fraction, given an estimate of how
-    many there are: the top ``ceil(f * n)`` of the ranking holds the canaries found there, so at most the rest of it
-    are wrong labels, and recall <= (top - canaries in the top) / ``n_wrong``.
-
-    Args:
-        suspicion: float ``[n]``, higher = inspected first; canary: bool ``[n]``; n_wrong: the estimated count of
-            wrong labels among the non-canaries (:func:`estimated_wrong_labels`).
-
-    Returns:
-        ``{recall@10%: room}`` per fraction, in ``[0, inf)`` (inf where ``n_wrong`` <= 0: no bound).
-    """
-    s, c = np.asarray(suspicion, dtype=np.float64), np.asarray(canary, dtype=bool)
-    order = inspection_order(s)
-    out = {}
-    for f in fractions:
-        k = math.ceil(f * len(s) - 1e-9)
-        out[recall_key(f)] = (k - int(c[order[:k]].sum())) / n_wrong if n_wrong > 0 else math.inf
-    return out
-
-
-def capped_estimate(est: dict[str, float], room: float) -> dict[str, float]:
-    """``est`` (``{estimate, low, high, ...}``) with its estimate capped at ``room`` (:func:`room_for_errors`) and
-    its interval widened to cover the capped estimate, ``room`` and ``capped`` recorded. Chosen on planted noise:
-    the cap lowered the mean absolute gap to the truth across the regimes (BENCHMARKS.md)."""
-    capped = bool(np.isfinite(est["estimate"]) and est["estimate"] > room)
-    value = room if capped else est["estimate"]
-    return {**est, "estimate": value, "low": min(est["low"], value), "room": room, "capped": capped}
-
-
 def estimated_wrong_labels(probs: np.ndarray, labels: np.ndarray) -> int:
     """How many of ``labels`` (int ``[n]``) are wrong, estimated by the off-diagonal of cleanlab's confident joint of
     ``probs`` (float ``[n, C]``, out-of-sample where they exist: in-sample probabilities of a network that fitted

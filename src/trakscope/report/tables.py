@@ -114,10 +114,6 @@ def canary_count_lines(canaries: Mapping[str, Any], n_train: int) -> list[str]:
         lines.append(f"the canaries' weights are uneven ({need['design']:.1f} canaries per effective one): the data's "
                      "errors sit in (class, wrong label) pairs few canaries were planted in; canaries planted where "
                      "the data's errors are (`--canary-kind pairs` or `mixed`) need fewer")
-    capped = [n for n, e in canaries["estimates"].items() if any(v.get("capped") for v in e.values())]
-    if capped:
-        lines.append(f"capped ({', '.join(capped)}): the canaries found claim more recall than the top k% has room "
-                     "for beside them, given the estimated count of wrong labels; the estimate is that room")
     return lines
 
 

@@ -23,11 +23,9 @@ from ..methods import registry
 from ..methods.estimates import (
     WIDTHS,
     canaries_for_width,
-    capped_estimate,
     estimated_wrong_labels,
     pair_weights,
     recall_estimates,
-    room_for_errors,
     wilson_interval,
 )
 from ..run_folder import RunFolder
@@ -73,30 +71,24 @@ AT = "recall@10%"  # the recall the count table is computed at
 
 
 def canary_estimates(scores: Mapping[str, np.ndarray], canary: np.ndarray, primary: str,
-                     weights: np.ndarray | None = None, kinds: np.ndarray | None = None,
-                     n_wrong: int | None = None) -> dict:
+                     weights: np.ndarray | None = None, kinds: np.ndarray | None = None) -> dict:
     """metrics.json's canary estimates: every scorer's recall estimates with 95% intervals, and the counts needed.
 
     Args:
         scores: natural scores per scorer, float ``[n_train]``; canary: bool ``[n_train]``; primary: the scorer
             that orders the suspects (its recall@10% sets the count table's recall); weights: float ``[n_train]``,
             the canaries' importance weights (:func:`canary_weights`; None: every canary counts the same);
-            kinds: int ``[n_train]``, each canary's kind where several were planted (:func:`canary_kinds`);
-            n_wrong: the estimated count of the data's own wrong labels (out-of-sample, :func:`wrong_label_estimate`;
-            None or 0: not known): each estimate is capped at the room the top k% leaves them (:func:`_capped`).
+            kinds: int ``[n_train]``, each canary's kind where several were planted (:func:`canary_kinds`).
 
     Returns:
         ``estimates`` (``{scorer: {recall@10%: {estimate, low, high, n, n_effective}}}``, weighted where there are
-        weights, see :func:`~trakscope.methods.estimates.recall_estimates`; with ``room`` and ``capped`` where
-        ``n_wrong`` is given), ``weighted`` (bool), ``unweighted``
+        weights, see :func:`~trakscope.methods.estimates.recall_estimates`), ``weighted`` (bool), ``unweighted``
         (the same without weights, only where there are weights) and ``needed`` (:func:`canaries_needed`).
     """
     plain = {n: recall_estimates(registry.SCORERS[n].suspicion(s), canary, kinds=kinds) for n, s in scores.items()}
     est = plain if weights is None else {
         n: _covering(recall_estimates(registry.SCORERS[n].suspicion(s), canary, kinds=kinds, weights=weights),
                      plain[n]) for n, s in scores.items()}
-    if n_wrong:  # none estimated: no bound
-        est = {n: _capped(est[n], registry.SCORERS[n].suspicion(s), canary, n_wrong) for n, s in scores.items()}
     at = est[primary][AT]
     design = at["n"] / at["n_effective"] if at["n_effective"] > 0 else 1.0  # uneven weights: fewer canaries count
     out = {"estimates": est, "weighted": weights is not None, "kinds": _kind_counts(kinds, canary),
@@ -115,14 +107,6 @@ def _covering(weighted: dict[str, dict], plain: dict[str, dict]) -> dict[str, di
         p = plain[key]["estimate"]
         out[key] = {**w, "low": min(w["low"], p), "high": max(w["high"], p)} if np.isfinite(p) else w
     return out
-
-
-def _capped(est: dict[str, dict], suspicion: np.ndarray, canary: np.ndarray, n_wrong: int) -> dict[str, dict]:
-    """One scorer's estimates, each capped at the recall the data's ``n_wrong`` estimated wrong labels can reach
-    in the top k% beside the canaries found there (:func:`~trakscope.methods.estimates.room_for_errors`): canaries
-    easier to find than the data's errors (look-alike noise, BENCHMARKS.md) claim more than the top k% can hold."""
-    room = room_for_errors(suspicion, canary, n_wrong)  # at RECALL_FRACTIONS, the fractions ``est`` is keyed by
-    return {k: capped_estimate(e, room[k]) for k, e in est.items()}
 
 
 def canaries_needed(n_train: int, n_canaries: int, recall: float, design: float = 1.0) -> dict:

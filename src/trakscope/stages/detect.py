@@ -182,9 +182,6 @@ def compute_scores(run: RunFolder, groups: str = "classes", cleanlab_folds: int 
     info["wrong_labels"] = wrong_label_estimate(inputs["train_labels"], inputs["train_probs"] if oos is None else oos,
                                                 info["canary"], oos is not None, flags)
     info["canary_weights"] = None if oos is None else canary_weights(run, inputs["train_labels"], oos, info["canary"])
-    # the canary estimates are capped by the room the top k% leaves this count (out-of-sample only: in-sample
-    # probabilities count too few wrong labels to bound anything)
-    info["n_wrong"] = None if oos is None else info["wrong_labels"]["estimated"]
     info["canary_kinds"] = canary_kinds(run, inputs["train_labels"])
     det = Detection({n: r.score for n, r in ran.items()}, inputs["train_probs"].argmax(axis=1).astype(np.int64),
                     info, flags=flags, facts={n: r.facts for n, r in ran.items() if r.flagged is not None})
@@ -326,7 +323,7 @@ def quality_metrics(run: RunFolder, det: Detection) -> dict | None:
                            "scorers": {n: detection_metrics(registry.SCORERS[n].suspicion(s), canary)
                                        for n, s in det.scores.items()},
                            **canary_estimates(det.scores, canary, out["primary"], det.info.get("canary_weights"),
-                                              det.info.get("canary_kinds"), det.info.get("n_wrong"))}
+                                              det.info.get("canary_kinds"))}
     if "wrong_labels" in det.info:
         out["wrong_labels"] = det.info["wrong_labels"]
     out.update(flag_summaries(det, noisy))
