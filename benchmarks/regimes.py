@@ -294,10 +294,11 @@ def main() -> None:
     parser.add_argument("--no-removal", action="store_true", help="detection and canary estimates only")
     parser.add_argument("--canaries", help="override every case's --canaries fraction (default: BASE's 0.03)")
     parser.add_argument("--max-train", help="override every case's --max-train")
+    parser.add_argument("--data-seed", help="override the data seed (split, subsets, noise, canaries; default 0)")
     args = parser.parse_args()
     kinds = tuple(args.kinds.split(","))
-    extra = tuple(x for flag, v in (("--canaries", args.canaries), ("--max-train", args.max_train)) if v
-                  for x in (flag, v))
+    overrides = (("--canaries", args.canaries), ("--max-train", args.max_train), ("--data-seed", args.data_seed))
+    extra = tuple(x for flag, v in overrides if v for x in (flag, v))
     t0 = time.perf_counter()
     print(f"# regimes benchmark on {platform.processor() or platform.machine()}: {args.cases}\n", flush=True)
     results = {}
