@@ -12,6 +12,8 @@ Extra measurements (benchmark only): train accuracy on the given labels (does th
 (in-sample margin minus out-of-sample margin) on ``scores[i, i]``: TRAK's self-influence in measured units.
 
     python benchmarks/regimes.py --work /tmp/regimes [--cases memorise,default]
+    python benchmarks/regimes.py --work /tmp/more --cases default --kinds pairs --no-removal --canaries 0.05 \
+        --max-train 1880 --data-seed 1  # every case's canaries, size and data seed overridden
 """
 
 from __future__ import annotations
