@@ -12,6 +12,8 @@ Extra measurements (benchmark only): train accuracy on the given labels (does th
 (in-sample margin minus out-of-sample margin) on ``scores[i, i]``: TRAK's self-influence in measured units.
 
     python benchmarks/regimes.py --work /tmp/regimes [--cases memorise,default]
+    python benchmarks/regimes.py --work /tmp/more --cases default --kinds pairs --no-removal --canaries 0.05 \
+        --max-train 1880 --data-seed 1  # every case's canaries, size and data seed overridden
 """
 
 from __future__ import annotations
@@ -134,9 +136,11 @@ def run_flags(case: dict, folder: Path) -> list[str]:
     return [*case["run"], "--dataset", "imagefolder", "--data-root", str(root)]
 
 
-def run_and_detect(folder: Path, case: dict, canary_kind: str) -> RunFolder:
-    """``trakscope run`` with this case's flags and canaries of ``canary_kind``, then ``detect``."""
-    assert cli(["run", "--out", str(folder), *BASE, "--canary-kind", canary_kind, *run_flags(case, folder)]) == 0
+def run_and_detect(folder: Path, case: dict, canary_kind: str, extra: tuple[str, ...] = ()) -> RunFolder:
+    """``trakscope run`` with this case's flags and canaries of ``canary_kind`` (``extra`` flags last: they
+    override the case's), then ``detect``."""
+    flags = [*BASE, "--canary-kind", canary_kind, *run_flags(case, folder), *extra]
+    assert cli(["run", "--out", str(folder), *flags]) == 0
     folds = ["--no-cleanlab"] if case["folds"] is None else ["--folds", str(case["folds"])]
     assert cli(["detect", "--run", str(folder), *folds, "--no-progress"]) == 0
     return RunFolder(folder)
@@ -176,10 +180,12 @@ def early_checkpoint_aucs(run: RunFolder, noisy: np.ndarray) -> dict:
 
 
 def run_case(name: str, case: dict, work: Path, kinds: tuple[str, ...] = CANARY_KINDS,
-             removal: bool = True) -> dict:
+             removal: bool = True, extra: tuple[str, ...] = ()) -> dict:
+    """One case: a run and ``detect`` per canary kind (``extra``: flags overriding the case's), removal on the
+    first kind's run folder."""
     t0 = time.perf_counter()
     folder = work / name if kinds[0] == CANARY_KINDS[0] else work / f"{name}-canaries-{kinds[0]}"
-    run = run_and_detect(folder, case, kinds[0])
+    run = run_and_detect(folder, case, kinds[0], extra)
     metrics = json.loads(run.detect_metrics_path.read_text())
     best = metrics["primary"]
     out = {"what": case["what"], "metrics": metrics, "extras": extras(run), "best": best,
@@ -187,7 +193,8 @@ def run_case(name: str, case: dict, work: Path, kinds: tuple[str, ...] = CANARY_
            "canary_kinds": {kinds[0]: canary_estimate(run)}, "seconds_per_kind": {kinds[0]: time.perf_counter() - t0}}
     for kind in kinds[1:]:  # the same case with other canaries: detection only
         t1 = time.perf_counter()
-        out["canary_kinds"][kind] = canary_estimate(run_and_detect(work / f"{name}-canaries-{kind}", case, kind))
+        out["canary_kinds"][kind] = canary_estimate(run_and_detect(work / f"{name}-canaries-{kind}", case, kind,
+                                                                   extra))
         out["seconds_per_kind"][kind] = time.perf_counter() - t1
     if removal and case["removal"] is not None:
         baselines, fractions = case["removal"]
@@ -287,13 +294,18 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(CANARY_KINDS), help="comma-separated canary kinds (the first "
                         "gets the removal)")
     parser.add_argument("--no-removal", action="store_true", help="detection and canary estimates only")
+    parser.add_argument("--canaries", help="override every case's --canaries fraction (default: BASE's 0.03)")
+    parser.add_argument("--max-train", help="override every case's --max-train")
+    parser.add_argument("--data-seed", help="override the data seed (split, subsets, noise, canaries; default 0)")
     args = parser.parse_args()
     kinds = tuple(args.kinds.split(","))
+    overrides = (("--canaries", args.canaries), ("--max-train", args.max_train), ("--data-seed", args.data_seed))
+    extra = tuple(x for flag, v in overrides if v for x in (flag, v))
     t0 = time.perf_counter()
     print(f"# regimes benchmark on {platform.processor() or platform.machine()}: {args.cases}\n", flush=True)
     results = {}
     for name in args.cases.split(","):
-        results[name] = run_case(name, CASES[name], args.work, kinds, removal=not args.no_removal)
+        results[name] = run_case(name, CASES[name], args.work, kinds, removal=not args.no_removal, extra=extra)
         print(render(name, results[name]), flush=True)
         (args.work / "regimes.json").write_text(json.dumps(results, indent=1, default=str))
     print("## Canary estimates against the truth (every case and kind)\n\n" + goal_table(results) + "\n")
