@@ -42,15 +42,33 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def anon_mb(pid: int) -> float | None:
+    """The process's anonymous resident memory (heap, not memory-mapped files) in MB, from /proc; None if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_stage(args: list[str], log: Path) -> dict:
-    """``trakscope ARGS`` in its own process: wall time, peak RSS (MB, from wait4) and exit status."""
+    """``trakscope ARGS`` in its own process: wall time, peak RSS (MB, from wait4: memory-mapped feature and score
+    files' resident pages included), peak anonymous RSS (heap only, sampled every 0.2 s) and exit status."""
     start = time.perf_counter()
     with log.open("a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "trakscope", *args], stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak_anon = 0.0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaped here, so that wait4 gives its rusage
+            if pid:
+                break
+            peak_anon = max(peak_anon, anon_mb(proc.pid) or 0.0)
+            time.sleep(0.2)
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "rc": os.waitstatus_to_exitcode(status)}
+            "peak_anon_mb": round(peak_anon), "rc": os.waitstatus_to_exitcode(status)}
 
 
 def floor_seconds(run_dir: Path, device: str = "cpu") -> dict:
@@ -169,10 +187,12 @@ def table(doc: dict) -> str:
     for r in sorted((r for r in doc["results"] if "timings" in r), key=lambda r: r["n_train"]):
         parts, n = part_seconds(r), r["n_train"]
         cells = [f"{parts[k]:,.0f} s ({1000 * parts[k] / n:.1f} ms)" for k in STAGE_PARTS]
-        rss = max(v["peak_rss_mb"] for v in r["stages"].values())
+        rss = f"{max(v['peak_rss_mb'] for v in r['stages'].values()):,}"
+        if all(v.get("peak_anon_mb") for v in r["stages"].values()):  # sampled since the 224 px runs
+            rss += f" ({max(v['peak_anon_mb'] for v in r['stages'].values()):,} heap)"
         disk = max(v["disk_mb"] for v in r["stages"].values())
         total = sum(v["seconds"] for v in r["stages"].values())
-        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {total:,.0f} | {rss:,} | {disk:,.0f} | "
+        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {total:,.0f} | {rss} | {disk:,.0f} | "
                      f"{r['featurize_over_floor']:.2f} |")
     return "\n".join(lines)
 
@@ -236,7 +256,8 @@ def main() -> None:
     if args.chart:
         chart(args.chart, args.png)
         for path in args.chart:
-            print(f"{path}:\n{table(json.loads(path.read_text()))}\n")
+            doc = json.loads(path.read_text())
+            print(f"{path}:\n{table(doc)}\nfit (seconds = a * N^b): {json.dumps(fit(doc['results']))}\n")
         return
     args.work.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": cpu_model(),
