@@ -27,7 +27,7 @@ from trakscope.run_folder import RunFolder
 FRACTIONS = "0.05,0.1"
 
 
-def run_case(name: str, case: dict, work: Path, seeds: int) -> dict:
+def run_case(name: str, case: dict, work: Path, seeds: int, fractions: str = FRACTIONS) -> dict:
     """Run, detect and remove/relabel/random-retrain one case; its metrics and removal results."""
     t0 = time.perf_counter()
     folder = work / name
@@ -37,7 +37,7 @@ def run_case(name: str, case: dict, work: Path, seeds: int) -> dict:
     metrics = json.loads(run.detect_metrics_path.read_text())
     remove = (strategy_for(metrics["primary"]) or ["aum"])[0]  # a scorer without a removal strategy: AUM
     strategies = [remove, f"relabel-{remove}", "random"]
-    assert cli(["removal", "--run", str(folder), "--fractions", FRACTIONS, "--seeds", str(seeds),
+    assert cli(["removal", "--run", str(folder), "--fractions", fractions, "--seeds", str(seeds),
                 "--strategies", ",".join(strategies), "--no-progress"]) == 0
     return {"what": case["what"], "metrics": metrics, "strategies": strategies,
             "removal": json.loads(run.removal_results_path.read_text()), "seconds": time.perf_counter() - t0}
@@ -63,12 +63,14 @@ def main() -> None:
     parser.add_argument("--cases", default="confusable,memorise,pretrained",
                         help=f"comma-separated cases of benchmarks/regimes.py ({', '.join(CASES)})")
     parser.add_argument("--seeds", type=int, default=5, help="retrains per (strategy, fraction)")
+    parser.add_argument("--fractions", default=FRACTIONS, help="comma-separated shares selected (cached retrains are "
+                        "reused, so a later run with more fractions adds only the new ones)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     print(f"# relabel benchmark on {platform.processor() or platform.machine()}: {args.cases}\n", flush=True)
     results = {}
     for name in args.cases.split(","):
-        results[name] = run_case(name, CASES[name], args.work, args.seeds)
+        results[name] = run_case(name, CASES[name], args.work, args.seeds, args.fractions)
         print(render(name, results[name]), flush=True)
         (args.work / "relabel.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min")
