@@ -43,6 +43,15 @@ def run_case(name: str, case: dict, work: Path, seeds: int, fractions: str = FRA
             "removal": json.loads(run.removal_results_path.read_text()), "seconds": time.perf_counter() - t0}
 
 
+def corrected(removal: dict) -> str:
+    """One line: per relabel row, how many of the planted wrong labels in its selection got their true label (means
+    over seeds)."""
+    parts = [f"{r['strategy']} at {r['fraction']:g}: {r['n_corrected']:g} of {r['n_noisy_removed']:g} planted wrong "
+             f"labels corrected (of {r['n_removed']:g} relabeled)"
+             for r in removal["rows"] if r.get("action") == "relabel" and "n_corrected" in r]
+    return "Relabel selections (means over seeds): " + "; ".join(parts) + "." if parts else ""
+
+
 def render(name: str, r: dict) -> str:
     m = r["metrics"]
     return "\n".join([
@@ -54,6 +63,7 @@ def render(name: str, r: dict) -> str:
         "Remove, relabel and random (test accuracy; Δ paired = mean ± SE over seeds of acc(strategy, seed) − "
         "acc(full, seed); worst group = worst class):", "", removal_table(r["removal"]), "",
         "Relabel against remove on the same selection, same seed:", "", relabel_table(r["removal"]), "",
+        corrected(r["removal"]), "",
         "Each against random removal of as many examples, same seed:", "", versus_random(r["removal"]), ""])
 
 
