@@ -8,6 +8,7 @@ relabel twin, and random removal. It prints Markdown tables: the suggestions' ac
 removal table (paired Δ vs full data, worst class), relabel vs remove and both vs random (paired over seeds).
 
     OMP_NUM_THREADS=1 python benchmarks/relabel.py --work /tmp/relabel --cases confusable,memorise
+    OMP_NUM_THREADS=1 python benchmarks/relabel.py --work /tmp/relabel --cases pretrained --fractions 0.1
 """
 
 from __future__ import annotations
