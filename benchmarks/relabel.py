@@ -8,6 +8,7 @@ relabel twin, and random removal. It prints Markdown tables: the suggestions' ac
 removal table (paired Δ vs full data, worst class), relabel vs remove and both vs random (paired over seeds).
 
     OMP_NUM_THREADS=1 python benchmarks/relabel.py --work /tmp/relabel --cases confusable,memorise
+    OMP_NUM_THREADS=1 python benchmarks/relabel.py --work /tmp/relabel --cases pretrained --fractions 0.1
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from trakscope.run_folder import RunFolder
 FRACTIONS = "0.05,0.1"
 
 
-def run_case(name: str, case: dict, work: Path, seeds: int) -> dict:
+def run_case(name: str, case: dict, work: Path, seeds: int, fractions: str = FRACTIONS) -> dict:
     """Run, detect and remove/relabel/random-retrain one case; its metrics and removal results."""
     t0 = time.perf_counter()
     folder = work / name
@@ -37,10 +38,19 @@ def run_case(name: str, case: dict, work: Path, seeds: int) -> dict:
     metrics = json.loads(run.detect_metrics_path.read_text())
     remove = (strategy_for(metrics["primary"]) or ["aum"])[0]  # a scorer without a removal strategy: AUM
     strategies = [remove, f"relabel-{remove}", "random"]
-    assert cli(["removal", "--run", str(folder), "--fractions", FRACTIONS, "--seeds", str(seeds),
+    assert cli(["removal", "--run", str(folder), "--fractions", fractions, "--seeds", str(seeds),
                 "--strategies", ",".join(strategies), "--no-progress"]) == 0
     return {"what": case["what"], "metrics": metrics, "strategies": strategies,
             "removal": json.loads(run.removal_results_path.read_text()), "seconds": time.perf_counter() - t0}
+
+
+def corrected(removal: dict) -> str:
+    """One line: per relabel row, how many of the planted wrong labels in its selection got their true label (means
+    over seeds)."""
+    parts = [f"{r['strategy']} at {r['fraction']:g}: {r['n_corrected']:g} of {r['n_noisy_removed']:g} planted wrong "
+             f"labels corrected (of {r['n_removed']:g} relabeled)"
+             for r in removal["rows"] if r.get("action") == "relabel" and "n_corrected" in r]
+    return "Relabel selections (means over seeds): " + "; ".join(parts) + "." if parts else ""
 
 
 def render(name: str, r: dict) -> str:
@@ -54,6 +64,7 @@ def render(name: str, r: dict) -> str:
         "Remove, relabel and random (test accuracy; Δ paired = mean ± SE over seeds of acc(strategy, seed) − "
         "acc(full, seed); worst group = worst class):", "", removal_table(r["removal"]), "",
         "Relabel against remove on the same selection, same seed:", "", relabel_table(r["removal"]), "",
+        corrected(r["removal"]), "",
         "Each against random removal of as many examples, same seed:", "", versus_random(r["removal"]), ""])
 
 
@@ -63,12 +74,14 @@ def main() -> None:
     parser.add_argument("--cases", default="confusable,memorise,pretrained",
                         help=f"comma-separated cases of benchmarks/regimes.py ({', '.join(CASES)})")
     parser.add_argument("--seeds", type=int, default=5, help="retrains per (strategy, fraction)")
+    parser.add_argument("--fractions", default=FRACTIONS, help="comma-separated shares selected (cached retrains are "
+                        "reused, so a later run with more fractions adds only the new ones)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     print(f"# relabel benchmark on {platform.processor() or platform.machine()}: {args.cases}\n", flush=True)
     results = {}
     for name in args.cases.split(","):
-        results[name] = run_case(name, CASES[name], args.work, args.seeds)
+        results[name] = run_case(name, CASES[name], args.work, args.seeds, args.fractions)
         print(render(name, results[name]), flush=True)
         (args.work / "relabel.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"total wall time {(time.perf_counter() - t0) / 60:.1f} min")

@@ -237,12 +237,14 @@ def test_report_shows_suggested_labels_and_relabel_against_remove(tmp_path):
     assert "<h3>Suggested labels</h3>" in html and "k-fold out-of-sample" in html
 
     rows = [{"strategy": s, "fraction": 0.1, "seed": seed, "n_removed": 15, "n_noisy_removed": 5,
-             "test_acc": 0.8 + 0.01 * seed + (0.02 if s.startswith("relabel") else 0.0)}
+             "test_acc": 0.8 + 0.01 * seed + (0.02 if s.startswith("relabel") else 0.0),
+             **({"action": "relabel", "n_corrected": 3 + seed % 2} if s.startswith("relabel") else {})}
             for s in ("aum", "relabel-aum") for seed in (0, 1, 2)]
     results = summarize(rows, [{"seed": s, "test_acc": 0.8} for s in (0, 1, 2)], 150, 15)
     part = sections.removal_section(results, "RUN")
     assert "<h3>Relabel instead of remove</h3>" in part and "<td>relabel-aum</td><td>aum</td>" in part
     assert "<td>0.020</td>" in part  # relabel minus remove, the same seeds
+    assert "<td>3.3 of 5</td>" in part  # the relabel row's planted wrong labels given their true label (mean)
 
 
 def test_readme_label_issues_block_runs_and_finds_the_flips(capsys):

@@ -243,14 +243,25 @@ def relabel_part(results: Mapping[str, Any]) -> str:
     versus = [v for v in results.get("relabel_vs_remove") or [] if isinstance(v, Mapping)]
     if not versus:
         return ""
+    own = {(r.get("strategy"), r.get("fraction")): r for r in results.get("rows") or [] if isinstance(r, Mapping)}
     rows = [[v.get("relabel"), v.get("remove"), v.get("fraction"), v.get("delta"), v.get("se"),
              v.get("delta") / v["se"] if _is_number(v.get("delta")) and v.get("se") else None,
-             v.get("worst_group_delta"), v.get("worst_group_se"), v.get("n_seeds")] for v in versus]
+             v.get("worst_group_delta"), v.get("worst_group_se"), v.get("n_seeds"),
+             _corrected(own.get((v.get("relabel"), v.get("fraction")), {}))] for v in versus]
     head = ["relabel", "vs remove", "selected (share)", "Δ test accuracy (paired)", "its SE", "Δ / SE",
-            "Δ worst-group (paired)", "its SE", "seeds"]
+            "Δ worst-group (paired)", "its SE", "seeds", "planted wrong labels corrected"]
     return ('<h3>Relabel instead of remove</h3><p class="muted">The same selection given its suggested label instead '
-            "of removed; positive = relabelling is better (mean over seeds of the same-seed difference).</p>"
+            "of removed; positive = relabelling is better (mean over seeds of the same-seed difference). A relabel "
+            "row's removed counts above are the examples it relabels (kept, with their suggested label); "
+            "corrected = its planted wrong labels whose suggestion is their true label.</p>"
             + table(head, rows, "metrics"))
+
+
+def _corrected(row: Mapping[str, Any]) -> Any:
+    """A relabel row's planted wrong labels given their true label, of those it selected (means over seeds):
+    ``"24 of 29"``."""
+    n, of = row.get("n_corrected"), row.get("n_noisy_removed")
+    return f"{round(n, 1):g} of {round(of, 1):g}" if _is_number(n) and _is_number(of) else None
 
 
 def _count(v: Any) -> Any:
