@@ -336,3 +336,16 @@ def test_view_top_k_in_chunks_is_top_k_of_the_whole_view():
         whole = top_k(apply_view(scores, self_inf, view), 6)
         chunked = payload.view_top_k(scores, self_inf, view, 6, chunk=3)
         assert all(np.array_equal(whole[name], chunked[name]) for name in whole)
+
+
+def test_accuracy_tables_write_fixed_decimals_not_scientific_notation_or_rounding_noise():
+    from trakscope.methods.removal import summarize
+    from trakscope.report import sections
+
+    # differences of 0.0004 and of float noise (0.8 + 0.1 - 0.1 - 0.8) against the full-data model
+    rows = [{"strategy": "loss", "fraction": f, "seed": s, "n_removed": 15, "n_noisy_removed": 5, "test_acc": acc}
+            for f, acc in ((0.05, 0.8004), (0.1, 0.8 + 0.1 - 0.1)) for s in (0, 1)]
+    part = sections.removal_section(summarize(rows, [{"seed": s, "test_acc": 0.8} for s in (0, 1)], 150, 15), "RUN")
+    assert "e-0" not in part and "e-1" not in part and "-0.000" not in part
+    assert "<td>0.000</td>" in part and "<td>0.800</td>" in part
+    assert sections.fmt(4e-4) == "4.00e-04"  # elsewhere (scores, ridge) small values keep their digits

@@ -25,8 +25,10 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table cell (escaped); None/NaN as an em dash."""
+def fmt(value: Any, digits: int = 3, fixed: bool = False) -> str:
+    """A number for a table cell (escaped); None/NaN as an em dash. A float under ``10**-digits`` is written in
+    scientific notation, unless ``fixed`` (accuracies and their differences: ``0.000``, never ``4.00e-04`` or a
+    float's rounding noise such as ``-2.22e-16``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, bool):
@@ -34,6 +36,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, int):
         return esc(f"{value:,}")
     if isinstance(value, float):
+        if fixed:
+            return esc(f"{0.0 if abs(value) < 0.5 * 10 ** -digits else value:.{digits}f}")  # no "-0.000"
         return esc(f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}")
     return esc(value)
 
@@ -51,10 +55,10 @@ def gap_note(gap: Any) -> str:
             f"<code>{esc(gap.command)}</code>, then rerun <code>{esc(gap.report)}</code>.</p>")
 
 
-def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
-    """An HTML table; header cells and cells are escaped (cells through :func:`fmt`)."""
+def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "", fixed: bool = False) -> str:
+    """An HTML table; header cells and cells are escaped (cells through :func:`fmt`, ``fixed`` for accuracies)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(c, fixed=fixed)}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -234,7 +238,7 @@ def removal_section(results: Any, run_dir: str) -> str:
             "Δ vs full data", "paired SE of Δ", "worst-group acc", "Δ worst-group (paired)", "its SE"]
     warning = f'<p class="missing">{esc(own["warning"])}</p>' if isinstance(own.get("warning"), str) else ""
     return f'{warning}<img class="plot narrow" alt="accuracy vs fraction removed" src="{esc(uri)}">' + table(
-        head, table_rows, "metrics") + relabel_part(results)
+        head, table_rows, "metrics", fixed=True) + relabel_part(results)
 
 
 def relabel_part(results: Mapping[str, Any]) -> str:
@@ -254,7 +258,7 @@ def relabel_part(results: Mapping[str, Any]) -> str:
             "of removed; positive = relabelling is better (mean over seeds of the same-seed difference). A relabel "
             "row's removed counts above are the examples it relabels (kept, with their suggested label); "
             "corrected = its planted wrong labels whose suggestion is their true label.</p>"
-            + table(head, rows, "metrics"))
+            + table(head, rows, "metrics", fixed=True))
 
 
 def _corrected(row: Mapping[str, Any]) -> Any:
