@@ -216,7 +216,8 @@ def chart(files: list[Path], png: Path) -> None:
             top.loglog(ns, [part_seconds(r)[stage] for r in results], marker="o", label=stage, color=colours[stage])
         ratios = ", ".join(f"{r['featurize_over_floor']:.2f}" for r in results)
         r0 = results[0]
-        top.set_title(f"{r0['model']} at {r0['image_size']} px, {r0['ensemble']} models x {r0['epochs']} epochs\n"
+        models, epochs = (f"{n} {w}{'s' * (n != 1)}" for n, w in ((r0["ensemble"], "model"), (r0["epochs"], "epoch")))
+        top.set_title(f"{r0['model']} at {r0['image_size']} px, {models} x {epochs}\n"
                       f"featurize / plain fwd+bwd: {ratios}", fontsize=10)
         top.set(xlabel="training examples N", ylabel="wall time (s)")
         top.grid(True, which="both", alpha=0.3)
