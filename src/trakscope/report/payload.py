@@ -19,6 +19,7 @@ from ..methods import registry
 from ..methods.topk import top_k
 from ..run_folder import RunFolder
 from ..stages.canaries import canary_table
+from ..stages.export import carved_validation
 from .inputs import ReportInputs
 
 
@@ -49,14 +50,10 @@ def keep_list_extras(run: RunFolder) -> dict[str, Any]:
     """What the suspects' keep-list download needs beyond the training table to list what ``trakscope export`` does:
     the canaries (never dropped, kept with their true label) and the validation split carved from the same pool
     (``split=val``; none for a validation split of the data's own, ``--val-fraction 0``)."""
-    canaries = canary_table(run)
-    out: dict[str, Any] = {"canary": canaries["index"].tolist(), "canary_true": canaries["true_label"].tolist(),
-                           "val": None}
-    if run.config.data.val_fraction > 0:
-        val = run.data.table("val")
-        out["val"] = {"index": val["index"].tolist(), "source_id": [str(s) for s in val["source_id"]],
-                      "label": val["label"].tolist()}
-    return out
+    canaries, val = canary_table(run), carved_validation(run)  # export's own rows: the same list, one rule
+    return {"canary": canaries["index"].tolist(), "canary_true": canaries["true_label"].tolist(),
+            "val": {"index": [r[0] for r in val], "source_id": [r[2] for r in val], "label": [r[3] for r in val]}
+            if val else None}
 
 
 def read_self_influence(run: RunFolder) -> np.ndarray:

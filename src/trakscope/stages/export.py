@@ -78,7 +78,7 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
         label = int(train["true_label"][i] if canary[i] else (train["label"] if trained is None else trained)[i])
         return [int(train["index"][i]), "train", str(train["source_id"][i]), label, classes[label]]
 
-    val = _carved_validation(run)
+    val = carved_validation(run)
     write_rows(keep_path, KEEP_COLUMNS, [base(i, relabeled) for i in keep] + val, fmt)
     write_rows(removed_path, REMOVED_COLUMNS,
                [[*base(i), *truth_columns(run, i, train, known), removal_reason(s.name, ranking, int(i)),
@@ -87,7 +87,7 @@ def export_lists(run: RunFolder, strategy: str, fraction: float, seed: int,
     return Exported(keep_path, removed_path, len(keep), len(removed), len(val), int(canary.sum()), n_spared)
 
 
-def _carved_validation(run: RunFolder) -> list[list]:
+def carved_validation(run: RunFolder) -> list[list]:
     """Keep-list rows (:data:`KEEP_COLUMNS`) of the validation split when it was carved from the training pool
     (``--val-fraction`` > 0); none for a validation split of the data's own."""
     if run.config.data.val_fraction == 0:
