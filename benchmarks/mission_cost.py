@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from scale import REMOVAL_FRACTION
 
 GPU_SAMPLES_PER_S = 2764.22  # timm results CSV above: resnet18, train_samples_per_sec, batch 512, 224 px, AMP
 MISSION = {"n_train": 6750, "n_val": 750, "n_test": 2500, "epochs": 10, "ensemble": 2, "checkpoints": 8,
@@ -47,8 +48,8 @@ def per_pass(result: dict) -> dict[str, float]:
     n = round(result["n_train"])  # the training split; scale.py's val and test are n // 10 and max(200, n // 10)
     rows, s = result["floor"]["rows"], result
     settings = {"ensemble": s["ensemble"], "epochs": s["epochs"], "checkpoints": s["floor"]["checkpoints"],
-                "folds": s["folds"], "removal_retrains": 1, "removal_fraction": 0.05, "lds_models": s["lds_models"],
-                "lds_alpha": 0.5}
+                "folds": s["folds"], "removal_retrains": 1, "removal_fraction": REMOVAL_FRACTION,
+                "lds_models": s["lds_models"], "lds_alpha": 0.5}  # scale.py's: 1 retrain, lds at its default alpha
     p = passes(n, rows, settings)
     seconds = {"train": s["timings"]["train"], "featurize": s["timings"]["featurize"],
                "detect": s["stages"]["detect"]["seconds"], "removal": s["stages"]["removal"]["seconds"],

@@ -36,6 +36,7 @@ from shapes import make_folder
 from trakscope.run_folder import RunFolder
 
 FLOOR_SAMPLE = 256
+REMOVAL_FRACTION = 0.05  # removal's one retrain: one fraction, one seed, one strategy
 
 
 def disk_bytes(path: Path) -> int:
@@ -117,7 +118,8 @@ def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
                 "--ensemble", str(args.ensemble), "--checkpoints-per-model", str(args.checkpoints_per_model),
                 "--val-fraction", str(1 / 11), *common],
         "detect": ["detect", "--run", str(run), "--folds", str(args.folds), *common],
-        "removal": ["removal", "--run", str(run), "--fractions", "0.05", "--seeds", "1", "--strategies", "positive",
+        "removal": ["removal", "--run", str(run), "--fractions", str(REMOVAL_FRACTION), "--seeds", "1",
+                    "--strategies", "positive",  # one retrain (the full-data reference is member 0)
                     *common],
         "lds": ["lds", "--run", str(run), "--models", str(args.lds_models), "--max-targets", "200", *common],
     }
