@@ -88,6 +88,8 @@ LAYERS = {
     "conv_stride2_pad1_bias": lambda: OneLayer(nn.Conv2d(3, 5, 3, stride=2, padding=1)),
     "conv_dilated_same": lambda: OneLayer(nn.Conv2d(3, 4, 3, padding="same", dilation=2, bias=False)),
     "depthwise_stride2": lambda: OneLayer(nn.Conv2d(3, 6, 3, stride=2, padding=1, groups=3)),
+    "depthwise_dilated_5x5": lambda: OneLayer(nn.Conv2d(3, 3, 5, padding=4, dilation=2, groups=3, bias=False)),
+    "depthwise_rectangular_stride": lambda: OneLayer(nn.Conv2d(3, 3, (3, 1), stride=(2, 1), padding=(1, 0), groups=3)),
     "grouped": lambda: OneLayer(nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2), pre=nn.Conv2d(3, 4, 1)),
     "batchnorm": lambda: OneLayer(_bn()),
 }
