@@ -249,9 +249,10 @@ def chart(files: list[Path], png: Path) -> None:
             bottom.barh([f"N={n:,}" for n in ns], share, left=left, color=colours[stage], label=stage)
             left += share
         bottom.set(xlabel="share of the pipeline's time", xlim=(0, 1), title="where the time goes")
-    fig.suptitle(f"trakscope stage cost vs dataset size ({doc['machine'].get('processor', '')}, "
-                 f"{len(doc['machine'].get('affinity', [])) or doc['machine']['cpus']} core, one torch thread)",
-                 fontsize=11)
+    machines = [json.loads(path.read_text())["machine"] for path in files]
+    where = "; ".join(sorted({f"{len(m.get('affinity', [])) or m['cpus']} core(s), {m.get('omp_num_threads') or 'all'}"
+                              f" torch thread(s)" for m in machines}))
+    fig.suptitle(f"trakscope stage cost vs dataset size ({machines[0].get('processor', '')}: {where})", fontsize=11)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
