@@ -127,7 +127,7 @@ def pipeline(n: int, args: argparse.Namespace, work: Path) -> dict:
                     *common],
         "lds": ["lds", "--run", str(run), "--models", str(args.lds_models), "--max-targets", "200", *common],
     }
-    out: dict = {"n_train": n, **settings(args), "commit": commit(),
+    out: dict = {"n_train": n, **settings(args), "commit": args.commit,
                  "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "stages": {}}
     for name, stage_args in stages.items():
         load_before = os.getloadavg()[0]
@@ -289,6 +289,7 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: list[dict] = []
     start = time.perf_counter()
+    args.commit = commit()  # before this run writes its results file into the tree
     redo = {int(s) for s in args.redo.split(",") if s}
     for n in (int(s) for s in args.sizes.split(",")):
         kept = None if n in redo else finished(previous, n, args)  # a rerun resumes
