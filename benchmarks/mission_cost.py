@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from scale import REMOVAL_FRACTION
+from scale import REMOVAL_FRACTION, part_seconds
 
 GPU_SAMPLES_PER_S = 2764.22  # timm results CSV above: resnet18, train_samples_per_sec, batch 512, 224 px, AMP
 MISSION = {"n_train": 6750, "n_val": 750, "n_test": 2500, "epochs": 10, "ensemble": 2, "checkpoints": 8,
@@ -50,10 +50,7 @@ def per_pass(result: dict) -> dict[str, float]:
     settings = {"ensemble": s["ensemble"], "epochs": s["epochs"], "checkpoints": s["floor"]["checkpoints"],
                 "folds": s["folds"], "removal_retrains": 1, "removal_fraction": REMOVAL_FRACTION,
                 "lds_models": s["lds_models"], "lds_alpha": 0.5}  # scale.py's: 1 retrain, lds at its default alpha
-    p = passes(n, rows, settings)
-    seconds = {"train": s["timings"]["train"], "featurize": s["timings"]["featurize"],
-               "detect": s["stages"]["detect"]["seconds"], "removal": s["stages"]["removal"]["seconds"],
-               "lds": s["stages"]["lds"]["seconds"]}
+    p, seconds = passes(n, rows, settings), part_seconds(result)  # scale.py's own split of each stage's seconds
     return {k: seconds[k] / p[k] for k in STAGES}
 
 

@@ -228,8 +228,8 @@ def chart(files: list[Path], png: Path) -> None:
 
     fig, axes = plt.subplots(2, len(files), figsize=(5.8 * len(files), 7.6), squeeze=False)
     colours = dict(zip(STAGE_PARTS, plt.get_cmap("tab10").colors))
-    for col, path in enumerate(files):
-        doc = json.loads(path.read_text())
+    docs = [json.loads(path.read_text()) for path in files]
+    for col, doc in enumerate(docs):
         results = sorted((r for r in doc["results"] if "timings" in r), key=lambda r: r["n_train"])
         ns = [r["n_train"] for r in results]
         top, bottom = axes[0][col], axes[1][col]
@@ -249,7 +249,7 @@ def chart(files: list[Path], png: Path) -> None:
             bottom.barh([f"N={n:,}" for n in ns], share, left=left, color=colours[stage], label=stage)
             left += share
         bottom.set(xlabel="share of the pipeline's time", xlim=(0, 1), title="where the time goes")
-    machines = [json.loads(path.read_text())["machine"] for path in files]
+    machines = [doc["machine"] for doc in docs]
     where = "; ".join(sorted({f"{len(m.get('affinity', [])) or m['cpus']} core(s), {m.get('omp_num_threads') or 'all'}"
                               f" torch thread(s)" for m in machines}))
     fig.suptitle(f"trakscope stage cost vs dataset size ({machines[0].get('processor', '')}: {where})", fontsize=11)

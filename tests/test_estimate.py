@@ -18,7 +18,7 @@ from trakscope.cli import main
 from trakscope.methods.folds import fold_assignment
 from trakscope.methods.lds import subset_masks
 from trakscope.run_folder import RunFolder
-from trakscope.stages.estimate import estimate_seconds, plan_line, seconds_per_example_epoch
+from trakscope.stages.estimate import estimate_seconds, plan_line, seconds_per_example_epoch, training_ranks
 
 CPU = ["--no-progress", "--device", "cpu"]
 
@@ -67,6 +67,20 @@ def _speed(run: RunFolder) -> float:
 
 def _plan_lines(out: str, what: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(what + ":")]
+
+
+def test_training_ranks_are_read_only_from_verified_metrics(tiny_run, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run, path)
+    run = RunFolder(path)
+    assert training_ranks(run) == 1  # one process wrote no train_ranks
+    metrics = json.loads(run.metrics_path.read_text())
+    run.results.write(run.metrics_path, "model_metrics", {k: v for k, v in metrics.items()
+                                                          if k not in ("format", "kind")} | {"train_ranks": 2})
+    assert training_ranks(RunFolder(path)) == 2
+    edited = json.loads(run.metrics_path.read_text()) | {"train_ranks": 3}  # changed behind trakscope's back
+    run.metrics_path.write_text(json.dumps(edited))
+    assert training_ranks(RunFolder(path)) == 1  # not trusted: the estimate falls back to one process
 
 
 def test_detect_says_its_folds_before_training_them(tiny_run, tmp_path, capsys):

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .. import dist
-from ..io import read_json
 from ..run_folder import RunFolder
 
 
@@ -93,10 +92,9 @@ def _no_speed(imported: bool, recipe: str | None) -> str:
 
 def training_ranks(run: RunFolder) -> int:
     """The torchrun ranks that trained the ensemble (``models/metrics.json``'s ``train_ranks``; 1 where it says
-    none: one process, an older folder, or no readable metrics)."""
-    if not run.metrics_path.exists() or run.integrity.damaged(run.metrics_path):
-        return 1
-    ranks = read_json(run.metrics_path).get("train_ranks", 1)
+    none: one process, an older folder, or metrics that are absent, damaged or of another format)."""
+    metrics = run.results.optional(run.metrics_path, "model_metrics") or {}
+    ranks = metrics.get("train_ranks", 1)
     return ranks if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks > 0 else 1
 
 
